@@ -1,0 +1,1 @@
+//! gov.toml (placeholder; being written)

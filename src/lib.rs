@@ -3,5 +3,14 @@
 //! The library holds every idea in its own module; `main.rs` is a thin CLI.
 
 pub mod cgroup;
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod direct;
+pub mod gate;
 pub mod names;
 pub mod policy;
+pub mod proc;
+pub mod protocol;
+pub mod reaper;
+pub mod spawn;

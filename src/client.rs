@@ -1,0 +1,97 @@
+//! The blocking client: one Unix socket round trip, no async runtime and no
+//! config parsing, because `gov spawn` and `gov touch` sit on every gate's
+//! launch and tool-call path.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::protocol::{self, Request, Response, ResponseFrame};
+
+/// The environment variable that names another socket (as DOCKER_HOST does).
+pub const SOCKET_ENV: &str = "GOV_SOCKET";
+/// How long a client waits for the daemon's reply.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn socket_path() -> PathBuf {
+    std::env::var_os(SOCKET_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(crate::policy::DEFAULT_SOCKET))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("talking to gov daemon at {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("gov daemon at {path} sent a reply this client cannot read: {detail}")]
+    BadReply { path: PathBuf, detail: String },
+}
+
+pub struct Client {
+    path: PathBuf,
+    reader: BufReader<UnixStream>,
+}
+
+impl Client {
+    /// Connects, or None when no daemon listens there (no socket file, or a
+    /// stale one nobody accepts on).
+    pub fn connect(path: &Path) -> Result<Option<Client>, ClientError> {
+        match UnixStream::connect(path) {
+            Ok(stream) => {
+                let io = |source| ClientError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                };
+                stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(io)?;
+                Ok(Some(Client {
+                    path: path.to_path_buf(),
+                    reader: BufReader::new(stream),
+                }))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(source) => Err(ClientError::Io {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    pub fn call(&mut self, request: Request) -> Result<Response, ClientError> {
+        let io = |source| ClientError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.reader
+            .get_mut()
+            .write_all(&protocol::encode_request(request))
+            .map_err(io)?;
+        let mut line = String::new();
+        let n = self
+            .reader
+            .read_line(&mut line)
+            .map_err(|source| ClientError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        if n == 0 {
+            return Err(ClientError::BadReply {
+                path: self.path.clone(),
+                detail: "the connection closed before a reply".into(),
+            });
+        }
+        serde_json::from_str::<ResponseFrame>(&line)
+            .map(|f| f.response)
+            .map_err(|e| ClientError::BadReply {
+                path: self.path.clone(),
+                detail: e.to_string(),
+            })
+    }
+}

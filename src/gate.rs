@@ -1,0 +1,422 @@
+//! What a gate is on cgroupfs: a leaf cgroup `<root>/<project-key>/<gate-id>`
+//! whose tags (trusted.gov.* xattrs) say whose it is. cgroupfs is the
+//! durable truth: everything here can be rebuilt by walking the tree.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::cgroup::{self, Cgroup, CgroupError, Limit};
+use crate::names;
+use crate::protocol::{GateInfo, GateState};
+
+/// How long a whole-tree kill may take before we call it stuck. 1,000
+/// processes die in ~150 ms here; this leaves room for a loaded machine.
+pub const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+pub const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Environment override of gov's cgroup root, for tests and unusual hosts.
+pub const ROOT_ENV: &str = "GOV_CGROUP_ROOT";
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// gov's own subtree of the cgroup2 hierarchy.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    pub mount: PathBuf,
+    pub root: Cgroup,
+}
+
+impl Tree {
+    /// Resolves gov's root: `GOV_CGROUP_ROOT` if set, else `setting` (a
+    /// path relative to the cgroup2 mount, or an absolute one inside it).
+    pub fn resolve(setting: &str) -> Result<Tree, CgroupError> {
+        let mount = cgroup::cgroup2_mount()?;
+        let setting = std::env::var(ROOT_ENV).unwrap_or_else(|_| setting.to_string());
+        Tree::at(mount, &setting)
+    }
+
+    pub fn at(mount: PathBuf, setting: &str) -> Result<Tree, CgroupError> {
+        let root = if Path::new(setting).is_absolute() {
+            PathBuf::from(setting)
+        } else {
+            mount.join(setting)
+        };
+        let inside = root.starts_with(&mount)
+            && root != mount
+            && !root
+                .components()
+                .any(|c| c == std::path::Component::ParentDir);
+        if !inside {
+            return Err(CgroupError::Io {
+                op: "use as gov's cgroup root",
+                path: root,
+                source: std::io::Error::other(format!(
+                    "must be a directory below the cgroup2 mount {}",
+                    mount.display()
+                )),
+            });
+        }
+        Ok(Tree {
+            mount,
+            root: Cgroup::new(root),
+        })
+    }
+
+    pub fn ensure(&self) -> Result<(), CgroupError> {
+        self.root.create_if_missing()
+    }
+
+    /// Every gate under the root, found by walking `<root>/<project>/<gate>`.
+    /// Directories that are not ours by name are left alone.
+    pub fn gates(&self) -> Result<Vec<GateDir>, CgroupError> {
+        let mut out = Vec::new();
+        let projects = match self.root.children() {
+            Ok(p) => p,
+            Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT) => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for project_key in projects.into_iter().filter(|p| names::is_project_key(p)) {
+            let project = self.root.child(&project_key);
+            // A project removed under us (its last gate reaped) is normal.
+            let Ok(ids) = project.children() else {
+                continue;
+            };
+            for id in ids.into_iter().filter(|g| names::check_gate_id(g).is_ok()) {
+                out.push(GateDir {
+                    cgroup: project.child(&id),
+                    id,
+                    project_key: project_key.clone(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The gate with this id, if it exists. The id is checked before it
+    /// reaches a path.
+    pub fn find(&self, id: &str) -> Result<Option<GateDir>, CgroupError> {
+        if names::check_gate_id(id).is_err() {
+            return Ok(None);
+        }
+        Ok(self.gates()?.into_iter().find(|g| g.id == id))
+    }
+
+    pub fn project(&self, project: &str) -> Cgroup {
+        self.root.child(&names::project_key(project))
+    }
+
+    /// Creates a new, empty, tagged gate cgroup. Tags are written before any
+    /// process enters, so a gate is never seen without its owner.
+    pub fn create_gate(&self, tags: &Tags) -> Result<GateDir, CgroupError> {
+        let project_key = names::project_key(&tags.project);
+        let id = names::new_gate_id();
+        // The project directory may be removed by a reap of its last gate
+        // between our two mkdirs; try again in that case.
+        let mut attempt = 0;
+        let cgroup = loop {
+            self.ensure()?;
+            let project = self.root.child(&project_key);
+            if !project.exists() {
+                project.create_if_missing()?;
+                // Gates get the controllers gov's root hands down, so their
+                // limits and memory.current work (pure cgroup2 only).
+                let enabled = self.root.read_subtree_control().unwrap_or_default();
+                if !enabled.is_empty() {
+                    let names: Vec<&str> = enabled.iter().map(String::as_str).collect();
+                    let _ = project.write_subtree_control(&names);
+                }
+            }
+            let gate = project.child(&id);
+            match gate.create() {
+                Ok(()) => break gate,
+                Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT) && attempt < 3 => {
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let dir = GateDir {
+            id,
+            project_key,
+            cgroup,
+        };
+        if let Err(e) = tags.write(&dir.cgroup) {
+            let _ = dir.cgroup.remove();
+            return Err(e);
+        }
+        Ok(dir)
+    }
+}
+
+/// A gate's directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateDir {
+    pub id: String,
+    pub project_key: String,
+    pub cgroup: Cgroup,
+}
+
+impl GateDir {
+    /// Kills the whole tree (freeze first so nothing forks or reacts while
+    /// the kill lands), waits for it to empty, and removes the cgroup and,
+    /// if it was the last gate, the project directory.
+    pub fn kill_and_remove(&self) -> Result<(), CgroupError> {
+        // A freeze that times out (a task stuck in the kernel) must not stop
+        // the kill: cgroup.kill works on frozen and unfrozen tasks alike.
+        let _ = self.cgroup.freeze(FREEZE_TIMEOUT);
+        self.cgroup.kill_all(KILL_TIMEOUT)?;
+        self.remove()
+    }
+
+    /// Removes the empty gate cgroup, and its project directory if that was
+    /// the last gate (EBUSY otherwise: another gate lives there).
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        match self.cgroup.remove() {
+            Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT) => {}
+            r => r?,
+        }
+        if let Some(project) = self.cgroup.path().parent() {
+            let _ = std::fs::remove_dir(project);
+        }
+        Ok(())
+    }
+}
+
+/// The tags of a gate, as stored in trusted.gov.* xattrs. Times are unix
+/// milliseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Tags {
+    pub project: String,
+    pub session: String,
+    pub owner_uid: u32,
+    /// The process that asked for the gate (the host); its exit orphans it.
+    pub owner_pid: Option<u32>,
+    pub owner_start: Option<u64>,
+    /// The gate's main process (the one that exec'd CMD): it gets
+    /// stop_signal first, so it can shut down cleanly.
+    pub main_pid: Option<u32>,
+    pub main_start: Option<u64>,
+    pub created_ms: u64,
+    pub max_runtime_ms: Option<u64>,
+    pub pinned: bool,
+    /// Persisted so a daemon restart does not reset every idle clock.
+    pub last_active_ms: Option<u64>,
+    pub frozen_ms: Option<u64>,
+    pub orphaned_ms: Option<u64>,
+    /// Reap intent ("stop:idle:<ms>", "kill:orphan"), so a restarted daemon
+    /// finishes a teardown it had begun.
+    pub reaping: Option<String>,
+}
+
+fn opt<T: ToString>(v: &Option<T>) -> Option<String> {
+    v.as_ref().map(ToString::to_string)
+}
+
+impl Tags {
+    fn to_map(&self) -> BTreeMap<&'static str, Option<String>> {
+        BTreeMap::from([
+            ("project", Some(self.project.clone())),
+            ("session", Some(self.session.clone())),
+            ("owner_uid", Some(self.owner_uid.to_string())),
+            ("owner_pid", opt(&self.owner_pid)),
+            ("owner_start", opt(&self.owner_start)),
+            ("main_pid", opt(&self.main_pid)),
+            ("main_start", opt(&self.main_start)),
+            ("created", Some(self.created_ms.to_string())),
+            ("max_runtime", opt(&self.max_runtime_ms)),
+            ("pinned", self.pinned.then(|| "1".to_string())),
+            ("last_active", opt(&self.last_active_ms)),
+            ("frozen", opt(&self.frozen_ms)),
+            ("orphaned", opt(&self.orphaned_ms)),
+            ("reaping", self.reaping.clone()),
+        ])
+    }
+
+    /// Writes every tag that has a value (and only those).
+    pub fn write(&self, cg: &Cgroup) -> Result<(), CgroupError> {
+        for (name, value) in self.to_map() {
+            if let Some(v) = value {
+                cg.write_tag(name, &v)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one tag (or removes it when None).
+    pub fn write_one(cg: &Cgroup, name: &str, value: Option<String>) -> Result<(), CgroupError> {
+        match value {
+            Some(v) => cg.write_tag(name, &v),
+            None => cg.remove_tag(name),
+        }
+    }
+
+    /// Reads a gate's tags. None when it has no project tag: not ours, or
+    /// caught between mkdir and tagging.
+    pub fn read(cg: &Cgroup) -> Result<Option<Tags>, CgroupError> {
+        Ok(Tags::from_map(&cg.read_tags()?))
+    }
+
+    pub fn from_map(m: &BTreeMap<String, String>) -> Option<Tags> {
+        let num = |k: &str| m.get(k).and_then(|v| v.parse::<u64>().ok());
+        Some(Tags {
+            project: m.get("project")?.clone(),
+            session: m.get("session").cloned().unwrap_or_default(),
+            owner_uid: num("owner_uid")? as u32,
+            owner_pid: num("owner_pid").map(|v| v as u32),
+            owner_start: num("owner_start"),
+            main_pid: num("main_pid").map(|v| v as u32),
+            main_start: num("main_start"),
+            created_ms: num("created").unwrap_or(0),
+            max_runtime_ms: num("max_runtime"),
+            pinned: m.get("pinned").is_some_and(|v| v == "1"),
+            last_active_ms: num("last_active"),
+            frozen_ms: num("frozen"),
+            orphaned_ms: num("orphaned"),
+            reaping: m.get("reaping").cloned(),
+        })
+    }
+}
+
+/// Where a memory figure came from: the kernel's own accounting, or the sum
+/// of PSS of member processes where the memory controller is off (hybrid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemorySource {
+    MemoryCurrent,
+    ProcPss,
+}
+
+/// Memory of a gate in bytes, and where the number came from.
+pub fn memory_of(cg: &Cgroup, pids: &[u32]) -> (u64, MemorySource) {
+    match cg.read_memory_current() {
+        Ok(Some(bytes)) => (bytes, MemorySource::MemoryCurrent),
+        _ => (
+            pids.iter().filter_map(|&p| crate::proc::pss_bytes(p)).sum(),
+            MemorySource::ProcPss,
+        ),
+    }
+}
+
+/// Applies per-gate limits where the controller files exist; returns the
+/// files that could not be written because the controller is off here.
+pub fn apply_limits(cg: &Cgroup, limits: &[(&'static str, String)]) -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    for (file, value) in limits {
+        if !cg.has_file(file) {
+            missing.push(*file);
+        } else if let Err(e) = cg.write_file(file, value) {
+            tracing::warn!("cannot set {file}: {e}");
+        }
+    }
+    missing
+}
+
+/// A limit's text if it is not "max" (nothing to write then).
+pub fn limit_text(limit: Limit) -> Option<String> {
+    (limit != Limit::Max).then(|| limit.to_kernel())
+}
+
+/// A gate as people and tools see it, read from cgroupfs now. `extra`
+/// carries what only a daemon knows (activity seen since, reaper verdicts).
+pub fn info(dir: &GateDir, tags: &Tags, extra: &InfoExtra) -> Result<GateInfo, CgroupError> {
+    let events = dir.cgroup.read_cgroup_events()?;
+    let pids = dir.cgroup.read_procs()?;
+    let (memory_bytes, memory_source) = memory_of(&dir.cgroup, &pids);
+    let cpu_usec = dir.cgroup.read_cpu_usage_usec()?;
+    let now = now_ms();
+    let last_active = extra
+        .last_active_ms
+        .or(tags.last_active_ms)
+        .unwrap_or(tags.created_ms)
+        .max(tags.created_ms);
+    let state = match (&tags.reaping, events) {
+        (Some(r), _) if r.starts_with("kill") => GateState::Killing,
+        (Some(_), _) => GateState::Stopping,
+        (None, e) if !e.populated => GateState::Exited,
+        (None, e) if e.frozen && tags.frozen_ms.is_some() => GateState::Suspended,
+        (None, e) if e.frozen => GateState::Frozen,
+        _ => GateState::Running,
+    };
+    Ok(GateInfo {
+        id: dir.id.clone(),
+        project: tags.project.clone(),
+        session: tags.session.clone(),
+        uid: tags.owner_uid,
+        user: crate::proc::user_name(tags.owner_uid),
+        pids,
+        memory_bytes,
+        memory_source,
+        cpu_usec,
+        created_ms: tags.created_ms,
+        age_s: now.saturating_sub(tags.created_ms) / 1000,
+        idle_s: now.saturating_sub(last_active) / 1000,
+        state,
+        pinned: tags.pinned,
+        spared: extra.spared.clone(),
+        next: extra.next.clone(),
+        owner_pid: tags.owner_pid,
+        orphaned_ms: tags.orphaned_ms,
+        main_pid: tags.main_pid,
+        max_runtime_s: tags.max_runtime_ms.map(|ms| ms / 1000),
+        cgroup: dir.cgroup.path().display().to_string(),
+    })
+}
+
+/// What a daemon adds to a gate's picture.
+#[derive(Debug, Clone, Default)]
+pub struct InfoExtra {
+    pub last_active_ms: Option<u64>,
+    pub spared: Option<String>,
+    pub next: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_round_trip_through_a_map() {
+        let tags = Tags {
+            project: "/home/ann/src/MyPkg".into(),
+            session: "3fa2c1d0".into(),
+            owner_uid: 1000,
+            owner_pid: Some(42),
+            owner_start: Some(7),
+            main_pid: Some(43),
+            main_start: Some(8),
+            created_ms: 1_700_000_000_000,
+            max_runtime_ms: None,
+            pinned: true,
+            last_active_ms: Some(1_700_000_000_500),
+            frozen_ms: None,
+            orphaned_ms: None,
+            reaping: Some("stop:idle:5".into()),
+        };
+        let m: BTreeMap<String, String> = tags
+            .to_map()
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+            .collect();
+        assert_eq!(Tags::from_map(&m), Some(tags));
+        assert_eq!(Tags::from_map(&BTreeMap::new()), None);
+    }
+
+    #[test]
+    fn the_root_must_lie_below_the_mount() {
+        let mount = PathBuf::from("/sys/fs/cgroup/unified");
+        assert_eq!(
+            Tree::at(mount.clone(), "gov").unwrap().root.path(),
+            Path::new("/sys/fs/cgroup/unified/gov")
+        );
+        assert!(Tree::at(mount.clone(), "/sys/fs/cgroup/unified/a/b").is_ok());
+        for bad in ["/", "/tmp/x", "../x", "/sys/fs/cgroup/unified", "a/../../x"] {
+            assert!(Tree::at(mount.clone(), bad).is_err(), "{bad} accepted");
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Facts about processes from procfs. A pid may vanish between listing and
+//! reading: every function returns None for a process that is gone.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use procfs::process::Process;
+
+/// Proportional set size in bytes: a process's fair share of the memory it
+/// maps, so shared libraries are not counted once per process.
+pub fn pss_bytes(pid: u32) -> Option<u64> {
+    let rollup = Process::new(pid as i32).ok()?.smaps_rollup().ok()?;
+    rollup
+        .memory_map_rollup
+        .0
+        .first()
+        .and_then(|m| m.extension.map.get("Pss").copied())
+}
+
+/// The pid of a debugger attached to this process, if any.
+pub fn tracer_pid(pid: u32) -> Option<u32> {
+    let status = Process::new(pid as i32).ok()?.status().ok()?;
+    (status.tracerpid > 0).then_some(status.tracerpid as u32)
+}
+
+/// Start time in clock ticks since boot: with the pid, it names one process
+/// for good, since a recycled pid gets a later start time.
+pub fn start_time(pid: u32) -> Option<u64> {
+    Some(Process::new(pid as i32).ok()?.stat().ok()?.starttime)
+}
+
+pub fn parent_pid(pid: u32) -> Option<u32> {
+    let ppid = Process::new(pid as i32).ok()?.stat().ok()?.ppid;
+    (ppid > 0).then_some(ppid as u32)
+}
+
+/// Real uid and the supplementary groups (for the admin group check).
+pub fn uid_and_groups(pid: u32) -> Option<(u32, Vec<u32>)> {
+    let status = Process::new(pid as i32).ok()?.status().ok()?;
+    Some((
+        status.ruid,
+        status.groups.iter().map(|&g| g as u32).collect(),
+    ))
+}
+
+/// Is the process alive and not a zombie? PID 1 here reaps orphans late, so
+/// a dead process can linger as a zombie for seconds.
+pub fn is_alive(pid: u32) -> bool {
+    match Process::new(pid as i32).and_then(|p| p.stat()) {
+        Ok(stat) => stat.state != 'Z' && stat.state != 'X',
+        Err(_) => false,
+    }
+}
+
+/// The user name of a uid, or the number as text.
+pub fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(uid.into())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string())
+}
+
+/// pidfd_open(2): a handle on one process that a recycled pid cannot fool.
+/// nix has no wrapper, so it is a raw syscall.
+pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just gave us this fd and nobody else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// pidfd_send_signal(2); signal 0 checks that the process still exists.
+pub fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid pidfd, a signal number, no siginfo, no flags.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn facts_about_ourselves() {
+        let me = std::process::id();
+        assert!(is_alive(me));
+        assert!(start_time(me).is_some());
+        assert!(parent_pid(me).is_some());
+        assert!(pss_bytes(me).unwrap() > 0);
+        assert_eq!(tracer_pid(me), None);
+        let fd = pidfd_open(me).unwrap();
+        pidfd_send_signal(&fd, 0).unwrap();
+    }
+
+    #[test]
+    fn a_reaped_child_is_gone() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert!(!is_alive(pid));
+        assert_eq!(pss_bytes(pid), None);
+    }
+}

@@ -1,0 +1,340 @@
+//! The daemon's protocol: one JSON object per line each way, tagged by
+//! `"type"` in snake_case, with a version field `"v"`. See docs/protocol.md.
+
+use serde::{Deserialize, Serialize};
+
+use crate::gate::MemorySource;
+
+pub const VERSION: u32 = 1;
+/// A request line longer than this is refused before it is buffered whole.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+fn version() -> u32 {
+    VERSION
+}
+
+/// A request as sent on the wire: `{"v":1,"type":"touch","gate":"g0123456789"}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    #[serde(default = "version")]
+    pub v: u32,
+    #[serde(flatten)]
+    pub request: Request,
+}
+
+/// Every request, with the replies it can get. Any request may also be
+/// answered with `error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    /// Put the calling process itself into a new gate. The daemon takes the
+    /// pid from the socket's peer credentials, never from the request.
+    /// Reply: `spawned`.
+    Spawn {
+        project: String,
+        #[serde(default)]
+        session: Option<String>,
+        /// The host whose exit orphans the gate; default: the caller's parent.
+        #[serde(default)]
+        owner_pid: Option<u32>,
+        /// No owner: the gate is never orphaned.
+        #[serde(default)]
+        no_owner: bool,
+        /// A deadline for this gate, e.g. "30m" (test runners).
+        #[serde(default)]
+        max_runtime: Option<String>,
+        #[serde(default)]
+        pinned: bool,
+    },
+    /// Reply: `gates`, the caller's own (all of them for root and admins).
+    List,
+    /// Reply: `gate`.
+    Show { gate: String },
+    /// Real activity: a host calls this at each real tool call, never for
+    /// health pings. Thaws a suspended gate. By gate id or by session.
+    /// Reply: `done` with the gates touched.
+    Touch {
+        #[serde(default)]
+        gate: Option<String>,
+        #[serde(default)]
+        session: Option<String>,
+    },
+    /// Reply: `done`.
+    Freeze { gate: String },
+    /// Reply: `done`.
+    Thaw { gate: String },
+    /// Kill the whole tree and remove the gate. Reply: `done`.
+    Kill { gate: String },
+    /// Never reap this gate. Reply: `done`.
+    Pin { gate: String },
+    /// Reply: `done`.
+    Unpin { gate: String },
+    /// Set the session of a gate (hosts that learn it late). Reply: `done`.
+    Tag { gate: String, session: String },
+    /// Recent lifecycle events. Reply: `events`.
+    Events {
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// Prometheus text exposition. Reply: `metrics`.
+    Metrics,
+    /// Reply: `hello`.
+    Hello,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    #[serde(default = "version")]
+    pub v: u32,
+    #[serde(flatten)]
+    pub response: Response,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    Spawned {
+        gate: String,
+        project: String,
+        session: String,
+        cgroup: String,
+    },
+    Gates {
+        gates: Vec<GateInfo>,
+    },
+    Gate {
+        gate: GateInfo,
+    },
+    Done {
+        gates: Vec<String>,
+    },
+    Events {
+        events: Vec<Event>,
+    },
+    Metrics {
+        text: String,
+    },
+    Hello {
+        version: u32,
+        pid: u32,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl Response {
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Response {
+        Response::Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, an unknown type, a bad field, an unsupported version.
+    BadRequest,
+    /// The line was longer than MAX_REQUEST_BYTES.
+    TooLarge,
+    NotFound,
+    /// The gate is not the caller's.
+    Forbidden,
+    /// A cap refused the spawn (max_gates with on_limit = "refuse", ...).
+    Limit,
+    /// The gate is being reaped; too late to touch or thaw it.
+    Reaping,
+    /// The daemon is at its connection cap.
+    Busy,
+    Internal,
+}
+
+/// Where a gate is in its life. `Frozen` is a freeze asked by a person
+/// (`gov freeze`); `Suspended` is the reaper's idle freeze.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateState {
+    Running,
+    Frozen,
+    Suspended,
+    Stopping,
+    Killing,
+    /// Empty: its processes have all exited and it awaits removal.
+    Exited,
+}
+
+impl GateState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GateState::Running => "running",
+            GateState::Frozen => "frozen",
+            GateState::Suspended => "suspended",
+            GateState::Stopping => "stopping",
+            GateState::Killing => "killing",
+            GateState::Exited => "exited",
+        }
+    }
+}
+
+/// One gate as `gov ps --json` and `gov show` give it. Field names are
+/// stable: tools depend on them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateInfo {
+    pub id: String,
+    pub project: String,
+    pub session: String,
+    pub uid: u32,
+    pub user: String,
+    pub pids: Vec<u32>,
+    pub memory_bytes: u64,
+    pub memory_source: MemorySource,
+    pub cpu_usec: u64,
+    pub created_ms: u64,
+    pub age_s: u64,
+    /// Seconds since the last real activity (touch or CPU use).
+    pub idle_s: u64,
+    pub state: GateState,
+    pub pinned: bool,
+    /// Why the reaper leaves this gate alone right now, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spared: Option<String>,
+    /// What the reaper will do next and when, as a person would say it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner_pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orphaned_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub main_pid: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_runtime_s: Option<u64>,
+    pub cgroup: String,
+}
+
+/// One lifecycle event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub time_ms: u64,
+    pub gate: String,
+    pub project: String,
+    pub session: String,
+    pub uid: u32,
+    /// spawned, adopted, suspended, thawed, frozen, stopping, killing,
+    /// removed, exited, refused
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freed_bytes: Option<u64>,
+}
+
+/// Parses one request line. Errors are phrased for the reply.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    let frame: RequestFrame =
+        serde_json::from_slice(line).map_err(|e| format!("malformed request: {e}"))?;
+    if frame.v != VERSION {
+        return Err(format!(
+            "protocol version {} is not supported (this daemon speaks {VERSION})",
+            frame.v
+        ));
+    }
+    Ok(frame.request)
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut line = serde_json::to_vec(value).expect("protocol types always serialize");
+    line.push(b'\n');
+    line
+}
+
+pub fn encode_request(request: Request) -> Vec<u8> {
+    encode(&RequestFrame {
+        v: VERSION,
+        request,
+    })
+}
+
+pub fn encode_response(response: Response) -> Vec<u8> {
+    encode(&ResponseFrame {
+        v: VERSION,
+        response,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let reqs = [
+            Request::Spawn {
+                project: "/p".into(),
+                session: Some("s1".into()),
+                owner_pid: None,
+                no_owner: false,
+                max_runtime: Some("30m".into()),
+                pinned: false,
+            },
+            Request::List,
+            Request::Touch {
+                gate: None,
+                session: Some("s1".into()),
+            },
+            Request::Kill {
+                gate: "g0123456789".into(),
+            },
+            Request::Events { limit: Some(5) },
+        ];
+        for r in reqs {
+            let line = encode_request(r.clone());
+            assert_eq!(parse_request(&line[..line.len() - 1]).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn the_wire_shape_is_plain() {
+        let line = encode_request(Request::Touch {
+            gate: Some("g0123456789".into()),
+            session: None,
+        });
+        let text = String::from_utf8(line).unwrap();
+        assert_eq!(
+            text,
+            "{\"v\":1,\"type\":\"touch\",\"gate\":\"g0123456789\",\"session\":null}\n"
+        );
+        // A host may leave out the version and optional fields.
+        assert_eq!(
+            parse_request(br#"{"type":"touch","session":"abc"}"#).unwrap(),
+            Request::Touch {
+                gate: None,
+                session: Some("abc".into())
+            }
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_errors_not_panics() {
+        for bad in [
+            &b""[..],
+            b"{",
+            b"null",
+            b"[]",
+            b"{\"type\":\"reboot\"}",
+            b"{\"type\":\"kill\"}",
+            b"{\"type\":\"kill\",\"gate\":5}",
+            b"{\"v\":2,\"type\":\"list\"}",
+            b"\xff\xfe",
+        ] {
+            assert!(
+                parse_request(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

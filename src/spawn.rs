@@ -1,0 +1,111 @@
+//! Putting the calling process into its gate cgroup, then exec'ing CMD in
+//! place, as `systemd-run --scope` does: pid, uid, cwd, environment, tty
+//! and stdio stay the caller's, and every descendant is born inside.
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use crate::cgroup::CgroupError;
+use crate::gate::{self, GateDir, Tags, Tree};
+use crate::policy::GateSettings;
+use crate::proc;
+
+/// What the command is told about its gate.
+pub const ENV_GATE: &str = "GOV_GATE";
+pub const ENV_PROJECT: &str = "GOV_PROJECT";
+pub const ENV_SESSION: &str = "GOV_SESSION";
+
+/// A new gate for process `pid`, as the daemon and root's direct spawn both
+/// make it: create and tag the cgroup, apply limits, then move the process.
+/// `pid_start` guards against a recycled pid: the move happens only if the
+/// process that holds `pid` now is the one that asked.
+pub fn create_gate_for(
+    tree: &Tree,
+    tags: &Tags,
+    settings: &GateSettings,
+    pid: u32,
+) -> Result<GateDir, CgroupError> {
+    let dir = tree.create_gate(tags)?;
+    let result = (|| {
+        let missing = gate::apply_limits(&dir.cgroup, &gate_limits(settings));
+        if !missing.is_empty() {
+            tracing::debug!(gate = %dir.id, ?missing, "limits not applied: controller off here");
+        }
+        dir.cgroup.write_procs(pid)
+    })();
+    match result {
+        Ok(()) => Ok(dir),
+        Err(e) => {
+            let _ = dir.remove();
+            Err(e)
+        }
+    }
+}
+
+/// The per-gate limit files and values that policy asks for.
+pub fn gate_limits(s: &GateSettings) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    if let Some(v) = gate::limit_text(s.memory_max) {
+        out.push(("memory.max", v));
+    }
+    if let Some(v) = gate::limit_text(s.memory_high) {
+        out.push(("memory.high", v));
+    }
+    if let Some(v) = gate::limit_text(s.pids_max) {
+        out.push(("pids.max", v));
+    }
+    if s.cpu_max != crate::policy::CpuMax::Max {
+        out.push(("cpu.max", s.cpu_max.to_kernel()));
+    }
+    if s.oom_group {
+        out.push(("memory.oom.group", "1".to_string()));
+    }
+    out
+}
+
+/// The tags of a gate that process `pid` (of user `uid`) asks for now.
+pub fn tags_for(
+    project: &str,
+    session: &str,
+    uid: u32,
+    pid: u32,
+    owner_pid: Option<u32>,
+    max_runtime_ms: Option<u64>,
+    pinned: bool,
+) -> Tags {
+    Tags {
+        project: project.to_string(),
+        session: session.to_string(),
+        owner_uid: uid,
+        owner_pid,
+        owner_start: owner_pid.and_then(proc::start_time),
+        main_pid: Some(pid),
+        main_start: proc::start_time(pid),
+        created_ms: gate::now_ms(),
+        max_runtime_ms,
+        pinned,
+        last_active_ms: None,
+        frozen_ms: None,
+        orphaned_ms: None,
+        reaping: None,
+    }
+}
+
+/// Replaces this process with CMD, told which gate it is in. On failure it
+/// exits with the status a shell would use (127 not found, 126 otherwise).
+pub fn exec(cmd: &[OsString], gate: &str, project: &str, session: &str) -> ! {
+    let err = Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .env(ENV_GATE, gate)
+        .env(ENV_PROJECT, project)
+        .env(ENV_SESSION, session)
+        .exec();
+    let status = if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    };
+    eprintln!("gov: cannot run {}: {err}", cmd[0].to_string_lossy());
+    std::process::exit(status)
+}

@@ -165,10 +165,21 @@ pub fn run(cli: Cli) -> Result<i32> {
         },
         Command::Daemon { config } => crate::daemon::run(&config),
         Command::CheckConfig { file } => {
-            let policy = policy::Policy::load(&file)?;
-            println!("{}: ok", file.display());
-            println!("{:#?}", policy.global);
-            Ok(0)
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            match policy::Policy::parse_all(&text, &file) {
+                Ok(p) => {
+                    println!("{}: ok", file.display());
+                    println!("{}", serde_json::to_string_pretty(p.defaults())?);
+                    Ok(0)
+                }
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("{e}");
+                    }
+                    Ok(1)
+                }
+            }
         }
     }
 }

@@ -1272,8 +1272,9 @@ fn resolve_group(name: Option<&str>) -> Option<u32> {
 /// gave us (Delegate=yes). With DelegateSubgroup=daemon we already start in
 /// our leaf, and the root is its parent.
 fn resolve_tree(setting: &str) -> Result<Tree> {
-    if setting != "delegated" || std::env::var_os(gate::ROOT_ENV).is_some() {
-        return Ok(Tree::resolve(setting)?);
+    let setting = std::env::var(gate::ROOT_ENV).unwrap_or_else(|_| setting.to_string());
+    if setting != "delegated" {
+        return Ok(Tree::resolve(&setting)?);
     }
     let mount = cgroup::cgroup2_mount()?;
     let own = cgroup::cgroup_of(&mount, std::process::id())?;

@@ -27,20 +27,15 @@ pub fn create_gate_for(
     pid: u32,
 ) -> Result<GateDir, CgroupError> {
     let dir = tree.create_gate(tags)?;
-    let result = (|| {
-        let missing = gate::apply_limits(&dir.cgroup, &gate_limits(settings));
-        if !missing.is_empty() {
-            tracing::debug!(gate = %dir.id, ?missing, "limits not applied: controller off here");
-        }
-        dir.cgroup.write_procs(pid)
-    })();
-    match result {
-        Ok(()) => Ok(dir),
-        Err(e) => {
-            let _ = dir.remove();
-            Err(e)
-        }
+    let missing = gate::apply_limits(&dir.cgroup, &gate_limits(settings));
+    if !missing.is_empty() {
+        tracing::debug!(gate = %dir.id, ?missing, "limits not applied: controller off here");
     }
+    if let Err(e) = dir.cgroup.write_procs(pid) {
+        let _ = dir.remove();
+        return Err(e);
+    }
+    Ok(dir)
 }
 
 /// The per-gate limit files and values that policy asks for.

@@ -1,0 +1,547 @@
+//! The reaper against a real daemon, real processes and the real cgroupfs,
+//! with timeouts of a few seconds.
+
+mod common;
+
+use std::fs;
+use std::os::unix::net::UnixStream;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{alive, read_pids, reap, wait_until, TestRoot};
+
+const FAST: &str = "\
+[defaults]
+idle_timeout = \"2s\"
+frozen_hold = \"1s\"
+stop_grace = \"1s\"
+orphan_grace = \"never\"
+busy_cpu_percent = 5.0
+";
+
+fn events(root: &TestRoot) -> Vec<serde_json::Value> {
+    serde_json::from_str(&root.ok(&["events", "--json", "-n", "1000"])).unwrap()
+}
+
+fn has_event(root: &TestRoot, gate: &str, kind: &str) -> bool {
+    events(root)
+        .iter()
+        .any(|e| e["gate"] == gate && e["kind"] == kind)
+}
+
+fn removed(root: &TestRoot, gate: &str) -> bool {
+    root.gate(gate).is_none() && has_event(root, gate, "removed")
+}
+
+/// Touches a gate every `every` until dropped.
+struct Toucher(Arc<AtomicBool>, Option<std::thread::JoinHandle<()>>);
+
+impl Toucher {
+    fn start(root: &TestRoot, gate: &str, every: Duration) -> Toucher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut cmd = root.gov();
+        cmd.args(["touch", gate]);
+        let s = stop.clone();
+        let h = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                let _ = cmd.output();
+                std::thread::sleep(every);
+            }
+        });
+        Toucher(stop, Some(h))
+    }
+}
+
+impl Drop for Toucher {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+        if let Some(h) = self.1.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+#[test]
+fn the_idle_gate_goes_with_its_grandchild_and_the_others_live_on() {
+    let root = TestRoot::new();
+    let _d = root.daemon(FAST);
+    let pids = root.dir.path().join("idle.pids");
+    let idle = root.spawn_sh(
+        "/src/three",
+        &format!(
+            "echo $$ > {p}; setsid sh -c 'echo $$ >> {p}; exec sleep 300' & sleep 300",
+            p = pids.display()
+        ),
+    );
+    let busy = root.spawn_sh("/src/three", "while :; do :; done");
+    let touched = root.spawn_sh("/src/three", "sleep 300 & wait");
+    let (idle_id, busy_id, touched_id) = (
+        root.gate_of(idle.id()),
+        root.gate_of(busy.id()),
+        root.gate_of(touched.id()),
+    );
+    let _t = Toucher::start(&root, &touched_id, Duration::from_millis(500));
+    wait_until(Duration::from_secs(5), "both pids of the idle gate", || {
+        read_pids(&pids).len() == 2
+    });
+    let tree = read_pids(&pids);
+
+    wait_until(Duration::from_secs(10), "idle gate suspended", || {
+        has_event(&root, &idle_id, "suspended")
+    });
+    wait_until(Duration::from_secs(10), "idle gate removed", || {
+        removed(&root, &idle_id)
+    });
+    for p in &tree {
+        wait_until(Duration::from_secs(5), "idle tree to die", || !alive(*p));
+    }
+    assert_eq!(
+        reap(idle, Duration::from_secs(5)),
+        None,
+        "killed, so no exit code"
+    );
+
+    // Two more idle timeouts later the busy and the touched gate still run.
+    std::thread::sleep(Duration::from_secs(3));
+    let busy_g = root.gate(&busy_id).expect("busy gate lives");
+    let touched_g = root.gate(&touched_id).expect("touched gate lives");
+    assert_eq!(busy_g["state"], "running");
+    assert_eq!(touched_g["state"], "running");
+    assert!(alive(busy.id()) && alive(touched.id()));
+    assert!(!has_event(&root, &busy_id, "suspended"));
+    assert!(!has_event(&root, &touched_id, "suspended"));
+    root.ok(&["kill", &busy_id]);
+    root.ok(&["kill", &touched_id]);
+    reap(busy, Duration::from_secs(5));
+    reap(touched, Duration::from_secs(5));
+}
+
+#[test]
+fn health_pings_over_a_socket_are_not_activity() {
+    let root = TestRoot::new();
+    let _d = root.daemon(FAST);
+    // The gate answers pings on a socket; the host pings every 500 ms and
+    // never touches, as a host that counts pings as activity would.
+    let (mut host, gate_end) = UnixStream::pair().unwrap();
+    let gate_in = gate_end.try_clone().unwrap();
+    let child = root
+        .gov()
+        .args([
+            "spawn",
+            "--project",
+            "/src/pinged",
+            "--",
+            "sh",
+            "-c",
+            "while read l; do echo pong; done",
+        ])
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(gate_in)))
+        .stdout(Stdio::from(std::os::fd::OwnedFd::from(gate_end)))
+        .spawn()
+        .unwrap();
+    let id = root.gate_of(child.id());
+    host.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut answered = 0;
+    let mut buf = [0u8; 5];
+    use std::io::{Read, Write};
+    for _ in 0..8 {
+        if host.write_all(b"ping\n").is_err() {
+            break;
+        }
+        if host.read_exact(&mut buf).is_ok() && &buf == b"pong\n" {
+            answered += 1;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        if has_event(&root, &id, "suspended") {
+            break;
+        }
+    }
+    assert!(
+        answered >= 3,
+        "the gate answered pings while it ran ({answered})"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "pinged gate reaped as idle",
+        || removed(&root, &id),
+    );
+    assert!(events(&root).iter().any(|e| e["gate"] == id.as_str()
+        && e["kind"] == "removed"
+        && e["reason"].as_str().unwrap().starts_with("idle")));
+    reap(child, Duration::from_secs(5));
+}
+
+#[test]
+fn a_gate_whose_owner_dies_is_reaped_after_orphan_grace() {
+    let root = TestRoot::new();
+    let _d = root
+        .daemon("[defaults]\nidle_timeout = \"1h\"\norphan_grace = \"1s\"\nstop_grace = \"1s\"\n");
+    let pidfile = root.dir.path().join("gate.pid");
+    // The owner is the shell that runs `gov spawn` (its parent).
+    let owner = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{gov} spawn --project /src/orphan -- sh -c 'echo $$ > {p}; exec sleep 300' & wait",
+            gov = common::gov_bin().display(),
+            p = pidfile.display()
+        ))
+        .env("GOV_CGROUP_ROOT", &root.path)
+        .env("GOV_SOCKET", &root.socket)
+        .spawn()
+        .unwrap();
+    wait_until(Duration::from_secs(5), "gate pid", || {
+        read_pids(&pidfile).len() == 1
+    });
+    let gate_pid = read_pids(&pidfile)[0];
+    let id = root.gate_of(gate_pid);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(root.gate(&id).is_some(), "not reaped while the owner lives");
+
+    let mut owner = owner;
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    wait_until(Duration::from_secs(10), "orphan reaped", || {
+        removed(&root, &id)
+    });
+    let ev = events(&root);
+    assert!(ev
+        .iter()
+        .any(|e| e["gate"] == id.as_str() && e["kind"] == "orphaned"));
+    assert!(ev.iter().any(|e| e["gate"] == id.as_str()
+        && e["kind"] == "removed"
+        && e["reason"].as_str().unwrap().starts_with("orphan")));
+    // Orphans skip the freeze: they need their memory back now.
+    assert!(!ev
+        .iter()
+        .any(|e| e["gate"] == id.as_str() && e["kind"] == "suspended"));
+    wait_until(Duration::from_secs(5), "gate process gone", || {
+        !alive(gate_pid)
+    });
+}
+
+#[test]
+fn a_suspended_gate_touched_within_the_hold_keeps_its_state() {
+    let root = TestRoot::new();
+    let _d = root.daemon("[defaults]\nidle_timeout = \"1s\"\nfrozen_hold = \"1h\"\n");
+    let out = root.dir.path().join("count");
+    // A counter in the shell's memory; SIGUSR1 asks it to write it out.
+    let child = root.spawn_sh(
+        "/src/counter",
+        &format!(
+            "i=0; trap 'echo $i > {}' USR1; while :; do i=$((i+1)); sleep 0.05; done",
+            out.display()
+        ),
+    );
+    let pid = child.id();
+    let id = root.gate_of(pid);
+    let ask = |root: &TestRoot| -> u64 {
+        let _ = fs::remove_file(&out);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGUSR1,
+        )
+        .unwrap();
+        let mut v = 0;
+        wait_until(Duration::from_secs(5), "counter answer", || {
+            v = fs::read_to_string(&out)
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            v > 0
+        });
+        let _ = root;
+        v
+    };
+    // The counter burns little CPU (sleep), so the gate goes idle.
+    wait_until(Duration::from_secs(10), "gate suspended", || {
+        root.gate(&id).is_some_and(|g| g["state"] == "suspended")
+    });
+    let cg = root.gate_cgroup(&id);
+    assert!(
+        cg.read_cgroup_events().unwrap().frozen,
+        "the kernel reports it frozen"
+    );
+    let usage = cg.read_cpu_usage_usec().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        cg.read_cpu_usage_usec().unwrap(),
+        usage,
+        "a frozen gate uses no CPU"
+    );
+
+    root.ok(&["touch", &id]);
+    assert!(
+        !cg.read_cgroup_events().unwrap().frozen,
+        "touch thawed it before replying"
+    );
+    let first = ask(&root);
+    std::thread::sleep(Duration::from_millis(200));
+    let second = ask(&root);
+    assert!(
+        second > first,
+        "the same counter goes on: {first} then {second}"
+    );
+    assert!(alive(pid), "same process");
+    assert!(has_event(&root, &id, "thawed"));
+    root.ok(&["kill", &id]);
+    reap(child, Duration::from_secs(5));
+}
+
+#[test]
+fn a_stubborn_forking_gate_is_killed_and_a_polite_one_runs_its_exit_handler() {
+    let root = TestRoot::new();
+    let _d = root
+        .daemon("[defaults]\nidle_timeout = \"1s\"\nfrozen_hold = \"0s\"\nstop_grace = \"2s\"\n");
+    let done = root.dir.path().join("exit-handler-ran");
+    let polite = root.spawn_sh(
+        "/src/polite",
+        &format!(
+            "trap 'echo bye > {}; exit 0' TERM; while :; do sleep 0.1; done",
+            done.display()
+        ),
+    );
+    // Ignores SIGTERM and forks short-lived children forever.
+    let pids = root.dir.path().join("stubborn.pids");
+    let stubborn = root.spawn_sh(
+        "/src/stubborn",
+        &format!(
+            "trap '' TERM; echo $$ > {p}; while :; do sleep 0.2 & echo $! >> {p}; sleep 0.1; done",
+            p = pids.display()
+        ),
+    );
+    let (pid_polite, pid_stubborn) = (polite.id(), stubborn.id());
+    let (polite_id, stubborn_id) = (root.gate_of(pid_polite), root.gate_of(pid_stubborn));
+
+    wait_until(Duration::from_secs(15), "polite gate removed", || {
+        removed(&root, &polite_id)
+    });
+    assert_eq!(
+        fs::read_to_string(&done).unwrap().trim(),
+        "bye",
+        "exit handler ran"
+    );
+    assert!(events(&root).iter().any(|e| e["gate"] == polite_id.as_str()
+        && e["kind"] == "removed"
+        && e["reason"].as_str().unwrap().contains("stopped")));
+    assert_eq!(
+        reap(polite, Duration::from_secs(5)),
+        Some(0),
+        "it exited by itself"
+    );
+
+    wait_until(Duration::from_secs(15), "stubborn gate removed", || {
+        removed(&root, &stubborn_id)
+    });
+    assert!(events(&root)
+        .iter()
+        .any(|e| e["gate"] == stubborn_id.as_str()
+            && e["kind"] == "removed"
+            && e["reason"].as_str().unwrap().contains("killed")));
+    for p in read_pids(&pids) {
+        wait_until(Duration::from_secs(5), "every forked child dead", || {
+            !alive(p)
+        });
+    }
+    reap(stubborn, Duration::from_secs(5));
+    assert!(root.gate_dirs().is_empty());
+}
+
+#[test]
+fn a_daemon_killed_mid_reap_finishes_the_job_after_restart() {
+    let root = TestRoot::new();
+    // First life: suspend quickly, hold long, so the gate sits frozen.
+    let d = root
+        .daemon("[defaults]\nidle_timeout = \"1s\"\nfrozen_hold = \"1h\"\nstop_grace = \"1h\"\n");
+    let frozen = root.spawn_sh("/src/restart", "trap '' TERM; sleep 300 & wait");
+    let killing = root.spawn_sh("/src/restart", "trap '' TERM; sleep 300 & wait");
+    let (frozen_id, killing_id) = (root.gate_of(frozen.id()), root.gate_of(killing.id()));
+    root.ok(&["pin", &killing_id]);
+    wait_until(Duration::from_secs(10), "gate suspended", || {
+        root.gate(&frozen_id)
+            .is_some_and(|g| g["state"] == "suspended")
+    });
+    d.sigkill();
+
+    // The other gate as a daemon killed between "freeze what is left" and
+    // cgroup.kill would leave it: frozen, with the kill intent tagged.
+    let cg = root.gate_cgroup(&killing_id);
+    cg.remove_tag("pinned").unwrap();
+    cg.write_tag("reaping", "kill:idle").unwrap();
+    cg.freeze(Duration::from_secs(5)).unwrap();
+    assert!(
+        root.gate_cgroup(&frozen_id)
+            .read_cgroup_events()
+            .unwrap()
+            .frozen
+    );
+
+    // Second life, with a short hold: both end as policy says.
+    let config = root.dir.path().join("restart.toml");
+    common::write_policy(
+        &config,
+        &root.socket,
+        "[defaults]\nidle_timeout = \"1s\"\nfrozen_hold = \"1s\"\nstop_grace = \"1s\"\n",
+    );
+    let _d = common::Daemon::start_with(&root, &config);
+    wait_until(Duration::from_secs(15), "mid-kill gate removed", || {
+        removed(&root, &killing_id)
+    });
+    wait_until(Duration::from_secs(15), "frozen gate torn down", || {
+        removed(&root, &frozen_id)
+    });
+    assert!(root.gate_dirs().is_empty(), "nothing left, frozen or not");
+    reap(frozen, Duration::from_secs(5));
+    reap(killing, Duration::from_secs(5));
+}
+
+#[test]
+fn evict_idlest_takes_the_least_recently_active_idle_gate() {
+    let root = TestRoot::new();
+    let _d = root.daemon(
+        "[defaults]\nidle_timeout = \"1h\"\nstop_grace = \"1s\"\n[[project]]\npath = \"/src/capped\"\nmax_gates = 3\non_limit = \"evict-idlest\"\n",
+    );
+    let busy = root.spawn_sh("/src/capped", "while :; do :; done");
+    let busy_id = root.gate_of(busy.id());
+    let old = root.spawn_sh("/src/capped", "sleep 300 & wait");
+    let old_id = root.gate_of(old.id());
+    let pinned = root.spawn_sh("/src/capped", "sleep 300 & wait");
+    let pinned_id = root.gate_of(pinned.id());
+    root.ok(&["pin", &pinned_id]);
+    // The pinned gate is the oldest by activity now; touch nothing else.
+    // Let the daemon see the busy gate burn.
+    wait_until(Duration::from_secs(5), "busy gate seen busy", || {
+        root.gate(&busy_id)
+            .is_some_and(|g| g["spared"].as_str().is_some_and(|s| s.contains("busy")))
+            || root.gate(&busy_id).is_some_and(|g| g["idle_s"] == 0)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+
+    let newer = root.spawn_sh("/src/capped", "sleep 300 & wait");
+    let newer_id = root.gate_of(newer.id());
+    wait_until(Duration::from_secs(10), "old idle gate evicted", || {
+        removed(&root, &old_id)
+    });
+    assert!(events(&root).iter().any(|e| e["gate"] == old_id.as_str()
+        && e["kind"] == "removed"
+        && e["reason"].as_str().unwrap().starts_with("evicted")));
+    for id in [&busy_id, &pinned_id, &newer_id] {
+        assert!(root.gate(id).is_some(), "{id} kept");
+    }
+    for (id, child) in [(busy_id, busy), (pinned_id, pinned), (newer_id, newer)] {
+        root.ok(&["kill", &id]);
+        reap(child, Duration::from_secs(5));
+    }
+    reap(old, Duration::from_secs(5));
+}
+
+#[test]
+fn a_refusing_cap_refuses_and_changes_nothing() {
+    let root = TestRoot::new();
+    let _d = root.daemon(
+        "[defaults]\nidle_timeout = \"1h\"\n[[project]]\npath = \"/src/one\"\nmax_gates = 1\n",
+    );
+    let first = root.spawn_sh("/src/one", "sleep 300 & wait");
+    let id = root.gate_of(first.id());
+    let out = root.run(&["spawn", "--project", "/src/one", "--", "true"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("max_gates"), "{err}");
+    assert_eq!(root.gate_dirs().len(), 1);
+    root.ok(&["kill", &id]);
+    reap(first, Duration::from_secs(5));
+}
+
+#[test]
+fn memory_budget_evicts_the_least_recently_active_idle_gate_first() {
+    let root = TestRoot::new();
+    let d = root.daemon("[defaults]\nidle_timeout = \"1h\"\nstop_grace = \"1s\"\n");
+    let busy = root.spawn_sh("/src/budget", "while :; do :; done");
+    let pinned = root.spawn_sh("/src/budget", "sleep 300 & wait");
+    let old = root.spawn_sh("/src/budget", "sleep 300 & wait");
+    let recent = root.spawn_sh("/src/budget", "sleep 300 & wait");
+    let ids: Vec<String> = [&busy, &pinned, &old, &recent]
+        .iter()
+        .map(|c| root.gate_of(c.id()))
+        .collect();
+    let (busy_id, pinned_id, old_id, recent_id) = (&ids[0], &ids[1], &ids[2], &ids[3]);
+    root.ok(&["pin", pinned_id]);
+    std::thread::sleep(Duration::from_millis(300));
+    root.ok(&["touch", recent_id]);
+    wait_until(Duration::from_secs(5), "busy gate seen busy", || {
+        root.gate(busy_id)
+            .is_some_and(|g| g["spared"].as_str().is_some_and(|s| s.contains("busy")))
+    });
+
+    // A budget that one eviction satisfies: total minus half the old gate.
+    let gates = root.ps();
+    let total: u64 = gates
+        .iter()
+        .map(|g| g["memory_bytes"].as_u64().unwrap())
+        .sum();
+    let old_mem = gates.iter().find(|g| g["id"] == old_id.as_str()).unwrap()["memory_bytes"]
+        .as_u64()
+        .unwrap();
+    common::write_policy(
+        &d.config,
+        &root.socket,
+        &format!(
+            "memory_budget = \"{}\"\n[defaults]\nidle_timeout = \"1h\"\nstop_grace = \"1s\"\n",
+            total - old_mem / 2
+        ),
+    );
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_until(
+        Duration::from_secs(10),
+        "old gate evicted for the budget",
+        || removed(&root, old_id),
+    );
+    assert!(events(&root).iter().any(|e| e["gate"] == old_id.as_str()
+        && e["kind"] == "removed"
+        && e["reason"].as_str().unwrap().starts_with("memory-budget")));
+    std::thread::sleep(Duration::from_secs(1));
+    for id in [busy_id, pinned_id, recent_id] {
+        assert!(root.gate(id).is_some(), "{id} kept");
+    }
+    for (id, child) in ids.iter().zip([busy, pinned, old, recent]) {
+        let _ = root.run(&["kill", id]);
+        reap(child, Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn a_deadline_reaps_a_busy_gate_and_show_says_where_memory_comes_from() {
+    let root = TestRoot::new();
+    let _d = root.daemon("[defaults]\nidle_timeout = \"1h\"\nstop_grace = \"1s\"\n");
+    let child = root
+        .gov()
+        .args([
+            "spawn",
+            "--project",
+            "/src/runner",
+            "--max-runtime",
+            "2s",
+            "--",
+            "sh",
+            "-c",
+            "while :; do :; done",
+        ])
+        .spawn()
+        .unwrap();
+    let id = root.gate_of(child.id());
+    let show = root.ok(&["show", &id]);
+    let expected = if common::controllers_available() {
+        "memory.current"
+    } else {
+        "PSS"
+    };
+    assert!(show.contains(expected), "{show}");
+    wait_until(Duration::from_secs(10), "deadline reap", || {
+        removed(&root, &id)
+    });
+    assert!(events(&root).iter().any(|e| e["gate"] == id.as_str()
+        && e["kind"] == "removed"
+        && e["reason"].as_str().unwrap().starts_with("deadline")));
+    reap(child, Duration::from_secs(5));
+}

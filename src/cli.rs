@@ -61,6 +61,9 @@ pub enum Command {
     Ps {
         #[arg(long)]
         json: bool,
+        /// Refresh every SECS seconds (default 2) until interrupted.
+        #[arg(long, short, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
+        watch: Option<f64>,
     },
     /// Everything about one gate.
     Show {
@@ -121,14 +124,29 @@ pub fn run(cli: Cli) -> Result<i32> {
             no_owner,
             cmd,
         } => spawn_cmd(project, session, max_runtime, pin, owner, no_owner, cmd),
-        Command::Ps { json } => {
-            let gates = Backend::connect()?.list()?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&gates)?);
-            } else {
-                print!("{}", render_table(&gates));
+        Command::Ps { json, watch } => {
+            let tty = std::io::stdout().is_terminal();
+            loop {
+                let gates = Backend::connect()?.list()?;
+                let text = if json {
+                    serde_json::to_string_pretty(&gates)? + "\n"
+                } else {
+                    render_table(&gates)
+                };
+                match watch {
+                    // On a terminal, redraw in place; piped, one table after another.
+                    Some(_) if tty => print!("\x1b[H\x1b[2J{text}"),
+                    Some(_) => print!("{text}\n"),
+                    None => {
+                        print!("{text}");
+                        return Ok(0);
+                    }
+                }
+                use std::io::Write;
+                std::io::stdout().flush()?;
+                let secs = watch.unwrap_or(2.0).clamp(0.1, 3600.0);
+                std::thread::sleep(std::time::Duration::from_secs_f64(secs));
             }
-            Ok(0)
         }
         Command::Show { gate, json } => {
             let info = Backend::connect()?.show(&gate)?;
@@ -503,6 +521,20 @@ pub fn render_show(g: &GateInfo) -> String {
     }
     if let Some(s) = g.max_runtime_s {
         lines.push(("max runtime", human_secs(s)));
+    }
+    if !g.limits.is_empty() {
+        let l: Vec<String> = g.limits.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        lines.push(("limits", l.join(" ")));
+    } else {
+        lines.push(("limits", "none (no cgroup2 controllers here)".to_string()));
+    }
+    if !g.limit_hits.is_empty() {
+        let l: Vec<String> = g
+            .limit_hits
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        lines.push(("limit hits", l.join(", ")));
     }
     if let Some(s) = &g.spared {
         lines.push(("spared", s.clone()));

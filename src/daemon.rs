@@ -65,6 +65,8 @@ struct GateRt {
     next: Option<(u64, &'static str)>,
     /// A suspend or teardown task is working on this gate.
     working: bool,
+    /// Limit hits seen at the last scan, to report new ones once.
+    limit_hits: BTreeMap<String, u64>,
     owner_watch: Option<AbortHandle>,
 }
 
@@ -91,6 +93,7 @@ struct Counters {
     touches: u64,
     refused: u64,
     reaps: BTreeMap<&'static str, u64>,
+    limit_hits: BTreeMap<String, u64>,
 }
 
 pub struct Daemon {
@@ -143,6 +146,13 @@ impl Daemon {
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        if let Some(addr) = self.policy().global.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics_listen {addr}"))?;
+            tracing::info!(%addr, "serving metrics");
+            tokio::spawn(serve_metrics(self.clone(), listener, permits.clone()));
+        }
         // Adopt what a previous daemon (or root's direct spawns) left.
         self.scan().await;
         let mut interval = self.policy().global.scan_interval;
@@ -715,6 +725,10 @@ impl Daemon {
         for (r, n) in &c.reaps {
             out += &format!("gov_reaps_total{{reason=\"{r}\"}} {n}\n");
         }
+        out += "# HELP gov_limit_hits_total Times gates hit a limit (pids.max, memory.max, oom_kill, ...).\n# TYPE gov_limit_hits_total counter\n";
+        for (k, n) in &c.limit_hits {
+            out += &format!("gov_limit_hits_total{{limit=\"{k}\"}} {n}\n");
+        }
         out += &format!("# HELP gov_spawns_total Gates spawned.\n# TYPE gov_spawns_total counter\ngov_spawns_total {}\n", c.spawns);
         out += &format!("# HELP gov_touches_total Touches received.\n# TYPE gov_touches_total counter\ngov_touches_total {}\n", c.touches);
         out += &format!("# HELP gov_spawns_refused_total Spawns refused by a cap.\n# TYPE gov_spawns_refused_total counter\ngov_spawns_refused_total {}\n", c.refused);
@@ -754,6 +768,7 @@ impl Daemon {
                 spared: None,
                 next: None,
                 working: false,
+                limit_hits: BTreeMap::new(),
                 owner_watch,
             },
         );
@@ -828,6 +843,7 @@ impl Daemon {
         let policy = self.policy();
         let now = now_ms();
         let mut decisions = Vec::new();
+        let mut limit_events = Vec::new();
         {
             let mut gates = self.gates.lock().unwrap();
             for g in gates.values_mut().filter(|g| !g.working) {
@@ -836,6 +852,19 @@ impl Daemon {
                 };
                 let settings = policy.for_project(&g.tags.project);
                 observe_cpu(g, &settings, now);
+                let hits = gate::limit_hits(&g.dir.cgroup);
+                for (kind, &n) in &hits {
+                    let before = g.limit_hits.get(kind).copied().unwrap_or(0);
+                    if n > before {
+                        limit_events.push((
+                            g.tags.clone(),
+                            g.dir.id.clone(),
+                            kind.clone(),
+                            n - before,
+                        ));
+                    }
+                }
+                g.limit_hits = hits;
                 let view = View {
                     phase: g.phase,
                     populated: events.populated,
@@ -876,6 +905,22 @@ impl Daemon {
                     }
                 }
             }
+        }
+        for (tags, id, kind, n) in limit_events {
+            *self
+                .counters
+                .lock()
+                .unwrap()
+                .limit_hits
+                .entry(kind.clone())
+                .or_default() += n;
+            self.event(
+                &tags,
+                &id,
+                "limit",
+                Some(&format!("{kind} hit {n} more time(s)")),
+                None,
+            );
         }
         for (id, d) in decisions {
             self.begin(&id, d);
@@ -1213,6 +1258,52 @@ async fn read_line_capped(
     }
 }
 
+/// A minimal HTTP endpoint for Prometheus: `GET /metrics`, one response
+/// per connection. It shares the connection cap with the socket.
+async fn serve_metrics(d: Arc<Daemon>, listener: tokio::net::TcpListener, permits: Arc<Semaphore>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            continue;
+        };
+        let d = d.clone();
+        tokio::spawn(async move {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            let read_head = async {
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+                    use tokio::io::AsyncReadExt;
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return false,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                true
+            };
+            if !matches!(
+                tokio::time::timeout(FIRST_REQUEST_TIMEOUT, read_head).await,
+                Ok(true)
+            ) {
+                return;
+            }
+            let response = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET / ") {
+                let body = d.metrics();
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
+            };
+            let _ = stream.write_all(response.as_bytes()).await;
+            drop(permit);
+        });
+    }
+}
+
 async fn refuse_busy(mut stream: UnixStream) {
     let reply = Response::error(
         ErrorCode::Busy,
@@ -1325,12 +1416,12 @@ fn report_controllers(tree: &Tree, policy: &Policy) {
 /// memory always (kernel memory accounting for `gov ps` and the budget);
 /// pids and cpu only when some limit asks for them.
 fn controllers_needed(policy: &Policy) -> Vec<&'static str> {
-    let d = policy.defaults();
+    use crate::cgroup::Limit;
     let mut out = vec!["memory"];
-    if d.pids_max != crate::cgroup::Limit::Max || d.project_pids_max != crate::cgroup::Limit::Max {
+    if policy.any_settings(|s| s.pids_max != Limit::Max || s.project_pids_max != Limit::Max) {
         out.push("pids");
     }
-    if d.cpu_max != crate::policy::CpuMax::Max {
+    if policy.any_settings(|s| s.cpu_max != crate::policy::CpuMax::Max) {
         out.push("cpu");
     }
     out

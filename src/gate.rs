@@ -303,6 +303,47 @@ pub fn memory_of(cg: &Cgroup, pids: &[u32]) -> (u64, MemorySource) {
     }
 }
 
+/// How often a gate ran into its limits, from pids.events and memory.events
+/// (only where those controllers are on). Keys: "pids.max", "memory.high",
+/// "memory.max", "oom", "oom_kill", "oom_group_kill"; zero counts left out.
+pub fn limit_hits(cg: &Cgroup) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    if let Ok(kv) = cg.read_flat_keyed("pids.events") {
+        if let Some(&n) = kv.get("max").filter(|&&n| n > 0) {
+            out.insert("pids.max".to_string(), n);
+        }
+    }
+    if let Ok(kv) = cg.read_flat_keyed("memory.events") {
+        for (key, name) in [
+            ("high", "memory.high"),
+            ("max", "memory.max"),
+            ("oom", "oom"),
+            ("oom_kill", "oom_kill"),
+            ("oom_group_kill", "oom_group_kill"),
+        ] {
+            if let Some(&n) = kv.get(key).filter(|&&n| n > 0) {
+                out.insert(name.to_string(), n);
+            }
+        }
+    }
+    out
+}
+
+/// The limits in force on a gate, as the kernel reports them (files absent
+/// where the controller is off).
+pub fn limits_in_force(cg: &Cgroup) -> BTreeMap<String, String> {
+    [
+        "memory.max",
+        "memory.high",
+        "pids.max",
+        "cpu.max",
+        "memory.oom.group",
+    ]
+    .into_iter()
+    .filter_map(|f| Some((f.to_string(), cg.read_file(f).ok()?.trim().to_string())))
+    .collect()
+}
+
 /// Applies per-gate limits where the controller files exist; returns the
 /// files that could not be written because the controller is off here.
 pub fn apply_limits(cg: &Cgroup, limits: &[(&'static str, String)]) -> Vec<&'static str> {
@@ -364,6 +405,8 @@ pub fn info(dir: &GateDir, tags: &Tags, extra: &InfoExtra) -> Result<GateInfo, C
         orphaned_ms: tags.orphaned_ms,
         main_pid: tags.main_pid,
         max_runtime_s: tags.max_runtime_ms.map(|ms| ms / 1000),
+        limits: limits_in_force(&dir.cgroup),
+        limit_hits: limit_hits(&dir.cgroup),
         cgroup: dir.cgroup.path().display().to_string(),
     })
 }

@@ -332,6 +332,18 @@ impl Policy {
         settings
     }
 
+    /// Does any gate (under `[defaults]` or any one `[[project]]` rule on top
+    /// of them) get settings for which `uses` holds? The daemon asks this to
+    /// enable only the controllers some limit needs.
+    pub fn any_settings(&self, uses: impl Fn(&GateSettings) -> bool) -> bool {
+        uses(&self.defaults)
+            || self.rules.iter().any(|rule| {
+                let mut settings = self.defaults.clone();
+                rule.overrides.apply_to(&mut settings);
+                uses(&settings)
+            })
+    }
+
     /// The settings before any `[[project]]` rule.
     pub fn defaults(&self) -> &GateSettings {
         &self.defaults

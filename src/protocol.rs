@@ -1,6 +1,8 @@
 //! The daemon's protocol: one JSON object per line each way, tagged by
 //! `"type"` in snake_case, with a version field `"v"`. See docs/protocol.md.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::gate::MemorySource;
@@ -212,6 +214,12 @@ pub struct GateInfo {
     pub main_pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_runtime_s: Option<u64>,
+    /// Limit files in force (absent where the controller is off here).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limits: BTreeMap<String, String>,
+    /// How often the gate hit a limit (pids.events, memory.events).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub limit_hits: BTreeMap<String, u64>,
     pub cgroup: String,
 }
 

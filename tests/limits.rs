@@ -1,0 +1,251 @@
+//! Limits need cgroup2 controllers (memory, pids, cpu). Our hosts' v2
+//! hierarchy has none, so these tests say SKIP there and run in the VM suite
+//! (integration/vm-test), where GOV_REQUIRE_CONTROLLERS=1 turns a skip into
+//! a failure.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{alive, needs_controllers, reap, wait_until, TestRoot};
+
+/// A shell line that makes the shell itself hold about `mb` MiB of heap.
+fn hog(mb: u32) -> String {
+    format!(
+        "x=$(head -c {} /dev/zero | tr '\\0' x)",
+        mb as u64 * 1024 * 1024
+    )
+}
+
+fn events(root: &TestRoot) -> Vec<serde_json::Value> {
+    serde_json::from_str(&root.ok(&["events", "--json", "-n", "1000"])).unwrap()
+}
+
+#[test]
+fn a_fork_bomb_stays_under_pids_max_and_the_hits_are_reported() {
+    if !needs_controllers("a_fork_bomb_stays_under_pids_max_and_the_hits_are_reported") {
+        return;
+    }
+    let root = TestRoot::new();
+    let _d = root.daemon("[defaults]\nidle_timeout = \"1h\"\npids_max = 32\n");
+    let bomb = root.spawn_sh("/src/bomb", "f() { f | f & }; f; sleep 300");
+    let id = root.gate_of(bomb.id());
+    let cg = root.gate_cgroup(&id);
+    assert_eq!(cg.read_file("pids.max").unwrap().trim(), "32");
+    wait_until(Duration::from_secs(60), "pids.max hit", || {
+        cg.read_flat_keyed("pids.events")
+            .map(|kv| kv["max"] > 0)
+            .unwrap_or(false)
+    });
+    let current: u64 = cg
+        .read_file("pids.current")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(current <= 32, "pids.current {current} over the limit");
+    // The host can still start processes, promptly.
+    let t = Instant::now();
+    assert!(std::process::Command::new("true")
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "host unresponsive: {:?}",
+        t.elapsed()
+    );
+    wait_until(Duration::from_secs(20), "limit event", || {
+        events(&root)
+            .iter()
+            .any(|e| e["gate"] == id.as_str() && e["kind"] == "limit")
+    });
+    let show = root.ok(&["show", &id]);
+    assert!(show.contains("pids.max"), "{show}");
+    root.ok(&["kill", &id]);
+    assert!(root.gate_dirs().is_empty());
+    reap(bomb, Duration::from_secs(10));
+}
+
+#[test]
+fn memory_max_oom_kills_inside_the_gate_only_and_oom_group_takes_the_whole_gate() {
+    if !needs_controllers("memory_max_oom_kills_inside_the_gate_only") {
+        return;
+    }
+    let root = TestRoot::new();
+    let _d = root.daemon(
+        "[defaults]\nidle_timeout = \"1h\"\nmemory_max = \"32M\"\n\
+         [[project]]\npath = \"/src/grouped\"\noom_group = true\n",
+    );
+    let pids = root.dir.path().join("pids");
+    let alone = root.spawn_sh(
+        "/src/alone",
+        &format!(
+            "sleep 300 & echo $! > {}; {}; sleep 300",
+            pids.display(),
+            hog(96)
+        ),
+    );
+    let grouped_pids = root.dir.path().join("grouped-pids");
+    let grouped = root.spawn_sh(
+        "/src/grouped",
+        &format!(
+            "sleep 300 & echo $! > {}; {}; sleep 300",
+            grouped_pids.display(),
+            hog(96)
+        ),
+    );
+    let (alone_pid, grouped_pid) = (alone.id(), grouped.id());
+    let alone_id = root.gate_of(alone_pid);
+    let grouped_id = root.gate_of(grouped_pid);
+    let alone_cg = root.gate_cgroup(&alone_id);
+    wait_until(Duration::from_secs(60), "oom kill in the lone gate", || {
+        alone_cg
+            .read_flat_keyed("memory.events")
+            .map(|kv| kv["oom_kill"] > 0)
+            .unwrap_or(false)
+    });
+    assert_eq!(
+        reap(alone, Duration::from_secs(10)),
+        None,
+        "the hog was killed by a signal"
+    );
+    // Without oom_group only the hog died; its sibling lives in the gate.
+    wait_until(Duration::from_secs(5), "sibling pid", || {
+        !common::read_pids(&pids).is_empty()
+    });
+    let sibling = common::read_pids(&pids)[0];
+    assert!(alive(sibling), "the sibling survives a plain OOM kill");
+    wait_until(Duration::from_secs(20), "limit event for the OOM", || {
+        events(&root)
+            .iter()
+            .any(|e| e["gate"] == alone_id.as_str() && e["kind"] == "limit")
+    });
+    assert!(alive(std::process::id()), "the test itself was not touched");
+
+    // With oom_group the whole gate goes, and the daemon removes it.
+    reap(grouped, Duration::from_secs(60));
+    let grouped_sibling = common::read_pids(&grouped_pids);
+    for p in grouped_sibling {
+        wait_until(Duration::from_secs(10), "grouped sibling killed", || {
+            !alive(p)
+        });
+    }
+    wait_until(Duration::from_secs(20), "grouped gate removed", || {
+        root.gate(&grouped_id).is_none()
+    });
+    root.ok(&["kill", &alone_id]);
+}
+
+#[test]
+fn cpu_max_holds_a_busy_gate_to_its_quota() {
+    if !needs_controllers("cpu_max_holds_a_busy_gate_to_its_quota") {
+        return;
+    }
+    let root = TestRoot::new();
+    let _d = root.daemon("[defaults]\nidle_timeout = \"1h\"\ncpu_max = \"25%\"\n");
+    let busy = root.spawn_sh("/src/cpu", "while :; do :; done");
+    let id = root.gate_of(busy.id());
+    let cg = root.gate_cgroup(&id);
+    assert_eq!(cg.read_file("cpu.max").unwrap().trim(), "25000 100000");
+    std::thread::sleep(Duration::from_millis(500));
+    let (u0, t0) = (cg.read_cpu_usage_usec().unwrap(), Instant::now());
+    std::thread::sleep(Duration::from_secs(4));
+    let (u1, t1) = (cg.read_cpu_usage_usec().unwrap(), Instant::now());
+    let ratio = (u1 - u0) as f64 / (t1 - t0).as_micros() as f64;
+    // TCG is slow and noisy; the quota still bounds usage from above.
+    assert!(
+        (0.10..=0.40).contains(&ratio),
+        "cpu share {ratio:.2}, quota 0.25"
+    );
+    let stat = cg.read_flat_keyed("cpu.stat").unwrap();
+    assert!(stat["nr_throttled"] > 0, "throttled: {stat:?}");
+    root.ok(&["kill", &id]);
+    reap(busy, Duration::from_secs(10));
+}
+
+#[test]
+fn a_project_cap_binds_the_sum_of_its_gates() {
+    if !needs_controllers("a_project_cap_binds_the_sum_of_its_gates") {
+        return;
+    }
+    let root = TestRoot::new();
+    let _d = root.daemon("[defaults]\nidle_timeout = \"1h\"\nproject_memory_max = \"64M\"\n");
+    let a = root.spawn_sh("/src/capped-project", &format!("{}; sleep 300", hog(40)));
+    let b = root.spawn_sh("/src/capped-project", &format!("{}; sleep 300", hog(40)));
+    let (a_id, b_id) = (root.gate_of(a.id()), root.gate_of(b.id()));
+    let project = common::cgroup_parent(&root.gate_cgroup(&a_id));
+    assert_eq!(
+        project.read_file("memory.max").unwrap().trim(),
+        (64u64 << 20).to_string()
+    );
+    // Each gate alone fits; together they do not: the project's limit
+    // OOM-kills one of them, and the project never holds more than 64M.
+    wait_until(Duration::from_secs(60), "project OOM", || {
+        project
+            .read_flat_keyed("memory.events")
+            .map(|kv| kv["oom_kill"] > 0)
+            .unwrap_or(false)
+    });
+    let peak = project
+        .read_file("memory.peak")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if let Some(peak) = peak {
+        assert!(peak <= 64 << 20, "peak {peak} over the project cap");
+    }
+    let current = project.read_memory_current().unwrap().unwrap();
+    assert!(current <= 64 << 20, "project holds {current}");
+    for id in [&a_id, &b_id] {
+        let _ = root.run(&["kill", id]);
+    }
+    reap(a, Duration::from_secs(10));
+    reap(b, Duration::from_secs(10));
+}
+
+#[test]
+fn memory_reclaim_on_a_frozen_gate_lowers_memory_current() {
+    if !needs_controllers("memory_reclaim_on_a_frozen_gate_lowers_memory_current") {
+        return;
+    }
+    let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
+    assert!(
+        swaps.lines().count() > 1,
+        "anonymous memory can only be reclaimed to swap; the VM sets up zram swap: {swaps}"
+    );
+    let root = TestRoot::new();
+    let _d = root.daemon(
+        "[defaults]\nidle_timeout = \"2s\"\nfrozen_hold = \"1h\"\nreclaim_when_frozen = true\n",
+    );
+    let ready = root.dir.path().join("ready");
+    let gate = root.spawn_sh(
+        "/src/reclaim",
+        &format!("{}; touch {}; sleep 300", hog(48), ready.display()),
+    );
+    let id = root.gate_of(gate.id());
+    wait_until(Duration::from_secs(60), "allocation", || ready.exists());
+    let cg = root.gate_cgroup(&id);
+    let before = cg.read_memory_current().unwrap().unwrap();
+    assert!(before > 40 << 20, "gate holds {before}");
+    wait_until(Duration::from_secs(30), "suspended", || {
+        events(&root)
+            .iter()
+            .any(|e| e["gate"] == id.as_str() && e["kind"] == "suspended")
+    });
+    let after = cg.read_memory_current().unwrap().unwrap();
+    assert!(after < before / 2, "memory.current {before} -> {after}");
+    let ev = events(&root);
+    let suspended = ev
+        .iter()
+        .find(|e| e["gate"] == id.as_str() && e["kind"] == "suspended")
+        .unwrap();
+    assert!(
+        suspended["freed_bytes"].as_u64().unwrap_or(0) > 20 << 20,
+        "{suspended}"
+    );
+    // Still there, as it was: thaw brings it back.
+    root.ok(&["thaw", &id]);
+    assert!(alive(gate.id()));
+    root.ok(&["kill", &id]);
+    reap(gate, Duration::from_secs(10));
+}

@@ -136,7 +136,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 match watch {
                     // On a terminal, redraw in place; piped, one table after another.
                     Some(_) if tty => print!("\x1b[H\x1b[2J{text}"),
-                    Some(_) => print!("{text}\n"),
+                    Some(_) => println!("{text}"),
                     None => {
                         print!("{text}");
                         return Ok(0);
@@ -268,7 +268,7 @@ impl Backend {
     fn show(self, gate: &str) -> Result<GateInfo> {
         match self {
             Backend::Daemon(mut c) => match c.call(Request::Show { gate: gate.into() })? {
-                Response::Gate { gate } => Ok(gate),
+                Response::Gate { gate } => Ok(*gate),
                 other => Err(unexpected(other).unwrap_err()),
             },
             Backend::Direct(tree) => direct::show(&tree, gate),

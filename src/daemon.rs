@@ -309,7 +309,9 @@ impl Daemon {
             Request::List => Ok(Response::Gates {
                 gates: self.list(peer),
             }),
-            Request::Show { gate } => self.show(peer, &gate).map(|gate| Response::Gate { gate }),
+            Request::Show { gate } => self.show(peer, &gate).map(|gate| Response::Gate {
+                gate: Box::new(gate),
+            }),
             Request::Touch { gate, session } => self.touch(peer, gate, session).await,
             Request::Freeze { gate } => self.freeze(peer, &gate).await,
             Request::Thaw { gate } => self.thaw(peer, &gate).await,

@@ -105,7 +105,7 @@ pub enum Response {
         gates: Vec<GateInfo>,
     },
     Gate {
-        gate: GateInfo,
+        gate: Box<GateInfo>,
     },
     Done {
         gates: Vec<String>,

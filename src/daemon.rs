@@ -589,29 +589,26 @@ impl Daemon {
 
     /// Thaws a suspended or frozen gate and makes it running again.
     async fn resume(&self, id: &str, why: &str) -> Reply<()> {
+        // Running (and active) before the thaw, so a scan meanwhile cannot
+        // take the still-frozen gate for one whose hold ran out.
         let (cg, tags) = {
-            let gates = self.gates.lock().unwrap();
+            let mut gates = self.gates.lock().unwrap();
             let g = gates
-                .get(id)
+                .get_mut(id)
                 .ok_or((ErrorCode::NotFound, format!("no gate {id}")))?;
             if matches!(g.phase, Phase::Stopping { .. } | Phase::Killing { .. }) {
                 return Err((ErrorCode::Reaping, format!("gate {id} is being reaped")));
             }
+            g.phase = Phase::Running;
+            g.tags.frozen_ms = None;
+            g.last_active_ms = now_ms();
             (g.dir.cgroup.clone(), g.tags.clone())
         };
+        let _ = cg.remove_tag("frozen");
         let c = cg.clone();
         blocking(move || c.thaw(gate::FREEZE_TIMEOUT))
             .await
             .map_err(internal)?;
-        let _ = cg.remove_tag("frozen");
-        {
-            let mut gates = self.gates.lock().unwrap();
-            if let Some(g) = gates.get_mut(id) {
-                g.phase = Phase::Running;
-                g.tags.frozen_ms = None;
-                g.last_active_ms = now_ms();
-            }
-        }
         self.event(&tags, id, "thawed", Some(why), None);
         Ok(())
     }
@@ -640,7 +637,11 @@ impl Daemon {
                 g.working = true;
             }
         }
-        self.teardown(id.to_string(), Reason::Manual, true).await;
+        let result = self.try_teardown(id, Reason::Manual, true).await;
+        if let Some(g) = self.gates.lock().unwrap().get_mut(id) {
+            g.working = false;
+        }
+        result.map_err(|e| internal(format!("{e:#}")))?;
         Ok(Response::Done {
             gates: vec![id.to_string()],
         })

@@ -47,12 +47,13 @@ pub enum CgroupError {
         "no cgroup2 file system is mounted (looked in /proc/self/mountinfo); gov needs cgroup v2"
     )]
     NoCgroup2,
-    #[error("{op} {path}: {source}")]
+    /// The io::Error is part of the message, not a chained source, so it is
+    /// printed once whether the caller prints the chain or not.
+    #[error("{op} {path}: {error}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
     #[error("{path}: cannot parse {what}: {data:?}")]
     Parse {
@@ -73,7 +74,7 @@ impl CgroupError {
     /// as a normal outcome.
     pub fn errno(&self) -> Option<Errno> {
         match self {
-            CgroupError::Io { source, .. } => source.raw_os_error().map(Errno::from_raw),
+            CgroupError::Io { error, .. } => error.raw_os_error().map(Errno::from_raw),
             _ => None,
         }
     }
@@ -82,10 +83,10 @@ impl CgroupError {
 pub type Result<T> = std::result::Result<T, CgroupError>;
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
-    move |source| CgroupError::Io {
+    move |error| CgroupError::Io {
         op,
         path: path.to_path_buf(),
-        source,
+        error,
     }
 }
 
@@ -306,12 +307,11 @@ impl Cgroup {
             .write(true)
             .open(&path)
             .map_err(io_err("open", &path))?;
-        f.write_all(value.as_bytes())
-            .map_err(|source| CgroupError::Io {
-                op: "write",
-                path: path.clone(),
-                source: io::Error::new(source.kind(), format!("{value:?}: {source}")),
-            })
+        f.write_all(value.as_bytes()).map_err(|e| CgroupError::Io {
+            op: "write",
+            path: path.clone(),
+            error: io::Error::new(e.kind(), format!("{value:?}: {e}")),
+        })
     }
 
     fn parsed<T>(

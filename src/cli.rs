@@ -344,7 +344,11 @@ fn spawn_cmd(
                 project,
                 session,
                 ..
-            } => spawn::exec(&cmd, &gate, &project, &session),
+            } => {
+                // The daemon removes the gate once it sees it empty.
+                let err = spawn::exec(&cmd, &gate, &project, &session);
+                spawn::exit_exec_failed(&cmd, &err)
+            }
             other => return unexpected(other),
         }
     }
@@ -372,7 +376,12 @@ fn spawn_cmd(
     );
     let dir = spawn::create_gate_for(&tree, &tags, &policy.for_project(&project), me)
         .context("creating the gate cgroup")?;
-    spawn::exec(&cmd, &dir.id, &project, &session)
+    let err = spawn::exec(&cmd, &dir.id, &project, &session);
+    // No daemon will remove the gate: leave it (for the root cgroup, which
+    // takes any process) and remove it ourselves.
+    let _ = crate::cgroup::Cgroup::new(&tree.mount).write_procs(me);
+    let _ = dir.remove();
+    spawn::exit_exec_failed(&cmd, &err)
 }
 
 // ---------------------------------------------------------------------------

@@ -22,8 +22,10 @@ pub fn socket_path() -> PathBuf {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("talking to gov daemon at {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    /// The io::Error is part of the message, not a chained source, so it is
+    /// printed once.
+    #[error("talking to gov daemon at {path}: {error}")]
+    Io { path: PathBuf, error: io::Error },
     #[error("gov daemon at {path} sent a reply this client cannot read: {detail}")]
     BadReply { path: PathBuf, detail: String },
 }
@@ -39,9 +41,9 @@ impl Client {
     pub fn connect(path: &Path) -> Result<Option<Client>, ClientError> {
         match UnixStream::connect(path) {
             Ok(stream) => {
-                let io = |source| ClientError::Io {
+                let io = |error| ClientError::Io {
                     path: path.to_path_buf(),
-                    source,
+                    error,
                 };
                 stream.set_read_timeout(Some(REPLY_TIMEOUT)).map_err(io)?;
                 Ok(Some(Client {
@@ -57,35 +59,36 @@ impl Client {
             {
                 Ok(None)
             }
-            Err(source) => Err(ClientError::Io {
+            Err(error) => Err(ClientError::Io {
                 path: path.to_path_buf(),
-                source,
+                error,
             }),
         }
     }
 
     pub fn call(&mut self, request: Request) -> Result<Response, ClientError> {
-        let io = |source| ClientError::Io {
+        let io = |error| ClientError::Io {
             path: self.path.clone(),
-            source,
+            error,
         };
-        self.reader
-            .get_mut()
-            .write_all(&protocol::encode_request(request))
-            .map_err(io)?;
-        let mut line = String::new();
-        let n = self
+        let sent = self
             .reader
-            .read_line(&mut line)
-            .map_err(|source| ClientError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-        if n == 0 {
-            return Err(ClientError::BadReply {
-                path: self.path.clone(),
-                detail: "the connection closed before a reply".into(),
-            });
+            .get_mut()
+            .write_all(&protocol::encode_request(request));
+        let mut line = String::new();
+        let read = self.reader.read_line(&mut line);
+        match (sent, read) {
+            // A daemon at its connection cap answers `busy` and closes
+            // without reading: its reply is worth more than our EPIPE.
+            (_, Ok(n)) if n > 0 => {}
+            (Err(e), _) => return Err(io(e)),
+            (Ok(()), Err(e)) => return Err(io(e)),
+            (Ok(()), Ok(_)) => {
+                return Err(ClientError::BadReply {
+                    path: self.path.clone(),
+                    detail: "the connection closed before a reply".into(),
+                })
+            }
         }
         serde_json::from_str::<ResponseFrame>(&line)
             .map(|f| f.response)

@@ -28,10 +28,14 @@ use crate::protocol::{self, ErrorCode, Event, GateInfo, Request, Response};
 use crate::reaper::{self, Decision, Phase, Reason, Spared, View};
 use crate::spawn;
 
-/// Connections served at once; more are answered `busy` and closed. With
-/// MAX_REQUEST_BYTES per connection this bounds what clients can make the
-/// daemon hold to about 256 x 72 KiB = 18 MiB.
+/// Connections served at once for users other than root; more are answered
+/// `busy` and closed. With MAX_CONNECTIONS_PER_USER for root on top, and
+/// MAX_REQUEST_BYTES per connection, clients can make the daemon hold at
+/// most about 384 x 72 KiB = 27 MiB.
 const MAX_CONNECTIONS: usize = 256;
+/// Connections one user (root included) may hold at once, so no one user
+/// can take every slot from the others.
+const MAX_CONNECTIONS_PER_USER: usize = 128;
 /// A client that connects and says nothing is dropped after this.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client may keep its connection for several requests (a host's touches).
@@ -78,6 +82,24 @@ impl Drop for GateRt {
     }
 }
 
+/// A connection counted against its user; given back on drop.
+struct UserSlot {
+    daemon: Arc<Daemon>,
+    uid: u32,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut conns = self.daemon.user_conns.lock().unwrap();
+        if let Some(n) = conns.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                conns.remove(&self.uid);
+            }
+        }
+    }
+}
+
 /// Who is on the other end of a connection, from the kernel's peer
 /// credentials, never from anything the client says.
 #[derive(Debug, Clone)]
@@ -85,6 +107,9 @@ struct Peer {
     pid: u32,
     uid: u32,
     admin: bool,
+    /// The connecting process itself, held from connect on (SO_PEERPIDFD),
+    /// so a pid recycled before the request cannot be mistaken for it.
+    pidfd: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 #[derive(Default)]
@@ -104,6 +129,7 @@ pub struct Daemon {
     gates: Mutex<HashMap<String, GateRt>>,
     events: Mutex<VecDeque<Event>>,
     counters: Mutex<Counters>,
+    user_conns: Mutex<HashMap<u32, usize>>,
     socket: PathBuf,
 }
 
@@ -130,9 +156,24 @@ impl Daemon {
             gates: Mutex::new(HashMap::new()),
             events: Mutex::new(VecDeque::new()),
             counters: Mutex::new(Counters::default()),
+            user_conns: Mutex::new(HashMap::new()),
             socket,
         });
         Ok(d)
+    }
+
+    /// One of a user's connection slots, or None when they hold all theirs.
+    fn user_slot(self: &Arc<Self>, uid: u32) -> Option<UserSlot> {
+        let mut conns = self.user_conns.lock().unwrap();
+        let n = conns.entry(uid).or_default();
+        if *n >= MAX_CONNECTIONS_PER_USER {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot {
+            daemon: self.clone(),
+            uid,
+        })
     }
 
     fn policy(&self) -> Arc<Policy> {
@@ -140,11 +181,13 @@ impl Daemon {
     }
 
     async fn serve(self: Arc<Self>) -> Result<i32> {
-        let listener = bind_socket(&self.policy())?;
-        let _cleanup = SocketGuard(self.socket.clone());
+        // Handlers first: a SIGHUP or SIGTERM must never meet the default
+        // action once clients can reach us.
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
+        let listener = bind_socket(&self.policy())?;
+        let _cleanup = SocketGuard(self.socket.clone());
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         if let Some(addr) = self.policy().global.metrics_listen {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -163,15 +206,19 @@ impl Daemon {
             tokio::select! {
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
-                    match permits.clone().try_acquire_owned() {
-                        Ok(permit) => {
+                    let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
+                    // Root is never shut out by other users' connections; any
+                    // one user gets a share of the slots, not all of them.
+                    let permit = if uid == 0 { None } else { permits.clone().try_acquire_owned().ok() };
+                    match self.user_slot(uid) {
+                        Some(slot) if uid == 0 || permit.is_some() => {
                             let d = self.clone();
                             tokio::spawn(async move {
                                 d.connection(stream).await;
-                                drop(permit);
+                                drop((slot, permit));
                             });
                         }
-                        Err(_) => {
+                        _ => {
                             tokio::spawn(refuse_busy(stream));
                         }
                     }
@@ -295,7 +342,18 @@ impl Daemon {
                 cred.gid() == gid
                     || proc::uid_and_groups(pid).is_some_and(|(_, groups)| groups.contains(&gid))
             });
-        Ok(Peer { pid, uid, admin })
+        // SO_PEERPIDFD (Linux >= 6.5) names the process that connected;
+        // older kernels get a pidfd opened now, checked again at the move.
+        let pidfd = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd)
+            .ok()
+            .or_else(|| proc::pidfd_open(pid).ok())
+            .map(Arc::new);
+        Ok(Peer {
+            pid,
+            uid,
+            admin,
+            pidfd,
+        })
     }
 
     /// The one place where a request becomes a reply; every error is a reply.
@@ -418,7 +476,10 @@ impl Daemon {
         // The client is the process to move: the kernel told us its pid at
         // connect, and a pidfd checked before and after the move makes sure
         // the pid was not recycled in between.
-        let pidfd = proc::pidfd_open(peer.pid).map_err(|e| bad(format!("caller is gone: {e}")))?;
+        let pidfd = peer
+            .pidfd
+            .clone()
+            .ok_or_else(|| bad("caller is gone".into()))?;
         let tags = spawn::tags_for(
             &project,
             &session,
@@ -601,10 +662,12 @@ impl Daemon {
             }
             g.phase = Phase::Running;
             g.tags.frozen_ms = None;
+            g.tags.frozen_manual = false;
             g.last_active_ms = now_ms();
             (g.dir.cgroup.clone(), g.tags.clone())
         };
         let _ = cg.remove_tag("frozen");
+        let _ = cg.remove_tag("frozen_manual");
         let c = cg.clone();
         blocking(move || c.thaw(gate::FREEZE_TIMEOUT))
             .await
@@ -1007,6 +1070,12 @@ impl Daemon {
         blocking(move || c.freeze(gate::FREEZE_TIMEOUT)).await?;
         let now = now_ms();
         cg.write_tag("frozen", &now.to_string())?;
+        // A person's freeze shows as "frozen", the reaper's as "suspended".
+        Tags::write_one(
+            &cg,
+            "frozen_manual",
+            (reason == Reason::Manual).then(|| "1".into()),
+        )?;
         let settings = self.policy().for_project(&tags.project);
         let mut reclaimed = None;
         if settings.reclaim_when_frozen && cg.has_file("memory.reclaim") {
@@ -1018,6 +1087,7 @@ impl Daemon {
             if let Some(g) = gates.get_mut(id) {
                 g.phase = Phase::Suspended { since_ms: now };
                 g.tags.frozen_ms = Some(now);
+                g.tags.frozen_manual = reason == Reason::Manual;
             }
         }
         let kind = if reason == Reason::Manual {
@@ -1308,6 +1378,23 @@ async fn serve_metrics(d: Arc<Daemon>, listener: tokio::net::TcpListener, permit
 }
 
 async fn refuse_busy(mut stream: UnixStream) {
+    // Read what the client sent (bounded), so it is not writing into a
+    // closed socket and gets to read our reply.
+    let mut sink = vec![0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(100), async {
+        use tokio::io::AsyncReadExt;
+        let mut total = 0;
+        while total < protocol::MAX_REQUEST_BYTES {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => total += n,
+            }
+            if sink.contains(&b'\n') {
+                break;
+            }
+        }
+    })
+    .await;
     let reply = Response::error(
         ErrorCode::Busy,
         "gov daemon is at its connection limit; try again",

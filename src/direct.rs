@@ -72,5 +72,6 @@ pub fn thaw(tree: &Tree, id: &str) -> Result<()> {
     let dir = find(tree, id)?;
     dir.cgroup.thaw(gate::FREEZE_TIMEOUT)?;
     dir.cgroup.remove_tag("frozen")?;
+    dir.cgroup.remove_tag("frozen_manual")?;
     Ok(())
 }

@@ -56,7 +56,7 @@ impl Tree {
             return Err(CgroupError::Io {
                 op: "use as gov's cgroup root",
                 path: root,
-                source: std::io::Error::other(format!(
+                error: std::io::Error::other(format!(
                     "must be a directory below the cgroup2 mount {}",
                     mount.display()
                 )),
@@ -208,6 +208,8 @@ pub struct Tags {
     /// Persisted so a daemon restart does not reset every idle clock.
     pub last_active_ms: Option<u64>,
     pub frozen_ms: Option<u64>,
+    /// Frozen by a person (`gov freeze`), not by the reaper.
+    pub frozen_manual: bool,
     pub orphaned_ms: Option<u64>,
     /// Reap intent ("stop:idle:<ms>", "kill:orphan"), so a restarted daemon
     /// finishes a teardown it had begun.
@@ -233,6 +235,7 @@ impl Tags {
             ("pinned", self.pinned.then(|| "1".to_string())),
             ("last_active", opt(&self.last_active_ms)),
             ("frozen", opt(&self.frozen_ms)),
+            ("frozen_manual", self.frozen_manual.then(|| "1".to_string())),
             ("orphaned", opt(&self.orphaned_ms)),
             ("reaping", self.reaping.clone()),
         ])
@@ -277,6 +280,7 @@ impl Tags {
             pinned: m.get("pinned").is_some_and(|v| v == "1"),
             last_active_ms: num("last_active"),
             frozen_ms: num("frozen"),
+            frozen_manual: m.get("frozen_manual").is_some_and(|v| v == "1"),
             orphaned_ms: num("orphaned"),
             reaping: m.get("reaping").cloned(),
         })
@@ -380,7 +384,9 @@ pub fn info(dir: &GateDir, tags: &Tags, extra: &InfoExtra) -> Result<GateInfo, C
         (Some(r), _) if r.starts_with("kill") => GateState::Killing,
         (Some(_), _) => GateState::Stopping,
         (None, e) if !e.populated => GateState::Exited,
-        (None, e) if e.frozen && tags.frozen_ms.is_some() => GateState::Suspended,
+        (None, e) if e.frozen && tags.frozen_ms.is_some() && !tags.frozen_manual => {
+            GateState::Suspended
+        }
         (None, e) if e.frozen => GateState::Frozen,
         _ => GateState::Running,
     };
@@ -438,6 +444,7 @@ mod tests {
             pinned: true,
             last_active_ms: Some(1_700_000_000_500),
             frozen_ms: None,
+            frozen_manual: true,
             orphaned_ms: None,
             reaping: Some("stop:idle:5".into()),
         };

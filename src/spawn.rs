@@ -82,25 +82,31 @@ pub fn tags_for(
         pinned,
         last_active_ms: None,
         frozen_ms: None,
+        frozen_manual: false,
         orphaned_ms: None,
         reaping: None,
     }
 }
 
-/// Replaces this process with CMD, told which gate it is in. On failure it
-/// exits with the status a shell would use (127 not found, 126 otherwise).
-pub fn exec(cmd: &[OsString], gate: &str, project: &str, session: &str) -> ! {
-    let err = Command::new(&cmd[0])
+/// Replaces this process with CMD, told which gate it is in. Returns only
+/// if the exec failed.
+pub fn exec(cmd: &[OsString], gate: &str, project: &str, session: &str) -> std::io::Error {
+    Command::new(&cmd[0])
         .args(&cmd[1..])
         .env(ENV_GATE, gate)
         .env(ENV_PROJECT, project)
         .env(ENV_SESSION, session)
-        .exec();
+        .exec()
+}
+
+/// Says why CMD could not run and exits with the status a shell would use
+/// (127 not found, 126 otherwise).
+pub fn exit_exec_failed(cmd: &[OsString], err: &std::io::Error) -> ! {
+    eprintln!("gov: cannot run {}: {err}", cmd[0].to_string_lossy());
     let status = if err.kind() == std::io::ErrorKind::NotFound {
         127
     } else {
         126
     };
-    eprintln!("gov: cannot run {}: {err}", cmd[0].to_string_lossy());
     std::process::exit(status)
 }

@@ -1,0 +1,1018 @@
+//! A real daemon on a real socket: unprivileged clients, hostile requests,
+//! policy errors and reloads, restarts and stops. Host tests: root and
+//! cgroup2 required.
+//!
+//! No test here ever sends a spawn request from the test process itself: the
+//! daemon would move the test runner into a gate. Raw spawns come from a
+//! child python3 process.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::ops::{Deref, DerefMut};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{alive, reap, wait_until, Daemon, TestRoot};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+const NOBODY: u32 = 65534;
+const PYTHON: &str = "/usr/bin/python3";
+
+/// A child process that is killed and reaped when the test ends, also when
+/// an assertion fails first (declared after the TestRoot, it drops first).
+struct Kid(Option<Child>);
+
+impl Kid {
+    fn new(child: Child) -> Kid {
+        Kid(Some(child))
+    }
+    fn reap(mut self, timeout: Duration) -> Option<i32> {
+        reap(self.0.take().unwrap(), timeout)
+    }
+}
+
+impl Deref for Kid {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().unwrap()
+    }
+}
+
+impl DerefMut for Kid {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A path `nobody` can execute: the test binary where it lies if every
+/// directory above it lets others through, else a 0755 copy in the test's
+/// own (0755) temp dir.
+fn gov_for_others(root: &TestRoot) -> PathBuf {
+    let bin = common::gov_bin();
+    let reachable = bin.ancestors().skip(1).all(|d| {
+        d.as_os_str().is_empty()
+            || fs::metadata(d)
+                .map(|m| m.permissions().mode() & 0o001 != 0)
+                .unwrap_or(false)
+    });
+    let runnable = fs::metadata(&bin)
+        .map(|m| m.permissions().mode() & 0o005 == 0o005)
+        .unwrap_or(false);
+    if reachable && runnable {
+        return bin;
+    }
+    let copy = root.dir.path().join("gov");
+    if !copy.exists() {
+        fs::copy(&bin, &copy).unwrap();
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    copy
+}
+
+/// `gov` as user nobody, talking to this root's daemon.
+fn gov_as_nobody(root: &TestRoot) -> Command {
+    let mut c = Command::new(gov_for_others(root));
+    c.env("GOV_CGROUP_ROOT", &root.path)
+        .env("GOV_SOCKET", &root.socket)
+        .env_remove("GOV_LOG")
+        .current_dir(root.dir.path())
+        .uid(NOBODY)
+        .gid(NOBODY);
+    c
+}
+
+fn nobody_run(root: &TestRoot, args: &[&str]) -> Output {
+    common::as_user(NOBODY, gov_as_nobody(root).args(args))
+}
+
+fn nobody_ps(root: &TestRoot) -> Vec<Value> {
+    let out = nobody_run(root, &["ps", "--json"]);
+    assert!(out.status.success(), "ps as nobody: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `gov spawn -p PROJECT [-s SESSION] -- sh -c SCRIPT` through the daemon.
+fn spawn_gate(root: &TestRoot, project: &str, session: Option<&str>, script: &str) -> Kid {
+    let mut c = root.gov();
+    c.args(["spawn", "-p", project]);
+    if let Some(s) = session {
+        c.args(["-s", s]);
+    }
+    Kid::new(
+        c.args(["--", "sh", "-c", script])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn proc_status(pid: u32, key: &str) -> Option<String> {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(key).map(|v| v.trim().to_string()))
+}
+
+/// Resident memory of a process in KiB.
+fn vm_rss_kib(pid: u32) -> u64 {
+    proc_status(pid, "VmRSS:")
+        .and_then(|v| v.split_whitespace().next().map(str::to_string))
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS of the daemon")
+}
+
+fn proc_cgroup(pid: u32) -> String {
+    let t = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    gov::cgroup::parse_proc_cgroup(&t).unwrap_or("").to_string()
+}
+
+fn root_rel(root: &TestRoot) -> String {
+    let mount = gov::cgroup::cgroup2_mount().unwrap();
+    format!("/{}", root.path.strip_prefix(&mount).unwrap().display())
+}
+
+fn daemon_alive(d: &mut Daemon) -> bool {
+    matches!(d.child.try_wait(), Ok(None))
+}
+
+/// One raw request line on a fresh connection; the first reply line, or
+/// None when the daemon closed the connection without one.
+fn raw(sock: &Path, bytes: &[u8]) -> Option<Value> {
+    let s = UnixStream::connect(sock).expect("the daemon accepts");
+    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(8))).unwrap();
+    let _ = (&s).write_all(bytes);
+    read_reply(&s)
+}
+
+fn read_reply(s: &UnixStream) -> Option<Value> {
+    let mut line = String::new();
+    match BufReader::new(s).read_line(&mut line) {
+        Ok(n) if n > 0 => {
+            Some(serde_json::from_str(&line).unwrap_or_else(|e| {
+                panic!("the daemon sent a line that is not JSON ({e}): {line:?}")
+            }))
+        }
+        Ok(_) => None,
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => None,
+        Err(e) => panic!("no reply and no close: {e}"),
+    }
+}
+
+fn assert_error_reply(reply: Option<Value>, what: &str) -> Value {
+    let v = reply.unwrap_or_else(|| panic!("{what}: dropped without an error reply"));
+    assert_eq!(v["type"], "error", "{what}: {v}");
+    assert!(
+        v["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}: {v}"
+    );
+    v
+}
+
+/// A raw client in a child python3 process: prints its cgroup before and
+/// after sending REQUEST (with __SELF__ replaced by its own pid) and the
+/// daemon's reply.
+const RAW_CLIENT: &str = r#"
+import json, os, socket, sys
+def cg():
+    for l in open("/proc/self/cgroup").read().splitlines():
+        if l.startswith("0::"):
+            return l[3:]
+print("self=%d" % os.getpid())
+print("before=" + cg())
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.settimeout(10)
+s.connect(sys.argv[1])
+s.sendall(sys.argv[2].replace("__SELF__", str(os.getpid())).encode() + b"\n")
+print("reply=" + s.makefile("rb").readline().decode().strip())
+print("after=" + cg())
+"#;
+
+fn raw_client(root: &TestRoot, uid: u32, request: &str) -> BTreeMap<String, String> {
+    let mut c = Command::new(PYTHON);
+    c.args(["-c", RAW_CLIENT])
+        .arg(&root.socket)
+        .arg(request)
+        .env("HOME", "/")
+        .current_dir("/");
+    let out = common::as_user(uid, &mut c);
+    assert!(
+        out.status.success(),
+        "python client failed: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+
+/// nobody's gate runs as nobody, in the test root, tagged with nobody's uid.
+/// nobody sees only it, and every action on root's gate fails and leaves
+/// that gate exactly as it was. Root sees both.
+#[test]
+fn an_unprivileged_client_owns_its_gate_and_cannot_touch_roots() {
+    let root = TestRoot::new();
+    let _d = root.daemon("");
+    let theirs = Kid::new(
+        gov_as_nobody(&root)
+            .args([
+                "spawn",
+                "-p",
+                "/srv/nobody-proj",
+                "-s",
+                "nb-1",
+                "--",
+                "sleep",
+                "300",
+            ])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mine = spawn_gate(&root, "/srv/root-proj", Some("root-1"), "exec sleep 300");
+    let their_id = root.gate_of(theirs.id());
+    let my_id = root.gate_of(mine.id());
+
+    // The gate process is nobody's, and lives in its gate under the root.
+    let uids = proc_status(theirs.id(), "Uid:").unwrap();
+    assert!(
+        uids.split_whitespace().all(|u| u == "65534"),
+        "gate runs as nobody: {uids}"
+    );
+    let cg = proc_cgroup(theirs.id());
+    assert!(cg.starts_with(&format!("{}/", root_rel(&root))), "{cg}");
+    assert!(cg.ends_with(&format!("/{their_id}")), "{cg}");
+
+    // Root sees both, with the right owners.
+    wait_until(Duration::from_secs(5), "root to see both gates", || {
+        root.ps().len() == 2
+    });
+    let g = root.gate(&their_id).unwrap();
+    assert_eq!(g["uid"], NOBODY);
+    assert_eq!(g["user"], "nobody");
+    assert_eq!(g["session"], "nb-1");
+    assert_eq!(root.gate(&my_id).unwrap()["uid"], 0);
+
+    // nobody sees only their own.
+    let listed = nobody_ps(&root);
+    assert_eq!(listed.len(), 1, "nobody sees one gate: {listed:?}");
+    assert_eq!(listed[0]["id"], their_id.as_str());
+
+    // Every action on root's gate fails.
+    let attempts: Vec<Vec<&str>> = vec![
+        vec!["show", &my_id],
+        vec!["touch", &my_id],
+        vec!["touch", "--session", "root-1"],
+        vec!["freeze", &my_id],
+        vec!["thaw", &my_id],
+        vec!["pin", &my_id],
+        vec!["unpin", &my_id],
+        vec!["tag", &my_id, "--session", "stolen"],
+        vec!["kill", &my_id],
+    ];
+    // Nor learn of it through events or metrics.
+    let out = nobody_run(&root, &["events", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stdout).contains(&my_id),
+        "nobody sees root's events"
+    );
+    let out = nobody_run(&root, &["metrics"]);
+    assert!(
+        !text(&out.stdout).contains("/srv/root-proj"),
+        "metrics name root's project"
+    );
+    for args in &attempts {
+        let out = nobody_run(&root, args);
+        assert!(
+            !out.status.success(),
+            "nobody ran gov {args:?}: {}",
+            text(&out.stdout)
+        );
+        let err = text(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "gov {args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let g = root.gate(&my_id).expect("root's gate is still there");
+    assert_eq!(g["state"], "running");
+    assert_eq!(g["pinned"], false);
+    assert_eq!(g["session"], "root-1");
+    assert!(alive(mine.id()));
+    assert!(
+        !root
+            .gate_cgroup(&my_id)
+            .read_cgroup_events()
+            .unwrap()
+            .frozen
+    );
+
+    // Not even a thaw of root's frozen gate.
+    root.ok(&["freeze", &my_id]);
+    assert!(!nobody_run(&root, &["thaw", &my_id]).status.success());
+    assert!(
+        root.gate_cgroup(&my_id)
+            .read_cgroup_events()
+            .unwrap()
+            .frozen,
+        "still frozen"
+    );
+    root.ok(&["thaw", &my_id]);
+
+    // nobody can act on their own gate.
+    let out = nobody_run(&root, &["kill", &their_id]);
+    assert!(
+        out.status.success(),
+        "nobody kills their own gate: {}",
+        text(&out.stderr)
+    );
+    wait_until(Duration::from_secs(5), "nobody's gate to die", || {
+        !alive(theirs.id())
+    });
+    assert!(alive(mine.id()));
+    assert_eq!(root.ps().len(), 1);
+    theirs.reap(Duration::from_secs(5));
+}
+
+/// The spawn request has no pid: whatever a client puts in it, the daemon
+/// moves the connecting process and nothing else. A client may not name
+/// another user's process as the gate's owner.
+#[test]
+fn a_spawn_moves_only_the_caller_whatever_the_request_names() {
+    let root = TestRoot::new();
+    let _d = root.daemon("");
+    // The victim: a root process that must stay where it is.
+    let victim = Kid::new(Command::new("sleep").arg("300").spawn().unwrap());
+    let victim_cg = proc_cgroup(victim.id());
+    let rel = root_rel(&root);
+
+    for uid in [0, NOBODY] {
+        let req = format!(
+            r#"{{"v":1,"type":"spawn","project":"/srv/raw","session":"raw-{uid}","pid":{v},"main_pid":{v},"uid":0,"owner_uid":0}}"#,
+            v = victim.id()
+        );
+        let f = raw_client(&root, uid, &req);
+        let reply: Value = serde_json::from_str(&f["reply"]).unwrap();
+        assert_eq!(
+            proc_cgroup(victim.id()),
+            victim_cg,
+            "uid {uid}: the named pid was moved"
+        );
+        match reply["type"].as_str() {
+            Some("spawned") => {
+                let gate = reply["gate"].as_str().unwrap();
+                assert!(
+                    f["after"].starts_with(&format!("{rel}/")) && f["after"].ends_with(gate),
+                    "uid {uid}: the caller itself is moved into {gate}: {f:?}"
+                );
+                // The gate is the caller's, whatever the request said.
+                let events: Vec<Value> =
+                    serde_json::from_str(&root.ok(&["events", "--json", "-n", "1000"])).unwrap();
+                let ev = events
+                    .iter()
+                    .find(|e| e["gate"] == gate && e["kind"] == "spawned")
+                    .unwrap_or_else(|| panic!("no spawned event for {gate}: {events:?}"));
+                assert_eq!(ev["uid"], uid, "owner uid comes from peer credentials");
+            }
+            Some("error") => assert_eq!(f["after"], f["before"], "refused, so not moved"),
+            _ => panic!("uid {uid}: unexpected reply {reply}"),
+        }
+    }
+
+    // Owner: someone else's process is refused for nobody, through the CLI
+    // and raw; their own process is fine.
+    let out = nobody_run(
+        &root,
+        &[
+            "spawn",
+            "-p",
+            "/srv/owner",
+            "--owner",
+            &victim.id().to_string(),
+            "--",
+            "true",
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "nobody named root's process as owner"
+    );
+    let err = text(&out.stderr);
+    assert!(err.contains("not yours"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+
+    let req = format!(
+        r#"{{"type":"spawn","project":"/srv/owner","owner_pid":{}}}"#,
+        victim.id()
+    );
+    let f = raw_client(&root, NOBODY, &req);
+    let reply: Value = serde_json::from_str(&f["reply"]).unwrap();
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["code"], "forbidden", "{reply}");
+    assert_eq!(f["after"], f["before"], "a refused spawn moves nobody");
+
+    let f = raw_client(
+        &root,
+        NOBODY,
+        r#"{"type":"spawn","project":"/srv/owner","owner_pid":__SELF__}"#,
+    );
+    let reply: Value = serde_json::from_str(&f["reply"]).unwrap();
+    assert_eq!(
+        reply["type"], "spawned",
+        "nobody may own a gate by their own process: {reply}"
+    );
+    assert!(nobody_ps(&root)
+        .iter()
+        .all(|g| g["owner_pid"] != victim.id()));
+    assert!(alive(victim.id()));
+}
+
+/// Garbage, unknown requests, a 10 MB line, a silent client and 1,000
+/// connections at once: each gets an error reply or is dropped, the daemon
+/// keeps serving, and its memory stays bounded.
+#[test]
+fn malformed_and_abusive_clients_get_errors_and_the_daemon_keeps_serving() {
+    let root = TestRoot::new();
+    let mut d = root.daemon("");
+    let sock = root.socket.clone();
+    root.ok(&["ps"]);
+    let rss_before = vm_rss_kib(d.pid());
+
+    // A client that connects and never writes is dropped after the
+    // first-request timeout (5 s). Runs alongside the rest.
+    // Connected here, before the flood below, so it holds a slot of its own.
+    let silent = {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        let t = Instant::now();
+        std::thread::spawn(move || {
+            s.set_read_timeout(Some(Duration::from_secs(12))).unwrap();
+            let mut buf = [0u8; 256];
+            let r = s.read(&mut buf);
+            (t.elapsed(), r.map_err(|e| e.kind()))
+        })
+    };
+
+    let nested = "[".repeat(60_000) + "\n";
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("malformed JSON", b"{\"type\":\n".to_vec()),
+        ("not JSON", b"hello daemon\n".to_vec()),
+        ("an empty line", b"\n".to_vec()),
+        ("JSON null", b"null\n".to_vec()),
+        ("an unknown type", b"{\"type\":\"reboot\"}\n".to_vec()),
+        ("no type", b"{\"gate\":\"g0123456789\"}\n".to_vec()),
+        ("a missing field", b"{\"type\":\"kill\"}\n".to_vec()),
+        (
+            "a wrong field type",
+            b"{\"type\":\"kill\",\"gate\":5}\n".to_vec(),
+        ),
+        (
+            "a path as gate id",
+            b"{\"type\":\"kill\",\"gate\":\"../../etc\"}\n".to_vec(),
+        ),
+        ("another version", b"{\"v\":2,\"type\":\"list\"}\n".to_vec()),
+        (
+            "a huge version",
+            b"{\"v\":99999999999999,\"type\":\"list\"}\n".to_vec(),
+        ),
+        ("invalid UTF-8", b"\xff\xfe{\n".to_vec()),
+        ("deep nesting", nested.into_bytes()),
+        (
+            "a bad session",
+            b"{\"type\":\"touch\",\"session\":\"../x\"}\n".to_vec(),
+        ),
+    ];
+    for (what, bytes) in &cases {
+        assert_error_reply(raw(&sock, bytes), what);
+    }
+
+    // An error does not end the conversation: a good request after a bad one
+    // on the same connection is served.
+    {
+        let s = UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (&s).write_all(b"garbage\n{\"type\":\"list\"}\n").unwrap();
+        let mut r = BufReader::new(&s);
+        let mut l1 = String::new();
+        let mut l2 = String::new();
+        r.read_line(&mut l1).unwrap();
+        r.read_line(&mut l2).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&l1).unwrap()["type"],
+            "error",
+            "{l1}"
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&l2).unwrap()["type"],
+            "gates",
+            "{l2}"
+        );
+    }
+
+    // A 10 MB line: refused (too_large) or dropped, never buffered whole.
+    {
+        let s = UnixStream::connect(&sock).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(8))).unwrap();
+        let w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut big = vec![b'x'; 10 << 20];
+            big.extend_from_slice(b"\n");
+            (&w).write_all(&big).map_err(|e| e.kind())
+        });
+        match read_reply(&s) {
+            Some(v) => {
+                assert_eq!(v["type"], "error", "{v}");
+                assert_eq!(v["code"], "too_large", "{v}");
+            }
+            None => eprintln!("10 MB line: dropped without a reply"),
+        }
+        drop(s);
+        let wrote = writer.join().unwrap();
+        assert!(wrote.is_err(), "the daemon read all 10 MB of one line");
+    }
+
+    // 1,000 connections at once. Those past the cap get `busy` and are
+    // closed; the held ones keep their slot until the first-request timeout.
+    let mut held: Vec<UnixStream> = (0..1000)
+        .map(|i| UnixStream::connect(&sock).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    for s in &held {
+        s.set_nonblocking(true).unwrap();
+    }
+    let mut answered = vec![false; held.len()];
+    let mut busy = 0;
+    wait_until(
+        Duration::from_secs(3),
+        "some connections to be answered busy",
+        || {
+            for (i, s) in held.iter_mut().enumerate() {
+                if answered[i] {
+                    continue;
+                }
+                let mut buf = [0u8; 512];
+                match s.read(&mut buf) {
+                    Ok(0) => answered[i] = true,
+                    Ok(n) => {
+                        answered[i] = true;
+                        let v: Value = serde_json::from_slice(&buf[..n]).expect("a JSON line");
+                        assert_eq!(v["type"], "error", "{v}");
+                        if v["code"] == "busy" {
+                            busy += 1;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == ErrorKind::ConnectionReset => answered[i] = true,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            busy > 0
+        },
+    );
+    eprintln!("1,000 connections: {busy} answered busy");
+    // The cap holds: the daemon does not keep a descriptor per connection.
+    let fds = || {
+        fs::read_dir(format!("/proc/{}/fd", d.pid()))
+            .unwrap()
+            .count()
+    };
+    wait_until(
+        Duration::from_secs(5),
+        "the daemon to hold far fewer than 1,000 connections",
+        || fds() < 600,
+    );
+    // Fresh clients meanwhile are served or told the daemon is busy; a few
+    // of them, since whether the daemon's busy reply and close come before
+    // or after the client's request is written is a race.
+    let mut outcomes = BTreeMap::new();
+    for _ in 0..20 {
+        let out = root.run(&["ps", "--json"]);
+        let err = text(&out.stderr);
+        *outcomes
+            .entry(if out.status.success() {
+                "served".to_string()
+            } else {
+                err.trim().to_string()
+            })
+            .or_insert(0) += 1;
+    }
+    eprintln!("fresh ps while at the cap: {outcomes:?}");
+    // (Checked at the end, so a failure there does not hide the rest.)
+    drop(held);
+    wait_until(Duration::from_secs(10), "the daemon to serve again", || {
+        root.run(&["ps"]).status.success()
+    });
+
+    let (waited, r) = silent.join().unwrap();
+    assert!(
+        matches!(r, Ok(0) | Err(ErrorKind::ConnectionReset)),
+        "silent client: {r:?}"
+    );
+    assert!(
+        waited >= Duration::from_secs(3) && waited < Duration::from_secs(10),
+        "silent client dropped after {waited:?}, wanted about 5 s"
+    );
+
+    assert!(
+        daemon_alive(&mut d),
+        "the daemon survived: {}",
+        d.log_text()
+    );
+    root.ok(&["ps"]);
+    // The daemon caps what clients can make it hold: 256 connections x
+    // (8 KiB read buffer + 64 KiB line) is about 18 MiB worst case. 40 MiB
+    // leaves room for allocator slack, never for a 10 MB line kept whole.
+    let rss_after = vm_rss_kib(d.pid());
+    eprintln!("daemon VmRSS {rss_before} KiB -> {rss_after} KiB");
+    let growth_mib = rss_after.saturating_sub(rss_before) / 1024;
+    assert!(
+        growth_mib < 40,
+        "daemon RSS grew by {growth_mib} MiB ({rss_before} -> {rss_after} KiB)"
+    );
+
+    for err in outcomes.keys().filter(|k| *k != "served") {
+        assert!(
+            err.contains("connection limit") || err.contains("busy"),
+            "a fresh client at the cap got neither service nor a busy reply: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+/// A typo in a key, a negative duration and a size like "4 gigs" are each
+/// refused, naming the line and the key: by check-config, and by the daemon
+/// at start (which exits non-zero without serving).
+#[test]
+fn bad_policies_are_refused_naming_line_and_key() {
+    let root = TestRoot::new();
+    // write_policy puts `socket` on line 1 and `scan_interval` on line 2.
+    let cases = [
+        ("[defaults]\nidle_timout = \"5m\"\n", 4, "idle_timout"),
+        ("[defaults]\nidle_timeout = \"-5m\"\n", 4, "idle_timeout"),
+        ("[defaults]\nmemory_max = \"4 gigs\"\n", 4, "memory_max"),
+        ("scan_intervall = \"1s\"\n", 3, "scan_intervall"),
+        ("[defaults]\nstop_grace = \"5m\"\n\n[[project]]\npath = \"/srv/*\"\norphan_grace = -3\n", 8, "orphan_grace"),
+    ];
+    for (i, (extra, line, key)) in cases.iter().enumerate() {
+        let file = root.dir.path().join(format!("bad-{i}.toml"));
+        common::write_policy(&file, &root.socket, extra);
+        let where_ = format!("{}:{line}", file.display());
+
+        let out = root.run(&["check-config", file.to_str().unwrap()]);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "check-config accepted {extra:?}");
+        assert!(err.contains(&where_), "check-config names {where_}: {err}");
+        assert!(err.contains(key), "check-config names key {key}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+
+        let child = root
+            .gov()
+            .args(["daemon", "--config"])
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut kid = Kid::new(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            if let Some(st) = kid.try_wait().unwrap() {
+                break st;
+            }
+            assert!(Instant::now() < deadline, "the daemon started on {extra:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        kid.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(!status.success(), "daemon exit status on a bad policy");
+        assert!(err.contains(&where_), "daemon names {where_}: {err}");
+        assert!(err.contains(key), "daemon names key {key}: {err}");
+        assert!(
+            !root.socket.exists(),
+            "the daemon bound its socket on a bad policy"
+        );
+    }
+    // And a good file passes.
+    let good = root.dir.path().join("good.toml");
+    common::write_policy(
+        &good,
+        &root.socket,
+        "[defaults]\nidle_timeout = \"5m\"\nmemory_max = \"4G\"\n",
+    );
+    root.ok(&["check-config", good.to_str().unwrap()]);
+}
+
+/// SIGHUP with a bad file keeps the running policy (and says so); with a
+/// good changed file the new policy applies. max_gates_per_user makes the
+/// difference observable.
+#[test]
+fn sighup_keeps_the_old_policy_on_a_bad_file_and_applies_a_good_one() {
+    let root = TestRoot::new();
+    let d = root.daemon("");
+    let a = spawn_gate(&root, "/srv/hup", None, "exec sleep 300");
+    root.gate_of(a.id());
+
+    // The bad file would cap root at one gate, but must not apply.
+    common::write_policy(
+        &d.config,
+        &root.socket,
+        "max_gates_per_user = 1\n[defaults]\nidle_timout = \"5m\"\n",
+    );
+    d.signal(Signal::SIGHUP);
+    wait_until(
+        Duration::from_secs(5),
+        "the log to say the old policy stays",
+        || d.log_text().contains("not reloaded"),
+    );
+    let log = d.log_text();
+    let line = log.lines().find(|l| l.contains("not reloaded")).unwrap();
+    assert!(
+        line.contains("idle_timout"),
+        "the log names the key: {line}"
+    );
+    // Line 1 socket, 2 scan_interval, 3 max_gates_per_user, 4 [defaults].
+    assert!(
+        line.contains(&format!("{}:5", d.config.display())),
+        "and the line: {line}"
+    );
+    let b = spawn_gate(&root, "/srv/hup", None, "exec sleep 300");
+    root.gate_of(b.id());
+    assert_eq!(root.ps().len(), 2, "the old policy (no cap) still rules");
+
+    // A good file with a cap of 2: the third gate is refused.
+    common::write_policy(&d.config, &root.socket, "max_gates_per_user = 2\n");
+    d.signal(Signal::SIGHUP);
+    wait_until(
+        Duration::from_secs(5),
+        "the log to say policy reloaded",
+        || d.log_text().contains("policy reloaded"),
+    );
+    let out = root.run(&["spawn", "-p", "/srv/hup", "--", "true"]);
+    assert!(!out.status.success(), "the new cap applies");
+    let err = text(&out.stderr);
+    assert!(err.contains("max_gates_per_user"), "{err}");
+    assert_eq!(root.ps().len(), 2);
+    assert!(alive(a.id()) && alive(b.id()));
+}
+
+/// SIGKILL the daemon with gates running, start it again: every gate is
+/// back with its tags, and none was touched.
+#[test]
+fn a_sigkilled_daemon_restarts_and_adopts_every_gate_untouched() {
+    let root = TestRoot::new();
+    let d = root.daemon("");
+    let owner = Kid::new(Command::new("sleep").arg("300").spawn().unwrap());
+    let a = spawn_gate(
+        &root,
+        "/srv/restart",
+        Some("rs-a"),
+        "sleep 300 & exec sleep 300",
+    );
+    let b = Kid::new(
+        root.gov()
+            .args([
+                "spawn",
+                "-p",
+                "/srv/restart-b",
+                "-s",
+                "rs-b",
+                "--pin",
+                "--owner",
+            ])
+            .arg(owner.id().to_string())
+            .args(["--", "sleep", "300"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let c = Kid::new(
+        gov_as_nobody(&root)
+            .args([
+                "spawn",
+                "-p",
+                "/srv/restart-c",
+                "-s",
+                "rs-c",
+                "--",
+                "sleep",
+                "300",
+            ])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let ids = [
+        root.gate_of(a.id()),
+        root.gate_of(b.id()),
+        root.gate_of(c.id()),
+    ];
+    root.ok(&["freeze", &ids[2]]);
+    wait_until(Duration::from_secs(5), "a's two processes", || {
+        root.gate(&ids[0])
+            .is_some_and(|g| g["pids"].as_array().unwrap().len() == 2)
+    });
+    let keep = [
+        "id",
+        "project",
+        "session",
+        "uid",
+        "owner_pid",
+        "main_pid",
+        "pids",
+        "pinned",
+        "state",
+        "created_ms",
+    ];
+    let snapshot = |gates: Vec<Value>| -> BTreeMap<String, BTreeMap<&str, Value>> {
+        gates
+            .into_iter()
+            .map(|g| {
+                let id = g["id"].as_str().unwrap().to_string();
+                (id, keep.iter().map(|k| (*k, g[*k].clone())).collect())
+            })
+            .collect()
+    };
+    let before = snapshot(root.ps());
+    assert_eq!(before.len(), 3);
+    assert_eq!(before[&ids[1]]["owner_pid"], owner.id());
+    assert_eq!(before[&ids[1]]["pinned"], true);
+    assert_eq!(before[&ids[2]]["uid"], NOBODY);
+    let pids: Vec<u32> = before
+        .values()
+        .flat_map(|g| {
+            g["pids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_u64().unwrap() as u32)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(pids.len(), 4);
+
+    let config = d.config.clone();
+    d.sigkill();
+    assert!(
+        pids.iter().all(|&p| alive(p)),
+        "a daemon's death kills no gate"
+    );
+    let d = Daemon::start_with(&root, &config);
+    let mut after = BTreeMap::new();
+    wait_until(Duration::from_secs(5), "every gate to be adopted", || {
+        after = snapshot(root.ps());
+        after.len() == 3
+    });
+    assert_eq!(after, before, "every gate is back with its tags and state");
+    assert!(pids.iter().all(|&p| alive(p)), "a restart kills no gate");
+    assert!(
+        d.log_text().matches("adopted").count() >= 3,
+        "{}",
+        d.log_text()
+    );
+    assert!(
+        root.gate_cgroup(&ids[2])
+            .read_cgroup_events()
+            .unwrap()
+            .frozen,
+        "still frozen"
+    );
+    assert_eq!(root.gate(&ids[0]).unwrap()["state"], "running");
+}
+
+/// SIGTERM stops the daemon; its gates keep running, unfrozen, tagged, in
+/// their cgroups, and root's direct ps still lists them.
+#[test]
+fn sigterm_stops_the_daemon_and_leaves_gates_running() {
+    let root = TestRoot::new();
+    let mut d = root.daemon("");
+    let a = spawn_gate(
+        &root,
+        "/srv/term",
+        Some("term-1"),
+        "sleep 300 & exec sleep 300",
+    );
+    let id = root.gate_of(a.id());
+    wait_until(Duration::from_secs(5), "both processes", || {
+        root.gate(&id)
+            .is_some_and(|g| g["pids"].as_array().unwrap().len() == 2)
+    });
+    let before = root.gate(&id).unwrap();
+
+    d.signal(Signal::SIGTERM);
+    let mut status = None;
+    wait_until(Duration::from_secs(5), "the daemon to exit", || {
+        status = d.child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(0), "a clean stop");
+    assert!(!root.socket.exists(), "the socket is removed");
+    assert!(d.log_text().contains("gates keep running"));
+
+    for p in before["pids"].as_array().unwrap() {
+        assert!(
+            alive(p.as_u64().unwrap() as u32),
+            "pid {p} survived the stop"
+        );
+    }
+    let ev = root.gate_cgroup(&id).read_cgroup_events().unwrap();
+    assert!(ev.populated && !ev.frozen, "{ev:?}");
+    // No daemon now: root's direct ps reads the same gate off cgroupfs.
+    let g = root.gate(&id).expect("listed without a daemon");
+    for k in ["project", "session", "uid", "owner_pid", "pids", "state"] {
+        assert_eq!(g[k], before[k], "{k}");
+    }
+}
+
+/// `gov tag` changes a gate's session; `gov touch --session` touches every
+/// gate of that session and no other (a touch thaws a frozen gate, which
+/// makes it visible).
+#[test]
+fn tag_changes_the_session_and_touch_by_session_reaches_all_its_gates() {
+    let root = TestRoot::new();
+    let _d = root.daemon("");
+    let kids = [
+        spawn_gate(&root, "/srv/touch", Some("sess-s"), "exec sleep 300"),
+        spawn_gate(&root, "/srv/touch", Some("sess-s"), "exec sleep 300"),
+        spawn_gate(&root, "/srv/touch-2", Some("sess-t"), "exec sleep 300"),
+        spawn_gate(&root, "/srv/touch-2", Some("sess-t"), "exec sleep 300"),
+    ];
+    let ids: Vec<String> = kids.iter().map(|k| root.gate_of(k.id())).collect();
+    wait_until(Duration::from_secs(5), "four gates", || {
+        root.ps().len() == 4
+    });
+
+    root.ok(&["tag", &ids[3], "--session", "sess-s"]);
+    assert_eq!(root.gate(&ids[3]).unwrap()["session"], "sess-s");
+    assert_eq!(root.gate(&ids[2]).unwrap()["session"], "sess-t");
+    let out = root.run(&["tag", &ids[2], "--session", "../x"]);
+    assert!(!out.status.success(), "a session with .. is refused");
+    assert_eq!(root.gate(&ids[2]).unwrap()["session"], "sess-t");
+
+    let touches = || -> u64 {
+        root.ok(&["metrics"])
+            .lines()
+            .find_map(|l| l.strip_prefix("gov_touches_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("gov_touches_total")
+    };
+    for id in &ids {
+        root.ok(&["freeze", id]);
+    }
+    let t0 = touches();
+    root.ok(&["touch", "--session", "sess-s"]);
+    assert_eq!(touches() - t0, 3, "three gates carry session sess-s");
+    for (i, id) in ids.iter().enumerate() {
+        let frozen = root.gate_cgroup(id).read_cgroup_events().unwrap().frozen;
+        assert_eq!(frozen, i == 2, "gate {i} frozen={frozen}");
+        let state = root.gate(id).unwrap()["state"].clone();
+        assert_eq!(state == "running", i != 2, "gate {i}: {state}");
+    }
+    let out = root.run(&["touch", "--session", "sess-none"]);
+    assert!(
+        !out.status.success(),
+        "touching an unknown session is an error"
+    );
+    root.ok(&["thaw", &ids[2]]);
+}
+
+/// `gov freeze` through the daemon is a person's freeze: ps says "frozen"
+/// (protocol::GateState: Frozen is asked by a person, Suspended is the
+/// reaper's idle freeze), and thaw makes it running again.
+#[test]
+fn a_freeze_asked_by_a_person_shows_frozen_and_thaw_resumes() {
+    let root = TestRoot::new();
+    let _d = root.daemon("");
+    let a = spawn_gate(&root, "/srv/freeze", None, "exec sleep 300");
+    let id = root.gate_of(a.id());
+    root.ok(&["freeze", &id]);
+    assert!(root.gate_cgroup(&id).read_cgroup_events().unwrap().frozen);
+    assert_eq!(root.gate(&id).unwrap()["state"], "frozen");
+    root.ok(&["thaw", &id]);
+    assert!(!root.gate_cgroup(&id).read_cgroup_events().unwrap().frozen);
+    assert_eq!(root.gate(&id).unwrap()["state"], "running");
+    assert!(alive(a.id()));
+}

@@ -71,6 +71,12 @@ struct GateRt {
     working: bool,
     /// Limit hits seen at the last scan, to report new ones once.
     limit_hits: BTreeMap<String, u64>,
+    /// Last known cgroup.events populated flag.
+    populated: bool,
+    /// Its event files changed (or we never read them): read them again.
+    dirty: bool,
+    /// Policy for this gate, cached for the policy it came from.
+    settings: (Arc<Policy>, GateSettings),
     owner_watch: Option<AbortHandle>,
 }
 
@@ -131,6 +137,13 @@ pub struct Daemon {
     counters: Mutex<Counters>,
     user_conns: Mutex<HashMap<u32, usize>>,
     socket: PathBuf,
+    /// inotify on gates' event files; None where it could not start (then
+    /// every scan reads every gate).
+    watcher: Option<crate::watch::Watcher>,
+    changes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    /// cpu.stat usage of gov's whole root at the last scan.
+    root_cpu: Mutex<Option<(u64, u64)>>,
+    scans: std::sync::atomic::AtomicU64,
 }
 
 impl Daemon {
@@ -148,6 +161,13 @@ impl Daemon {
         );
         let admin_gid = resolve_group(policy.global.admin_group.as_deref());
         let socket = policy.global.socket.clone();
+        let (watcher, changes) = match crate::watch::Watcher::start() {
+            Ok((w, rx)) => (Some(w), Some(rx)),
+            Err(e) => {
+                tracing::warn!("no inotify ({e}): every scan reads every gate");
+                (None, None)
+            }
+        };
         let d = Arc::new(Daemon {
             config_path,
             admin_gid: RwLock::new(admin_gid),
@@ -158,6 +178,10 @@ impl Daemon {
             counters: Mutex::new(Counters::default()),
             user_conns: Mutex::new(HashMap::new()),
             socket,
+            watcher,
+            changes: Mutex::new(changes),
+            root_cpu: Mutex::new(None),
+            scans: Default::default(),
         });
         Ok(d)
     }
@@ -196,6 +220,7 @@ impl Daemon {
             tracing::info!(%addr, "serving metrics");
             tokio::spawn(serve_metrics(self.clone(), listener, permits.clone()));
         }
+        let mut changes = self.changes.lock().unwrap().take();
         // Adopt what a previous daemon (or root's direct spawns) left.
         self.scan().await;
         let mut interval = self.policy().global.scan_interval;
@@ -231,6 +256,7 @@ impl Daemon {
                         ticker = tokio::time::interval(interval);
                     }
                 }
+                Some(id) = recv_change(&mut changes) => self.changed(&id),
                 _ = hup.recv() => self.reload(),
                 _ = term.recv() => break,
                 _ = int.recv() => break,
@@ -822,6 +848,11 @@ impl Daemon {
             self.event(&tags, &id, "adopted", None, None);
         }
         let owner_watch = self.watch_owner(&id, &tags);
+        if let Some(w) = &self.watcher {
+            w.add(&dir);
+        }
+        let policy = self.policy();
+        let settings = policy.for_project(&tags.project);
         self.gates.lock().unwrap().insert(
             id,
             GateRt {
@@ -835,6 +866,9 @@ impl Daemon {
                 next: None,
                 working: false,
                 limit_hits: BTreeMap::new(),
+                populated: true,
+                dirty: true,
+                settings: (policy.clone(), settings),
                 owner_watch,
             },
         );
@@ -883,57 +917,79 @@ impl Daemon {
         self.event(&tags, id, "orphaned", Some("owner exited"), None);
     }
 
-    /// One pass: adopt new gates, forget vanished ones, observe each gate
-    /// and act on the reaper's decision.
-    async fn scan(self: &Arc<Self>) {
-        let dirs = match self.tree.gates() {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!("cannot list gates: {e}");
-                return;
+    /// A gate's event files changed: it may have emptied or hit a limit.
+    fn changed(self: &Arc<Self>, id: &str) {
+        let mut gates = self.gates.lock().unwrap();
+        if let Some(g) = gates.get_mut(id) {
+            g.dirty = true;
+            if let Ok(e) = g.dir.cgroup.read_cgroup_events() {
+                g.populated = e.populated;
             }
-        };
-        let known: Vec<String> = self.gates.lock().unwrap().keys().cloned().collect();
-        for dir in &dirs {
-            if !known.contains(&dir.id) {
-                // No tags yet: caught between mkdir and tagging; next pass.
-                if let Ok(Some(tags)) = Tags::read(&dir.cgroup) {
-                    self.adopt(dir.clone(), tags, true);
-                }
+            if !g.populated && !g.working {
+                drop(gates);
+                self.begin(id, Decision::Remove);
             }
         }
-        {
-            let mut gates = self.gates.lock().unwrap();
-            gates.retain(|id, g| g.working || dirs.iter().any(|d| &d.id == id));
+    }
+
+    /// One pass: adopt new gates, forget vanished ones, observe each gate
+    /// and act on the reaper's decision.
+    ///
+    /// With inotify, a pass reads no gate's files unless they changed, and
+    /// reads per-gate CPU only when gov's whole tree used enough CPU that some
+    /// gate could be busy; so an idle host's scans cost almost nothing per
+    /// gate. Every tenth pass (and every pass without inotify) walks and
+    /// reads everything, in case a notification was lost.
+    async fn scan(self: &Arc<Self>) {
+        let pass = self
+            .scans
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let full = pass % 10 == 0 || self.watcher.is_none();
+        if full {
+            self.walk();
         }
         let policy = self.policy();
         let now = now_ms();
+        let tree_cpu_percent = self.tree_cpu_percent(now);
         let mut decisions = Vec::new();
         let mut limit_events = Vec::new();
         {
             let mut gates = self.gates.lock().unwrap();
             for g in gates.values_mut().filter(|g| !g.working) {
-                let Ok(events) = g.dir.cgroup.read_cgroup_events() else {
-                    continue;
-                };
-                let settings = policy.for_project(&g.tags.project);
-                observe_cpu(g, &settings, now);
-                let hits = gate::limit_hits(&g.dir.cgroup);
-                for (kind, &n) in &hits {
-                    let before = g.limit_hits.get(kind).copied().unwrap_or(0);
-                    if n > before {
-                        limit_events.push((
-                            g.tags.clone(),
-                            g.dir.id.clone(),
-                            kind.clone(),
-                            n - before,
-                        ));
-                    }
+                if !Arc::ptr_eq(&g.settings.0, &policy) {
+                    g.settings = (policy.clone(), policy.for_project(&g.tags.project));
                 }
-                g.limit_hits = hits;
+                let settings = g.settings.1.clone();
+                if g.dirty || full {
+                    g.dirty = false;
+                    match g.dir.cgroup.read_cgroup_events() {
+                        Ok(e) => g.populated = e.populated,
+                        Err(_) => continue,
+                    }
+                    let hits = gate::limit_hits(&g.dir.cgroup);
+                    for (kind, &n) in &hits {
+                        let before = g.limit_hits.get(kind).copied().unwrap_or(0);
+                        if n > before {
+                            limit_events.push((
+                                g.tags.clone(),
+                                g.dir.id.clone(),
+                                kind.clone(),
+                                n - before,
+                            ));
+                        }
+                    }
+                    g.limit_hits = hits;
+                }
+                // The tree's total bounds every gate's share: below the
+                // threshold, no gate can be busy.
+                if tree_cpu_percent.is_none_or(|p| p >= settings.busy_cpu_percent) || full {
+                    observe_cpu(g, &settings, now);
+                } else {
+                    g.busy = false;
+                }
                 let view = View {
                     phase: g.phase,
-                    populated: events.populated,
+                    populated: g.populated,
                     created_ms: g.tags.created_ms,
                     last_active_ms: g.last_active_ms,
                     orphaned_ms: g.tags.orphaned_ms,
@@ -992,6 +1048,44 @@ impl Daemon {
             self.begin(&id, d);
         }
         self.enforce_memory_budget(&policy);
+    }
+
+    /// Walks gov's tree: adopts gates made elsewhere (root's direct spawns,
+    /// a previous daemon) and forgets gates whose cgroup is gone.
+    fn walk(self: &Arc<Self>) {
+        let dirs = match self.tree.gates() {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("cannot list gates: {e}");
+                return;
+            }
+        };
+        let known: std::collections::HashSet<String> =
+            self.gates.lock().unwrap().keys().cloned().collect();
+        for dir in &dirs {
+            if !known.contains(&dir.id) {
+                // No tags yet: caught between mkdir and tagging; next pass.
+                if let Ok(Some(tags)) = Tags::read(&dir.cgroup) {
+                    self.adopt(dir.clone(), tags, true);
+                }
+            }
+        }
+        let present: std::collections::HashSet<&str> = dirs.iter().map(|d| d.id.as_str()).collect();
+        self.gates
+            .lock()
+            .unwrap()
+            .retain(|id, g| g.working || present.contains(id.as_str()));
+    }
+
+    /// CPU use of gov's whole tree since the last pass, in percent of one
+    /// CPU; None on the first pass.
+    fn tree_cpu_percent(&self, now: u64) -> Option<f64> {
+        let usage = self.tree.root.read_cpu_usage_usec().ok()?;
+        let mut last = self.root_cpu.lock().unwrap();
+        let previous = last.replace((usage, now));
+        let (prev_usage, prev_at) = previous?;
+        let wall_usec = now.saturating_sub(prev_at) * 1000;
+        (wall_usec > 0).then(|| usage.saturating_sub(prev_usage) as f64 * 100.0 / wall_usec as f64)
     }
 
     /// Evicts the least recently active idle gates while all gates together
@@ -1289,6 +1383,16 @@ fn reclaim(cg: &Cgroup) -> std::result::Result<u64, cgroup::CgroupError> {
     let _ = cg.write_file("memory.reclaim", &before.to_string());
     let after = cg.read_memory_current()?.unwrap_or(0);
     Ok(before.saturating_sub(after))
+}
+
+/// The next changed gate, or never when there is no watcher.
+async fn recv_change(
+    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
+) -> Option<String> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Runs blocking cgroupfs work (waits, kills) off the async thread.

@@ -14,3 +14,4 @@ pub mod proc;
 pub mod protocol;
 pub mod reaper;
 pub mod spawn;
+pub mod watch;

@@ -4,7 +4,7 @@
 //!
 //! No test here ever sends a spawn request from the test process itself: the
 //! daemon would move the test runner into a gate. Raw spawns come from a
-//! child python3 process.
+//! child process: this test binary re-run as `raw_client_child`.
 
 mod common;
 
@@ -24,7 +24,6 @@ use nix::sys::signal::Signal;
 use serde_json::Value;
 
 const NOBODY: u32 = 65534;
-const PYTHON: &str = "/usr/bin/python3";
 
 /// A child process that is killed and reaped when the test ends, also when
 /// an assertion fails first (declared after the TestRoot, it drops first).
@@ -190,36 +189,55 @@ fn assert_error_reply(reply: Option<Value>, what: &str) -> Value {
     v
 }
 
-/// A raw client in a child python3 process: prints its cgroup before and
-/// after sending REQUEST (with __SELF__ replaced by its own pid) and the
-/// daemon's reply.
-const RAW_CLIENT: &str = r#"
-import json, os, socket, sys
-def cg():
-    for l in open("/proc/self/cgroup").read().splitlines():
-        if l.startswith("0::"):
-            return l[3:]
-print("self=%d" % os.getpid())
-print("before=" + cg())
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.settimeout(10)
-s.connect(sys.argv[1])
-s.sendall(sys.argv[2].replace("__SELF__", str(os.getpid())).encode() + b"\n")
-print("reply=" + s.makefile("rb").readline().decode().strip())
-print("after=" + cg())
-"#;
+/// The raw client's half, run in a child process: this same test binary,
+/// re-run with only this test selected and GOV_RAW_SOCKET set. It prints
+/// its cgroup before and after sending GOV_RAW_REQUEST (with __SELF__
+/// replaced by its own pid) and the daemon's reply. Without the variable it
+/// does nothing, so as an ordinary test it passes at once.
+#[test]
+fn raw_client_child() {
+    let Some(socket) = std::env::var_os("GOV_RAW_SOCKET") else {
+        return;
+    };
+    let request = std::env::var("GOV_RAW_REQUEST").unwrap();
+    let cg = || {
+        let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        gov::cgroup::parse_proc_cgroup(&text).unwrap().to_string()
+    };
+    let me = std::process::id();
+    println!("self={me}");
+    println!("before={}", cg());
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    use std::io::{BufRead, Write};
+    s.write_all(format!("{}\n", request.replace("__SELF__", &me.to_string())).as_bytes())
+        .unwrap();
+    let mut reply = String::new();
+    std::io::BufReader::new(&s).read_line(&mut reply).unwrap();
+    println!("reply={}", reply.trim());
+    println!("after={}", cg());
+}
 
+/// A raw client in a child process (never the test runner itself, which
+/// the daemon would move into a gate), as user `uid`.
 fn raw_client(root: &TestRoot, uid: u32, request: &str) -> BTreeMap<String, String> {
-    let mut c = Command::new(PYTHON);
-    c.args(["-c", RAW_CLIENT])
-        .arg(&root.socket)
-        .arg(request)
-        .env("HOME", "/")
-        .current_dir("/");
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--exact",
+        "raw_client_child",
+        "--nocapture",
+        "--test-threads=1",
+        "-q",
+    ])
+    .env("GOV_RAW_SOCKET", &root.socket)
+    .env("GOV_RAW_REQUEST", request)
+    .env("HOME", "/")
+    .current_dir("/");
     let out = common::as_user(uid, &mut c);
     assert!(
         out.status.success(),
-        "python client failed: {}",
+        "raw client failed: {}{}",
+        text(&out.stdout),
         text(&out.stderr)
     );
     text(&out.stdout)

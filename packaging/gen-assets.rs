@@ -1,0 +1,131 @@
+//! Generates gov's man pages and shell completions from the clap definitions
+//! in `gov::cli`, for the Debian package (packaging/build-deb runs it).
+//!
+//!     cargo run --release --example gen-assets -- OUT_DIR
+//!
+//! writes OUT_DIR/man/gov.1, gov-spawn.1, ... (one page per subcommand) and
+//! OUT_DIR/completions/{gov.bash,_gov,gov.fish}.
+//!
+//! An example rather than build.rs: build.rs cannot use the crate it builds,
+//! and this keeps clap_mangen and clap_complete out of the shipped binary
+//! (they are dev-dependencies).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::CommandFactory;
+use clap_complete::Shell;
+use clap_mangen::roff::{bold, italic, roman, Roff};
+use clap_mangen::Man;
+
+const DESCRIPTION: &str = "\
+gov runs long-lived worker processes (\"gates\": REPL servers, language servers, \
+notebook kernels) that editors and AI agents start and forget, each in a cgroup of \
+its own, tagged before its command runs, so no descendant escapes. Idle, orphaned \
+and overdue gates are frozen, then stopped and killed as a whole tree, by the \
+policy in /etc/gov.toml. The daemon (gov daemon, normally the systemd unit \
+gov.service) reaps; without it, root can still spawn, list, freeze and kill \
+gates directly on cgroupfs.";
+
+fn main() {
+    let out = std::env::args_os()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            eprintln!("usage: gen-assets OUT_DIR");
+            std::process::exit(2);
+        });
+    let man_dir = out.join("man");
+    let comp_dir = out.join("completions");
+    for d in [&man_dir, &comp_dir] {
+        fs::create_dir_all(d).unwrap_or_else(|e| die(d, e));
+    }
+
+    let mut cmd = gov::cli::Cli::command()
+        .long_about(DESCRIPTION)
+        .disable_help_subcommand(true);
+    cmd.build();
+
+    man_page(&cmd, "gov", &man_dir, true);
+    // After build(), each subcommand's display name is "gov-spawn" and its
+    // bin name "gov spawn", as in clap_mangen::generate_to.
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = sub.get_display_name().unwrap_or(sub.get_name()).to_string();
+        man_page(sub, &name, &man_dir, false);
+    }
+
+    for (shell, file) in [
+        (Shell::Bash, "gov.bash"),
+        (Shell::Zsh, "_gov"),
+        (Shell::Fish, "gov.fish"),
+    ] {
+        let path = comp_dir.join(file);
+        let mut buf = Vec::new();
+        clap_complete::generate(shell, &mut cmd.clone(), "gov", &mut buf);
+        fs::write(&path, buf).unwrap_or_else(|e| die(&path, e));
+    }
+    println!("{}", out.display());
+}
+
+fn man_page(cmd: &clap::Command, name: &str, dir: &Path, top: bool) {
+    let man = Man::new(cmd.clone())
+        .title(name.to_uppercase())
+        .section("1")
+        .source(format!("gov {}", env!("CARGO_PKG_VERSION")))
+        .manual("gov manual");
+    let mut buf = Vec::new();
+    man.render(&mut buf).expect("rendering to memory");
+    let mut extra = Roff::new();
+    if top {
+        extra.control("SH", ["ENVIRONMENT"]);
+        for (var, text) in [
+            (
+                "GOV_SOCKET",
+                "The daemon's socket, for clients (default: the policy's socket, /run/gov/gov.sock).",
+            ),
+            (
+                "GOV_CGROUP_ROOT",
+                "gov's cgroup root, overriding the policy's cgroup_root (the systemd unit sets \"delegated\").",
+            ),
+            ("GOV_LOG", "The daemon's log filter (error, warn, info, debug, trace)."),
+            (
+                "GOV_GATE, GOV_PROJECT, GOV_SESSION",
+                "Set by gov spawn for the command it runs.",
+            ),
+        ] {
+            extra.control("TP", []).text([bold(var)]).text([roman(text)]);
+        }
+        extra.control("SH", ["FILES"]);
+        for (file, text) in [
+            (
+                "/etc/gov.toml",
+                "The policy. Optional: built-in defaults serve without it. Check it with gov check-config.",
+            ),
+            ("/run/gov/gov.sock", "The daemon's socket (policy key socket)."),
+            (
+                "/usr/share/doc/gov/",
+                "configuration.md, protocol.md, design.md, integrations.md.",
+            ),
+        ] {
+            extra.control("TP", []).text([italic(file)]).text([roman(text)]);
+        }
+    }
+    extra.control("SH", ["SEE ALSO"]);
+    let see_also = if top {
+        "systemctl(1), systemd.resource-control(5), cgroups(7)".to_string()
+    } else {
+        "gov(1)".to_string()
+    };
+    extra.text([roman(see_also)]);
+    // render() repeats the apostrophe preamble; defining it twice is harmless.
+    buf.extend_from_slice(extra.render().as_bytes());
+    let path = dir.join(format!("{name}.1"));
+    let mut f = fs::File::create(&path).unwrap_or_else(|e| die(&path, e));
+    f.write_all(&buf).unwrap_or_else(|e| die(&path, e));
+}
+
+fn die(path: &Path, e: std::io::Error) -> ! {
+    eprintln!("gen-assets: {}: {e}", path.display());
+    std::process::exit(1);
+}

@@ -1,0 +1,562 @@
+//! The recipes of docs/integrations.md, run for real: a REPL host that starts
+//! its worker through a wrapper script, a Jupyter kernel driven by the real
+//! jupyter_client, and a plain shell user. Real daemon, real cgroupfs, root.
+//!
+//! The scripts the doc shows live in tests/fixtures/ and the doc must contain
+//! them verbatim, so what is documented is what is tested.
+//!
+//! The Jupyter test installs ipykernel and jupyter_client from PyPI into a
+//! venv cached under target/tmp (about 20 s the first time). It skips, loudly,
+//! only when PyPI cannot be reached, and fails instead with
+//! GOV_REQUIRE_JUPYTER=1. In the VM suite (GOV_VM, busybox only) these tests
+//! say SKIP: they need bash and python3.
+
+mod common;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{alive, gov_bin, reap, wait_until, TestRoot};
+
+/// Short timeouts so a gate goes idle -> suspended -> stopping -> removed in
+/// a few seconds. Orphans are left alone: these tests are about idleness.
+const FAST: &str = "\
+[defaults]
+idle_timeout = \"2s\"
+frozen_hold = \"1s\"
+stop_grace = \"1s\"
+orphan_grace = \"never\"
+";
+
+const NOBODY: u32 = 65534;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Writes to the real stderr: libtest captures eprintln! of passing tests,
+/// and a skip must not pass unnoticed.
+fn say(text: &str) {
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
+/// These recipes need bash, python3 and PyPI: host only.
+fn host_only(test: &str) -> bool {
+    if std::env::var_os("GOV_VM").is_some() {
+        say(&format!(
+            "SKIP {test}: host-only (bash, python3, PyPI); the VM has busybox only"
+        ));
+        return true;
+    }
+    false
+}
+
+/// PATH with the gov under test first, as if it were installed.
+fn path_with(dirs: &[&Path]) -> std::ffi::OsString {
+    let mut parts: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
+    parts.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    std::env::join_paths(parts).unwrap()
+}
+
+fn gov_dir() -> PathBuf {
+    gov_bin().parent().unwrap().to_path_buf()
+}
+
+/// A directory anyone may enter (for unprivileged clients).
+fn open_dir(path: PathBuf) -> PathBuf {
+    fs::create_dir_all(&path).unwrap();
+    fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+fn events(root: &TestRoot) -> Vec<serde_json::Value> {
+    serde_json::from_str(&root.ok(&["events", "--json", "-n", "1000"])).unwrap()
+}
+
+fn removed_reason(root: &TestRoot, gate: &str) -> Option<String> {
+    events(root)
+        .into_iter()
+        .find(|e| e["gate"] == gate && e["kind"] == "removed")
+        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+}
+
+fn state(root: &TestRoot, gate: &str) -> String {
+    root.gate(gate)
+        .map(|g| g["state"].as_str().unwrap().to_string())
+        .unwrap_or_else(|| "gone".into())
+}
+
+fn pids_of(root: &TestRoot, gate: &str) -> Vec<u32> {
+    root.gate(gate)
+        .map(|g| {
+            g["pids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Lines of a child's stdout, read on a thread so a frozen worker cannot
+/// hang the test.
+struct Lines(mpsc::Receiver<String>);
+
+impl Lines {
+    fn of(child: &mut Child) -> Lines {
+        let out = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines(rx)
+    }
+
+    fn next(&self, timeout: Duration, what: &str) -> String {
+        self.0
+            .recv_timeout(timeout)
+            .unwrap_or_else(|e| panic!("no line ({e}) within {timeout:?}: waiting for {what}"))
+    }
+
+    fn try_next(&self, timeout: Duration) -> Option<String> {
+        self.0.recv_timeout(timeout).ok()
+    }
+
+    /// Is the stream closed (the child exited) within `timeout`?
+    fn closed(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            match self.0.recv_timeout(Duration::from_millis(50)) {
+                Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+                _ => continue,
+            }
+        }
+        false
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The doc shows the fixtures as they are
+
+#[test]
+fn the_doc_shows_the_tested_scripts_verbatim() {
+    if host_only("the_doc_shows_the_tested_scripts_verbatim") {
+        return;
+    }
+    let doc =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/integrations.md"))
+            .expect("docs/integrations.md exists");
+    for f in ["gov-worker", "jupyter/kernels/gov-python3/kernel.json"] {
+        let text = fs::read_to_string(fixture(f)).unwrap();
+        assert!(
+            doc.contains(text.trim_end()),
+            "docs/integrations.md must show tests/fixtures/{f} verbatim"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// A REPL host (the Julia gate case)
+
+/// The host starts its "julia" (our wrapper) with the session id in the
+/// environment, learns one pid, calls `gov touch --session` at every tool
+/// call and pings the worker for health. Pings keep nothing alive; touches
+/// do; a suspended worker resumes on the next tool call with its state; left
+/// idle it is stopped and its escaped grandchild goes with it.
+#[test]
+fn a_repl_host_starts_its_worker_through_the_wrapper_and_touches_at_each_tool_call() {
+    if host_only("a_repl_host_starts_its_worker_through_the_wrapper") {
+        return;
+    }
+    let root = TestRoot::new();
+    // A longer hold than FAST's, so the test can act on a suspended gate
+    // before it is stopped even on a busy machine.
+    let _d = root.daemon(&FAST.replace("frozen_hold = \"1s\"", "frozen_hold = \"3s\""));
+    let project = open_dir(root.dir.path().join("MyPkg"));
+    let session = "3fa2c1d0";
+
+    let mut host = Command::new(fixture("gov-worker"))
+        .arg(fixture("repl-worker.sh"))
+        .env("GATE_WORKER", "sh")
+        .env("GATE_SESSION", session)
+        .env("PATH", path_with(&[&gov_dir()]))
+        .env("GOV_SOCKET", &root.socket)
+        .current_dir(&project)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the wrapper starts");
+    let mut to_worker = host.stdin.take().unwrap();
+    let from_worker = Lines::of(&mut host);
+
+    // The pid the host holds is the worker's: wrapper, gov spawn and the
+    // worker are one process, exec'd in turn.
+    let ready = from_worker.next(Duration::from_secs(10), "the worker's ready line");
+    let f: Vec<&str> = ready.split(' ').collect();
+    assert_eq!(f.len(), 5, "{ready}");
+    assert_eq!(f[0], "ready");
+    assert_eq!(f[1].parse::<u32>().unwrap(), host.id(), "{ready}");
+    let gate = f[2].to_string();
+    assert_eq!(f[3], session);
+    assert_eq!(Path::new(f[4]), project);
+    let g = root.gate(&gate).expect("the worker's gate is listed");
+    assert_eq!(g["session"], session);
+    assert_eq!(g["project"], project.to_str().unwrap());
+
+    let mut send = |line: &str| {
+        writeln!(to_worker, "{line}").unwrap();
+        to_worker.flush().unwrap();
+    };
+    // A tool call: the host touches first, then asks the worker.
+    let tool_call = |send: &mut dyn FnMut(&str), code: &str| -> Vec<String> {
+        root.ok(&["touch", "--session", session]);
+        send(&format!("eval {code}"));
+        let mut out = Vec::new();
+        loop {
+            let l = from_worker.next(Duration::from_secs(10), "the tool call's reply");
+            if l == "ok" {
+                return out;
+            }
+            out.push(l);
+        }
+    };
+
+    // The tool call starts a test runner that escapes the worker's pid.
+    let out = tool_call(
+        &mut send,
+        "setsid sleep 300 </dev/null >/dev/null 2>&1 & echo child $!",
+    );
+    let runner: u32 = out[0].strip_prefix("child ").unwrap().parse().unwrap();
+    assert!(
+        pids_of(&root, &gate).contains(&runner),
+        "{:?}",
+        root.gate(&gate)
+    );
+
+    // Tool calls for longer than idle_timeout keep the gate running.
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        tool_call(&mut send, "true");
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    assert_eq!(state(&root, &gate), "running");
+
+    // Health pings alone do not: the gate is suspended (frozen) while the
+    // host keeps pinging a few times a second.
+    wait_until(Duration::from_secs(10), "suspension despite pings", || {
+        if state(&root, &gate) == "suspended" {
+            return true;
+        }
+        send("ping");
+        if let Some(l) = from_worker.try_next(Duration::from_millis(250)) {
+            assert_eq!(l, "pong");
+        }
+        false
+    });
+    // A ping to the frozen worker waits (after any pong sent just before
+    // the freeze)...
+    while let Some(l) = from_worker.try_next(Duration::from_millis(100)) {
+        assert_eq!(l, "pong");
+    }
+    send("ping");
+    assert_eq!(from_worker.try_next(Duration::from_millis(300)), None);
+
+    // ...until the next tool call resumes it as it was: the pending pongs
+    // arrive, then the call's own output, and the runner is still there.
+    let out = tool_call(&mut send, "echo still $$");
+    let (last, pongs) = out.split_last().unwrap();
+    assert!(
+        !pongs.is_empty() && pongs.iter().all(|l| l == "pong"),
+        "{out:?}"
+    );
+    assert_eq!(last, &format!("still {}", host.id()));
+    assert_eq!(state(&root, &gate), "running");
+    assert!(alive(runner));
+
+    // Left idle: suspended, stopped (SIGTERM to the worker, which the host
+    // sees as its worker exiting), and the escaped runner killed with it.
+    assert!(
+        from_worker.closed(Duration::from_secs(15)),
+        "the worker's stdout closes when gov stops it"
+    );
+    let status = host.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    wait_until(Duration::from_secs(10), "the gate to be removed", || {
+        root.gate(&gate).is_none()
+    });
+    assert!(
+        !alive(runner),
+        "the escaped test runner is reaped with its gate"
+    );
+    let reason = removed_reason(&root, &gate).expect("a removed event");
+    assert!(reason.starts_with("idle"), "{reason}");
+}
+
+// ---------------------------------------------------------------------------
+// A plain shell user
+
+/// `gov spawn --project . -- bash`: the shell keeps its exit status, sees
+/// GOV_* and lives in the gate; a gate whose processes all exited goes away.
+#[test]
+fn a_shell_user_runs_bash_in_a_gate() {
+    if host_only("a_shell_user_runs_bash_in_a_gate") {
+        return;
+    }
+    let root = TestRoot::new();
+    let _d = root.daemon(FAST);
+    let project = open_dir(root.dir.path().join("work"));
+
+    let out = root
+        .gov()
+        .current_dir(&project)
+        .args(["spawn", "--project", ".", "--", "bash", "-c"])
+        .arg(r#"echo "$GOV_GATE|$GOV_PROJECT|$GOV_SESSION"; cat /proc/self/cgroup; exit 7"#)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = stdout.lines().next().unwrap();
+    let f: Vec<&str> = first.split('|').collect();
+    let gate = f[0].to_string();
+    assert!(gate.starts_with('g') && gate.len() == 11, "{first}");
+    assert_eq!(Path::new(f[1]), project, "`.` becomes the absolute cwd");
+    assert!(!f[2].is_empty(), "a session is generated");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("0::") && l.ends_with(&format!("/{gate}"))),
+        "bash ran inside its gate: {stdout}"
+    );
+    wait_until(Duration::from_secs(10), "the exited gate to go", || {
+        root.gate(&gate).is_none()
+    });
+}
+
+/// An ordinary user feeds bash a script on stdin that leaves a job behind,
+/// as `nohup make test &` would; the user sees the gate, and once it is idle
+/// gov reaps the leftover.
+#[test]
+fn a_shell_users_leftovers_are_reaped_when_idle() {
+    if host_only("a_shell_users_leftovers_are_reaped_when_idle") {
+        return;
+    }
+    let root = TestRoot::new();
+    let _d = root.daemon(FAST);
+    let project = open_dir(root.dir.path().join("work"));
+
+    let mut bash = root
+        .gov()
+        .current_dir(&project)
+        .args(["spawn", "--project", ".", "--", "bash", "-s"])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    bash.stdin
+        .take()
+        .unwrap()
+        .write_all(b"nohup sleep 300 >/dev/null 2>&1 &\necho \"$GOV_GATE $!\"\nexit 0\n")
+        .unwrap();
+    let lines = Lines::of(&mut bash);
+    let line = lines.next(Duration::from_secs(10), "bash's report");
+    let (gate, job) = line.split_once(' ').unwrap();
+    let job: u32 = job.parse().unwrap();
+    assert_eq!(reap(bash, Duration::from_secs(10)), Some(0));
+
+    // The user sees their gate, with the job still in it.
+    let ps = common::as_user(NOBODY, root.gov().args(["ps", "--json"]));
+    assert!(
+        ps.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ps.stderr)
+    );
+    let gates: Vec<serde_json::Value> = serde_json::from_slice(&ps.stdout).unwrap();
+    let g = gates
+        .iter()
+        .find(|g| g["id"] == gate)
+        .expect("nobody sees the gate");
+    assert_eq!(g["user"], "nobody");
+    assert!(g["pids"].as_array().unwrap().iter().any(|p| p == job));
+
+    wait_until(Duration::from_secs(15), "the leftover to be reaped", || {
+        !alive(job) && root.gate(gate).is_none()
+    });
+    let reason = removed_reason(&root, gate).expect("a removed event");
+    assert!(reason.starts_with("idle"), "{reason}");
+}
+
+// ---------------------------------------------------------------------------
+// A Jupyter kernel
+
+const JUPYTER_PACKAGES: &[&str] = &["ipykernel==7.4.0", "jupyter_client==8.10.0"];
+
+/// pip's words for "cannot reach the index" (as opposed to a real failure).
+fn looks_offline(stderr: &str) -> bool {
+    [
+        "NewConnectionError",
+        "Temporary failure in name resolution",
+        "Name or service not known",
+        "Network is unreachable",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+        "ProxyError",
+        "Connection refused",
+        "(from versions: none)",
+    ]
+    .iter()
+    .any(|p| stderr.contains(p))
+}
+
+/// A venv with ipykernel and jupyter_client, built once under target/tmp and
+/// reused while the pinned versions stay the same. None (after saying so)
+/// when PyPI is unreachable.
+fn jupyter_venv(test: &str) -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gov-jupyter-venv");
+    let want = JUPYTER_PACKAGES.join("\n");
+    let stamp = "gov-packages.txt";
+    if fs::read_to_string(dir.join(stamp)).ok().as_deref() == Some(want.as_str()) {
+        return Some(dir);
+    }
+    // Built beside and renamed into place, so a concurrent or interrupted
+    // run never leaves a half-made venv behind the stamp. (A venv run as
+    // `python -m` does not care about its directory's name.)
+    let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let t0 = Instant::now();
+    let st = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&tmp)
+        .status()
+        .expect("python3 runs");
+    assert!(st.success(), "python3 -m venv {} failed", tmp.display());
+    let out = Command::new(tmp.join("bin/python3"))
+        .args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
+        .args(["--timeout", "30", "--retries", "2"])
+        .args(JUPYTER_PACKAGES)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let _ = fs::remove_dir_all(&tmp);
+        if looks_offline(&err) && std::env::var_os("GOV_REQUIRE_JUPYTER").is_none() {
+            say(&format!(
+                "\n**** SKIP {test}: PyPI is unreachable, so ipykernel and jupyter_client \
+                 cannot be installed. THIS TEST DID NOT RUN. (GOV_REQUIRE_JUPYTER=1 makes \
+                 this a failure.) pip said:\n{err}\n****"
+            ));
+            return None;
+        }
+        panic!("pip install {JUPYTER_PACKAGES:?} failed:\n{err}");
+    }
+    fs::write(tmp.join(stamp), &want).unwrap();
+    let _ = fs::remove_dir_all(&dir);
+    if fs::rename(&tmp, &dir).is_err() {
+        // Another run put its venv there first; use that one.
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    say(&format!(
+        "{test}: made the Jupyter venv in {:.1?}",
+        t0.elapsed()
+    ));
+    Some(dir)
+}
+
+/// The kernel spec of the doc, launched by jupyter_client's
+/// MultiKernelManager (what jupyter_server uses): the kernel is the gate's
+/// main process, its session is `jupyter-<kernel id>`, its project the
+/// notebook's directory. A cell leaves `sleep 300` behind in a new session;
+/// idle, the kernel is suspended, stopped, and the sleep killed with it.
+#[test]
+fn a_jupyter_kernel_and_its_detached_subprocess_are_reaped_when_idle() {
+    let test = "a_jupyter_kernel_and_its_detached_subprocess_are_reaped_when_idle";
+    if host_only(test) {
+        return;
+    }
+    let Some(venv) = jupyter_venv(test) else {
+        return;
+    };
+    let root = TestRoot::new();
+    let _d = root.daemon(FAST);
+    let notebooks = open_dir(root.dir.path().join("notebooks"));
+    let runtime = open_dir(root.dir.path().join("jupyter-runtime"));
+    let ipython = open_dir(root.dir.path().join("ipython"));
+
+    let mut server = Command::new(venv.join("bin/python3"))
+        .arg(fixture("jupyter_driver.py"))
+        .args(["gov-python3", notebooks.to_str().unwrap(), "60"])
+        .env("PATH", path_with(&[&gov_dir(), &venv.join("bin")]))
+        .env("JUPYTER_PATH", fixture("jupyter"))
+        .env("JUPYTER_RUNTIME_DIR", &runtime)
+        .env("JUPYTER_PLATFORM_DIRS", "1")
+        .env("IPYTHONDIR", &ipython)
+        .env("GOV_SOCKET", &root.socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .expect("the driver starts");
+    let lines = Lines::of(&mut server);
+    let first = lines.next(Duration::from_secs(90), "the kernel to run the cell");
+    let v: serde_json::Value = serde_json::from_str(&first).expect(&first);
+    let kernel_id = v["kernel_id"].as_str().unwrap();
+    let kernel_pid = v["kernel_pid"].as_u64().unwrap() as u32;
+    let cell = &v["cell"];
+    let child = cell["child"].as_u64().unwrap() as u32;
+    let gate = cell["gate"]
+        .as_str()
+        .expect("GOV_GATE in the kernel")
+        .to_string();
+
+    // The process jupyter_client started is the kernel, in its gate.
+    assert_eq!(cell["pid"].as_u64().unwrap() as u32, kernel_pid);
+    let session = format!("jupyter-{kernel_id}");
+    assert_eq!(cell["session"], session.as_str());
+    assert_eq!(cell["project"], notebooks.to_str().unwrap());
+    let g = root.gate(&gate).expect("the kernel's gate is listed");
+    assert_eq!(g["session"], session.as_str());
+    let pids = pids_of(&root, &gate);
+    assert!(
+        pids.contains(&kernel_pid) && pids.contains(&child),
+        "{pids:?}"
+    );
+    // What a server extension would send when a cell runs.
+    root.ok(&["touch", "--session", &session]);
+
+    // Heartbeats flow, nobody runs a cell: suspended, then stopped.
+    let second = lines.next(Duration::from_secs(60), "the kernel to be gone");
+    let v: serde_json::Value = serde_json::from_str(&second).expect(&second);
+    assert_eq!(v["gone"], true, "the idle kernel was not reaped: {second}");
+    wait_until(
+        Duration::from_secs(15),
+        "the kernel's gate to be removed",
+        || root.gate(&gate).is_none(),
+    );
+    assert!(!alive(kernel_pid), "the kernel is dead");
+    assert!(!alive(child), "the detached subprocess is dead");
+    let reason = removed_reason(&root, &gate).expect("a removed event");
+    assert!(reason.starts_with("idle"), "{reason}");
+    assert_eq!(reap(server, Duration::from_secs(30)), Some(0));
+}

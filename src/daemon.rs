@@ -1601,7 +1601,7 @@ fn report_controllers(tree: &Tree, policy: &Policy) {
     }
     if !missing.is_empty() {
         tracing::warn!(
-            "controllers {missing:?} are not available in {} (a hybrid cgroup layout has none in v2): limits that need them are not applied, and memory is measured as PSS from /proc",
+            "controllers {missing:?} are not available to {}: its parent does not enable them in cgroup.subtree_control (systemd does on pure cgroup2 hosts; a hybrid layout has none in v2). Limits that need them are not applied, and memory is measured as PSS from /proc",
             tree.root.path().display()
         );
     }

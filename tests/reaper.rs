@@ -224,13 +224,17 @@ fn a_gate_whose_owner_dies_is_reaped_after_orphan_grace() {
 #[test]
 fn a_suspended_gate_touched_within_the_hold_keeps_its_state() {
     let root = TestRoot::new();
-    let _d = root.daemon("[defaults]\nidle_timeout = \"1s\"\nfrozen_hold = \"1h\"\n");
+    // Under TCG every fork costs ~25 ms of CPU: a threshold well above the
+    // counter's own cost and far below a real computation.
+    let _d = root.daemon(
+        "[defaults]\nidle_timeout = \"1s\"\nfrozen_hold = \"1h\"\nbusy_cpu_percent = 50.0\n",
+    );
     let out = root.dir.path().join("count");
     // A counter in the shell's memory; SIGUSR1 asks it to write it out.
     let child = root.spawn_sh(
         "/src/counter",
         &format!(
-            "i=0; trap 'echo $i > {}' USR1; while :; do i=$((i+1)); sleep 0.05; done",
+            "i=0; trap 'echo $i > {}' USR1; while :; do i=$((i+1)); sleep 0.2; done",
             out.display()
         ),
     );
@@ -277,7 +281,7 @@ fn a_suspended_gate_touched_within_the_hold_keeps_its_state() {
         "touch thawed it before replying"
     );
     let first = ask(&root);
-    std::thread::sleep(Duration::from_millis(200));
+    std::thread::sleep(Duration::from_millis(700));
     let second = ask(&root);
     assert!(
         second > first,

@@ -144,16 +144,24 @@ pub struct Daemon {
     /// cpu.stat usage of gov's whole root at the last scan.
     root_cpu: Mutex<Option<(u64, u64)>>,
     scans: std::sync::atomic::AtomicU64,
+    may_enable_controllers: bool,
 }
 
 impl Daemon {
     fn start(config_path: PathBuf, policy: Policy, from_file: bool) -> Result<Arc<Daemon>> {
-        let tree = resolve_tree(&policy.global.cgroup_root)?;
+        let (tree, may_enable_controllers) = resolve_tree(&policy.global.cgroup_root)?;
         tree.ensure().with_context(|| {
             format!("creating gov's cgroup root {}", tree.root.path().display())
         })?;
         move_self_into_leaf(&tree)?;
-        report_controllers(&tree, &policy);
+        if may_enable_controllers {
+            report_controllers(&tree, &policy);
+        } else {
+            tracing::warn!(
+                "systemd delegated {} without DelegateSubgroup=daemon (systemd < 254): controllers stay off so that restarts keep working; limits are not applied",
+                tree.root.path().display()
+            );
+        }
         tracing::info!(
             root = %tree.root.path().display(),
             policy = %if from_file { config_path.display().to_string() } else { "embedded defaults".into() },
@@ -182,6 +190,7 @@ impl Daemon {
             changes: Mutex::new(changes),
             root_cpu: Mutex::new(None),
             scans: Default::default(),
+            may_enable_controllers,
         });
         Ok(d)
     }
@@ -270,10 +279,18 @@ impl Daemon {
     fn reload(&self) {
         match Policy::load_or_embedded(&self.config_path) {
             Ok((policy, _)) => {
-                if policy.global.socket != self.socket
-                    || policy.global.cgroup_root != self.policy().global.cgroup_root
+                let old = self.policy();
+                let (a, b) = (&old.global, &policy.global);
+                if a.socket != b.socket
+                    || a.socket_mode != b.socket_mode
+                    || a.socket_group != b.socket_group
+                    || a.cgroup_root != b.cgroup_root
+                    || a.metrics_listen != b.metrics_listen
                 {
-                    tracing::warn!("socket and cgroup_root changes take effect at the next start");
+                    tracing::warn!("socket, socket_mode, socket_group, cgroup_root and metrics_listen take effect at the next start");
+                }
+                if self.may_enable_controllers {
+                    report_controllers(&self.tree, &policy);
                 }
                 *self.admin_gid.write().unwrap() =
                     resolve_group(policy.global.admin_group.as_deref());
@@ -1554,21 +1571,27 @@ fn resolve_group(name: Option<&str>) -> Option<u32> {
 }
 
 /// gov's root: the policy setting, or with "delegated" the cgroup systemd
-/// gave us (Delegate=yes). With DelegateSubgroup=daemon we already start in
-/// our leaf, and the root is its parent.
-fn resolve_tree(setting: &str) -> Result<Tree> {
+/// gave us (Delegate=yes). With DelegateSubgroup=daemon (systemd >= 254) we
+/// already start in our leaf, and the root is its parent.
+///
+/// The flag says whether controllers may be enabled under the root. Not when
+/// systemd delegated without DelegateSubgroup: it starts the next daemon in
+/// the root itself, which the kernel refuses once the root hands controllers
+/// down ("no internal processes"), so a restart with live gates would fail.
+fn resolve_tree(setting: &str) -> Result<(Tree, bool)> {
     let setting = std::env::var(gate::ROOT_ENV).unwrap_or_else(|_| setting.to_string());
     if setting != "delegated" {
-        return Ok(Tree::resolve(&setting)?);
+        return Ok((Tree::resolve(&setting)?, true));
     }
     let mount = cgroup::cgroup2_mount()?;
     let own = cgroup::cgroup_of(&mount, std::process::id())?;
-    let root = if own.file_name().is_some_and(|n| n == DAEMON_LEAF) {
+    let in_leaf = own.file_name().is_some_and(|n| n == DAEMON_LEAF);
+    let root = if in_leaf {
         own.parent().map(Path::to_path_buf).unwrap_or(own)
     } else {
         own
     };
-    Ok(Tree::at(mount, &root.display().to_string())?)
+    Ok((Tree::at(mount, &root.display().to_string())?, in_leaf))
 }
 
 const DAEMON_LEAF: &str = "daemon";
@@ -1597,6 +1620,12 @@ fn report_controllers(tree: &Tree, policy: &Policy) {
                 "cannot enable {have:?} under {}: {e}",
                 tree.root.path().display()
             );
+        }
+        // Projects made before a reload that needs more controllers.
+        for project in tree.root.children().unwrap_or_default() {
+            if names::is_project_key(&project) {
+                let _ = tree.root.child(&project).write_subtree_control(&have);
+            }
         }
     }
     if !missing.is_empty() {

@@ -422,7 +422,7 @@ impl Daemon {
             Request::Tag { gate, session } => self.tag(peer, &gate, &session),
             Request::Events { limit } => Ok(self.events(peer, limit)),
             Request::Metrics => Ok(Response::Metrics {
-                text: self.metrics(),
+                text: self.metrics(Some(peer)),
             }),
         };
         result.unwrap_or_else(|(code, message)| Response::error(code, message))
@@ -797,11 +797,15 @@ impl Daemon {
         }
     }
 
-    fn metrics(&self) -> String {
+    /// Prometheus text. Through the socket a user sees gauges of their own
+    /// gates only (no other project's name leaks); the scrape endpoint, which
+    /// an admin chose to open, and root see all.
+    fn metrics(&self, peer: Option<&Peer>) -> String {
+        let visible = |g: &GateRt| peer.is_none_or(|p| p.admin || p.uid == g.tags.owner_uid);
         let gates = self.gates.lock().unwrap();
         let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
         let mut mem_by_project: BTreeMap<String, u64> = BTreeMap::new();
-        for g in gates.values() {
+        for g in gates.values().filter(|g| visible(g)) {
             let state = match g.phase {
                 Phase::Running => "running",
                 Phase::Suspended { .. } => "suspended",
@@ -1483,7 +1487,7 @@ async fn serve_metrics(d: Arc<Daemon>, listener: tokio::net::TcpListener, permit
                 return;
             }
             let response = if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET / ") {
-                let body = d.metrics();
+                let body = d.metrics(None);
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()

@@ -9,12 +9,22 @@ use std::time::{Duration, Instant};
 
 use common::{alive, needs_controllers, reap, wait_until, TestRoot};
 
-/// A shell line that makes the shell itself hold about `mb` MiB of heap.
+/// A shell line that makes the shell itself hold about `mb` MiB of heap
+/// (a command substitution's output is kept in memory; `yes`, since shells
+/// drop NUL bytes).
 fn hog(mb: u32) -> String {
     format!(
-        "x=$(head -c {} /dev/zero | tr '\\0' x)",
+        "x=$(yes xxxxxxxxxxxxxxx | head -c {})",
         mb as u64 * 1024 * 1024
     )
+}
+
+/// The VM has zram swap (for the reclaim test); a gate over memory.max
+/// would swap rather than meet the OOM killer. No swap for this test's tree.
+fn no_swap(root: &TestRoot) {
+    gov::cgroup::Cgroup::new(&root.path)
+        .write_file("memory.swap.max", "0")
+        .expect("memory.swap.max on the test root");
 }
 
 fn events(root: &TestRoot) -> Vec<serde_json::Value> {
@@ -77,6 +87,7 @@ fn memory_max_oom_kills_inside_the_gate_only_and_oom_group_takes_the_whole_gate(
         "[defaults]\nidle_timeout = \"1h\"\nmemory_max = \"32M\"\n\
          [[project]]\npath = \"/src/grouped\"\noom_group = true\n",
     );
+    no_swap(&root);
     let pids = root.dir.path().join("pids");
     let alone = root.spawn_sh(
         "/src/alone",
@@ -171,6 +182,7 @@ fn a_project_cap_binds_the_sum_of_its_gates() {
     }
     let root = TestRoot::new();
     let _d = root.daemon("[defaults]\nidle_timeout = \"1h\"\nproject_memory_max = \"64M\"\n");
+    no_swap(&root);
     let a = root.spawn_sh("/src/capped-project", &format!("{}; sleep 300", hog(40)));
     let b = root.spawn_sh("/src/capped-project", &format!("{}; sleep 300", hog(40)));
     let (a_id, b_id) = (root.gate_of(a.id()), root.gate_of(b.id()));

@@ -280,6 +280,8 @@ fn a_suspended_gate_touched_within_the_hold_keeps_its_state() {
         !cg.read_cgroup_events().unwrap().frozen,
         "touch thawed it before replying"
     );
+    // Pinned, so a slow machine cannot let it idle out again mid-check.
+    root.ok(&["pin", &id]);
     let first = ask(&root);
     std::thread::sleep(Duration::from_millis(700));
     let second = ask(&root);
@@ -297,12 +299,12 @@ fn a_suspended_gate_touched_within_the_hold_keeps_its_state() {
 fn a_stubborn_forking_gate_is_killed_and_a_polite_one_runs_its_exit_handler() {
     let root = TestRoot::new();
     let _d = root
-        .daemon("[defaults]\nidle_timeout = \"1s\"\nfrozen_hold = \"0s\"\nstop_grace = \"2s\"\n");
+        .daemon("[defaults]\nidle_timeout = \"1s\"\nfrozen_hold = \"0s\"\nstop_grace = \"3s\"\nbusy_cpu_percent = 50.0\n");
     let done = root.dir.path().join("exit-handler-ran");
     let polite = root.spawn_sh(
         "/src/polite",
         &format!(
-            "trap 'echo bye > {}; exit 0' TERM; while :; do sleep 0.1; done",
+            "trap 'echo bye > {}; exit 0' TERM; while :; do sleep 1; done",
             done.display()
         ),
     );
@@ -318,7 +320,7 @@ fn a_stubborn_forking_gate_is_killed_and_a_polite_one_runs_its_exit_handler() {
     let (pid_polite, pid_stubborn) = (polite.id(), stubborn.id());
     let (polite_id, stubborn_id) = (root.gate_of(pid_polite), root.gate_of(pid_stubborn));
 
-    wait_until(Duration::from_secs(15), "polite gate removed", || {
+    wait_until(Duration::from_secs(30), "polite gate removed", || {
         removed(&root, &polite_id)
     });
     assert_eq!(
@@ -335,7 +337,7 @@ fn a_stubborn_forking_gate_is_killed_and_a_polite_one_runs_its_exit_handler() {
         "it exited by itself"
     );
 
-    wait_until(Duration::from_secs(15), "stubborn gate removed", || {
+    wait_until(Duration::from_secs(30), "stubborn gate removed", || {
         removed(&root, &stubborn_id)
     });
     assert!(events(&root)

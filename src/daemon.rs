@@ -1400,10 +1400,19 @@ fn send_stop_signal(cg: &Cgroup, tags: &Tags, signal: i32) {
 /// memory.reclaim of everything a frozen gate holds; returns bytes freed.
 fn reclaim(cg: &Cgroup) -> std::result::Result<u64, cgroup::CgroupError> {
     let before = cg.read_memory_current()?.unwrap_or(0);
-    // The kernel may reclaim less than asked and then says EAGAIN.
-    let _ = cg.write_file("memory.reclaim", &before.to_string());
-    let after = cg.read_memory_current()?.unwrap_or(0);
-    Ok(before.saturating_sub(after))
+    // Ask for what is left, a few rounds: the kernel may reclaim less than
+    // asked (and say EAGAIN), and swapped pages leave the charge in batches.
+    let mut last = before;
+    for _ in 0..8 {
+        let _ = cg.write_file("memory.reclaim", &last.to_string());
+        let now = cg.read_memory_current()?.unwrap_or(0);
+        if now + (1 << 20) > last {
+            last = now;
+            break;
+        }
+        last = now;
+    }
+    Ok(before.saturating_sub(last))
 }
 
 /// The next changed gate, or never when there is no watcher.

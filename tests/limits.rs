@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use common::{alive, needs_controllers, reap, wait_until, TestRoot};
 
-/// A shell line that makes the shell itself hold about `mb` MiB of heap
-/// (a command substitution's output is kept in memory; `yes`, since shells
-/// drop NUL bytes).
+/// A shell line that makes the shell itself hold about `mb` MiB of heap,
+/// by doubling a string: no fork, so it works beside a fork bomb and under
+/// a pids limit.
 fn hog(mb: u32) -> String {
     format!(
-        "x=$(yes xxxxxxxxxxxxxxx | head -c {})",
+        "x=x; while [ ${{#x}} -lt {} ]; do x=\"$x$x\"; done",
         mb as u64 * 1024 * 1024
     )
 }
@@ -183,15 +183,16 @@ fn a_project_cap_binds_the_sum_of_its_gates() {
     let root = TestRoot::new();
     let _d = root.daemon("[defaults]\nidle_timeout = \"1h\"\nproject_memory_max = \"64M\"\n");
     no_swap(&root);
-    let a = root.spawn_sh("/src/capped-project", &format!("{}; sleep 300", hog(40)));
-    let b = root.spawn_sh("/src/capped-project", &format!("{}; sleep 300", hog(40)));
+    let a = root.spawn_sh("/src/capped-project", &format!("{}; sleep 300", hog(24)));
+    let b = root.spawn_sh("/src/capped-project", &format!("{}; sleep 300", hog(24)));
     let (a_id, b_id) = (root.gate_of(a.id()), root.gate_of(b.id()));
     let project = common::cgroup_parent(&root.gate_cgroup(&a_id));
     assert_eq!(
         project.read_file("memory.max").unwrap().trim(),
         (64u64 << 20).to_string()
     );
-    // Each gate alone fits; together they do not: the project's limit
+    // Each gate ends holding 32 MiB (48 at its peak): alone it fits, the two
+    // together cannot. The project's limit
     // OOM-kills one of them, and the project never holds more than 64M.
     wait_until(Duration::from_secs(60), "project OOM", || {
         project
@@ -234,10 +235,12 @@ fn memory_reclaim_on_a_frozen_gate_lowers_memory_current() {
     gov::cgroup::Cgroup::new(&root.path)
         .write_file("memory.low", "256M")
         .expect("memory.low on the test root");
+    // Builtins only after the allocation: busybox runs `touch` in-process
+    // and its shell then gives the memory back.
     let ready = root.dir.path().join("ready");
     let gate = root.spawn_sh(
         "/src/reclaim",
-        &format!("{}; touch {}; sleep 300", hog(48), ready.display()),
+        &format!("{}; : > {}; sleep 300 & wait", hog(48), ready.display()),
     );
     let id = root.gate_of(gate.id());
     wait_until(Duration::from_secs(60), "allocation", || ready.exists());

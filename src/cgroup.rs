@@ -473,7 +473,11 @@ impl Cgroup {
                     waited: elapsed,
                 });
             }
-            let nap = (timeout - elapsed).min(WAIT_REREAD);
+            // Re-read soon at first (most waits end within a millisecond),
+            // then back off to WAIT_REREAD.
+            let nap = (timeout - elapsed)
+                .min(WAIT_REREAD)
+                .min(elapsed.max(Duration::from_millis(1)));
             let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLPRI)];
             let ms =
                 PollTimeout::try_from(nap.as_millis().max(1) as i32).unwrap_or(PollTimeout::MAX);
@@ -498,13 +502,18 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Kills every process in the tree and waits for `populated 0`.
+    /// Freezes and kills every process in the tree and waits for
+    /// `populated 0`.
     ///
     /// cgroup.kill (Linux >= 5.14) also kills a fork racing the kill. Without
     /// it, SIGKILL every member while frozen (so none can fork in between),
     /// then thaw so the signals are delivered, until nothing is left.
     pub fn kill_all(&self, timeout: Duration) -> Result<()> {
         if self.has_file("cgroup.kill") {
+            // Freeze first so nothing reacts while the kill lands; no need
+            // to wait for it (SIGKILL reaches frozen tasks, and cgroup.kill
+            // also takes a fork that races it).
+            self.write_freeze(true)?;
             self.write_kill()?;
         } else {
             let start = Instant::now();

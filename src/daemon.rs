@@ -41,11 +41,23 @@ const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client may keep its connection for several requests (a host's touches).
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Every gate may hold a pidfd on its owner: raise the soft limit on open
+/// files to the hard limit, as daemons that hold an fd per client do.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
 pub fn run(config: &Path) -> Result<i32> {
     if !nix::unistd::geteuid().is_root() {
         bail!("gov daemon must run as root (it creates cgroups and moves other users' processes)");
     }
     let (policy, from_file) = Policy::load_or_embedded(config)?;
+    raise_nofile_limit();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -143,6 +155,8 @@ pub struct Daemon {
     changes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     /// cpu.stat usage of gov's whole root at the last scan.
     root_cpu: Mutex<Option<(u64, u64)>>,
+    /// cpu.stat usage of each project at the last pass that read it.
+    project_cpu: Mutex<HashMap<String, (u64, u64)>>,
     scans: std::sync::atomic::AtomicU64,
     may_enable_controllers: bool,
 }
@@ -189,6 +203,7 @@ impl Daemon {
             watcher,
             changes: Mutex::new(changes),
             root_cpu: Mutex::new(None),
+            project_cpu: Mutex::new(HashMap::new()),
             scans: Default::default(),
             may_enable_controllers,
         });
@@ -239,7 +254,16 @@ impl Daemon {
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let Ok((stream, _)) = accepted else { continue };
+                    let stream = match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(e) => {
+                            // EMFILE and the like: the connection stays
+                            // queued, so back off rather than spin on it.
+                            tracing::warn!("accept: {e}");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
                     let uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
                     // Root is never shut out by other users' connections; any
                     // one user gets a share of the slots, not all of them.
@@ -902,24 +926,41 @@ impl Daemon {
             return None;
         }
         let owner = tags.owner_pid?;
-        let pidfd = proc::pidfd_open(owner)
-            .ok()
-            .filter(|_| tags.owner_start.is_none() || proc::start_time(owner) == tags.owner_start);
+        let start = tags.owner_start;
+        let same_process = move || start.is_none() || proc::start_time(owner) == start;
+        // ESRCH: gone already. Any other failure (EMFILE with thousands of
+        // gates) must not orphan a gate whose owner lives: fall back to
+        // checking the pid and its start time at every scan interval.
+        let pidfd = match proc::pidfd_open(owner) {
+            Ok(fd) if same_process() => Some(Ok(fd)),
+            Ok(_) => None,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => None,
+            Err(e) => Some(Err(e)),
+        };
         let d = self.clone();
         let id = id.to_string();
         let task = tokio::spawn(async move {
-            if let Some(fd) = pidfd {
-                // SAFETY: the AsyncFd owns the OwnedFd, which stays open and
-                // unchanged until the AsyncFd drops it.
-                let registered = unsafe {
-                    tokio::io::unix::AsyncFd::register_with_interest(
-                        fd,
-                        tokio::io::Interest::READABLE,
-                    )
-                };
-                if let Ok(afd) = registered {
-                    let _ = afd.readable().await;
+            match pidfd {
+                Some(Ok(fd)) => {
+                    // SAFETY: the AsyncFd owns the OwnedFd, which stays open
+                    // and unchanged until the AsyncFd drops it.
+                    let registered = unsafe {
+                        tokio::io::unix::AsyncFd::register_with_interest(
+                            fd,
+                            tokio::io::Interest::READABLE,
+                        )
+                    };
+                    if let Ok(afd) = registered {
+                        let _ = afd.readable().await;
+                    }
                 }
+                Some(Err(e)) => {
+                    tracing::debug!(gate = %id, "no pidfd for owner {owner} ({e}); polling it");
+                    while proc::is_alive(owner) && same_process() {
+                        tokio::time::sleep(d.policy().global.scan_interval).await;
+                    }
+                }
+                None => {}
             }
             d.orphaned(&id);
         });
@@ -972,6 +1013,12 @@ impl Daemon {
         let policy = self.policy();
         let now = now_ms();
         let tree_cpu_percent = self.tree_cpu_percent(now);
+        // Only when the tree as a whole is using CPU: which projects are.
+        let project_cpu_percent = if tree_cpu_percent.is_some_and(|p| p < 0.5) {
+            HashMap::new()
+        } else {
+            self.project_cpu_percents(now)
+        };
         let mut decisions = Vec::new();
         let mut limit_events = Vec::new();
         {
@@ -1001,9 +1048,14 @@ impl Daemon {
                     }
                     g.limit_hits = hits;
                 }
-                // The tree's total bounds every gate's share: below the
-                // threshold, no gate can be busy.
-                if tree_cpu_percent.is_none_or(|p| p >= settings.busy_cpu_percent) || full {
+                // The tree's and the project's totals bound every gate's
+                // share: below the threshold, no gate in them can be busy.
+                let below = |p: Option<f64>| p.is_some_and(|p| p < settings.busy_cpu_percent);
+                let project = project_cpu_percent
+                    .get(&g.dir.project_key)
+                    .copied()
+                    .flatten();
+                if full || !(below(tree_cpu_percent) || below(project)) {
                     observe_cpu(g, &settings, now);
                 } else {
                     g.busy = false;
@@ -1096,6 +1148,32 @@ impl Daemon {
             .lock()
             .unwrap()
             .retain(|id, g| g.working || present.contains(id.as_str()));
+    }
+
+    /// CPU use of each project with gates since the last pass, in percent
+    /// of one CPU (None for a project seen the first time).
+    fn project_cpu_percents(&self, now: u64) -> HashMap<String, Option<f64>> {
+        let keys: std::collections::HashSet<String> = self
+            .gates
+            .lock()
+            .unwrap()
+            .values()
+            .map(|g| g.dir.project_key.clone())
+            .collect();
+        let mut samples = self.project_cpu.lock().unwrap();
+        samples.retain(|k, _| keys.contains(k));
+        keys.into_iter()
+            .filter_map(|key| {
+                let usage = self.tree.root.child(&key).read_cpu_usage_usec().ok()?;
+                let previous = samples.insert(key.clone(), (usage, now));
+                let pct = previous.and_then(|(prev_usage, prev_at)| {
+                    let wall_usec = now.saturating_sub(prev_at) * 1000;
+                    (wall_usec > 0)
+                        .then(|| usage.saturating_sub(prev_usage) as f64 * 100.0 / wall_usec as f64)
+                });
+                Some((key, pct))
+            })
+            .collect()
     }
 
     /// CPU use of gov's whole tree since the last pass, in percent of one
@@ -1231,7 +1309,7 @@ impl Daemon {
         let settings = self.policy().for_project(&tags.project);
         let cg = dir.cgroup.clone();
         let pids = cg.read_procs().unwrap_or_default();
-        let freed = gate::memory_of(&cg, &pids).0;
+        let freed = gate::memory_estimate(&cg, &pids);
 
         if !kill_now && !matches!(phase, Phase::Killing { .. }) {
             let since_ms = match phase {
@@ -1267,8 +1345,7 @@ impl Daemon {
         self.set_phase(id, killing);
         let c = dir.clone();
         blocking(move || {
-            // Freeze what is left so nothing can fork or react, then kill.
-            let _ = c.cgroup.freeze(gate::FREEZE_TIMEOUT);
+            // Frozen and killed as one: nothing can fork or react.
             c.cgroup.kill_all(gate::KILL_TIMEOUT)
         })
         .await?;

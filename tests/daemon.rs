@@ -11,58 +11,16 @@ mod common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{alive, reap, wait_until, Daemon, TestRoot};
+use common::{alive, root_rel, text, wait_until, Daemon, Kid, TestRoot, NOBODY};
 use nix::sys::signal::Signal;
 use serde_json::Value;
-
-const NOBODY: u32 = 65534;
-
-/// A child process that is killed and reaped when the test ends, also when
-/// an assertion fails first (declared after the TestRoot, it drops first).
-struct Kid(Option<Child>);
-
-impl Kid {
-    fn new(child: Child) -> Kid {
-        Kid(Some(child))
-    }
-    fn reap(mut self, timeout: Duration) -> Option<i32> {
-        reap(self.0.take().unwrap(), timeout)
-    }
-}
-
-impl Deref for Kid {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        self.0.as_ref().unwrap()
-    }
-}
-
-impl DerefMut for Kid {
-    fn deref_mut(&mut self) -> &mut Child {
-        self.0.as_mut().unwrap()
-    }
-}
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// A path `nobody` can execute: the test binary where it lies if every
 /// directory above it lets others through, else a 0755 copy in the test's
@@ -144,11 +102,6 @@ fn vm_rss_kib(pid: u32) -> u64 {
 fn proc_cgroup(pid: u32) -> String {
     let t = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
     gov::cgroup::parse_proc_cgroup(&t).unwrap_or("").to_string()
-}
-
-fn root_rel(root: &TestRoot) -> String {
-    let mount = gov::cgroup::cgroup2_mount().unwrap();
-    format!("/{}", root.path.strip_prefix(&mount).unwrap().display())
 }
 
 fn daemon_alive(d: &mut Daemon) -> bool {

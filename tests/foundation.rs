@@ -7,55 +7,14 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{alive, read_pids, reap, wait_until, TestRoot};
+use common::{alive, read_pids, root_rel, text, wait_until, Kid, TestRoot, NOBODY};
 use gov::names;
-
-const NOBODY: u32 = 65534;
-
-/// A child process that is killed and reaped when the test ends, also when
-/// an assertion fails first (it is declared after the TestRoot, so it drops
-/// before the root's cgroups are killed and removed).
-struct Kid(Option<Child>);
-
-impl Kid {
-    fn new(child: Child) -> Kid {
-        Kid(Some(child))
-    }
-    /// Waits for the exit and returns its code (None: killed by a signal or
-    /// still running at the deadline, then killed).
-    fn reap(mut self, timeout: Duration) -> Option<i32> {
-        reap(self.0.take().unwrap(), timeout)
-    }
-}
-
-impl Deref for Kid {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        self.0.as_ref().unwrap()
-    }
-}
-
-impl DerefMut for Kid {
-    fn deref_mut(&mut self) -> &mut Child {
-        self.0.as_mut().unwrap()
-    }
-}
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// Runs a command to completion within `timeout` (its output is small, so
 /// reading the pipes after the exit cannot deadlock).
@@ -76,12 +35,8 @@ fn output_within(cmd: &mut Command, timeout: Duration) -> (Output, u32) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    let child = kid.0.take().unwrap();
+    let child = kid.into_inner();
     (child.wait_with_output().unwrap(), pid)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// `key=value` lines a gate's script printed.
@@ -164,13 +119,6 @@ fn assert_no_gate_created(root: &TestRoot, what: &str) {
         "{what}: a gate cgroup was created: {:?}",
         root.gate_dirs()
     );
-}
-
-/// The cgroup2 path of the root relative to the mount, as /proc/PID/cgroup
-/// shows it ("/gov-test-...").
-fn root_rel(root: &TestRoot) -> String {
-    let mount = gov::cgroup::cgroup2_mount().unwrap();
-    format!("/{}", root.path.strip_prefix(&mount).unwrap().display())
 }
 
 /// A path `nobody` can execute: the test binary where it lies if every

@@ -378,3 +378,61 @@ pub fn as_user(uid: u32, cmd: &mut Command) -> Output {
 pub fn cgroup_parent(cg: &Cgroup) -> Cgroup {
     Cgroup::new(cg.path().parent().expect("a gate has a project"))
 }
+
+/// The uid of user nobody, the tests' unprivileged client.
+pub const NOBODY: u32 = 65534;
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The cgroup2 path of a test root relative to the mount, as
+/// /proc/PID/cgroup shows it ("/gov-test-...").
+pub fn root_rel(root: &TestRoot) -> String {
+    let mount = gov::cgroup::cgroup2_mount().unwrap();
+    format!("/{}", root.path.strip_prefix(&mount).unwrap().display())
+}
+
+/// A child process that is killed and reaped when the test ends, also when
+/// an assertion fails first (declared after the TestRoot, it drops before
+/// the root's cgroups are killed and removed).
+pub struct Kid(Option<Child>);
+
+impl Kid {
+    pub fn new(child: Child) -> Kid {
+        Kid(Some(child))
+    }
+
+    /// Waits for the exit and returns its code (None: killed by a signal or
+    /// still running at the deadline, then killed).
+    pub fn reap(mut self, timeout: Duration) -> Option<i32> {
+        reap(self.0.take().unwrap(), timeout)
+    }
+
+    /// The child itself, no longer killed on drop.
+    pub fn into_inner(mut self) -> Child {
+        self.0.take().unwrap()
+    }
+}
+
+impl std::ops::Deref for Kid {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().unwrap()
+    }
+}
+
+impl std::ops::DerefMut for Kid {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+}
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -222,13 +222,12 @@ fn no_daemon_error() -> anyhow::Error {
 
 fn daemon_call(request: Request) -> Result<Response> {
     let path = client::socket_path();
-    let mut c = Client::connect(&path)?.ok_or_else(|| {
+    client::request(&path, request)?.ok_or_else(|| {
         anyhow!(
             "gov daemon is not running (no socket at {}); this command needs it",
             path.display()
         )
-    })?;
-    Ok(c.call(request)?)
+    })
 }
 
 fn daemon_only(request: Request) -> Result<i32> {
@@ -329,15 +328,15 @@ fn spawn_cmd(
         None => None,
     };
     let path = client::socket_path();
-    if let Some(mut c) = Client::connect(&path)? {
-        let reply = c.call(Request::Spawn {
-            project: project.clone(),
-            session: Some(session.clone()),
-            owner_pid: owner,
-            no_owner,
-            max_runtime,
-            pinned,
-        })?;
+    let spawn = Request::Spawn {
+        project: project.clone(),
+        session: Some(session.clone()),
+        owner_pid: owner,
+        no_owner,
+        max_runtime,
+        pinned,
+    };
+    if let Some(reply) = client::request(&path, spawn)? {
         match reply {
             Response::Spawned {
                 gate,

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::protocol::{self, Request, Response, ResponseFrame};
+use crate::protocol::{self, ErrorCode, Request, Response, ResponseFrame};
 
 /// The environment variable that names another socket (as DOCKER_HOST does).
 pub const SOCKET_ENV: &str = "GOV_SOCKET";
@@ -28,6 +28,29 @@ pub enum ClientError {
     Io { path: PathBuf, error: io::Error },
     #[error("gov daemon at {path} sent a reply this client cannot read: {detail}")]
     BadReply { path: PathBuf, detail: String },
+}
+
+/// One request on a fresh connection. A daemon at its connection cap answers
+/// `busy`; a touch must not be lost to that, so try again after 5, 20 and
+/// 50 ms before handing `busy` back. None when no daemon listens.
+pub fn request(path: &Path, request: Request) -> Result<Option<Response>, ClientError> {
+    let mut backoff = [5u64, 20, 50].into_iter();
+    loop {
+        let Some(mut client) = Client::connect(path)? else {
+            return Ok(None);
+        };
+        let reply = client.call(request.clone())?;
+        match (&reply, backoff.next()) {
+            (
+                Response::Error {
+                    code: ErrorCode::Busy,
+                    ..
+                },
+                Some(ms),
+            ) => std::thread::sleep(Duration::from_millis(ms)),
+            _ => return Ok(Some(reply)),
+        }
+    }
 }
 
 pub struct Client {

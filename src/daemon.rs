@@ -431,9 +431,15 @@ impl Daemon {
                 pid: std::process::id(),
             }),
             Request::Spawn { .. } => self.spawn_gate(peer, req).await,
-            Request::List => Ok(Response::Gates {
-                gates: self.list(peer),
-            }),
+            // Reading every gate's files takes a while at thousands of
+            // gates: off the thread that serves everyone else.
+            Request::List => {
+                let (d, peer) = (self.clone(), peer.clone());
+                tokio::task::spawn_blocking(move || d.list(&peer))
+                    .await
+                    .map(|gates| Response::Gates { gates })
+                    .map_err(internal)
+            }
             Request::Show { gate } => self.show(peer, &gate).map(|gate| Response::Gate {
                 gate: Box::new(gate),
             }),
@@ -1179,7 +1185,19 @@ impl Daemon {
     /// CPU use of gov's whole tree since the last pass, in percent of one
     /// CPU; None on the first pass.
     fn tree_cpu_percent(&self, now: u64) -> Option<f64> {
-        let usage = self.tree.root.read_cpu_usage_usec().ok()?;
+        // Less the daemon's own leaf: its scans are not gate activity.
+        let own = self
+            .tree
+            .root
+            .child(DAEMON_LEAF)
+            .read_cpu_usage_usec()
+            .unwrap_or(0);
+        let usage = self
+            .tree
+            .root
+            .read_cpu_usage_usec()
+            .ok()?
+            .saturating_sub(own);
         let mut last = self.root_cpu.lock().unwrap();
         let previous = last.replace((usage, now));
         let (prev_usage, prev_at) = previous?;

@@ -8,12 +8,11 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{alive, read_pids, root_rel, text, wait_until, Kid, TestRoot, NOBODY};
+use common::{alive, gov_as_nobody, read_pids, root_rel, text, wait_until, Kid, TestRoot, NOBODY};
 use gov::names;
 
 /// Runs a command to completion within `timeout` (its output is small, so
@@ -119,43 +118,6 @@ fn assert_no_gate_created(root: &TestRoot, what: &str) {
         "{what}: a gate cgroup was created: {:?}",
         root.gate_dirs()
     );
-}
-
-/// A path `nobody` can execute: the test binary where it lies if every
-/// directory above it lets others through, else a 0755 copy in the test's
-/// own (0755) temp dir.
-fn gov_for_others(root: &TestRoot) -> PathBuf {
-    let bin = common::gov_bin();
-    let reachable = bin.ancestors().skip(1).all(|d| {
-        d.as_os_str().is_empty()
-            || fs::metadata(d)
-                .map(|m| m.permissions().mode() & 0o001 != 0)
-                .unwrap_or(false)
-    });
-    let runnable = fs::metadata(&bin)
-        .map(|m| m.permissions().mode() & 0o005 == 0o005)
-        .unwrap_or(false);
-    if reachable && runnable {
-        return bin;
-    }
-    let copy = root.dir.path().join("gov");
-    if !copy.exists() {
-        fs::copy(&bin, &copy).unwrap();
-        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    copy
-}
-
-/// `gov` as user nobody, with this root and (unanswered) socket.
-fn gov_as_nobody(root: &TestRoot) -> Command {
-    let mut c = Command::new(gov_for_others(root));
-    c.env("GOV_CGROUP_ROOT", &root.path)
-        .env("GOV_SOCKET", &root.socket)
-        .env_remove("GOV_LOG")
-        .current_dir(root.dir.path())
-        .uid(NOBODY)
-        .gid(NOBODY);
-    c
 }
 
 // ---------------------------------------------------------------------------

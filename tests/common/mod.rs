@@ -436,3 +436,41 @@ impl Drop for Kid {
         }
     }
 }
+
+/// A path `nobody` can execute: the test binary where it lies if every
+/// directory above it lets others through, else a 0755 copy in the test's
+/// own (0755) temp dir.
+pub fn gov_for_others(root: &TestRoot) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = gov_bin();
+    let reachable = bin.ancestors().skip(1).all(|d| {
+        d.as_os_str().is_empty()
+            || fs::metadata(d)
+                .map(|m| m.permissions().mode() & 0o001 != 0)
+                .unwrap_or(false)
+    });
+    let runnable = fs::metadata(&bin)
+        .map(|m| m.permissions().mode() & 0o005 == 0o005)
+        .unwrap_or(false);
+    if reachable && runnable {
+        return bin;
+    }
+    let copy = root.dir.path().join("gov");
+    if !copy.exists() {
+        fs::copy(&bin, &copy).unwrap();
+        fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    copy
+}
+
+/// `gov` as user nobody, with this root and socket.
+pub fn gov_as_nobody(root: &TestRoot) -> Command {
+    let mut c = Command::new(gov_for_others(root));
+    c.env("GOV_CGROUP_ROOT", &root.path)
+        .env("GOV_SOCKET", &root.socket)
+        .env_remove("GOV_LOG")
+        .current_dir(root.dir.path())
+        .uid(NOBODY)
+        .gid(NOBODY);
+    c
+}

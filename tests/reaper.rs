@@ -465,7 +465,12 @@ fn memory_budget_evicts_the_least_recently_active_idle_gate_first() {
     let d = root.daemon("[defaults]\nidle_timeout = \"1h\"\nstop_grace = \"1s\"\n");
     let busy = root.spawn_sh("/src/budget", "while :; do :; done");
     let pinned = root.spawn_sh("/src/budget", "sleep 300 & wait");
-    let old = root.spawn_sh("/src/budget", "sleep 300 & wait");
+    // The old gate holds 16 MiB of its own, so evicting it frees far more
+    // than the shared pages whose PSS the others inherit when it goes.
+    let old = root.spawn_sh(
+        "/src/budget",
+        "x=x; while [ ${#x} -lt 16777216 ]; do x=\"$x$x\"; done; sleep 300 & wait",
+    );
     let recent = root.spawn_sh("/src/budget", "sleep 300 & wait");
     let ids: Vec<String> = [&busy, &pinned, &old, &recent]
         .iter()
@@ -473,7 +478,13 @@ fn memory_budget_evicts_the_least_recently_active_idle_gate_first() {
         .collect();
     let (busy_id, pinned_id, old_id, recent_id) = (&ids[0], &ids[1], &ids[2], &ids[3]);
     root.ok(&["pin", pinned_id]);
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(Duration::from_secs(30), "old gate's allocation", || {
+        root.gate(old_id)
+            .is_some_and(|g| g["memory_bytes"].as_u64().unwrap_or(0) > 16 << 20)
+    });
+    // Its allocation was activity; let a few scans pass, then make `recent`
+    // the more recently active of the two idle gates.
+    std::thread::sleep(Duration::from_millis(600));
     root.ok(&["touch", recent_id]);
     wait_until(Duration::from_secs(5), "busy gate seen busy", || {
         root.gate(busy_id)

@@ -467,9 +467,13 @@ fn memory_budget_evicts_the_least_recently_active_idle_gate_first() {
     let pinned = root.spawn_sh("/src/budget", "sleep 300 & wait");
     // The old gate holds 16 MiB of its own, so evicting it frees far more
     // than the shared pages whose PSS the others inherit when it goes.
+    let ready = root.dir.path().join("old-ready");
     let old = root.spawn_sh(
         "/src/budget",
-        "x=x; while [ ${#x} -lt 16777216 ]; do x=\"$x$x\"; done; sleep 300 & wait",
+        &format!(
+            "x=x; while [ ${{#x}} -lt 16777216 ]; do x=\"$x$x\"; done; : > {}; sleep 300 & wait",
+            ready.display()
+        ),
     );
     let recent = root.spawn_sh("/src/budget", "sleep 300 & wait");
     let ids: Vec<String> = [&busy, &pinned, &old, &recent]
@@ -478,13 +482,16 @@ fn memory_budget_evicts_the_least_recently_active_idle_gate_first() {
         .collect();
     let (busy_id, pinned_id, old_id, recent_id) = (&ids[0], &ids[1], &ids[2], &ids[3]);
     root.ok(&["pin", pinned_id]);
-    wait_until(Duration::from_secs(30), "old gate's allocation", || {
-        root.gate(old_id)
-            .is_some_and(|g| g["memory_bytes"].as_u64().unwrap_or(0) > 16 << 20)
+    wait_until(Duration::from_secs(60), "old gate's allocation", || {
+        ready.exists()
     });
-    // Its allocation was activity; let a few scans pass, then make `recent`
-    // the more recently active of the two idle gates.
-    std::thread::sleep(Duration::from_millis(600));
+    // Its allocation was activity (slow under TCG): wait until the daemon has
+    // seen it idle for a second, then make `recent` the more recently active
+    // of the two idle gates.
+    wait_until(Duration::from_secs(30), "old gate idle", || {
+        root.gate(old_id)
+            .is_some_and(|g| g["idle_s"].as_u64().unwrap_or(0) >= 1 && g["spared"].is_null())
+    });
     root.ok(&["touch", recent_id]);
     wait_until(Duration::from_secs(5), "busy gate seen busy", || {
         root.gate(busy_id)

@@ -27,10 +27,6 @@ fn no_swap(root: &TestRoot) {
         .expect("memory.swap.max on the test root");
 }
 
-fn events(root: &TestRoot) -> Vec<serde_json::Value> {
-    serde_json::from_str(&root.ok(&["events", "--json", "-n", "1000"])).unwrap()
-}
-
 #[test]
 fn a_fork_bomb_stays_under_pids_max_and_the_hits_are_reported() {
     if !needs_controllers("a_fork_bomb_stays_under_pids_max_and_the_hits_are_reported") {
@@ -66,7 +62,7 @@ fn a_fork_bomb_stays_under_pids_max_and_the_hits_are_reported() {
         t.elapsed()
     );
     wait_until(Duration::from_secs(20), "limit event", || {
-        events(&root)
+        root.events()
             .iter()
             .any(|e| e["gate"] == id.as_str() && e["kind"] == "limit")
     });
@@ -128,7 +124,7 @@ fn memory_max_oom_kills_inside_the_gate_only_and_oom_group_takes_the_whole_gate(
     let sibling = common::read_pids(&pids)[0];
     assert!(alive(sibling), "the sibling survives a plain OOM kill");
     wait_until(Duration::from_secs(20), "limit event for the OOM", || {
-        events(&root)
+        root.events()
             .iter()
             .any(|e| e["gate"] == alone_id.as_str() && e["kind"] == "limit")
     });
@@ -256,13 +252,13 @@ fn memory_reclaim_on_a_frozen_gate_lowers_memory_current() {
         cg.read_procs().ok()
     );
     wait_until(Duration::from_secs(30), "suspended", || {
-        events(&root)
+        root.events()
             .iter()
             .any(|e| e["gate"] == id.as_str() && e["kind"] == "suspended")
     });
     let after = cg.read_memory_current().unwrap().unwrap();
     assert!(after < before / 2, "memory.current {before} -> {after}");
-    let ev = events(&root);
+    let ev = root.events();
     let suspended = ev
         .iter()
         .find(|e| e["gate"] == id.as_str() && e["kind"] == "suspended")

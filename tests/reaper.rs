@@ -21,12 +21,8 @@ orphan_grace = \"never\"
 busy_cpu_percent = 5.0
 ";
 
-fn events(root: &TestRoot) -> Vec<serde_json::Value> {
-    serde_json::from_str(&root.ok(&["events", "--json", "-n", "1000"])).unwrap()
-}
-
 fn has_event(root: &TestRoot, gate: &str, kind: &str) -> bool {
-    events(root)
+    root.events()
         .iter()
         .any(|e| e["gate"] == gate && e["kind"] == kind)
 }
@@ -167,7 +163,7 @@ fn health_pings_over_a_socket_are_not_activity() {
         "pinged gate reaped as idle",
         || removed(&root, &id),
     );
-    assert!(events(&root).iter().any(|e| e["gate"] == id.as_str()
+    assert!(root.events().iter().any(|e| e["gate"] == id.as_str()
         && e["kind"] == "removed"
         && e["reason"].as_str().unwrap().starts_with("idle")));
     reap(child, Duration::from_secs(5));
@@ -205,7 +201,7 @@ fn a_gate_whose_owner_dies_is_reaped_after_orphan_grace() {
     wait_until(Duration::from_secs(10), "orphan reaped", || {
         removed(&root, &id)
     });
-    let ev = events(&root);
+    let ev = root.events();
     assert!(ev
         .iter()
         .any(|e| e["gate"] == id.as_str() && e["kind"] == "orphaned"));
@@ -328,7 +324,7 @@ fn a_stubborn_forking_gate_is_killed_and_a_polite_one_runs_its_exit_handler() {
         "bye",
         "exit handler ran"
     );
-    assert!(events(&root).iter().any(|e| e["gate"] == polite_id.as_str()
+    assert!(root.events().iter().any(|e| e["gate"] == polite_id.as_str()
         && e["kind"] == "removed"
         && e["reason"].as_str().unwrap().contains("stopped")));
     assert_eq!(
@@ -340,7 +336,8 @@ fn a_stubborn_forking_gate_is_killed_and_a_polite_one_runs_its_exit_handler() {
     wait_until(Duration::from_secs(30), "stubborn gate removed", || {
         removed(&root, &stubborn_id)
     });
-    assert!(events(&root)
+    assert!(root
+        .events()
         .iter()
         .any(|e| e["gate"] == stubborn_id.as_str()
             && e["kind"] == "removed"
@@ -429,7 +426,7 @@ fn evict_idlest_takes_the_least_recently_active_idle_gate() {
     wait_until(Duration::from_secs(10), "old idle gate evicted", || {
         removed(&root, &old_id)
     });
-    assert!(events(&root).iter().any(|e| e["gate"] == old_id.as_str()
+    assert!(root.events().iter().any(|e| e["gate"] == old_id.as_str()
         && e["kind"] == "removed"
         && e["reason"].as_str().unwrap().starts_with("evicted")));
     for id in [&busy_id, &pinned_id, &newer_id] {
@@ -514,7 +511,7 @@ fn memory_budget_evicts_the_least_recently_active_idle_gate_first() {
             || removed(&root, id),
         );
     }
-    let ev = events(&root);
+    let ev = root.events();
     let stopping = |id: &str| {
         ev.iter()
             .position(|e| e["gate"] == id && e["kind"] == "stopping")
@@ -567,7 +564,7 @@ fn a_deadline_reaps_a_busy_gate_and_show_says_where_memory_comes_from() {
     wait_until(Duration::from_secs(10), "deadline reap", || {
         removed(&root, &id)
     });
-    assert!(events(&root).iter().any(|e| e["gate"] == id.as_str()
+    assert!(root.events().iter().any(|e| e["gate"] == id.as_str()
         && e["kind"] == "removed"
         && e["reason"].as_str().unwrap().starts_with("deadline")));
     reap(child, Duration::from_secs(5));

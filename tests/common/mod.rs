@@ -124,6 +124,11 @@ impl TestRoot {
         serde_json::from_str(&self.ok(&["ps", "--json"])).expect("ps --json is JSON")
     }
 
+    /// `gov events --json` (the last 1,000).
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["events", "--json", "-n", "1000"])).unwrap()
+    }
+
     pub fn gate(&self, id: &str) -> Option<serde_json::Value> {
         self.ps().into_iter().find(|g| g["id"] == id)
     }

@@ -497,8 +497,10 @@ fn format_columns(rows: &[Vec<String>]) -> String {
 
 pub fn render_show(g: &GateInfo) -> String {
     let source = match g.memory_source {
-        crate::gate::MemorySource::MemoryCurrent => "memory.current",
-        crate::gate::MemorySource::ProcPss => "sum of PSS from /proc (no memory controller here)",
+        crate::protocol::MemorySource::MemoryCurrent => "memory.current",
+        crate::protocol::MemorySource::ProcPss => {
+            "sum of PSS from /proc (no memory controller here)"
+        }
     };
     let mut lines = vec![
         ("gate", g.id.clone()),
@@ -544,11 +546,15 @@ pub fn render_show(g: &GateInfo) -> String {
             .collect();
         lines.push(("limit hits", l.join(", ")));
     }
-    if let Some(s) = &g.spared {
-        lines.push(("spared", s.clone()));
+    if let Some(s) = g.spared {
+        lines.push(("spared", s.describe().to_string()));
     }
-    if let Some(s) = &g.next {
-        lines.push(("next", s.clone()));
+    if let Some(n) = g.next {
+        let secs = n.at_ms.saturating_sub(crate::gate::now_ms()) / 1000;
+        lines.push((
+            "next",
+            format!("{} in {}", n.action.describe(), human_secs(secs)),
+        ));
     }
     lines
         .into_iter()
@@ -566,7 +572,7 @@ pub fn render_events(events: &[Event]) -> String {
             format_time(e.time_ms),
             e.gate.clone(),
             e.project.clone(),
-            e.kind.clone(),
+            e.kind.as_str().to_string(),
             e.reason.clone().unwrap_or_default(),
             e.freed_bytes.map(human_bytes).unwrap_or_default(),
         ]);

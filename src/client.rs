@@ -30,26 +30,42 @@ pub enum ClientError {
     BadReply { path: PathBuf, detail: String },
 }
 
+/// How long a client keeps trying a daemon that answers `busy`.
+pub const BUSY_DEADLINE: Duration = Duration::from_secs(20);
+
 /// One request on a fresh connection. A daemon at its connection cap answers
-/// `busy`; a touch must not be lost to that, so try again after 5, 20 and
-/// 50 ms before handing `busy` back. None when no daemon listens.
+/// `busy` having done nothing; a spawn or a touch must not be lost to that,
+/// so try again, backing off (5 ms doubling to 500 ms, each wait jittered so
+/// a burst of clients spreads out) until BUSY_DEADLINE, and only then hand
+/// `busy` back, saying so. None when no daemon listens.
 pub fn request(path: &Path, request: Request) -> Result<Option<Response>, ClientError> {
-    let mut backoff = [5u64, 20, 50].into_iter();
+    let start = std::time::Instant::now();
+    let mut backoff = Duration::from_millis(5);
     loop {
         let Some(mut client) = Client::connect(path)? else {
             return Ok(None);
         };
         let reply = client.call(request.clone())?;
-        match (&reply, backoff.next()) {
-            (
-                Response::Error {
-                    code: ErrorCode::Busy,
-                    ..
-                },
-                Some(ms),
-            ) => std::thread::sleep(Duration::from_millis(ms)),
-            _ => return Ok(Some(reply)),
+        let Response::Error {
+            code: ErrorCode::Busy,
+            ..
+        } = reply
+        else {
+            return Ok(Some(reply));
+        };
+        if start.elapsed() >= BUSY_DEADLINE {
+            return Ok(Some(Response::error(
+                ErrorCode::Busy,
+                format!(
+                    "gov daemon stayed at its connection limit for {} s; try again later",
+                    BUSY_DEADLINE.as_secs()
+                ),
+            )));
         }
+        // Half to all of the backoff, at random.
+        let jitter = getrandom::u32().unwrap_or(0) as f64 / u32::MAX as f64;
+        std::thread::sleep(backoff.mul_f64(0.5 + jitter / 2.0));
+        backoff = (backoff * 2).min(Duration::from_millis(500));
     }
 }
 

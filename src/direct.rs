@@ -63,15 +63,20 @@ pub fn kill(tree: &Tree, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// A person's freeze, tagged as such so a daemon that finds the gate later
+/// knows it.
 pub fn freeze(tree: &Tree, id: &str) -> Result<()> {
-    find(tree, id)?.cgroup.freeze(gate::FREEZE_TIMEOUT)?;
+    let cg = find(tree, id)?.cgroup;
+    cg.freeze(gate::FREEZE_TIMEOUT)?;
+    gate::Tag::Frozen.set(&cg, Some(&gate::now_ms().to_string()))?;
+    gate::Tag::FrozenManual.set(&cg, Some("1"))?;
     Ok(())
 }
 
 pub fn thaw(tree: &Tree, id: &str) -> Result<()> {
     let dir = find(tree, id)?;
     dir.cgroup.thaw(gate::FREEZE_TIMEOUT)?;
-    dir.cgroup.remove_tag("frozen")?;
-    dir.cgroup.remove_tag("frozen_manual")?;
+    gate::Tag::Frozen.set(&dir.cgroup, None)?;
+    gate::Tag::FrozenManual.set(&dir.cgroup, None)?;
     Ok(())
 }

@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::cgroup::{self, Cgroup, CgroupError, Limit};
 use crate::names;
-use crate::protocol::{GateInfo, GateState};
+pub use crate::protocol::MemorySource;
+use crate::protocol::{GateInfo, Next, Spared};
+use crate::reaper::Phase;
 
 /// How long a whole-tree kill may take before we call it stuck. 1,000
 /// processes die in ~150 ms here; this leaves room for a loaded machine.
@@ -185,6 +187,56 @@ impl GateDir {
     }
 }
 
+/// The name of one tag (`trusted.gov.<name>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tag {
+    Project,
+    Session,
+    OwnerUid,
+    OwnerPid,
+    OwnerStart,
+    MainPid,
+    MainStart,
+    Created,
+    MaxRuntime,
+    Pinned,
+    LastActive,
+    Frozen,
+    FrozenManual,
+    Orphaned,
+    Reaping,
+}
+
+impl Tag {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tag::Project => "project",
+            Tag::Session => "session",
+            Tag::OwnerUid => "owner_uid",
+            Tag::OwnerPid => "owner_pid",
+            Tag::OwnerStart => "owner_start",
+            Tag::MainPid => "main_pid",
+            Tag::MainStart => "main_start",
+            Tag::Created => "created",
+            Tag::MaxRuntime => "max_runtime",
+            Tag::Pinned => "pinned",
+            Tag::LastActive => "last_active",
+            Tag::Frozen => "frozen",
+            Tag::FrozenManual => "frozen_manual",
+            Tag::Orphaned => "orphaned",
+            Tag::Reaping => "reaping",
+        }
+    }
+
+    /// Writes this tag, or removes it when `value` is None.
+    pub fn set(self, cg: &Cgroup, value: Option<&str>) -> Result<(), CgroupError> {
+        match value {
+            Some(v) => cg.write_tag(self.as_str(), v),
+            None => cg.remove_tag(self.as_str()),
+        }
+    }
+}
+
 /// The tags of a gate, as stored in trusted.gov.* xattrs. Times are unix
 /// milliseconds.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -218,42 +270,49 @@ fn opt<T: ToString>(v: &Option<T>) -> Option<String> {
 }
 
 impl Tags {
-    fn to_map(&self) -> BTreeMap<&'static str, Option<String>> {
+    fn to_map(&self) -> BTreeMap<Tag, Option<String>> {
         BTreeMap::from([
-            ("project", Some(self.project.clone())),
-            ("session", Some(self.session.clone())),
-            ("owner_uid", Some(self.owner_uid.to_string())),
-            ("owner_pid", opt(&self.owner_pid)),
-            ("owner_start", opt(&self.owner_start)),
-            ("main_pid", opt(&self.main_pid)),
-            ("main_start", opt(&self.main_start)),
-            ("created", Some(self.created_ms.to_string())),
-            ("max_runtime", opt(&self.max_runtime_ms)),
-            ("pinned", self.pinned.then(|| "1".to_string())),
-            ("last_active", opt(&self.last_active_ms)),
-            ("frozen", opt(&self.frozen_ms)),
-            ("frozen_manual", self.frozen_manual.then(|| "1".to_string())),
-            ("orphaned", opt(&self.orphaned_ms)),
-            ("reaping", self.reaping.clone()),
+            (Tag::Project, Some(self.project.clone())),
+            (Tag::Session, Some(self.session.clone())),
+            (Tag::OwnerUid, Some(self.owner_uid.to_string())),
+            (Tag::OwnerPid, opt(&self.owner_pid)),
+            (Tag::OwnerStart, opt(&self.owner_start)),
+            (Tag::MainPid, opt(&self.main_pid)),
+            (Tag::MainStart, opt(&self.main_start)),
+            (Tag::Created, Some(self.created_ms.to_string())),
+            (Tag::MaxRuntime, opt(&self.max_runtime_ms)),
+            (Tag::Pinned, self.pinned.then(|| "1".to_string())),
+            (Tag::LastActive, opt(&self.last_active_ms)),
+            (Tag::Frozen, opt(&self.frozen_ms)),
+            (
+                Tag::FrozenManual,
+                self.frozen_manual.then(|| "1".to_string()),
+            ),
+            (Tag::Orphaned, opt(&self.orphaned_ms)),
+            (Tag::Reaping, self.reaping.clone()),
         ])
     }
 
     /// Writes every tag that has a value (and only those).
     pub fn write(&self, cg: &Cgroup) -> Result<(), CgroupError> {
-        for (name, value) in self.to_map() {
+        for (tag, value) in self.to_map() {
             if let Some(v) = value {
-                cg.write_tag(name, &v)?;
+                tag.set(cg, Some(&v))?;
             }
         }
         Ok(())
     }
 
-    /// Writes one tag (or removes it when None).
-    pub fn write_one(cg: &Cgroup, name: &str, value: Option<String>) -> Result<(), CgroupError> {
-        match value {
-            Some(v) => cg.write_tag(name, &v),
-            None => cg.remove_tag(name),
-        }
+    /// The phase these tags and the kernel's frozen flag say the gate is in
+    /// (for a daemon that finds it, and for root's direct use).
+    pub fn phase(&self, frozen: bool, now_ms: u64) -> Phase {
+        Phase::recover(
+            self.reaping.as_deref(),
+            frozen,
+            self.frozen_ms,
+            self.frozen_manual,
+            now_ms,
+        )
     }
 
     /// Reads a gate's tags. None when it has no project tag: not ours, or
@@ -263,34 +322,28 @@ impl Tags {
     }
 
     pub fn from_map(m: &BTreeMap<String, String>) -> Option<Tags> {
-        let num = |k: &str| m.get(k).and_then(|v| v.parse::<u64>().ok());
+        let get = |t: Tag| m.get(t.as_str());
+        let num = |t: Tag| get(t).and_then(|v| v.parse::<u64>().ok());
+        let pid = |t: Tag| get(t).and_then(|v| v.parse::<u32>().ok());
+        let flag = |t: Tag| get(t).is_some_and(|v| v == "1");
         Some(Tags {
-            project: m.get("project")?.clone(),
-            session: m.get("session").cloned().unwrap_or_default(),
-            owner_uid: num("owner_uid")? as u32,
-            owner_pid: num("owner_pid").map(|v| v as u32),
-            owner_start: num("owner_start"),
-            main_pid: num("main_pid").map(|v| v as u32),
-            main_start: num("main_start"),
-            created_ms: num("created").unwrap_or(0),
-            max_runtime_ms: num("max_runtime"),
-            pinned: m.get("pinned").is_some_and(|v| v == "1"),
-            last_active_ms: num("last_active"),
-            frozen_ms: num("frozen"),
-            frozen_manual: m.get("frozen_manual").is_some_and(|v| v == "1"),
-            orphaned_ms: num("orphaned"),
-            reaping: m.get("reaping").cloned(),
+            project: get(Tag::Project)?.clone(),
+            session: get(Tag::Session).cloned().unwrap_or_default(),
+            owner_uid: pid(Tag::OwnerUid)?,
+            owner_pid: pid(Tag::OwnerPid),
+            owner_start: num(Tag::OwnerStart),
+            main_pid: pid(Tag::MainPid),
+            main_start: num(Tag::MainStart),
+            created_ms: num(Tag::Created).unwrap_or(0),
+            max_runtime_ms: num(Tag::MaxRuntime),
+            pinned: flag(Tag::Pinned),
+            last_active_ms: num(Tag::LastActive),
+            frozen_ms: num(Tag::Frozen),
+            frozen_manual: flag(Tag::FrozenManual),
+            orphaned_ms: num(Tag::Orphaned),
+            reaping: get(Tag::Reaping).cloned(),
         })
     }
-}
-
-/// Where a memory figure came from: the kernel's own accounting, or the sum
-/// of PSS of member processes where the memory controller is off (hybrid).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MemorySource {
-    MemoryCurrent,
-    ProcPss,
 }
 
 /// Memory of a gate in bytes, and where the number came from.
@@ -392,16 +445,10 @@ pub fn info(dir: &GateDir, tags: &Tags, extra: &InfoExtra) -> Result<GateInfo, C
         .or(tags.last_active_ms)
         .unwrap_or(tags.created_ms)
         .max(tags.created_ms);
-    let state = match (&tags.reaping, events) {
-        (Some(r), _) if r.starts_with("kill") => GateState::Killing,
-        (Some(_), _) => GateState::Stopping,
-        (None, e) if !e.populated => GateState::Exited,
-        (None, e) if e.frozen && tags.frozen_ms.is_some() && !tags.frozen_manual => {
-            GateState::Suspended
-        }
-        (None, e) if e.frozen => GateState::Frozen,
-        _ => GateState::Running,
-    };
+    let phase = extra
+        .phase
+        .unwrap_or_else(|| tags.phase(events.frozen, now));
+    let state = phase.state(events.populated);
     Ok(GateInfo {
         id: dir.id.clone(),
         project: tags.project.clone(),
@@ -417,8 +464,8 @@ pub fn info(dir: &GateDir, tags: &Tags, extra: &InfoExtra) -> Result<GateInfo, C
         idle_s: now.saturating_sub(last_active) / 1000,
         state,
         pinned: tags.pinned,
-        spared: extra.spared.clone(),
-        next: extra.next.clone(),
+        spared: extra.spared,
+        next: extra.next,
         owner_pid: tags.owner_pid,
         orphaned_ms: tags.orphaned_ms,
         main_pid: tags.main_pid,
@@ -429,12 +476,14 @@ pub fn info(dir: &GateDir, tags: &Tags, extra: &InfoExtra) -> Result<GateInfo, C
     })
 }
 
-/// What a daemon adds to a gate's picture.
+/// What a daemon adds to a gate's picture: its lifecycle's phase (without
+/// a daemon, the phase is read back from tags and the frozen flag).
 #[derive(Debug, Clone, Default)]
 pub struct InfoExtra {
+    pub phase: Option<Phase>,
     pub last_active_ms: Option<u64>,
-    pub spared: Option<String>,
-    pub next: Option<String>,
+    pub spared: Option<Spared>,
+    pub next: Option<Next>,
 }
 
 #[cfg(test)]
@@ -463,7 +512,7 @@ mod tests {
         let m: BTreeMap<String, String> = tags
             .to_map()
             .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+            .filter_map(|(k, v)| v.map(|v| (k.as_str().to_string(), v)))
             .collect();
         assert_eq!(Tags::from_map(&m), Some(tags));
         assert_eq!(Tags::from_map(&BTreeMap::new()), None);

@@ -5,8 +5,6 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::gate::MemorySource;
-
 pub const VERSION: u32 = 1;
 /// A request line longer than this is refused before it is buffered whole.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -119,6 +117,10 @@ pub enum Response {
     Hello {
         version: u32,
         pid: u32,
+        /// Scans the daemon has made: a test or tool waits for "N more
+        /// scans" instead of sleeping.
+        #[serde(default)]
+        scans: u64,
     },
     Error {
         code: ErrorCode,
@@ -156,7 +158,7 @@ pub enum ErrorCode {
 
 /// Where a gate is in its life. `Frozen` is a freeze asked by a person
 /// (`gov freeze`); `Suspended` is the reaper's idle freeze.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GateState {
     Running,
@@ -177,6 +179,160 @@ impl GateState {
             GateState::Stopping => "stopping",
             GateState::Killing => "killing",
             GateState::Exited => "exited",
+        }
+    }
+}
+
+/// Why a gate is being reaped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    Idle,
+    Orphan,
+    Deadline,
+    Evicted,
+    MemoryBudget,
+    Manual,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 6] = [
+        Reason::Idle,
+        Reason::Orphan,
+        Reason::Deadline,
+        Reason::Evicted,
+        Reason::MemoryBudget,
+        Reason::Manual,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Idle => "idle",
+            Reason::Orphan => "orphan",
+            Reason::Deadline => "deadline",
+            Reason::Evicted => "evicted",
+            Reason::MemoryBudget => "memory-budget",
+            Reason::Manual => "manual",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == s)
+    }
+}
+
+/// Why a gate is left alone although a rule would reap it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Spared {
+    Pinned,
+    Traced,
+    Busy,
+}
+
+impl Spared {
+    /// As a person reads it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Spared::Pinned => "pinned",
+            Spared::Traced => "a debugger is attached",
+            Spared::Busy => "busy (using CPU)",
+        }
+    }
+}
+
+/// The reaper's next step for a gate, if nothing happens before `at_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Next {
+    pub action: NextAction,
+    pub at_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NextAction {
+    /// Suspend: idle past idle_timeout.
+    Suspend,
+    /// Stop: idle past idle_timeout, with frozen_hold = 0.
+    StopIdle,
+    /// Stop: past its deadline (max_runtime).
+    StopDeadline,
+    /// Stop: orphaned past orphan_grace.
+    StopOrphaned,
+    /// Stop: suspended past frozen_hold.
+    StopFrozenTooLong,
+    /// Kill: stop_grace is over.
+    Kill,
+}
+
+impl NextAction {
+    pub fn describe(self) -> &'static str {
+        match self {
+            NextAction::Suspend => "suspend: idle",
+            NextAction::StopIdle => "stop: idle",
+            NextAction::StopDeadline => "stop: deadline",
+            NextAction::StopOrphaned => "stop: orphaned",
+            NextAction::StopFrozenTooLong => "stop: frozen too long",
+            NextAction::Kill => "kill",
+        }
+    }
+}
+
+/// Where a memory figure came from: the kernel's own accounting, or the sum
+/// of PSS of member processes where the memory controller is off (hybrid).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemorySource {
+    MemoryCurrent,
+    ProcPss,
+}
+
+/// What happened to a gate, as `gov events` and the log say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Spawned,
+    /// Found on cgroupfs by a (re)started daemon.
+    Adopted,
+    /// Frozen by the reaper.
+    Suspended,
+    /// Frozen by a person.
+    Frozen,
+    Thawed,
+    Orphaned,
+    Stopping,
+    Killing,
+    /// Torn down by gov; `reason` says why and how ("idle (stopped)").
+    Removed,
+    /// Every process exited by itself.
+    Exited,
+    /// A limit was hit.
+    Limit,
+    Pinned,
+    Unpinned,
+    Tagged,
+    /// An action on the gate failed; the gate stays managed.
+    Failed,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Spawned => "spawned",
+            EventKind::Adopted => "adopted",
+            EventKind::Suspended => "suspended",
+            EventKind::Frozen => "frozen",
+            EventKind::Thawed => "thawed",
+            EventKind::Orphaned => "orphaned",
+            EventKind::Stopping => "stopping",
+            EventKind::Killing => "killing",
+            EventKind::Removed => "removed",
+            EventKind::Exited => "exited",
+            EventKind::Limit => "limit",
+            EventKind::Pinned => "pinned",
+            EventKind::Unpinned => "unpinned",
+            EventKind::Tagged => "tagged",
+            EventKind::Failed => "failed",
         }
     }
 }
@@ -202,10 +358,10 @@ pub struct GateInfo {
     pub pinned: bool,
     /// Why the reaper leaves this gate alone right now, if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spared: Option<String>,
-    /// What the reaper will do next and when, as a person would say it.
+    pub spared: Option<Spared>,
+    /// What the reaper will do next and when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub next: Option<String>,
+    pub next: Option<Next>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner_pid: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -231,9 +387,7 @@ pub struct Event {
     pub project: String,
     pub session: String,
     pub uid: u32,
-    /// spawned, adopted, suspended, thawed, frozen, stopping, killing,
-    /// removed, exited, refused
-    pub kind: String,
+    pub kind: EventKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

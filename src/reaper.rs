@@ -8,54 +8,19 @@
 //! evictions go straight to stopping, since they need the memory now.
 
 use crate::policy::GateSettings;
+pub use crate::protocol::{GateState, Next, NextAction, Reason, Spared};
 
-/// Why a gate is being reaped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Reason {
-    Idle,
-    Orphan,
-    Deadline,
-    Evicted,
-    MemoryBudget,
-    Manual,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::Idle => "idle",
-            Reason::Orphan => "orphan",
-            Reason::Deadline => "deadline",
-            Reason::Evicted => "evicted",
-            Reason::MemoryBudget => "memory-budget",
-            Reason::Manual => "manual",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Reason> {
-        [
-            Reason::Idle,
-            Reason::Orphan,
-            Reason::Deadline,
-            Reason::Evicted,
-            Reason::MemoryBudget,
-            Reason::Manual,
-        ]
-        .into_iter()
-        .find(|r| r.as_str() == s)
-    }
-}
-
-/// Where a gate is in its life, as the reaper sees it. Every phase can be
-/// read back from cgroupfs after a daemon restart (see `Phase::recover`).
-/// Room is left for a `Hibernated` phase (CRIU dump of a frozen gate).
+/// Where a gate is in its life. This is the truth the daemon's per-gate
+/// owner keeps, and the one thing `state()` derives what people see from.
+/// Every phase can be read back from cgroupfs after a daemon restart (see
+/// `Phase::recover`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
     Running,
-    /// Frozen by the reaper (or a person) since this time.
+    /// Frozen since this time: by the reaper, or by a person (`manual`).
     Suspended {
         since_ms: u64,
+        manual: bool,
     },
     /// stop_signal sent at this time; the tree may exit by itself.
     Stopping {
@@ -86,6 +51,7 @@ impl Phase {
         intent: Option<&str>,
         frozen: bool,
         frozen_ms: Option<u64>,
+        manual: bool,
         now_ms: u64,
     ) -> Phase {
         if let Some(intent) = intent {
@@ -102,14 +68,34 @@ impl Phase {
             }
         }
         if frozen {
-            // A freeze we did not record starts its hold now: no cgroup stays
-            // frozen forever by accident.
+            // A freeze we did not record is a person's (root's direct
+            // `gov freeze`); its hold starts now: no cgroup stays frozen
+            // forever by accident.
             Phase::Suspended {
                 since_ms: frozen_ms.unwrap_or(now_ms),
+                manual: manual || frozen_ms.is_none(),
             }
         } else {
             Phase::Running
         }
+    }
+
+    /// What `ps`, `show`, `events` and `metrics` call this phase: the one
+    /// place it is derived.
+    pub fn state(self, populated: bool) -> GateState {
+        match self {
+            Phase::Stopping { .. } => GateState::Stopping,
+            Phase::Killing { .. } => GateState::Killing,
+            _ if !populated => GateState::Exited,
+            Phase::Suspended { manual: true, .. } => GateState::Frozen,
+            Phase::Suspended { manual: false, .. } => GateState::Suspended,
+            Phase::Running => GateState::Running,
+        }
+    }
+
+    /// Being torn down: too late for a touch or a thaw.
+    pub fn is_reaping(self) -> bool {
+        matches!(self, Phase::Stopping { .. } | Phase::Killing { .. })
     }
 }
 
@@ -131,30 +117,12 @@ pub struct View {
     pub traced: bool,
 }
 
-/// Why a gate is left alone although a rule would reap it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Spared {
-    Pinned,
-    Traced,
-    Busy,
-}
-
-impl Spared {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Spared::Pinned => "pinned",
-            Spared::Traced => "a debugger is attached",
-            Spared::Busy => "busy (using CPU)",
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     /// Nothing to do now. `next` is the earliest time a rule could fire.
     Keep {
         spared: Option<Spared>,
-        next: Option<(u64, &'static str)>,
+        next: Option<Next>,
     },
     Suspend(Reason),
     Stop(Reason),
@@ -173,10 +141,15 @@ impl Decision {
 }
 
 fn ms(d: Option<std::time::Duration>) -> Option<u64> {
-    d.map(|d| d.as_millis() as u64)
+    d.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// The reaper's rule book.
+fn next(action: NextAction, at_ms: u64) -> Next {
+    Next { action, at_ms }
+}
+
+/// The reaper's rule book. Times add saturating: a deadline past the end of
+/// time is never, not a wrap into the past.
 pub fn step(v: &View, s: &GateSettings, now: u64) -> Decision {
     if !v.populated {
         return Decision::Remove;
@@ -185,13 +158,13 @@ pub fn step(v: &View, s: &GateSettings, now: u64) -> Decision {
         // A kill that a restart interrupted is simply done again.
         Phase::Killing { reason } => return Decision::Kill(reason),
         Phase::Stopping { since_ms, reason } => {
-            let at = since_ms + s.stop_grace.as_millis() as u64;
+            let at = since_ms.saturating_add(ms(Some(s.stop_grace)).unwrap_or(0));
             return if now >= at {
                 Decision::Kill(reason)
             } else {
                 Decision::Keep {
                     spared: None,
-                    next: Some((at, "kill")),
+                    next: Some(next(NextAction::Kill, at)),
                 }
             };
         }
@@ -203,40 +176,54 @@ pub fn step(v: &View, s: &GateSettings, now: u64) -> Decision {
     if v.traced {
         return keep_spared(Spared::Traced);
     }
-    let deadline = v.max_runtime_ms.map(|m| v.created_ms + m);
-    let orphan_at = v.orphaned_ms.zip(ms(s.orphan_grace)).map(|(o, g)| o + g);
+    let deadline = v.max_runtime_ms.map(|m| v.created_ms.saturating_add(m));
+    let orphan_at = v
+        .orphaned_ms
+        .zip(ms(s.orphan_grace))
+        .map(|(o, g)| o.saturating_add(g));
     if deadline.is_some_and(|d| now >= d) {
         return Decision::Stop(Reason::Deadline);
     }
     if orphan_at.is_some_and(|o| now >= o) {
         return Decision::Stop(Reason::Orphan);
     }
-    let mut next: Vec<(u64, &'static str)> = Vec::new();
-    next.extend(deadline.map(|d| (d, "stop: deadline")));
-    next.extend(orphan_at.map(|o| (o, "stop: orphaned")));
+    let mut soonest: Vec<Next> = Vec::new();
+    soonest.extend(deadline.map(|d| next(NextAction::StopDeadline, d)));
+    soonest.extend(orphan_at.map(|o| next(NextAction::StopOrphaned, o)));
     let mut spared = None;
     match v.phase {
-        Phase::Suspended { since_ms } => {
-            let at = since_ms + s.frozen_hold.as_millis() as u64;
+        Phase::Suspended { since_ms, .. } => {
+            let at = since_ms.saturating_add(ms(Some(s.frozen_hold)).unwrap_or(0));
             if now >= at {
                 return Decision::Stop(Reason::Idle);
             }
-            next.push((at, "stop: frozen too long"));
+            soonest.push(next(NextAction::StopFrozenTooLong, at));
         }
         _ if v.busy => spared = Some(Spared::Busy),
         _ => {
             if let Some(idle) = ms(s.idle_timeout) {
-                let at = v.last_active_ms + idle;
+                let at = v.last_active_ms.saturating_add(idle);
+                // No hold: an idle gate is stopped, not frozen for nothing.
+                let no_hold = s.frozen_hold.is_zero();
                 if now >= at {
-                    return Decision::Suspend(Reason::Idle);
+                    return if no_hold {
+                        Decision::Stop(Reason::Idle)
+                    } else {
+                        Decision::Suspend(Reason::Idle)
+                    };
                 }
-                next.push((at, "suspend: idle"));
+                let action = if no_hold {
+                    NextAction::StopIdle
+                } else {
+                    NextAction::Suspend
+                };
+                soonest.push(next(action, at));
             }
         }
     }
     Decision::Keep {
         spared,
-        next: next.into_iter().min_by_key(|(t, _)| *t),
+        next: soonest.into_iter().min_by_key(|n| n.at_ms),
     }
 }
 
@@ -311,11 +298,14 @@ mod tests {
         let s = settings();
         let v = view();
         assert!(
-            matches!(step(&v, &s, 29 * MIN), Decision::Keep { next: Some((t, _)), .. } if t == 30 * MIN)
+            matches!(step(&v, &s, 29 * MIN), Decision::Keep { next: Some(n), .. } if n.at_ms == 30 * MIN)
         );
         assert_eq!(step(&v, &s, 30 * MIN), Decision::Suspend(Reason::Idle));
         let v = View {
-            phase: Phase::Suspended { since_ms: 30 * MIN },
+            phase: Phase::Suspended {
+                since_ms: 30 * MIN,
+                manual: false,
+            },
             ..v
         };
         assert!(matches!(step(&v, &s, 89 * MIN), Decision::Keep { .. }));
@@ -383,7 +373,10 @@ mod tests {
         assert_eq!(step(&traced, &s, late), keep_spared(Spared::Traced));
         // A pinned frozen gate stays frozen, never torn down.
         let frozen = View {
-            phase: Phase::Suspended { since_ms: 0 },
+            phase: Phase::Suspended {
+                since_ms: 0,
+                manual: false,
+            },
             pinned: true,
             ..view()
         };
@@ -400,7 +393,7 @@ mod tests {
             ..view()
         };
         assert!(
-            matches!(step(&orphan, &s, 14 * MIN), Decision::Keep { next: Some((t, _)), .. } if t == 15 * MIN)
+            matches!(step(&orphan, &s, 14 * MIN), Decision::Keep { next: Some(n), .. } if n.at_ms == 15 * MIN)
         );
         assert_eq!(step(&orphan, &s, 15 * MIN), Decision::Stop(Reason::Orphan));
         let runner = View {
@@ -410,7 +403,10 @@ mod tests {
         };
         assert_eq!(step(&runner, &s, 5 * MIN), Decision::Stop(Reason::Deadline));
         let frozen_orphan = View {
-            phase: Phase::Suspended { since_ms: 0 },
+            phase: Phase::Suspended {
+                since_ms: 0,
+                manual: false,
+            },
             orphaned_ms: Some(0),
             ..view()
         };
@@ -418,6 +414,68 @@ mod tests {
             step(&frozen_orphan, &s, 5 * MIN),
             Decision::Stop(Reason::Orphan)
         );
+    }
+
+    #[test]
+    fn no_frozen_hold_stops_an_idle_gate_without_suspending_it() {
+        let mut s = settings();
+        s.frozen_hold = std::time::Duration::ZERO;
+        let v = view();
+        assert!(matches!(
+            step(&v, &s, 29 * MIN),
+            Decision::Keep { next: Some(Next { action: NextAction::StopIdle, at_ms }), .. } if at_ms == 30 * MIN
+        ));
+        assert_eq!(step(&v, &s, 30 * MIN), Decision::Stop(Reason::Idle));
+    }
+
+    #[test]
+    fn deadlines_past_the_end_of_time_never_fire() {
+        let mut s = settings();
+        s.idle_timeout = Some(std::time::Duration::from_secs(u64::MAX));
+        s.orphan_grace = Some(std::time::Duration::from_secs(u64::MAX));
+        s.stop_grace = std::time::Duration::from_secs(u64::MAX);
+        let v = View {
+            created_ms: 5,
+            last_active_ms: 5,
+            orphaned_ms: Some(5),
+            max_runtime_ms: Some(u64::MAX),
+            ..view()
+        };
+        assert!(matches!(step(&v, &s, u64::MAX - 1), Decision::Keep { .. }));
+        let stopping = View {
+            phase: Phase::Stopping {
+                since_ms: 5,
+                reason: Reason::Idle,
+            },
+            ..v
+        };
+        assert!(matches!(
+            step(&stopping, &s, u64::MAX - 1),
+            Decision::Keep { .. }
+        ));
+    }
+
+    #[test]
+    fn the_state_people_see_comes_from_the_phase() {
+        let frozen = |manual| Phase::Suspended {
+            since_ms: 0,
+            manual,
+        };
+        assert_eq!(Phase::Running.state(true), GateState::Running);
+        assert_eq!(Phase::Running.state(false), GateState::Exited);
+        assert_eq!(frozen(false).state(true), GateState::Suspended);
+        assert_eq!(frozen(true).state(true), GateState::Frozen);
+        let stopping = Phase::Stopping {
+            since_ms: 0,
+            reason: Reason::Idle,
+        };
+        assert_eq!(stopping.state(true), GateState::Stopping);
+        // Emptied during its stop grace: still stopping until removed.
+        assert_eq!(stopping.state(false), GateState::Stopping);
+        let killing = Phase::Killing {
+            reason: Reason::Manual,
+        };
+        assert_eq!(killing.state(true), GateState::Killing);
     }
 
     #[test]
@@ -440,28 +498,34 @@ mod tests {
 
     #[test]
     fn a_restart_resumes_from_tags_and_the_frozen_flag() {
-        assert_eq!(Phase::recover(None, false, None, 5), Phase::Running);
+        assert_eq!(Phase::recover(None, false, None, false, 5), Phase::Running);
         assert_eq!(
-            Phase::recover(None, true, Some(3), 5),
-            Phase::Suspended { since_ms: 3 }
+            Phase::recover(None, true, Some(3), true, 5),
+            Phase::Suspended {
+                since_ms: 3,
+                manual: true
+            }
         );
         assert_eq!(
-            Phase::recover(None, true, None, 5),
-            Phase::Suspended { since_ms: 5 }
+            Phase::recover(None, true, None, false, 5),
+            Phase::Suspended {
+                since_ms: 5,
+                manual: true
+            }
         );
         let stop = Phase::Stopping {
             since_ms: 4,
             reason: Reason::Orphan,
         };
         assert_eq!(
-            Phase::recover(stop.intent_tag().as_deref(), true, None, 9),
+            Phase::recover(stop.intent_tag().as_deref(), true, None, false, 9),
             stop
         );
         let kill = Phase::Killing {
             reason: Reason::Deadline,
         };
         assert_eq!(
-            Phase::recover(kill.intent_tag().as_deref(), false, None, 9),
+            Phase::recover(kill.intent_tag().as_deref(), false, None, false, 9),
             kill
         );
         // A killing gate that a restart finds is killed again, whatever else holds.

@@ -1,0 +1,219 @@
+//! The daemon's place on the host: which cgroup root is gov's, the claim
+//! that makes it this daemon's alone, the daemon's own leaf, controllers,
+//! and the socket.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use tokio::net::UnixListener;
+
+use crate::cgroup;
+use crate::gate::{self, Tree};
+use crate::names;
+use crate::policy::{GateSettings, Policy};
+use crate::protocol::{Request, Response};
+
+/// The daemon's own leaf under gov's root.
+pub const DAEMON_LEAF: &str = "daemon";
+/// Tag on gov's root naming the daemon that holds it.
+const OWNER_TAG: &str = "daemon_pid";
+
+/// Every gate may hold a pidfd on its owner: raise the soft limit on open
+/// files to the hard limit, as daemons that hold an fd per client do.
+pub fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
+/// Refuses to go on when a live daemon answers on `socket`, naming it.
+/// Runs before anything is created or changed.
+pub fn check_socket_free(socket: &Path) -> Result<()> {
+    if std::os::unix::net::UnixStream::connect(socket).is_err() {
+        return Ok(());
+    }
+    let pid = match crate::client::request(socket, Request::Hello) {
+        Ok(Some(Response::Hello { pid, .. })) => pid.to_string(),
+        _ => "unknown".to_string(),
+    };
+    bail!(
+        "another gov daemon (pid {pid}) is listening on {}; stop it first, or give this one another socket",
+        socket.display()
+    )
+}
+
+/// gov's root held by this daemon alone, for as long as it runs: an
+/// exclusive flock on the root's directory (the kernel drops it when the
+/// daemon dies, however it dies, so a dead daemon's root is free at once).
+pub struct RootClaim {
+    _dir: std::fs::File,
+}
+
+impl RootClaim {
+    pub fn take(tree: &Tree) -> Result<RootClaim> {
+        let path = tree.root.path();
+        // A root that does not exist yet is nobody's: creating it is safe.
+        tree.ensure()
+            .with_context(|| format!("creating gov's cgroup root {}", path.display()))?;
+        let dir =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        // SAFETY: flock on an fd we own; no memory is involved.
+        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let pid = tree
+                    .root
+                    .read_tag(OWNER_TAG)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| "unknown".into());
+                bail!(
+                    "another gov daemon (pid {pid}) manages the cgroup root {}; stop it first, or give this one another cgroup_root",
+                    path.display()
+                );
+            }
+            return Err(err).with_context(|| format!("locking {}", path.display()));
+        }
+        tree.root
+            .write_tag(OWNER_TAG, &std::process::id().to_string())
+            .with_context(|| format!("tagging {}", path.display()))?;
+        Ok(RootClaim { _dir: dir })
+    }
+}
+
+/// gov's root: the policy setting, or with "delegated" the cgroup systemd
+/// gave us (Delegate=yes). With DelegateSubgroup=daemon (systemd >= 254) we
+/// already start in our leaf, and the root is its parent.
+///
+/// The flag says whether controllers may be enabled under the root. Not when
+/// systemd delegated without DelegateSubgroup: it starts the next daemon in
+/// the root itself, which the kernel refuses once the root hands controllers
+/// down ("no internal processes"), so a restart with live gates would fail.
+pub fn resolve_tree(setting: &str) -> Result<(Tree, bool)> {
+    let setting = std::env::var(gate::ROOT_ENV).unwrap_or_else(|_| setting.to_string());
+    if setting != "delegated" {
+        return Ok((Tree::resolve(&setting)?, true));
+    }
+    let mount = cgroup::cgroup2_mount()?;
+    let own = cgroup::cgroup_of(&mount, std::process::id())?;
+    let in_leaf = own.file_name().is_some_and(|n| n == DAEMON_LEAF);
+    let root = if in_leaf {
+        own.parent().map(Path::to_path_buf).unwrap_or(own)
+    } else {
+        own
+    };
+    Ok((Tree::at(mount, &root.display().to_string())?, in_leaf))
+}
+
+/// The daemon lives in a leaf of its own under gov's root, never beside
+/// gates: cgroup2 allows no processes in an inner node with controllers on.
+pub fn move_self_into_leaf(tree: &Tree) -> Result<()> {
+    let leaf = tree.root.child(DAEMON_LEAF);
+    leaf.create_if_missing()?;
+    leaf.write_procs(std::process::id())
+        .with_context(|| format!("moving the daemon into {}", leaf.path().display()))?;
+    Ok(())
+}
+
+/// Enables the controllers policy needs for gov's children, and says once
+/// which limits cannot apply here and why.
+pub fn report_controllers(tree: &Tree, policy: &Policy) {
+    let wanted = controllers_needed(policy);
+    let available = tree.root.read_controllers().unwrap_or_default();
+    let (have, missing): (Vec<&str>, Vec<&str>) = wanted
+        .iter()
+        .partition(|c| available.iter().any(|a| a == *c));
+    if !have.is_empty() {
+        if let Err(e) = tree.root.write_subtree_control(&have) {
+            tracing::warn!(
+                "cannot enable {have:?} under {}: {e}",
+                tree.root.path().display()
+            );
+        }
+        // Projects made before a reload that needs more controllers.
+        for project in tree.root.children().unwrap_or_default() {
+            if names::is_project_key(&project) {
+                let _ = tree.root.child(&project).write_subtree_control(&have);
+            }
+        }
+    }
+    if !missing.is_empty() {
+        tracing::warn!(
+            "controllers {missing:?} are not available to {}: its parent does not enable them in cgroup.subtree_control (systemd does on pure cgroup2 hosts; a hybrid layout has none in v2). Limits that need them are not applied, and memory is measured as PSS from /proc",
+            tree.root.path().display()
+        );
+    }
+}
+
+/// memory always (kernel memory accounting for `gov ps` and the budget);
+/// pids and cpu only when some limit asks for them.
+fn controllers_needed(policy: &Policy) -> Vec<&'static str> {
+    use crate::cgroup::Limit;
+    let mut out = vec!["memory"];
+    if policy.any_settings(|s| s.pids_max != Limit::Max || s.project_pids_max != Limit::Max) {
+        out.push("pids");
+    }
+    if policy.any_settings(|s| s.cpu_max != crate::policy::CpuMax::Max) {
+        out.push("cpu");
+    }
+    out
+}
+
+/// Project-level limits (the sum of a project's gates).
+pub fn apply_project_limits(tree: &Tree, project: &str, s: &GateSettings) {
+    let cg = tree.project(project);
+    let mut limits = Vec::new();
+    if let Some(v) = gate::limit_text(s.project_memory_max) {
+        limits.push(("memory.max", v));
+    }
+    if let Some(v) = gate::limit_text(s.project_pids_max) {
+        limits.push(("pids.max", v));
+    }
+    gate::apply_limits(&cg, &limits);
+}
+
+/// The socket, owned by root with the policy's mode and group. A stale file
+/// from a killed daemon is replaced (check_socket_free ran first).
+pub fn bind_socket(policy: &Policy) -> Result<UnixListener> {
+    let path = &policy.global.socket;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(
+        path,
+        std::fs::Permissions::from_mode(policy.global.socket_mode),
+    )
+    .with_context(|| format!("chmod {}", path.display()))?;
+    if let Some(group) = &policy.global.socket_group {
+        let gid = resolve_group(Some(group))
+            .with_context(|| format!("socket_group {group:?} does not exist"))?;
+        nix::unistd::chown(path, None, Some(gid.into()))
+            .with_context(|| format!("chown {}", path.display()))?;
+    }
+    Ok(listener)
+}
+
+/// Removes the socket file when the daemon ends.
+pub struct SocketGuard(pub PathBuf);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+pub fn resolve_group(name: Option<&str>) -> Option<u32> {
+    let name = name?;
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+}

@@ -1,0 +1,1034 @@
+//! A gate's single owner. Every action on a gate (a scan's decision, touch,
+//! thaw, freeze, kill, pin, tag, eviction, removal once it emptied) is a
+//! command on the gate's channel, and the owner task performs them one at
+//! a time, each to its end, as kubelet's pod workers do. So two actions on
+//! one gate never interleave: a touch that arrives while a freeze is in
+//! flight waits for it and then thaws; a kill that arrives during a stop
+//! grace escalates the teardown already under way instead of starting a
+//! second one.
+//!
+//! A reply is sent once its action has taken effect. Each action runs as a
+//! task of its own that the owner awaits: a panic in it is caught there,
+//! logged with the gate, and the gate stays managed.
+//!
+//! The owner's `Gate` is the one state of a gate: `ps`, `show`, `metrics`
+//! and the scan read clones of it; only the owner changes it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+
+use crate::cgroup::{Cgroup, CgroupError};
+use crate::gate::{self, now_ms, GateDir, InfoExtra, Tag, Tags};
+use crate::policy::{GateSettings, Policy};
+use crate::proc;
+use crate::protocol::{ErrorCode, EventKind, Next, Reason, Spared};
+use crate::reaper::{self, Decision, Phase, View};
+
+use super::{lock, Daemon};
+
+/// How soon a failed kill or removal is tried again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// What the owner knows of its gate.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub dir: GateDir,
+    pub tags: Tags,
+    pub phase: Phase,
+    pub populated: bool,
+    /// Last real activity: a touch, or CPU use above busy_cpu_percent.
+    pub last_active_ms: u64,
+    /// Used CPU above busy_cpu_percent over the last interval measured.
+    pub busy: bool,
+    pub spared: Option<Spared>,
+    pub next: Option<Next>,
+    /// The last action that failed, and why (shown until one succeeds).
+    pub failure: Option<String>,
+    /// The last cpu.stat usage and when it was read.
+    cpu_sample: Option<(u64, u64)>,
+    /// Limit hits seen so far, to report new ones once.
+    limit_hits: BTreeMap<String, u64>,
+    /// What the gate held when its teardown began.
+    freed: Option<u64>,
+    /// Policy for this gate, cached with the policy it came from.
+    policy: Arc<Policy>,
+    settings: GateSettings,
+}
+
+impl Gate {
+    /// A gate as a daemon finds it (spawned now, or left by another daemon):
+    /// its phase from the tags and the kernel's frozen flag.
+    pub fn new(dir: GateDir, tags: Tags, policy: Arc<Policy>) -> Gate {
+        let events = dir.cgroup.read_cgroup_events().unwrap_or_default();
+        let phase = tags.phase(events.frozen, now_ms());
+        let last_active_ms = tags
+            .last_active_ms
+            .unwrap_or(tags.created_ms)
+            .max(tags.created_ms);
+        let settings = policy.for_project(&tags.project);
+        Gate {
+            dir,
+            tags,
+            phase,
+            populated: true,
+            last_active_ms,
+            busy: false,
+            spared: None,
+            next: None,
+            failure: None,
+            cpu_sample: None,
+            limit_hits: BTreeMap::new(),
+            freed: None,
+            policy,
+            settings,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.dir.id
+    }
+
+    pub fn settings(&self) -> &GateSettings {
+        &self.settings
+    }
+
+    /// Pinned by a person or by policy.
+    pub fn pinned(&self) -> bool {
+        self.tags.pinned || self.settings.pinned
+    }
+
+    /// What a daemon adds to `gate::info`.
+    pub fn extra(&self) -> InfoExtra {
+        InfoExtra {
+            phase: Some(self.phase),
+            last_active_ms: Some(self.last_active_ms),
+            spared: self.spared,
+            next: self.next,
+        }
+    }
+
+    fn follow(&mut self, policy: &Arc<Policy>) {
+        if !Arc::ptr_eq(&self.policy, policy) {
+            self.policy = policy.clone();
+            self.settings = policy.for_project(&self.tags.project);
+        }
+    }
+
+    fn view(&self, traced: bool) -> View {
+        View {
+            phase: self.phase,
+            populated: self.populated,
+            created_ms: self.tags.created_ms,
+            last_active_ms: self.last_active_ms,
+            orphaned_ms: self.tags.orphaned_ms,
+            max_runtime_ms: self.tags.max_runtime_ms.or(self
+                .settings
+                .max_runtime
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))),
+            pinned: self.pinned(),
+            busy: self.busy,
+            traced,
+        }
+    }
+}
+
+/// A failed request, as its reply says it.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Failure {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn internal(e: impl std::fmt::Display) -> Failure {
+        Failure::new(ErrorCode::Internal, e.to_string())
+    }
+}
+
+pub type Answer = oneshot::Sender<Result<(), Failure>>;
+
+/// What a scan saw and asks the owner to judge.
+pub struct Observation {
+    pub now: u64,
+    /// Read the gate's event files again (a full pass).
+    pub full: bool,
+    /// Read its CPU use; otherwise the scan knows it cannot be busy.
+    pub measure_cpu: bool,
+    pub policy: Arc<Policy>,
+}
+
+pub enum Cmd {
+    Observe(Observation),
+    /// Its event files changed (inotify): it may have emptied or hit a limit.
+    Changed,
+    /// Its owner process exited.
+    Orphaned,
+    Touch(Answer),
+    Thaw(Answer),
+    Freeze(Answer),
+    Kill(Answer),
+    /// Make room (a project's gate cap, the memory budget), if it is still
+    /// a fair victim when the owner gets to it.
+    Evict(Reason),
+    Pin(bool, Answer),
+    Tag(String, Answer),
+}
+
+impl Cmd {
+    fn name(&self) -> &'static str {
+        match self {
+            Cmd::Observe(_) => "observe",
+            Cmd::Changed => "changed",
+            Cmd::Orphaned => "orphaned",
+            Cmd::Touch(_) => "touch",
+            Cmd::Thaw(_) => "thaw",
+            Cmd::Freeze(_) => "freeze",
+            Cmd::Kill(_) => "kill",
+            Cmd::Evict(_) => "evict",
+            Cmd::Pin(..) => "pin",
+            Cmd::Tag(..) => "tag",
+        }
+    }
+
+    /// The answer of a command that found its gate gone: a kill has what it
+    /// asked for, anything else did not happen.
+    fn gone(self, id: &str) {
+        let not_found = || Err(Failure::new(ErrorCode::NotFound, format!("no gate {id}")));
+        match self {
+            Cmd::Kill(tx) => {
+                let _ = tx.send(Ok(()));
+            }
+            Cmd::Touch(tx)
+            | Cmd::Thaw(tx)
+            | Cmd::Freeze(tx)
+            | Cmd::Pin(_, tx)
+            | Cmd::Tag(_, tx) => {
+                let _ = tx.send(not_found());
+            }
+            Cmd::Observe(_) | Cmd::Changed | Cmd::Orphaned | Cmd::Evict(_) => {}
+        }
+    }
+}
+
+/// The registry's way to a gate: its channel and a view of its state.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::UnboundedSender<Cmd>,
+    gate: Arc<Mutex<Gate>>,
+    /// An observation waits in the channel: later scans' are coalesced
+    /// into it rather than queued behind a slow action.
+    observing: Arc<AtomicBool>,
+}
+
+impl Handle {
+    /// A copy of the gate's state now.
+    pub fn snapshot(&self) -> Gate {
+        lock(&self.gate).clone()
+    }
+
+    /// Hands a command to the owner; false when the gate is gone.
+    pub fn send(&self, cmd: Cmd) -> bool {
+        self.tx.send(cmd).is_ok()
+    }
+
+    /// Hands a scan's observation to the owner, unless one already waits.
+    pub fn observe(&self, o: Observation) {
+        if !self.observing.swap(true, Ordering::AcqRel) && !self.send(Cmd::Observe(o)) {
+            self.observing.store(false, Ordering::Release);
+        }
+    }
+
+    /// Sends a command that answers; `Pending::wait` gets the answer.
+    pub fn begin(&self, id: &str, cmd: impl FnOnce(Answer) -> Cmd) -> Pending {
+        let (tx, rx) = oneshot::channel();
+        Pending {
+            id: id.to_string(),
+            rx: self.send(cmd(tx)).then_some(rx),
+        }
+    }
+
+    /// Sends a command that answers, and waits for the answer.
+    pub async fn ask(&self, id: &str, cmd: impl FnOnce(Answer) -> Cmd) -> Result<(), Failure> {
+        self.begin(id, cmd).wait().await
+    }
+}
+
+/// An answer to come.
+pub struct Pending {
+    id: String,
+    rx: Option<oneshot::Receiver<Result<(), Failure>>>,
+}
+
+impl Pending {
+    pub async fn wait(self) -> Result<(), Failure> {
+        let id = self.id;
+        let Some(rx) = self.rx else {
+            return Err(Failure::new(ErrorCode::NotFound, format!("no gate {id}")));
+        };
+        match rx.await {
+            Ok(result) => result,
+            // The action dropped its answer: it panicked (logged there).
+            Err(_) => Err(Failure::new(
+                ErrorCode::Internal,
+                format!("the action on gate {id} failed; the daemon's log says why"),
+            )),
+        }
+    }
+}
+
+/// Starts the owner of a gate and returns the handle to register.
+pub fn start(d: &Arc<Daemon>, gate: Gate) -> Handle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let id = gate.id().to_string();
+    let owner_watch = watch_owner(d, &id, &gate.tags);
+    let shared = Arc::new(Mutex::new(gate));
+    let observing = Arc::new(AtomicBool::new(false));
+    let handle = Handle {
+        tx,
+        gate: shared.clone(),
+        observing: observing.clone(),
+    };
+    let owner = Owner {
+        d: d.clone(),
+        id,
+        gate: shared,
+        rx,
+        observing,
+        owner_watch,
+    };
+    tokio::spawn(owner.run());
+    handle
+}
+
+/// Whether the owner goes on after an action.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Go,
+    /// The gate's cgroup is gone: the owner ends.
+    Gone,
+}
+
+struct Owner {
+    d: Arc<Daemon>,
+    id: String,
+    gate: Arc<Mutex<Gate>>,
+    rx: mpsc::UnboundedReceiver<Cmd>,
+    observing: Arc<AtomicBool>,
+    owner_watch: Option<AbortHandle>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        if let Some(h) = &self.owner_watch {
+            h.abort();
+        }
+    }
+}
+
+impl Owner {
+    async fn run(mut self) {
+        loop {
+            // A phase with a deadline of its own (the end of a stop grace,
+            // a kill to try again) wakes the owner without a command.
+            let wake = self.wake_at();
+            let cmd = tokio::select! {
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => cmd,
+                    // The registry let go: the daemon is stopping.
+                    None => return,
+                },
+                _ = sleep_until_ms(wake) => Cmd::Observe(Observation {
+                    now: now_ms(),
+                    full: true,
+                    measure_cpu: false,
+                    policy: self.d.policy(),
+                }),
+            };
+            if matches!(cmd, Cmd::Observe(_)) {
+                self.observing.store(false, Ordering::Release);
+            }
+            let name = cmd.name();
+            let action = tokio::spawn(act(self.d.clone(), self.gate.clone(), cmd));
+            match action.await {
+                Ok(Flow::Go) => {}
+                Ok(Flow::Gone) => break,
+                Err(e) => {
+                    let why = panic_text(e);
+                    tracing::error!(gate = %self.id, "{name} panicked: {why}; the gate stays managed");
+                    let tags = {
+                        let mut g = lock(&self.gate);
+                        g.failure = Some(format!("{name}: {why}"));
+                        g.tags.clone()
+                    };
+                    self.d.journal.record(
+                        &tags,
+                        &self.id,
+                        EventKind::Failed,
+                        Some(format!("{name}: {why}")),
+                        None,
+                    );
+                }
+            }
+        }
+        // Gone: out of the registry first, so nothing new arrives, then
+        // answer what came meanwhile.
+        self.d.gates.remove(&self.id);
+        self.rx.close();
+        while let Ok(cmd) = self.rx.try_recv() {
+            cmd.gone(&self.id);
+        }
+    }
+
+    fn wake_at(&self) -> Option<u64> {
+        let g = lock(&self.gate);
+        match g.phase {
+            Phase::Stopping { .. } => g.next.map(|n| n.at_ms),
+            Phase::Killing { .. } => Some(now_ms() + RETRY.as_millis() as u64),
+            _ if !g.populated => Some(now_ms() + RETRY.as_millis() as u64),
+            _ => None,
+        }
+    }
+}
+
+async fn sleep_until_ms(at: Option<u64>) {
+    match at {
+        Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn panic_text(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// One action, to its end.
+async fn act(d: Arc<Daemon>, gate: Arc<Mutex<Gate>>, cmd: Cmd) -> Flow {
+    let mut a = Action { d, gate };
+    match cmd {
+        Cmd::Observe(o) => a.observe(o).await,
+        Cmd::Changed => {
+            a.read_events();
+            a.review(now_ms()).await
+        }
+        Cmd::Orphaned => {
+            a.orphaned();
+            a.review(now_ms()).await
+        }
+        Cmd::Touch(tx) => {
+            let r = a.touch().await;
+            let _ = tx.send(r);
+            Flow::Go
+        }
+        Cmd::Thaw(tx) => {
+            let r = a.resume("thaw").await;
+            let _ = tx.send(r);
+            Flow::Go
+        }
+        Cmd::Freeze(tx) => {
+            let r = a.freeze_by_person().await;
+            let _ = tx.send(r);
+            Flow::Go
+        }
+        Cmd::Kill(tx) => {
+            let r = a.kill(Reason::Manual).await;
+            let gone = r.is_ok();
+            let _ = tx.send(r.map_err(Failure::internal));
+            if gone {
+                Flow::Gone
+            } else {
+                Flow::Go
+            }
+        }
+        Cmd::Evict(reason) => a.evict(reason).await,
+        Cmd::Pin(pinned, tx) => {
+            let r = a.pin(pinned);
+            let ok = r.is_ok();
+            let _ = tx.send(r);
+            if ok {
+                a.review(now_ms()).await
+            } else {
+                Flow::Go
+            }
+        }
+        Cmd::Tag(session, tx) => {
+            let _ = tx.send(a.tag(&session));
+            Flow::Go
+        }
+    }
+}
+
+/// Test hooks, set through GOV_TEST_FAULT ("pin=panic,freeze=sleep:300"):
+/// a panic in an action, or a pause inside one to hold a race window open.
+fn fault(point: &str) {
+    static FAULTS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+    let faults = FAULTS.get_or_init(|| {
+        std::env::var("GOV_TEST_FAULT")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|f| f.split_once('='))
+            .map(|(p, a)| (p.to_string(), a.to_string()))
+            .collect()
+    });
+    for (p, what) in faults {
+        if p != point {
+            continue;
+        }
+        if what == "panic" {
+            panic!("fault injected at {point}");
+        }
+        if let Some(ms) = what.strip_prefix("sleep:").and_then(|m| m.parse().ok()) {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+    }
+}
+
+struct Action {
+    d: Arc<Daemon>,
+    gate: Arc<Mutex<Gate>>,
+}
+
+impl Action {
+    fn with<T>(&self, f: impl FnOnce(&mut Gate) -> T) -> T {
+        f(&mut lock(&self.gate))
+    }
+
+    fn cgroup(&self) -> Cgroup {
+        self.with(|g| g.dir.cgroup.clone())
+    }
+
+    fn event(&self, kind: EventKind, reason: Option<String>, freed: Option<u64>) {
+        let (tags, id) = self.with(|g| (g.tags.clone(), g.dir.id.clone()));
+        self.d.journal.record(&tags, &id, kind, reason, freed);
+    }
+
+    fn failed(&self, what: &str, e: impl std::fmt::Display) {
+        let why = format!("{what}: {e}");
+        tracing::warn!(gate = %self.with(|g| g.dir.id.clone()), "{why}");
+        self.with(|g| g.failure = Some(why.clone()));
+        self.event(EventKind::Failed, Some(why), None);
+    }
+
+    /// Re-reads cgroup.events and the limit counters. False when the
+    /// cgroup is gone.
+    fn read_events(&self) -> bool {
+        let cg = self.cgroup();
+        let events = match cg.read_cgroup_events() {
+            Ok(e) => e,
+            Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT) => return false,
+            Err(_) => return true,
+        };
+        let hits = gate::limit_hits(&cg);
+        let new: Vec<(String, u64)> = self.with(|g| {
+            g.populated = events.populated;
+            let new = hits
+                .iter()
+                .filter_map(|(kind, &n)| {
+                    let before = g.limit_hits.get(kind).copied().unwrap_or(0);
+                    (n > before).then(|| (kind.clone(), n - before))
+                })
+                .collect();
+            g.limit_hits = hits;
+            new
+        });
+        let (tags, id) = self.with(|g| (g.tags.clone(), g.dir.id.clone()));
+        for (kind, n) in new {
+            self.d.journal.limit_hit(&tags, &id, &kind, n);
+        }
+        true
+    }
+
+    async fn observe(&mut self, o: Observation) -> Flow {
+        self.with(|g| g.follow(&o.policy));
+        if o.full && !self.read_events() {
+            return Flow::Gone;
+        }
+        if o.measure_cpu {
+            self.measure_cpu(o.now);
+        } else {
+            self.with(|g| g.busy = false);
+        }
+        self.review(o.now).await
+    }
+
+    /// CPU use above busy_cpu_percent since the last sample is activity.
+    fn measure_cpu(&self, now: u64) {
+        let Ok(usage) = self.cgroup().read_cpu_usage_usec() else {
+            return;
+        };
+        let active = self.with(|g| {
+            if let Some((prev_usage, prev_at)) = g.cpu_sample {
+                let wall_usec = now.saturating_sub(prev_at).saturating_mul(1000);
+                if wall_usec > 0 {
+                    let percent =
+                        usage.saturating_sub(prev_usage) as f64 * 100.0 / wall_usec as f64;
+                    g.busy = percent >= g.settings.busy_cpu_percent;
+                }
+            }
+            g.cpu_sample = Some((usage, now));
+            g.busy && g.phase == Phase::Running
+        });
+        if active {
+            self.mark_active(now);
+        }
+    }
+
+    fn mark_active(&self, now: u64) {
+        let cg = self.with(|g| {
+            g.last_active_ms = now;
+            g.tags.last_active_ms = Some(now);
+            g.dir.cgroup.clone()
+        });
+        // Persisted so a restarted daemon does not reset the idle clock.
+        let _ = Tag::LastActive.set(&cg, Some(&now.to_string()));
+    }
+
+    /// Asks the reaper's rule book and performs its decision.
+    async fn review(&mut self, now: u64) -> Flow {
+        let (view, settings) = self.with(|g| (g.view(false), g.settings.clone()));
+        let mut decision = reaper::step(&view, &settings, now);
+        // Only a gate about to be reaped pays for the debugger check.
+        if decision.is_reap() && !view.phase.is_reaping() && is_traced(&self.cgroup()) {
+            decision = reaper::step(
+                &View {
+                    traced: true,
+                    ..view
+                },
+                &settings,
+                now,
+            );
+        }
+        self.perform(decision).await
+    }
+
+    async fn perform(&mut self, decision: Decision) -> Flow {
+        match decision {
+            Decision::Keep { spared, next } => {
+                self.with(|g| {
+                    g.spared = spared;
+                    g.next = next;
+                });
+                Flow::Go
+            }
+            Decision::Suspend(reason) => {
+                self.with(|g| g.spared = None);
+                if let Err(e) = self.suspend(reason, false).await {
+                    self.failed("suspend", e);
+                }
+                Flow::Go
+            }
+            Decision::Stop(reason) => {
+                self.with(|g| g.spared = None);
+                self.stop(reason).await
+            }
+            Decision::Kill(reason) => match self.kill(reason).await {
+                Ok(()) => Flow::Gone,
+                Err(e) => {
+                    self.failed("kill", e);
+                    Flow::Go
+                }
+            },
+            Decision::Remove => self.remove_empty().await,
+        }
+    }
+
+    /// Freezes the gate; it keeps all its state and costs no CPU. If the
+    /// freeze does not complete, it is undone: never a gate half frozen
+    /// while it is shown running.
+    async fn suspend(&mut self, reason: Reason, manual: bool) -> Result<(), CgroupError> {
+        let cg = self.cgroup();
+        let c = cg.clone();
+        let frozen = blocking(move || {
+            c.write_freeze(true)?;
+            fault("freeze");
+            c.wait_events("frozen", gate::FREEZE_TIMEOUT, |e| e.frozen || !e.populated)
+        })
+        .await;
+        if let Err(e) = frozen {
+            let _ = cg.write_freeze(false);
+            return Err(e);
+        }
+        let now = now_ms();
+        Tag::Frozen.set(&cg, Some(&now.to_string()))?;
+        Tag::FrozenManual.set(&cg, manual.then_some("1"))?;
+        let reclaim = self.with(|g| {
+            g.phase = Phase::Suspended {
+                since_ms: now,
+                manual,
+            };
+            g.tags.frozen_ms = Some(now);
+            g.tags.frozen_manual = manual;
+            g.failure = None;
+            g.settings.reclaim_when_frozen
+        });
+        let mut reclaimed = None;
+        if reclaim && cg.has_file("memory.reclaim") {
+            let c = cg.clone();
+            reclaimed = blocking(move || reclaim_memory(&c)).await.ok();
+        }
+        let kind = if manual {
+            EventKind::Frozen
+        } else {
+            EventKind::Suspended
+        };
+        self.event(kind, Some(reason.as_str().to_string()), reclaimed);
+        Ok(())
+    }
+
+    async fn touch(&mut self) -> Result<(), Failure> {
+        let (phase, id) = self.with(|g| (g.phase, g.dir.id.clone()));
+        if phase.is_reaping() {
+            return Err(Failure::new(
+                ErrorCode::Reaping,
+                format!("gate {id} is being reaped"),
+            ));
+        }
+        self.mark_active(now_ms());
+        if matches!(phase, Phase::Suspended { .. }) {
+            self.resume("touch").await?;
+        }
+        Ok(())
+    }
+
+    /// Thaws a suspended or frozen gate: it runs when this returns Ok.
+    async fn resume(&mut self, why: &str) -> Result<(), Failure> {
+        let (phase, id, cg) = self.with(|g| (g.phase, g.dir.id.clone(), g.dir.cgroup.clone()));
+        if phase.is_reaping() {
+            return Err(Failure::new(
+                ErrorCode::Reaping,
+                format!("gate {id} is being reaped"),
+            ));
+        }
+        let c = cg.clone();
+        blocking(move || c.thaw(gate::FREEZE_TIMEOUT))
+            .await
+            .map_err(Failure::internal)?;
+        let _ = Tag::Frozen.set(&cg, None);
+        let _ = Tag::FrozenManual.set(&cg, None);
+        let now = now_ms();
+        self.with(|g| {
+            g.phase = Phase::Running;
+            g.tags.frozen_ms = None;
+            g.tags.frozen_manual = false;
+            g.last_active_ms = now;
+            g.failure = None;
+        });
+        if matches!(phase, Phase::Suspended { .. }) {
+            self.event(EventKind::Thawed, Some(why.to_string()), None);
+        }
+        self.review(now).await;
+        Ok(())
+    }
+
+    async fn freeze_by_person(&mut self) -> Result<(), Failure> {
+        let (phase, id, cg) = self.with(|g| (g.phase, g.dir.id.clone(), g.dir.cgroup.clone()));
+        match phase {
+            Phase::Stopping { .. } | Phase::Killing { .. } => Err(Failure::new(
+                ErrorCode::Reaping,
+                format!("gate {id} is being reaped"),
+            )),
+            Phase::Suspended { manual: true, .. } => Ok(()),
+            // Already frozen by the reaper: now it is the person's freeze.
+            Phase::Suspended { since_ms, .. } => {
+                Tag::FrozenManual
+                    .set(&cg, Some("1"))
+                    .map_err(Failure::internal)?;
+                self.with(|g| {
+                    g.phase = Phase::Suspended {
+                        since_ms,
+                        manual: true,
+                    };
+                    g.tags.frozen_manual = true;
+                });
+                self.event(
+                    EventKind::Frozen,
+                    Some(Reason::Manual.as_str().into()),
+                    None,
+                );
+                Ok(())
+            }
+            Phase::Running => self
+                .suspend(Reason::Manual, true)
+                .await
+                .map_err(Failure::internal),
+        }
+    }
+
+    async fn evict(&mut self, reason: Reason) -> Flow {
+        let fair =
+            self.with(|g| !g.phase.is_reaping() && !g.busy && !g.pinned() && g.spared.is_none());
+        if !fair {
+            return Flow::Go;
+        }
+        self.stop(reason).await
+    }
+
+    /// The polite part of a teardown: thaw (a frozen process cannot handle
+    /// a signal), stop_signal to the main process, then up to stop_grace
+    /// for the tree to exit by itself. The owner keeps serving meanwhile; the
+    /// grace's end wakes it to kill.
+    async fn stop(&mut self, reason: Reason) -> Flow {
+        let cg = self.cgroup();
+        let pids = cg.read_procs().unwrap_or_default();
+        let freed = gate::memory_estimate(&cg, &pids);
+        let now = now_ms();
+        let stopping = Phase::Stopping {
+            since_ms: now,
+            reason,
+        };
+        if let Err(e) = Tag::Reaping.set(&cg, stopping.intent_tag().as_deref()) {
+            self.failed("stop", e);
+            return Flow::Go;
+        }
+        let (tags, grace) = self.with(|g| {
+            g.phase = stopping;
+            g.tags.reaping = stopping.intent_tag();
+            g.freed = Some(freed);
+            g.spared = None;
+            (g.tags.clone(), g.settings.stop_grace)
+        });
+        self.with(|g| {
+            g.next = Some(Next {
+                action: crate::protocol::NextAction::Kill,
+                at_ms: now.saturating_add(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX)),
+            })
+        });
+        self.event(EventKind::Stopping, Some(reason.as_str().into()), None);
+        let c = cg.clone();
+        if let Err(e) = blocking(move || c.thaw(gate::FREEZE_TIMEOUT)).await {
+            // The kill at the grace's end does not need the thaw.
+            self.failed("thaw before stop_signal", e);
+        }
+        let signal = self.with(|g| g.settings.stop_signal);
+        send_stop_signal(&cg, &tags, signal);
+        Flow::Go
+    }
+
+    /// The end of every teardown: freeze and cgroup.kill the whole tree,
+    /// then remove it. During a stop grace it keeps the stop's reason: one
+    /// teardown, one `removed` event, one reap counted.
+    async fn kill(&mut self, reason: Reason) -> anyhow::Result<()> {
+        let (phase, cg) = self.with(|g| (g.phase, g.dir.cgroup.clone()));
+        let reason = match phase {
+            Phase::Stopping { reason, .. } | Phase::Killing { reason } => reason,
+            _ => reason,
+        };
+        let freed = match self.with(|g| g.freed) {
+            Some(f) => f,
+            None => gate::memory_estimate(&cg, &cg.read_procs().unwrap_or_default()),
+        };
+        let killing = Phase::Killing { reason };
+        Tag::Reaping.set(&cg, killing.intent_tag().as_deref())?;
+        self.with(|g| {
+            g.phase = killing;
+            g.tags.reaping = killing.intent_tag();
+            g.freed = Some(freed);
+        });
+        let c = cg.clone();
+        // Frozen and killed as one: nothing can fork or react.
+        blocking(move || c.kill_all(gate::KILL_TIMEOUT)).await?;
+        self.finish(reason, "killed", freed).await
+    }
+
+    async fn finish(&mut self, reason: Reason, how: &str, freed: u64) -> anyhow::Result<()> {
+        let dir = self.with(|g| g.dir.clone());
+        let d = dir.clone();
+        blocking(move || d.remove()).await?;
+        let tags = self.with(|g| g.tags.clone());
+        self.d.journal.removed(&tags, &dir.id, reason, how, freed);
+        Ok(())
+    }
+
+    /// Every process exited: by itself, or during a stop grace.
+    async fn remove_empty(&mut self) -> Flow {
+        let (phase, freed) = self.with(|g| (g.phase, g.freed.unwrap_or(0)));
+        if let Phase::Stopping { reason, .. } | Phase::Killing { reason } = phase {
+            return match self.finish(reason, "stopped", freed).await {
+                Ok(()) => Flow::Gone,
+                Err(e) => {
+                    self.failed("remove", e);
+                    Flow::Go
+                }
+            };
+        }
+        let d = self.with(|g| g.dir.clone());
+        match blocking(move || d.remove()).await {
+            Ok(()) => {
+                self.event(EventKind::Exited, None, None);
+                Flow::Gone
+            }
+            // EBUSY: a process entered it between our read and the rmdir.
+            Err(e) => {
+                tracing::debug!("gate not removed yet: {e}");
+                Flow::Go
+            }
+        }
+    }
+
+    fn orphaned(&self) {
+        let now = now_ms();
+        let (cg, already) = self.with(|g| {
+            let already = g.tags.orphaned_ms.is_some();
+            g.tags.orphaned_ms.get_or_insert(now);
+            (g.dir.cgroup.clone(), already)
+        });
+        if already {
+            return;
+        }
+        let _ = Tag::Orphaned.set(&cg, Some(&now.to_string()));
+        self.event(EventKind::Orphaned, Some("owner exited".into()), None);
+    }
+
+    fn pin(&self, pinned: bool) -> Result<(), Failure> {
+        let cg = self.cgroup();
+        Tag::Pinned
+            .set(&cg, pinned.then_some("1"))
+            .map_err(Failure::internal)?;
+        fault("pin");
+        self.with(|g| g.tags.pinned = pinned);
+        let kind = if pinned {
+            EventKind::Pinned
+        } else {
+            EventKind::Unpinned
+        };
+        self.event(kind, None, None);
+        Ok(())
+    }
+
+    fn tag(&self, session: &str) -> Result<(), Failure> {
+        let cg = self.cgroup();
+        Tag::Session
+            .set(&cg, Some(session))
+            .map_err(Failure::internal)?;
+        self.with(|g| g.tags.session = session.to_string());
+        self.event(EventKind::Tagged, Some(format!("session {session}")), None);
+        Ok(())
+    }
+}
+
+/// Watches the owner through a pidfd: readable when it exits. A pid that
+/// now names another process (start time differs) counts as gone.
+fn watch_owner(d: &Arc<Daemon>, id: &str, tags: &Tags) -> Option<AbortHandle> {
+    if tags.orphaned_ms.is_some() {
+        return None;
+    }
+    let owner = tags.owner_pid?;
+    let start = tags.owner_start;
+    let same_process = move || start.is_none() || proc::start_time(owner) == start;
+    // ESRCH: gone already. Any other failure (EMFILE with thousands of
+    // gates) must not orphan a gate whose owner lives: fall back to
+    // checking the pid and its start time at every scan interval.
+    let pidfd = match proc::pidfd_open(owner) {
+        Ok(fd) if same_process() => Some(Ok(fd)),
+        Ok(_) => None,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => None,
+        Err(e) => Some(Err(e)),
+    };
+    let d = d.clone();
+    let id = id.to_string();
+    let task = tokio::spawn(async move {
+        match pidfd {
+            Some(Ok(fd)) => {
+                // SAFETY: the AsyncFd owns the OwnedFd, which stays open
+                // and unchanged until the AsyncFd drops it.
+                let registered = unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        fd,
+                        tokio::io::Interest::READABLE,
+                    )
+                };
+                if let Ok(afd) = registered {
+                    let _ = afd.readable().await;
+                }
+            }
+            Some(Err(e)) => {
+                tracing::debug!(gate = %id, "no pidfd for owner {owner} ({e}); polling it");
+                while proc::is_alive(owner) && same_process() {
+                    tokio::time::sleep(d.policy().global.scan_interval).await;
+                }
+            }
+            None => {}
+        }
+        d.gates.send(&id, Cmd::Orphaned);
+    });
+    Some(task.abort_handle())
+}
+
+fn is_traced(cg: &Cgroup) -> bool {
+    cg.read_procs()
+        .unwrap_or_default()
+        .into_iter()
+        .any(|p| proc::tracer_pid(p).is_some())
+}
+
+/// stop_signal to the gate's main process, if it is still the process we
+/// started (start time); else to every member, so they can still clean up.
+fn send_stop_signal(cg: &Cgroup, tags: &Tags, signal: i32) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let Ok(sig) = Signal::try_from(signal) else {
+        // The policy validates its signals; this is a bug if it happens.
+        tracing::error!(
+            "stop_signal {signal} is not a signal; the kill follows at the grace's end"
+        );
+        return;
+    };
+    let main = tags
+        .main_pid
+        .filter(|&p| tags.main_start.is_some() && proc::start_time(p) == tags.main_start)
+        .filter(|&p| cg.read_procs().unwrap_or_default().contains(&p));
+    let targets = match main {
+        Some(p) => vec![p],
+        None => cg.read_procs().unwrap_or_default(),
+    };
+    for p in targets {
+        let _ = kill(Pid::from_raw(p as i32), sig);
+    }
+}
+
+/// memory.reclaim of everything a frozen gate holds; returns bytes freed.
+fn reclaim_memory(cg: &Cgroup) -> Result<u64, CgroupError> {
+    let before = cg.read_memory_current()?.unwrap_or(0);
+    // Ask for what is left, a few rounds: the kernel may reclaim less than
+    // asked (and say EAGAIN), and swapped pages leave the charge in batches.
+    let mut last = before;
+    for _ in 0..8 {
+        let _ = cg.write_file("memory.reclaim", &last.to_string());
+        let now = cg.read_memory_current()?.unwrap_or(0);
+        if now + (1 << 20) > last {
+            last = now;
+            break;
+        }
+        last = now;
+    }
+    Ok(before.saturating_sub(last))
+}
+
+/// Runs blocking cgroupfs work (waits, kills) off the async thread. A panic
+/// there reaches the action, which the owner catches.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CgroupError> + Send + 'static,
+) -> Result<T, CgroupError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}

@@ -1,0 +1,247 @@
+//! The privileged helper: one tokio loop over signals, the socket, the scan
+//! timer and inotify. Each part has a module of its own:
+//!
+//! - `host`: gov's cgroup root and this daemon's claim on it, the daemon's
+//!   own leaf, controllers, the socket;
+//! - `admission`: connection slots, framing, the first-request timeout;
+//! - `requests`: a request becomes a reply (peer credentials, who may act
+//!   on which gate, spawn);
+//! - `registry`: the gates managed, each reached through its owner;
+//! - `lifecycle`: a gate's single owner, which performs every action on it,
+//!   one at a time;
+//! - `scan`: the periodic pass that adopts gates and tells owners what it saw;
+//! - `journal`: events, counters and the metrics text.
+//!
+//! Stopping the daemon never touches a gate.
+
+mod admission;
+mod host;
+mod journal;
+mod lifecycle;
+mod registry;
+mod requests;
+mod scan;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::gate::Tree;
+use crate::policy::Policy;
+
+/// Locks a mutex whether or not a panicking action poisoned it: the state
+/// under it is written whole by its one owner, never half.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn run(config: &Path) -> Result<i32> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("gov daemon must run as root (it creates cgroups and moves other users' processes)");
+    }
+    let (policy, from_file) = Policy::load_or_embedded(config)?;
+    // Before anything is created or changed: is another daemon there?
+    host::check_socket_free(&policy.global.socket)?;
+    let (tree, may_enable_controllers) = host::resolve_tree(&policy.global.cgroup_root)?;
+    let claim = host::RootClaim::take(&tree)?;
+    host::raise_nofile_limit();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        let daemon = Daemon::start(
+            config.to_path_buf(),
+            policy,
+            from_file,
+            tree,
+            may_enable_controllers,
+            claim,
+        )?;
+        daemon.serve().await
+    })
+}
+
+pub struct Daemon {
+    config_path: PathBuf,
+    policy: RwLock<Arc<Policy>>,
+    admin_gid: RwLock<Option<u32>>,
+    tree: Tree,
+    gates: registry::Registry,
+    journal: journal::Journal,
+    admission: admission::Admission,
+    socket: PathBuf,
+    /// inotify on gates' event files; None where it could not start (then
+    /// every scan reads every gate).
+    watcher: Option<crate::watch::Watcher>,
+    changes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    cpu: Mutex<scan::CpuSamples>,
+    scans: AtomicU64,
+    /// The next pass reads everything (a reload changed the policy).
+    full_scan_asked: AtomicBool,
+    may_enable_controllers: bool,
+    _claim: host::RootClaim,
+}
+
+impl Daemon {
+    fn start(
+        config_path: PathBuf,
+        policy: Policy,
+        from_file: bool,
+        tree: Tree,
+        may_enable_controllers: bool,
+        claim: host::RootClaim,
+    ) -> Result<Arc<Daemon>> {
+        host::move_self_into_leaf(&tree)?;
+        if may_enable_controllers {
+            host::report_controllers(&tree, &policy);
+        } else {
+            tracing::warn!(
+                "systemd delegated {} without DelegateSubgroup=daemon (systemd < 254): controllers stay off so that restarts keep working; limits are not applied",
+                tree.root.path().display()
+            );
+        }
+        tracing::info!(
+            root = %tree.root.path().display(),
+            policy = %if from_file { config_path.display().to_string() } else { "embedded defaults".into() },
+            "gov daemon starting"
+        );
+        let (watcher, changes) = match crate::watch::Watcher::start() {
+            Ok((w, rx)) => (Some(w), Some(rx)),
+            Err(e) => {
+                tracing::warn!("no inotify ({e}): every scan reads every gate");
+                (None, None)
+            }
+        };
+        Ok(Arc::new(Daemon {
+            config_path,
+            admin_gid: RwLock::new(host::resolve_group(policy.global.admin_group.as_deref())),
+            journal: journal::Journal::new(policy.global.event_history),
+            socket: policy.global.socket.clone(),
+            policy: RwLock::new(Arc::new(policy)),
+            tree,
+            gates: registry::Registry::default(),
+            admission: admission::Admission::default(),
+            watcher,
+            changes: Mutex::new(changes),
+            cpu: Mutex::default(),
+            scans: AtomicU64::new(0),
+            full_scan_asked: AtomicBool::new(false),
+            may_enable_controllers,
+            _claim: claim,
+        }))
+    }
+
+    fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn admin_gid(&self) -> Option<u32> {
+        *self.admin_gid.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn scans(&self) -> u64 {
+        self.scans.load(Ordering::Relaxed)
+    }
+
+    async fn serve(self: Arc<Self>) -> Result<i32> {
+        // Handlers first: a SIGHUP or SIGTERM must never meet the default
+        // action once clients can reach us.
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let listener = host::bind_socket(&self.policy())?;
+        let _cleanup = host::SocketGuard(self.socket.clone());
+        if let Some(addr) = self.policy().global.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics_listen {addr}"))?;
+            tracing::info!(%addr, "serving metrics");
+            tokio::spawn(admission::serve_metrics(self.clone(), listener));
+        }
+        let mut changes = lock(&self.changes).take();
+        // Adopt what a previous daemon (or root's direct spawns) left.
+        self.scan().await;
+        let mut interval = self.policy().global.scan_interval;
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tracing::info!(socket = %self.socket.display(), "listening");
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        tokio::spawn(admission::connection(self.clone(), stream));
+                    }
+                    Err(e) => {
+                        // EMFILE and the like: the connection stays
+                        // queued, so back off rather than spin on it.
+                        tracing::warn!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+                _ = ticker.tick() => {
+                    self.scan().await;
+                    let now_interval = self.policy().global.scan_interval;
+                    if now_interval != interval {
+                        interval = now_interval;
+                        ticker = tokio::time::interval(interval);
+                    }
+                }
+                Some(id) = recv_change(&mut changes) => {
+                    self.gates.send(&id, lifecycle::Cmd::Changed);
+                }
+                _ = hup.recv() => self.reload(),
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        // Gates are left running: a daemon stop or restart never kills them.
+        tracing::info!("gov daemon stopping; gates keep running");
+        Ok(0)
+    }
+
+    fn reload(&self) {
+        match Policy::load_or_embedded(&self.config_path) {
+            Ok((policy, _)) => {
+                let old = self.policy();
+                let (a, b) = (&old.global, &policy.global);
+                if a.socket != b.socket
+                    || a.socket_mode != b.socket_mode
+                    || a.socket_group != b.socket_group
+                    || a.cgroup_root != b.cgroup_root
+                    || a.metrics_listen != b.metrics_listen
+                {
+                    tracing::warn!("socket, socket_mode, socket_group, cgroup_root and metrics_listen take effect at the next start");
+                }
+                if self.may_enable_controllers {
+                    host::report_controllers(&self.tree, &policy);
+                }
+                *self.admin_gid.write().unwrap_or_else(|e| e.into_inner()) =
+                    host::resolve_group(policy.global.admin_group.as_deref());
+                self.journal.set_cap(policy.global.event_history);
+                *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+                // Every gate is judged again under the new policy.
+                self.full_scan_asked.store(true, Ordering::Relaxed);
+                tracing::info!(config = %self.config_path.display(), "policy reloaded");
+            }
+            Err(e) => tracing::error!("policy not reloaded, the running one stays: {e}"),
+        }
+    }
+}
+
+/// The next changed gate, or never when there is no watcher.
+async fn recv_change(
+    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<String>>,
+) -> Option<String> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,398 @@
+//! A request becomes a reply: who asks (peer credentials, never anything
+//! the client says), whether they may, and which gate owner acts. Every
+//! error is a reply; nothing here acts on a gate itself.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tokio::net::UnixStream;
+
+use crate::gate;
+use crate::names;
+use crate::policy::{GateSettings, OnLimit};
+use crate::proc;
+use crate::protocol::{self, ErrorCode, GateInfo, GateState, Reason, Request, Response};
+use crate::reaper;
+use crate::spawn;
+
+use super::lifecycle::{self, Cmd, Failure, Gate, Handle};
+use super::{host, Daemon};
+
+type Reply<T> = std::result::Result<T, Failure>;
+
+fn fail<T>(code: ErrorCode, message: impl Into<String>) -> Reply<T> {
+    Err(Failure {
+        code,
+        message: message.into(),
+    })
+}
+
+fn internal(e: impl std::fmt::Display) -> Failure {
+    Failure {
+        code: ErrorCode::Internal,
+        message: e.to_string(),
+    }
+}
+
+/// Who is on the other end of a connection, from the kernel's peer
+/// credentials.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub pid: u32,
+    pub uid: u32,
+    pub admin: bool,
+    /// The connecting process itself, held from connect on (SO_PEERPIDFD),
+    /// so a pid recycled before the request cannot be mistaken for it.
+    pidfd: Option<Arc<std::os::fd::OwnedFd>>,
+}
+
+impl Peer {
+    fn may_see(&self, uid: u32) -> bool {
+        self.admin || self.uid == uid
+    }
+}
+
+impl Daemon {
+    pub(super) fn peer_of(&self, stream: &UnixStream) -> Result<Peer> {
+        let cred = stream.peer_cred()?;
+        let pid = cred.pid().context("no peer pid")? as u32;
+        let uid = cred.uid();
+        let admin = uid == 0
+            || self.admin_gid().is_some_and(|gid| {
+                cred.gid() == gid
+                    || proc::uid_and_groups(pid).is_some_and(|(_, groups)| groups.contains(&gid))
+            });
+        // SO_PEERPIDFD (Linux >= 6.5) names the process that connected;
+        // older kernels get a pidfd opened now, checked again at the move.
+        let pidfd = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerPidfd)
+            .ok()
+            .or_else(|| proc::pidfd_open(pid).ok())
+            .map(Arc::new);
+        Ok(Peer {
+            pid,
+            uid,
+            admin,
+            pidfd,
+        })
+    }
+
+    /// The one place where a request becomes a reply.
+    pub(super) async fn handle(self: &Arc<Self>, peer: &Peer, req: Request) -> Response {
+        let done = |gates: Vec<String>| Response::Done { gates };
+        let result = match req {
+            Request::Hello => Ok(Response::Hello {
+                version: protocol::VERSION,
+                pid: std::process::id(),
+                scans: self.scans(),
+            }),
+            Request::Spawn { .. } => self.spawn_gate(peer, req).await,
+            // Reading every gate's files takes a while at thousands of
+            // gates: off the thread that serves everyone else.
+            Request::List => {
+                let (d, peer) = (self.clone(), peer.clone());
+                tokio::task::spawn_blocking(move || d.list(&peer))
+                    .await
+                    .map(|gates| Response::Gates { gates })
+                    .map_err(internal)
+            }
+            Request::Show { gate } => self.show(peer, &gate).await.map(|gate| Response::Gate {
+                gate: Box::new(gate),
+            }),
+            Request::Touch { gate, session } => self.touch(peer, gate, session).await,
+            Request::Freeze { gate } => self.ask(peer, &gate, Cmd::Freeze).await.map(done),
+            Request::Thaw { gate } => self.ask(peer, &gate, Cmd::Thaw).await.map(done),
+            Request::Kill { gate } => self.ask(peer, &gate, Cmd::Kill).await.map(done),
+            Request::Pin { gate } => self
+                .ask(peer, &gate, |tx| Cmd::Pin(true, tx))
+                .await
+                .map(done),
+            Request::Unpin { gate } => self
+                .ask(peer, &gate, |tx| Cmd::Pin(false, tx))
+                .await
+                .map(done),
+            Request::Tag { gate, session } => match names::check_session(&session) {
+                Ok(()) => self
+                    .ask(peer, &gate, |tx| Cmd::Tag(session, tx))
+                    .await
+                    .map(done),
+                Err(e) => fail(ErrorCode::BadRequest, e.to_string()),
+            },
+            Request::Events { limit } => Ok(Response::Events {
+                events: self.journal.recent(|e| peer.may_see(e.uid), limit),
+            }),
+            Request::Metrics => Ok(Response::Metrics {
+                text: self.metrics(Some(peer)),
+            }),
+        };
+        result.unwrap_or_else(|f| Response::error(f.code, f.message))
+    }
+
+    /// The owner of gate `id`, if `peer` may act on it. A gate of someone
+    /// else's is "not found": its existence is nobody else's business.
+    fn authorize(&self, peer: &Peer, id: &str) -> Reply<Handle> {
+        names::check_gate_id(id).map_err(|e| Failure {
+            code: ErrorCode::BadRequest,
+            message: e.to_string(),
+        })?;
+        match self.gates.get(id) {
+            Some(h) if peer.may_see(h.snapshot().tags.owner_uid) => Ok(h),
+            _ => fail(ErrorCode::NotFound, format!("no gate {id}")),
+        }
+    }
+
+    /// One action on one gate, answered once it took effect.
+    async fn ask(
+        &self,
+        peer: &Peer,
+        id: &str,
+        cmd: impl FnOnce(lifecycle::Answer) -> Cmd,
+    ) -> Reply<Vec<String>> {
+        let handle = self.authorize(peer, id)?;
+        handle.ask(id, cmd).await?;
+        Ok(vec![id.to_string()])
+    }
+
+    fn list(&self, peer: &Peer) -> Vec<GateInfo> {
+        self.gates
+            .snapshot()
+            .iter()
+            .filter(|g| peer.may_see(g.tags.owner_uid))
+            .filter_map(|g| gate::info(&g.dir, &g.tags, &g.extra()).ok())
+            .collect()
+    }
+
+    async fn show(&self, peer: &Peer, id: &str) -> Reply<GateInfo> {
+        let g = self.authorize(peer, id)?.snapshot();
+        tokio::task::spawn_blocking(move || gate::info(&g.dir, &g.tags, &g.extra()))
+            .await
+            .map_err(internal)?
+            .map_err(internal)
+    }
+
+    /// Touches by gate or by session: each gate's owner records the activity
+    /// and thaws it if it was suspended; the reply comes once all of them run.
+    async fn touch(
+        &self,
+        peer: &Peer,
+        gate: Option<String>,
+        session: Option<String>,
+    ) -> Reply<Response> {
+        let targets: Vec<(String, Handle)> = match (&gate, &session) {
+            (Some(id), _) => vec![(id.clone(), self.authorize(peer, id)?)],
+            (None, Some(s)) => self
+                .gates
+                .handles()
+                .into_iter()
+                .filter(|(_, h)| {
+                    let g = h.snapshot();
+                    &g.tags.session == s && peer.may_see(g.tags.owner_uid)
+                })
+                .collect(),
+            (None, None) => return fail(ErrorCode::BadRequest, "touch needs a gate or a session"),
+        };
+        if targets.is_empty() {
+            return fail(ErrorCode::NotFound, "no gate with that session");
+        }
+        self.journal.count_touches(targets.len() as u64);
+        // All owners at once; the reply waits for the slowest.
+        let pending: Vec<_> = targets
+            .iter()
+            .map(|(id, h)| h.begin(id, Cmd::Touch))
+            .collect();
+        for p in pending {
+            p.wait().await?;
+        }
+        Ok(Response::Done {
+            gates: targets.into_iter().map(|(id, _)| id).collect(),
+        })
+    }
+
+    async fn spawn_gate(self: &Arc<Self>, peer: &Peer, req: Request) -> Reply<Response> {
+        let Request::Spawn {
+            project,
+            session,
+            owner_pid,
+            no_owner,
+            max_runtime,
+            pinned,
+        } = req
+        else {
+            unreachable!("spawn_gate is called for spawn requests")
+        };
+        let bad = |e: String| Failure {
+            code: ErrorCode::BadRequest,
+            message: e,
+        };
+        // A relative project means nothing here; the client resolves it.
+        names::normalize_project(&project, Path::new("/")).map_err(|e| bad(e.to_string()))?;
+        if project.starts_with('.') {
+            return Err(bad(format!(
+                "project {project:?} must be absolute or a plain name"
+            )));
+        }
+        let session = session.unwrap_or_else(names::new_session_id);
+        names::check_session(&session).map_err(|e| bad(e.to_string()))?;
+        let max_runtime_ms = match &max_runtime {
+            Some(d) => Some(
+                crate::policy::parse_duration(d)
+                    .map_err(|e| bad(format!("max_runtime {d:?}: {e}")))?
+                    .as_millis()
+                    .try_into()
+                    .map_err(|_| bad(format!("max_runtime {d:?} is too long")))?,
+            ),
+            None => None,
+        };
+        let owner = if no_owner {
+            None
+        } else if let Some(o) = owner_pid {
+            // Naming someone else's process as owner would let a user tie a
+            // gate's life to it; only their own processes (or root) may.
+            match proc::uid_and_groups(o) {
+                Some((uid, _)) if uid == peer.uid || peer.uid == 0 => Some(o),
+                Some(_) => return fail(ErrorCode::Forbidden, format!("process {o} is not yours")),
+                None => return Err(bad(format!("no process {o}"))),
+            }
+        } else {
+            proc::parent_pid(peer.pid)
+        };
+        let policy = self.policy();
+        let settings = policy.for_project(&project);
+        self.check_caps(peer, &project, &settings)?;
+
+        // The client is the process to move: the kernel told us its pid at
+        // connect, and a pidfd checked before and after the move makes sure
+        // the pid was not recycled in between.
+        let pidfd = peer
+            .pidfd
+            .clone()
+            .ok_or_else(|| bad("caller is gone".into()))?;
+        let tags = spawn::tags_for(
+            &project,
+            &session,
+            peer.uid,
+            peer.pid,
+            owner,
+            max_runtime_ms,
+            pinned,
+        );
+        if tags.main_start.is_none() || proc::pidfd_send_signal(&pidfd, 0).is_err() {
+            return Err(bad("caller exited before it could be moved".into()));
+        }
+        // The move may wait for the kernel (an RCU grace period after a quiet
+        // moment): off the async thread, so a burst of spawns overlaps.
+        let (tree, t, s, pid) = (self.tree.clone(), tags.clone(), settings.clone(), peer.pid);
+        let dir = tokio::task::spawn_blocking(move || spawn::create_gate_for(&tree, &t, &s, pid))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        if proc::pidfd_send_signal(&pidfd, 0).is_err() {
+            let _ = dir.kill_and_remove();
+            return Err(bad("caller exited while it was being moved".into()));
+        }
+        host::apply_project_limits(&self.tree, &project, &settings);
+        let id = dir.id.clone();
+        self.journal
+            .record(&tags, &id, protocol::EventKind::Spawned, None, None);
+        self.journal.count_spawn();
+        self.manage(Gate::new(dir, tags, policy));
+        Ok(Response::Spawned {
+            gate: id,
+            project,
+            session,
+            cgroup: self.tree.root.path().display().to_string(),
+        })
+    }
+
+    /// Per-user and per-project gate caps. Evicting makes room by stopping
+    /// the least recently active idle gate of the project.
+    fn check_caps(&self, peer: &Peer, project: &str, settings: &GateSettings) -> Reply<()> {
+        let policy = self.policy();
+        let live: Vec<Gate> = self
+            .gates
+            .snapshot()
+            .into_iter()
+            .filter(|g| !g.phase.is_reaping())
+            .collect();
+        let user_count = live.iter().filter(|g| g.tags.owner_uid == peer.uid).count();
+        let candidates: Vec<reaper::Candidate> = live
+            .iter()
+            .filter(|g| g.tags.project == project)
+            .map(|g| reaper::Candidate {
+                id: g.id().to_string(),
+                last_active_ms: g.last_active_ms,
+                memory_bytes: 0,
+                evictable: !g.busy && !g.pinned(),
+            })
+            .collect();
+        if let Some(max) = policy.global.max_gates_per_user {
+            if user_count >= max as usize {
+                self.journal.count_refused();
+                return fail(
+                    ErrorCode::Limit,
+                    format!("you have {user_count} gates; max_gates_per_user is {max}"),
+                );
+            }
+        }
+        let Some(max) = settings.max_gates else {
+            return Ok(());
+        };
+        if candidates.len() < max as usize {
+            return Ok(());
+        }
+        let excess = candidates.len() + 1 - max as usize;
+        let victims: Vec<String> = match settings.on_limit {
+            OnLimit::Refuse => vec![],
+            OnLimit::EvictIdlest => {
+                let mut pool = candidates.clone();
+                let mut out = Vec::new();
+                while out.len() < excess {
+                    let Some(v) = reaper::pick_victims(&pool, 0).into_iter().next() else {
+                        break;
+                    };
+                    pool.retain(|c| c.id != v);
+                    out.push(v);
+                }
+                out
+            }
+        };
+        if victims.len() < excess {
+            self.journal.count_refused();
+            let none_idle = if settings.on_limit == OnLimit::EvictIdlest {
+                " and none is idle enough to evict"
+            } else {
+                ""
+            };
+            return fail(
+                ErrorCode::Limit,
+                format!(
+                    "project {project} has {} gates; max_gates is {max}{none_idle}",
+                    candidates.len()
+                ),
+            );
+        }
+        for v in victims {
+            self.gates.send(&v, Cmd::Evict(Reason::Evicted));
+        }
+        Ok(())
+    }
+
+    /// Prometheus text. Through the socket a user sees gauges of their own
+    /// gates only (no other project's name leaks); the scrape endpoint, which
+    /// an admin chose to open, and root see all.
+    pub(super) fn metrics(&self, peer: Option<&Peer>) -> String {
+        let mut by_state: BTreeMap<GateState, u64> = BTreeMap::new();
+        let mut mem_by_project: BTreeMap<String, u64> = BTreeMap::new();
+        for g in self.gates.snapshot() {
+            if !peer.is_none_or(|p| p.may_see(g.tags.owner_uid)) {
+                continue;
+            }
+            *by_state.entry(g.phase.state(g.populated)).or_default() += 1;
+            if let Ok(Some(m)) = g.dir.cgroup.read_memory_current() {
+                *mem_by_project.entry(g.tags.project.clone()).or_default() += m;
+            }
+        }
+        self.journal.metrics(&by_state, &mem_by_project)
+    }
+}

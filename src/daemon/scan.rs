@@ -1,0 +1,190 @@
+//! The periodic pass: adopt gates made elsewhere, notice vanished ones, say
+//! to each gate's owner what the pass saw, and enforce the memory budget.
+//! The scan decides nothing about one gate: its owner does.
+//!
+//! With inotify, a pass asks no gate to read its files unless they changed
+//! (the owner hears of that at once), and asks for per-gate CPU only when
+//! gov's whole tree, or the gate's project, used enough CPU that some gate
+//! could be busy; a gate whose next deadline lies ahead is skipped. So an
+//! idle host's scans cost almost nothing per gate. Every tenth pass (and
+//! every pass without inotify) is full: every gate reads everything, in case
+//! a notification was lost.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::gate::{self, now_ms, Tags};
+use crate::policy::Policy;
+use crate::protocol::{EventKind, Reason};
+use crate::reaper;
+
+use super::host::DAEMON_LEAF;
+use super::lifecycle::{Cmd, Gate, Observation};
+use super::{lock, Daemon};
+
+/// Previous cpu.stat usage samples: (usage_usec, at_ms).
+#[derive(Default)]
+pub struct CpuSamples {
+    root: Option<(u64, u64)>,
+    projects: HashMap<String, (u64, u64)>,
+}
+
+fn percent_since(previous: Option<(u64, u64)>, usage: u64, now: u64) -> Option<f64> {
+    let (prev_usage, prev_at) = previous?;
+    let wall_usec = now.saturating_sub(prev_at).saturating_mul(1000);
+    (wall_usec > 0).then(|| usage.saturating_sub(prev_usage) as f64 * 100.0 / wall_usec as f64)
+}
+
+impl Daemon {
+    pub(super) async fn scan(self: &Arc<Self>) {
+        let pass = self.scans.fetch_add(1, Ordering::Relaxed);
+        let full = pass % 10 == 0
+            || self.watcher.is_none()
+            || self.full_scan_asked.swap(false, Ordering::Relaxed);
+        if full {
+            self.walk();
+        }
+        let policy = self.policy();
+        let now = now_ms();
+        let tree_cpu = self.tree_cpu_percent(now);
+        // Only when the tree as a whole is using CPU: which projects are.
+        let project_cpu = if tree_cpu.is_some_and(|p| p < 0.5) {
+            HashMap::new()
+        } else {
+            self.project_cpu_percents(now)
+        };
+        for (_, handle) in self.gates.handles() {
+            let g = handle.snapshot();
+            let threshold = g.settings().busy_cpu_percent;
+            // The tree's and the project's totals bound every gate's share:
+            // below the threshold, no gate in them can be busy.
+            let below = |p: Option<f64>| p.is_some_and(|p| p < threshold);
+            let project = project_cpu.get(&g.dir.project_key).copied().flatten();
+            let measure_cpu = full || !(below(tree_cpu) || below(project));
+            let nothing_due = g.next.is_some_and(|n| n.at_ms > now) && !g.busy;
+            if !full && !measure_cpu && nothing_due {
+                continue;
+            }
+            handle.observe(Observation {
+                now,
+                full,
+                measure_cpu,
+                policy: policy.clone(),
+            });
+        }
+        self.enforce_memory_budget(&policy);
+    }
+
+    /// Starts managing a gate: its owner, its event-file watch, its entry.
+    pub(super) fn manage(self: &Arc<Self>, gate: Gate) {
+        let id = gate.id().to_string();
+        if let Some(w) = &self.watcher {
+            w.add(&gate.dir);
+        }
+        let handle = super::lifecycle::start(self, gate);
+        self.gates.insert(id, handle);
+    }
+
+    /// Walks gov's tree: adopts gates made elsewhere (root's direct spawns,
+    /// a previous daemon); a gate whose cgroup is gone hears of it from its
+    /// owner's next read.
+    fn walk(self: &Arc<Self>) {
+        let dirs = match self.tree.gates() {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!("cannot list gates: {e}");
+                return;
+            }
+        };
+        let present: HashSet<&str> = dirs.iter().map(|d| d.id.as_str()).collect();
+        for dir in &dirs {
+            if self.gates.contains(&dir.id) {
+                continue;
+            }
+            // No tags yet: caught between mkdir and tagging; next pass.
+            let Ok(Some(tags)) = Tags::read(&dir.cgroup) else {
+                continue;
+            };
+            self.journal
+                .record(&tags, &dir.id, EventKind::Adopted, None, None);
+            self.manage(Gate::new(dir.clone(), tags, self.policy()));
+        }
+        for (id, _) in self.gates.handles() {
+            if !present.contains(id.as_str()) {
+                self.gates.send(&id, Cmd::Changed);
+            }
+        }
+    }
+
+    /// CPU use of gov's whole tree since the last pass, in percent of one
+    /// CPU; None on the first pass.
+    fn tree_cpu_percent(&self, now: u64) -> Option<f64> {
+        // Less the daemon's own leaf: its scans are not gate activity.
+        let own = self
+            .tree
+            .root
+            .child(DAEMON_LEAF)
+            .read_cpu_usage_usec()
+            .unwrap_or(0);
+        let usage = self
+            .tree
+            .root
+            .read_cpu_usage_usec()
+            .ok()?
+            .saturating_sub(own);
+        let mut samples = lock(&self.cpu);
+        let previous = samples.root.replace((usage, now));
+        percent_since(previous, usage, now)
+    }
+
+    /// CPU use of each project with gates since the last pass, in percent
+    /// of one CPU (None for a project seen the first time).
+    fn project_cpu_percents(&self, now: u64) -> HashMap<String, Option<f64>> {
+        let keys: HashSet<String> = self
+            .gates
+            .snapshot()
+            .into_iter()
+            .map(|g| g.dir.project_key)
+            .collect();
+        let mut samples = lock(&self.cpu);
+        samples.projects.retain(|k, _| keys.contains(k));
+        keys.into_iter()
+            .filter_map(|key| {
+                let usage = self.tree.root.child(&key).read_cpu_usage_usec().ok()?;
+                let previous = samples.projects.insert(key.clone(), (usage, now));
+                Some((key, percent_since(previous, usage, now)))
+            })
+            .collect()
+    }
+
+    /// Evicts the least recently active idle gates while all gates together
+    /// use more than memory_budget.
+    fn enforce_memory_budget(&self, policy: &Policy) {
+        let Some(budget) = policy.global.memory_budget else {
+            return;
+        };
+        let candidates: Vec<reaper::Candidate> = self
+            .gates
+            .snapshot()
+            .iter()
+            .filter(|g| !g.phase.is_reaping())
+            .map(|g| {
+                let pids = g.dir.cgroup.read_procs().unwrap_or_default();
+                reaper::Candidate {
+                    id: g.id().to_string(),
+                    last_active_ms: g.last_active_ms,
+                    memory_bytes: gate::memory_of(&g.dir.cgroup, &pids).0,
+                    evictable: !g.busy && !g.pinned() && g.spared.is_none(),
+                }
+            })
+            .collect();
+        let total: u64 = candidates.iter().map(|c| c.memory_bytes).sum();
+        if total <= budget {
+            return;
+        }
+        for id in reaper::pick_victims(&candidates, total - budget) {
+            self.gates.send(&id, Cmd::Evict(Reason::MemoryBudget));
+        }
+    }
+}

@@ -191,6 +191,32 @@ impl TestRoot {
     pub fn daemon(&self, extra: &str) -> Daemon {
         Daemon::start(self, extra)
     }
+
+    /// A policy file for this root's socket with `extra` lines.
+    pub fn policy_file(&self, extra: &str) -> PathBuf {
+        let path = self.dir.path().join(format!(
+            "gov-{}.toml",
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        write_policy(&path, &self.socket, extra);
+        path
+    }
+
+    /// Scans the daemon has made (its `hello` reply).
+    pub fn scans(&self) -> u64 {
+        match gov::client::request(&self.socket, gov::protocol::Request::Hello) {
+            Ok(Some(gov::protocol::Response::Hello { scans, .. })) => scans,
+            other => panic!("hello: {other:?}"),
+        }
+    }
+
+    /// Waits until the daemon has made `n` more scans than now.
+    pub fn wait_scans(&self, n: u64) {
+        let until = self.scans() + n;
+        wait_until(Duration::from_secs(30), "more scans", || {
+            self.scans() >= until
+        });
+    }
 }
 
 impl Drop for TestRoot {
@@ -227,16 +253,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(root: &TestRoot, extra: &str) -> Daemon {
-        let config = root.dir.path().join(format!(
-            "gov-{}.toml",
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        ));
-        write_policy(&config, &root.socket, extra);
-        Daemon::start_with(root, &config)
+        Daemon::start_with(root, &root.policy_file(extra))
     }
 
     /// Starts a daemon on an existing policy file (a restart).
     pub fn start_with(root: &TestRoot, config: &Path) -> Daemon {
+        Daemon::start_env(root, config, &[])
+    }
+
+    /// Starts a daemon with extra environment (GOV_TEST_FAULT, ...).
+    pub fn start_env(root: &TestRoot, config: &Path, env: &[(&str, &str)]) -> Daemon {
         let log = root.dir.path().join("daemon.log");
         let logfile = fs::OpenOptions::new()
             .create(true)
@@ -248,6 +274,7 @@ impl Daemon {
             .args(["daemon", "--config"])
             .arg(config)
             .env("GOV_LOG", "debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(logfile)
@@ -317,9 +344,15 @@ impl Drop for Daemon {
 pub fn write_policy(path: &Path, socket: &Path, extra: &str) {
     let mut f = fs::File::create(path).unwrap();
     // Top-level keys must come before any table; callers put tables in extra.
+    // A test may set its own scan_interval.
+    let scan = if extra.contains("scan_interval") {
+        ""
+    } else {
+        "scan_interval = \"200ms\"\n"
+    };
     writeln!(
         f,
-        "socket = {:?}\nscan_interval = \"200ms\"\n{extra}",
+        "socket = {:?}\n{scan}{extra}",
         socket.display().to_string()
     )
     .unwrap();

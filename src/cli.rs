@@ -209,11 +209,14 @@ pub enum Command {
         #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "10")]
         wait: Option<f64>,
     },
-    /// Run the privileged helper (as root). It serves until SIGTERM or SIGINT
-    /// and leaves its gates running when it stops.
+    /// Run the privileged helper (as root).
+    ///
+    /// It serves until SIGTERM or SIGINT and leaves its gates running when it
+    /// stops. Stop exactly this daemon with `kill $(gov status --pid)` (with
+    /// its GOV_SOCKET), or `systemctl stop gov` under systemd.
     Daemon {
         /// Policy file; embedded defaults serve when it is missing.
-        #[arg(long, env = "GOV_CONFIG", default_value = policy::DEFAULT_PATH)]
+        #[arg(long, value_name = "FILE", env = "GOV_CONFIG", default_value = policy::DEFAULT_PATH)]
         config: PathBuf,
     },
     /// Validate a gov.toml and print the effective policy.

@@ -463,3 +463,24 @@ fn packaging_install_puts_gov_on_path_and_the_unit_points_at_it() {
     run(&["--config"]);
     assert_eq!(fs::read_to_string(&conf).unwrap(), "# mine\n");
 }
+
+/// Resolving sees only the caller's gates: another user's prefix or session
+/// names nothing, and says nothing about them.
+#[test]
+fn prefixes_and_sessions_name_only_the_callers_own_gates() {
+    let root = TestRoot::new();
+    let _d = root.daemon("");
+    let (_a, a) = spawn_gate(&root, "p", Some("roots"));
+    for word in [&a[..4], "roots"] {
+        for cmd in ["show", "kill", "touch"] {
+            let out = common::as_user(
+                common::NOBODY,
+                common::gov_as_nobody(&root).args([cmd, word]),
+            );
+            let err = fails(&out, &format!("nobody: gov {cmd} {word}"));
+            assert!(err.contains("of yours"), "{cmd} {word}: {err}");
+            assert!(!err.contains(&a), "{cmd} {word} names root's gate: {err}");
+        }
+    }
+    assert_eq!(root.gate(&a).unwrap()["state"], "running");
+}

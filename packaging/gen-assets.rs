@@ -42,8 +42,10 @@ fn main() {
         fs::create_dir_all(d).unwrap_or_else(|e| die(d, e));
     }
 
+    // The environment gets a section of its own below, not `--help`'s text.
     let mut cmd = gov::cli::Cli::command()
         .long_about(DESCRIPTION)
+        .after_help(None::<&'static str>)
         .disable_help_subcommand(true);
     cmd.build();
 
@@ -78,23 +80,15 @@ fn man_page(cmd: &clap::Command, name: &str, dir: &Path, top: bool) {
     man.render(&mut buf).expect("rendering to memory");
     let mut extra = Roff::new();
     if top {
+        extra.control("SH", ["GATES"]);
+        extra.text([roman(gov::cli::GATE_HELP.replace('\n', " "))]);
         extra.control("SH", ["ENVIRONMENT"]);
-        for (var, text) in [
-            (
-                "GOV_SOCKET",
-                "The daemon's socket, for clients (default: the policy's socket, /run/gov/gov.sock).",
-            ),
-            (
-                "GOV_CGROUP_ROOT",
-                "gov's cgroup root, overriding the policy's cgroup_root (the systemd unit sets \"delegated\").",
-            ),
-            ("GOV_LOG", "The daemon's log filter (error, warn, info, debug, trace)."),
-            (
-                "GOV_GATE, GOV_PROJECT, GOV_SESSION",
-                "Set by gov spawn for the command it runs.",
-            ),
-        ] {
-            extra.control("TP", []).text([bold(var)]).text([roman(text)]);
+        // The same list `gov --help` shows, from one place.
+        for &(var, text) in gov::cli::ENVIRONMENT {
+            extra
+                .control("TP", [])
+                .text([bold(var)])
+                .text([roman(text)]);
         }
         extra.control("SH", ["FILES"]);
         for (file, text) in [

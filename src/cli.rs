@@ -7,34 +7,103 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::client::{self, Client};
-use crate::gate::Tree;
-use crate::protocol::{Event, GateInfo, Request, Response};
+use crate::gate::{Tags, Tree};
+use crate::protocol::{ErrorCode, Event, GateInfo, Request, Response};
+use crate::target::{Candidate, Resolved, Sessions};
 use crate::{direct, names, policy, spawn};
+
+/// The environment variables gov reads, for `gov --help` and the man page.
+pub const ENVIRONMENT: &[(&str, &str)] = &[
+    (
+        "GOV_SOCKET",
+        "The daemon's socket, for clients (default: /run/gov/gov.sock, the policy's socket).",
+    ),
+    (
+        "GOV_CGROUP_ROOT",
+        "gov's cgroup root, overriding the policy's cgroup_root (the systemd unit sets \"delegated\").",
+    ),
+    (
+        "GOV_LOG",
+        "The daemon's log filter: error, warn, info (default), debug, trace.",
+    ),
+    (
+        "GOV_CONFIG",
+        "The policy file gov daemon reads (default: /etc/gov.toml; --config wins).",
+    ),
+    (
+        "GOV_GATE, GOV_PROJECT, GOV_SESSION",
+        "Set by gov spawn for the command it runs.",
+    ),
+];
+
+fn environment_help() -> String {
+    let mut s = String::from("Environment:\n");
+    for (var, text) in ENVIRONMENT {
+        s.push_str(&format!("  {var}\n          {text}\n"));
+    }
+    s.push('\n');
+    s.push_str(GATE_HELP);
+    s
+}
+
+/// How a person names a gate, for `gov --help` and the man page.
+pub const GATE_HELP: &str =
+    "A GATE is a gate id (g3fa2c1d05b), any unique prefix of one (g3fa), or for
+touch, kill, show, freeze and thaw a session of yours (`gov ps` shows both).";
 
 #[derive(Parser, Debug)]
 #[command(
     name = "gov",
     version,
-    about = "A cgroup-v2 governor for long-lived worker processes (gates)"
+    about = "A cgroup-v2 governor for long-lived worker processes (gates)",
+    after_help = environment_help()
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// A gate, or every gate of a session: `gov kill GATE`, `gov kill --session S`.
+#[derive(Args, Debug, Clone)]
+pub struct Target {
+    /// A gate id, a unique prefix of one (g3fa), or a session of yours.
+    #[arg(
+        value_name = "GATE",
+        required_unless_present = "session",
+        conflicts_with = "session"
+    )]
+    pub gate: Option<String>,
+    /// Every gate of this session (the host's session id).
+    #[arg(long, short, value_name = "SESSION")]
+    pub session: Option<String>,
+}
+
+/// One gate, by id or unique prefix (sessions may hold several gates).
+#[derive(Args, Debug, Clone)]
+pub struct OneGate {
+    /// A gate id or a unique prefix of one (g3fa).
+    #[arg(value_name = "GATE")]
+    pub gate: String,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run CMD in a new gate: its own cgroup, tagged before CMD runs, so every
     /// descendant is tracked. CMD keeps this process's pid, cwd, env and stdio.
+    ///
+    /// Options come before CMD; CMD starts after `--` or at the first word that
+    /// is not an option, and everything after it is CMD's.
     Spawn {
-        /// The project the gate works for (a path or a name).
-        #[arg(long, short)]
+        /// The project the gate works for: a name (MyPkg) or a path. Only
+        /// `.`, `..` and words starting with ./ or ../ are relative paths,
+        /// made absolute here; MyPkg is a name, not ./MyPkg.
+        #[arg(long, short, value_name = "PROJECT")]
         project: String,
-        /// The host's session id; generated when not given.
-        #[arg(long, short)]
+        /// The host's session id (letters, digits, . _ - :); generated when not given.
+        #[arg(long, short, value_name = "SESSION")]
         session: Option<String>,
         /// Reap the gate this long after it started, busy or not (e.g. 30m).
         #[arg(long, value_name = "DURATION")]
@@ -49,64 +118,105 @@ pub enum Command {
         #[arg(long)]
         no_owner: bool,
         /// The command and its arguments.
-        #[arg(
-            required = true,
-            trailing_var_arg = true,
-            allow_hyphen_values = true,
-            value_name = "CMD"
-        )]
+        // trailing_var_arg without allow_hyphen_values: a word starting with
+        // `-` before CMD is parsed as an option (so `--sesion` is refused
+        // with a suggestion), and once CMD has begun everything is its own.
+        #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
         cmd: Vec<OsString>,
     },
     /// List gates with memory, CPU, idle time and state.
     Ps {
+        /// Print JSON (an array of gates, stable field names) for tools.
         #[arg(long)]
         json: bool,
+        /// Only gates of this project (a name or path, as given to spawn).
+        #[arg(long, short, value_name = "PROJECT")]
+        project: Option<String>,
+        /// Only gates of this session.
+        #[arg(long, short, value_name = "SESSION")]
+        session: Option<String>,
         /// Refresh every SECS seconds (default 2) until interrupted.
         #[arg(long, short, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
         watch: Option<f64>,
     },
-    /// Everything about one gate.
+    /// Everything about one gate (or each gate of a session).
     Show {
-        gate: String,
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON for tools: the gate as an object (with --session, an array).
         #[arg(long)]
         json: bool,
     },
     /// Kill a gate's whole process tree and remove it.
-    Kill { gate: String },
+    Kill {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Freeze a gate: its processes stop where they are and keep their state.
-    Freeze { gate: String },
+    Freeze {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Thaw a frozen or suspended gate.
-    Thaw { gate: String },
+    Thaw {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Record real activity (a tool call) on a gate, or on every gate of a session.
     Touch {
-        #[arg(required_unless_present = "session", conflicts_with = "session")]
-        gate: Option<String>,
-        #[arg(long, short)]
-        session: Option<String>,
+        #[command(flatten)]
+        target: Target,
     },
     /// Never reap this gate.
-    Pin { gate: String },
+    Pin {
+        #[command(flatten)]
+        target: OneGate,
+    },
     /// Let the reaper judge this gate again.
-    Unpin { gate: String },
+    Unpin {
+        #[command(flatten)]
+        target: OneGate,
+    },
     /// Set a gate's session id after it started.
     Tag {
-        gate: String,
-        #[arg(long, short)]
+        #[command(flatten)]
+        target: OneGate,
+        /// The session id to give the gate.
+        #[arg(long, short, value_name = "SESSION")]
         session: String,
     },
     /// Recent lifecycle events.
     Events {
+        /// Print JSON (an array of events) for tools.
         #[arg(long)]
         json: bool,
-        #[arg(long, short = 'n', default_value_t = 50)]
+        /// How many of the most recent events to show.
+        #[arg(long, short = 'n', value_name = "N", default_value_t = 50)]
         limit: usize,
     },
     /// Metrics in the Prometheus text format.
     Metrics,
-    /// Run the privileged helper.
+    /// Is a daemon answering at the socket ($GOV_SOCKET)? Its pid and protocol.
+    ///
+    /// Exit status 0 when one answers, 3 when none does (as `systemctl
+    /// status`). Stop exactly that daemon with `kill $(gov status --pid)`; its
+    /// gates keep running.
+    Status {
+        /// Print only the daemon's pid, for `kill $(gov status --pid)`.
+        #[arg(long)]
+        pid: bool,
+        /// Wait up to SECS seconds (default 10) for a daemon to answer.
+        #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "10")]
+        wait: Option<f64>,
+    },
+    /// Run the privileged helper (as root).
+    ///
+    /// It serves until SIGTERM or SIGINT and leaves its gates running when it
+    /// stops. Stop exactly this daemon with `kill $(gov status --pid)` (with
+    /// its GOV_SOCKET), or `systemctl stop gov` under systemd.
     Daemon {
         /// Policy file; embedded defaults serve when it is missing.
-        #[arg(long, default_value = policy::DEFAULT_PATH)]
+        #[arg(long, value_name = "FILE", env = "GOV_CONFIG", default_value = policy::DEFAULT_PATH)]
         config: PathBuf,
     },
     /// Validate a gov.toml and print the effective policy.
@@ -124,10 +234,26 @@ pub fn run(cli: Cli) -> Result<i32> {
             no_owner,
             cmd,
         } => spawn_cmd(project, session, max_runtime, pin, owner, no_owner, cmd),
-        Command::Ps { json, watch } => {
+        Command::Ps {
+            json,
+            project,
+            session,
+            watch,
+        } => {
             let tty = std::io::stdout().is_terminal();
+            let project = match project {
+                Some(p) => {
+                    let cwd = std::env::current_dir().context("reading the current directory")?;
+                    Some(names::normalize_project(&p, &cwd)?)
+                }
+                None => None,
+            };
             loop {
-                let gates = Backend::connect()?.list()?;
+                let mut gates = Backend::connect()?.list()?;
+                gates.retain(|g| {
+                    project.as_ref().is_none_or(|p| &g.project == p)
+                        && session.as_ref().is_none_or(|s| &g.session == s)
+                });
                 let text = if json {
                     serde_json::to_string_pretty(&gates)? + "\n"
                 } else {
@@ -148,22 +274,49 @@ pub fn run(cli: Cli) -> Result<i32> {
                 std::thread::sleep(std::time::Duration::from_secs_f64(secs));
             }
         }
-        Command::Show { gate, json } => {
-            let info = Backend::connect()?.show(&gate)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&info)?);
-            } else {
-                print!("{}", render_show(&info));
+        Command::Show { target, json } => {
+            let mut backend = Backend::connect()?;
+            let ids = match backend.resolve(&target, Sessions::Accepted, "show")? {
+                Resolved::Gate(id) => vec![id],
+                Resolved::Session { gates, .. } if target.session.is_some() => gates,
+                Resolved::Session { gates, .. } if gates.len() == 1 => gates,
+                Resolved::Session { session, gates } => bail!(
+                    "session {session} has {} gates ({}); name one, or `gov show --session {session}` shows them all",
+                    gates.len(),
+                    gates.join(", ")
+                ),
+            };
+            let mut infos = Vec::new();
+            for id in &ids {
+                infos.push(backend.show(id)?);
+            }
+            match (json, target.session.is_some()) {
+                (true, true) => println!("{}", serde_json::to_string_pretty(&infos)?),
+                (true, false) => println!("{}", serde_json::to_string_pretty(&infos[0])?),
+                (false, _) => {
+                    let blocks: Vec<String> = infos.iter().map(render_show).collect();
+                    print!("{}", blocks.join("\n"));
+                }
             }
             Ok(0)
         }
-        Command::Kill { gate } => Backend::connect()?.act(Request::Kill { gate }),
-        Command::Freeze { gate } => Backend::connect()?.act(Request::Freeze { gate }),
-        Command::Thaw { gate } => Backend::connect()?.act(Request::Thaw { gate }),
-        Command::Touch { gate, session } => daemon_only(Request::Touch { gate, session }),
-        Command::Pin { gate } => daemon_only(Request::Pin { gate }),
-        Command::Unpin { gate } => daemon_only(Request::Unpin { gate }),
-        Command::Tag { gate, session } => daemon_only(Request::Tag { gate, session }),
+        Command::Kill { target } => act_on(&target, "kill", |gate| Request::Kill { gate }),
+        Command::Freeze { target } => act_on(&target, "freeze", |gate| Request::Freeze { gate }),
+        Command::Thaw { target } => act_on(&target, "thaw", |gate| Request::Thaw { gate }),
+        Command::Touch { target } => touch_cmd(&target),
+        Command::Pin { target } => {
+            let gate = one_gate(&target, "pin")?;
+            daemon_only(Request::Pin { gate })
+        }
+        Command::Unpin { target } => {
+            let gate = one_gate(&target, "unpin")?;
+            daemon_only(Request::Unpin { gate })
+        }
+        Command::Tag { target, session } => {
+            let gate = one_gate(&target, "tag")?;
+            daemon_only(Request::Tag { gate, session })
+        }
+        Command::Status { pid, wait } => status_cmd(pid, wait),
         Command::Events { json, limit } => {
             match daemon_call(Request::Events { limit: Some(limit) })? {
                 Response::Events { events } if json => {
@@ -220,14 +373,16 @@ fn no_daemon_error() -> anyhow::Error {
     )
 }
 
+fn daemon_needed(path: &std::path::Path) -> anyhow::Error {
+    anyhow!(
+        "gov daemon is not running (no socket at {}); this command needs it",
+        path.display()
+    )
+}
+
 fn daemon_call(request: Request) -> Result<Response> {
     let path = client::socket_path();
-    client::request(&path, request)?.ok_or_else(|| {
-        anyhow!(
-            "gov daemon is not running (no socket at {}); this command needs it",
-            path.display()
-        )
-    })
+    client::request(&path, request)?.ok_or_else(|| daemon_needed(&path))
 }
 
 fn daemon_only(request: Request) -> Result<i32> {
@@ -254,43 +409,265 @@ impl Backend {
         Ok(Backend::Direct(direct_tree()?))
     }
 
-    fn list(self) -> Result<Vec<GateInfo>> {
-        match self {
-            Backend::Daemon(mut c) => match c.call(Request::List)? {
-                Response::Gates { gates } => Ok(gates),
-                other => unexpected(other).map(|_| vec![]),
-            },
-            Backend::Direct(tree) => direct::list(&tree),
+    /// The daemon, for the commands only it serves.
+    fn daemon() -> Result<Backend> {
+        let path = client::socket_path();
+        match Client::connect(&path)? {
+            Some(c) => Ok(Backend::Daemon(c)),
+            None => Err(daemon_needed(&path)),
         }
     }
 
-    fn show(self, gate: &str) -> Result<GateInfo> {
+    fn list(&mut self) -> Result<Vec<GateInfo>> {
         match self {
-            Backend::Daemon(mut c) => match c.call(Request::Show { gate: gate.into() })? {
-                Response::Gate { gate } => Ok(*gate),
+            Backend::Daemon(c) => match c.call(Request::List)? {
+                Response::Gates { gates } => Ok(gates),
                 other => Err(unexpected(other).unwrap_err()),
             },
-            Backend::Direct(tree) => direct::show(&tree, gate),
+            Backend::Direct(tree) => direct::list(tree),
         }
     }
 
-    fn act(self, request: Request) -> Result<i32> {
+    /// The gates the caller may see, for naming one: one `list` request,
+    /// or a walk of the tree reading only the tags.
+    fn candidates(&mut self) -> Result<Vec<Candidate>> {
         match self {
-            Backend::Daemon(mut c) => match c.call(request)? {
-                Response::Done { .. } => Ok(0),
-                other => unexpected(other),
-            },
+            Backend::Daemon(_) => Ok(self
+                .list()?
+                .into_iter()
+                .map(|g| Candidate {
+                    id: g.id,
+                    project: g.project,
+                    session: g.session,
+                })
+                .collect()),
             Backend::Direct(tree) => {
-                match request {
-                    Request::Kill { gate } => direct::kill(&tree, &gate)?,
-                    Request::Freeze { gate } => direct::freeze(&tree, &gate)?,
-                    Request::Thaw { gate } => direct::thaw(&tree, &gate)?,
-                    other => bail!("{other:?} needs the gov daemon"),
+                let mut out = Vec::new();
+                for dir in tree.gates()? {
+                    // Gone between the walk and the read: not a candidate.
+                    if let Ok(Some(tags)) = Tags::read(&dir.cgroup) {
+                        out.push(Candidate {
+                            id: dir.id,
+                            project: tags.project,
+                            session: tags.session,
+                        });
+                    }
                 }
-                Ok(0)
+                Ok(out)
             }
         }
     }
+
+    /// What a target names. A full gate id is taken as it is, without a
+    /// look at the gates (the daemon says if there is no such gate).
+    fn resolve(&mut self, target: &Target, sessions: Sessions, command: &str) -> Result<Resolved> {
+        match (&target.gate, &target.session) {
+            (Some(word), _) if names::check_gate_id(word).is_ok() => {
+                Ok(Resolved::Gate(word.clone()))
+            }
+            (Some(word), _) => Ok(crate::target::resolve(
+                word,
+                &self.candidates()?,
+                sessions,
+                command,
+            )?),
+            (None, Some(session)) => {
+                names::check_session(session)?;
+                let gates: Vec<String> = self
+                    .candidates()?
+                    .into_iter()
+                    .filter(|g| &g.session == session)
+                    .map(|g| g.id)
+                    .collect();
+                if gates.is_empty() {
+                    bail!("no gate of yours has session {session:?} (`gov ps` lists yours)");
+                }
+                Ok(Resolved::Session {
+                    session: session.clone(),
+                    gates,
+                })
+            }
+            (None, None) => unreachable!("clap requires a gate or --session"),
+        }
+    }
+
+    fn show(&mut self, gate: &str) -> Result<GateInfo> {
+        match self {
+            Backend::Daemon(c) => match c.call(Request::Show { gate: gate.into() })? {
+                Response::Gate { gate } => Ok(*gate),
+                other => Err(unexpected(other).unwrap_err()),
+            },
+            Backend::Direct(tree) => direct::show(tree, gate),
+        }
+    }
+
+    fn act(&mut self, request: Request) -> Result<()> {
+        match self {
+            Backend::Daemon(c) => match c.call(request)? {
+                Response::Done { .. } => Ok(()),
+                other => Err(unexpected(other).unwrap_err()),
+            },
+            Backend::Direct(tree) => {
+                match request {
+                    Request::Kill { gate } => direct::kill(tree, &gate)?,
+                    Request::Freeze { gate } => direct::freeze(tree, &gate)?,
+                    Request::Thaw { gate } => direct::thaw(tree, &gate)?,
+                    other => bail!("{other:?} needs the gov daemon"),
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// kill, freeze, thaw: on one gate, or on each gate of a session (all of
+/// them are tried; the first failure is the answer).
+fn act_on(target: &Target, command: &str, request: impl Fn(String) -> Request) -> Result<i32> {
+    let mut backend = Backend::connect()?;
+    let ids = match backend.resolve(target, Sessions::Accepted, command)? {
+        Resolved::Gate(id) => vec![id],
+        Resolved::Session { gates, .. } => gates,
+    };
+    let mut first_error = None;
+    for id in ids {
+        if let Err(e) = backend.act(request(id.clone())) {
+            eprintln!("gov: {command} {id}: {e:#}");
+            first_error.get_or_insert(e);
+        }
+    }
+    match first_error {
+        None => Ok(0),
+        Some(_) => Ok(1),
+    }
+}
+
+/// pin, unpin, tag: one gate, by id or unique prefix.
+fn one_gate(target: &OneGate, command: &str) -> Result<String> {
+    if names::check_gate_id(&target.gate).is_ok() {
+        return Ok(target.gate.clone());
+    }
+    let t = Target {
+        gate: Some(target.gate.clone()),
+        session: None,
+    };
+    match Backend::daemon()?.resolve(&t, Sessions::Refused, command)? {
+        Resolved::Gate(id) => Ok(id),
+        Resolved::Session { .. } => unreachable!("sessions are refused"),
+    }
+}
+
+/// `gov touch` sits on a host's every tool call: a full gate id, or a word
+/// that can only be a session, is one request; only a gate-id prefix costs
+/// a `list` first.
+fn touch_cmd(target: &Target) -> Result<i32> {
+    let (request, word) = match (&target.gate, &target.session) {
+        (Some(w), _) if names::check_gate_id(w).is_ok() => (
+            Request::Touch {
+                gate: Some(w.clone()),
+                session: None,
+            },
+            None,
+        ),
+        (Some(w), _) if !crate::target::is_id_prefix(w) => {
+            if names::check_session(w).is_err() {
+                bail!("{}", crate::target::not_found(w, Sessions::Accepted));
+            }
+            (
+                Request::Touch {
+                    gate: None,
+                    session: Some(w.clone()),
+                },
+                Some(w),
+            )
+        }
+        (Some(w), _) => {
+            let request = match Backend::daemon()?.resolve(target, Sessions::Accepted, "touch")? {
+                Resolved::Gate(id) => Request::Touch {
+                    gate: Some(id),
+                    session: None,
+                },
+                Resolved::Session { session, .. } => Request::Touch {
+                    gate: None,
+                    session: Some(session),
+                },
+            };
+            (request, Some(w))
+        }
+        (None, Some(s)) => {
+            names::check_session(s)?;
+            (
+                Request::Touch {
+                    gate: None,
+                    session: Some(s.clone()),
+                },
+                None,
+            )
+        }
+        (None, None) => unreachable!("clap requires a gate or --session"),
+    };
+    let by_session = matches!(
+        &request,
+        Request::Touch {
+            session: Some(_),
+            ..
+        }
+    );
+    match daemon_call(request)? {
+        Response::Done { .. } => Ok(0),
+        Response::Error {
+            code: ErrorCode::NotFound,
+            ..
+        } if by_session => match (word, &target.session) {
+            (Some(w), _) => bail!("{}", crate::target::not_found(w, Sessions::Accepted)),
+            (None, Some(s)) => bail!("no gate of yours has session {s:?} (`gov ps` lists yours)"),
+            (None, None) => unreachable!(),
+        },
+        other => unexpected(other),
+    }
+}
+
+/// `gov status`: the daemon at the socket, by its own word (`hello`) checked
+/// against the kernel's (the socket's peer credentials), so the pid printed
+/// for `kill $(gov status --pid)` is that daemon's and no other's.
+fn status_cmd(pid_only: bool, wait: Option<f64>) -> Result<i32> {
+    use std::time::{Duration, Instant};
+    let path = client::socket_path();
+    let deadline = wait.map(|s| Instant::now() + Duration::from_secs_f64(s.clamp(0.0, 3600.0)));
+    // No event tells a client that a socket began to listen: poll, bounded.
+    let mut client = loop {
+        if let Some(c) = Client::connect(&path)? {
+            break c;
+        }
+        match deadline {
+            Some(d) if Instant::now() < d => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                eprintln!("gov: no gov daemon answers at {}", path.display());
+                return Ok(3);
+            }
+        }
+    };
+    let (version, pid) = match client.call(Request::Hello)? {
+        Response::Hello { version, pid } => (version, pid),
+        other => return unexpected(other),
+    };
+    if let Some(peer) = client.peer_pid() {
+        if peer != pid {
+            bail!(
+                "the daemon at {} says it is pid {pid}, but the socket belongs to pid {peer} \
+                 (another pid namespace?); not naming a pid that may be another process",
+                path.display()
+            );
+        }
+    }
+    if pid_only {
+        println!("{pid}");
+    } else {
+        println!(
+            "gov daemon running: pid {pid}, socket {}, protocol {version}",
+            path.display()
+        );
+    }
+    Ok(0)
 }
 
 /// Root's view of gov's tree without a daemon: policy file for the root
@@ -622,5 +999,80 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["gov", "spawn", "-p", "/p"]).is_err());
         assert!(Cli::try_parse_from(["gov", "touch"]).is_err());
+    }
+
+    fn spawned_cmd(args: &[&str]) -> Vec<OsString> {
+        match Cli::try_parse_from(args).unwrap().command {
+            Command::Spawn { cmd, .. } => cmd,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn cmd_starts_after_dashdash_or_at_the_first_word_that_is_no_option() {
+        assert_eq!(
+            spawned_cmd(&["gov", "spawn", "-p", "P", "sh", "-c", "x"]),
+            ["sh", "-c", "x"]
+        );
+        assert_eq!(
+            spawned_cmd(&["gov", "spawn", "-p", "P", "env", "--project", "q"]),
+            ["env", "--project", "q"]
+        );
+        assert_eq!(
+            spawned_cmd(&["gov", "spawn", "-p", "P", "--", "--weird"]),
+            ["--weird"]
+        );
+        assert_eq!(
+            spawned_cmd(&["gov", "spawn", "-p", "P", "--", "-x", "--"]),
+            ["-x", "--"]
+        );
+    }
+
+    #[test]
+    fn an_unknown_option_before_cmd_is_refused_with_a_suggestion() {
+        use clap::error::ErrorKind;
+        let e = Cli::try_parse_from([
+            "gov",
+            "spawn",
+            "--project",
+            "P",
+            "--sesion",
+            "S",
+            "--",
+            "cmd",
+        ])
+        .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::UnknownArgument);
+        let text = e.to_string();
+        assert!(text.contains("unexpected argument '--sesion'"), "{text}");
+        assert!(text.contains("'--session'"), "{text}");
+        let e = Cli::try_parse_from(["gov", "spawn", "-p", "P", "-x", "cmd"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::UnknownArgument);
+    }
+
+    /// Every option and argument of every command says what it is for.
+    #[test]
+    fn every_option_and_argument_has_a_help_line() {
+        use clap::CommandFactory;
+        let mut missing = Vec::new();
+        let cli = Cli::command();
+        for sub in cli.get_subcommands() {
+            // check-config is being rewritten with the policy (issue 11 item 4).
+            if sub.get_name() == "check-config" {
+                continue;
+            }
+            assert!(sub.get_about().is_some(), "{} has no about", sub.get_name());
+            for arg in sub.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() {
+                    missing.push(format!("{} {}", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "without a help line: {missing:?}");
+        let help = Cli::command().render_help().to_string();
+        for var in ["GOV_SOCKET", "GOV_CGROUP_ROOT", "GOV_LOG"] {
+            assert!(help.contains(var), "gov --help does not name {var}");
+        }
     }
 }

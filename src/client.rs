@@ -105,6 +105,14 @@ impl Client {
         }
     }
 
+    /// The pid of the process on the other end (the daemon), as the kernel
+    /// saw it at listen() and as it reads in our pid namespace.
+    pub fn peer_pid(&self) -> Option<u32> {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        let cred = getsockopt(self.reader.get_ref(), PeerCredentials).ok()?;
+        u32::try_from(cred.pid()).ok().filter(|&p| p > 0)
+    }
+
     pub fn call(&mut self, request: Request) -> Result<Response, ClientError> {
         let io = |error| ClientError::Io {
             path: self.path.clone(),

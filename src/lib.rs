@@ -14,4 +14,5 @@ pub mod proc;
 pub mod protocol;
 pub mod reaper;
 pub mod spawn;
+pub mod target;
 pub mod watch;

@@ -647,7 +647,7 @@ fn status_cmd(pid_only: bool, wait: Option<f64>) -> Result<i32> {
         }
     };
     let (version, pid) = match client.call(Request::Hello)? {
-        Response::Hello { version, pid } => (version, pid),
+        Response::Hello { version, pid, .. } => (version, pid),
         other => return unexpected(other),
     };
     if let Some(peer) = client.peer_pid() {

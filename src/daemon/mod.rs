@@ -43,7 +43,7 @@ pub fn run(config: &Path) -> Result<i32> {
     if !nix::unistd::geteuid().is_root() {
         bail!("gov daemon must run as root (it creates cgroups and moves other users' processes)");
     }
-    let (policy, from_file) = Policy::load_or_embedded(config)?;
+    let (policy, from_file) = load_policy(config)?;
     // Before anything is created or changed: is another daemon there?
     host::check_socket_free(&policy.global.socket)?;
     let (tree, may_enable_controllers) = host::resolve_tree(&policy.global.cgroup_root)?;
@@ -208,7 +208,7 @@ impl Daemon {
     }
 
     fn reload(&self) {
-        match Policy::load_or_embedded(&self.config_path) {
+        match load_policy(&self.config_path) {
             Ok((policy, _)) => {
                 let old = self.policy();
                 let (a, b) = (&old.global, &policy.global);
@@ -234,6 +234,17 @@ impl Daemon {
             Err(e) => tracing::error!("policy not reloaded, the running one stays: {e}"),
         }
     }
+}
+
+/// The policy file (or the embedded defaults), with GOV_SOCKET in the
+/// daemon's environment naming its socket, as GOV_CGROUP_ROOT names its
+/// root: the same variable points clients and a daemon at each other.
+fn load_policy(config: &Path) -> Result<(Policy, bool)> {
+    let (mut policy, from_file) = Policy::load_or_embedded(config)?;
+    if let Some(socket) = std::env::var_os(crate::client::SOCKET_ENV) {
+        policy.global.socket = PathBuf::from(socket);
+    }
+    Ok((policy, from_file))
 }
 
 /// The next changed gate, or never when there is no watcher.

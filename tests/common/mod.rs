@@ -345,7 +345,12 @@ pub fn write_policy(path: &Path, socket: &Path, extra: &str) {
     let mut f = fs::File::create(path).unwrap();
     // Top-level keys must come before any table; callers put tables in extra.
     // A test may set its own scan_interval.
-    let scan = if extra.contains("scan_interval") {
+    let own_scan = extra.lines().any(|l| {
+        l.split('=')
+            .next()
+            .is_some_and(|k| k.trim() == "scan_interval")
+    });
+    let scan = if own_scan {
         ""
     } else {
         "scan_interval = \"200ms\"\n"

@@ -238,6 +238,11 @@ impl Handle {
         lock(&self.gate).clone()
     }
 
+    /// Looks at the gate's state in place.
+    pub fn peek<T>(&self, f: impl FnOnce(&Gate) -> T) -> T {
+        f(&lock(&self.gate))
+    }
+
     /// Hands a command to the owner; false when the gate is gone.
     pub fn send(&self, cmd: Cmd) -> bool {
         self.tx.send(cmd).is_ok()

@@ -43,6 +43,14 @@ impl Registry {
             .collect()
     }
 
+    /// Looks at every gate's state in place (no copies: a scan or a spawn's
+    /// cap check at thousands of gates). `f` must not block.
+    pub fn each(&self, mut f: impl FnMut(&Handle, &Gate)) {
+        for h in lock(&self.gates).values() {
+            h.peek(|g| f(h, g));
+        }
+    }
+
     /// Every gate's state now, as its owner last left it.
     pub fn snapshot(&self) -> Vec<Gate> {
         self.handles().iter().map(|(_, h)| h.snapshot()).collect()

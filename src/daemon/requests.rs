@@ -309,23 +309,24 @@ impl Daemon {
     /// the least recently active idle gate of the project.
     fn check_caps(&self, peer: &Peer, project: &str, settings: &GateSettings) -> Reply<()> {
         let policy = self.policy();
-        let live: Vec<Gate> = self
-            .gates
-            .snapshot()
-            .into_iter()
-            .filter(|g| !g.phase.is_reaping())
-            .collect();
-        let user_count = live.iter().filter(|g| g.tags.owner_uid == peer.uid).count();
-        let candidates: Vec<reaper::Candidate> = live
-            .iter()
-            .filter(|g| g.tags.project == project)
-            .map(|g| reaper::Candidate {
-                id: g.id().to_string(),
-                last_active_ms: g.last_active_ms,
-                memory_bytes: 0,
-                evictable: !g.busy && !g.pinned(),
-            })
-            .collect();
+        let mut user_count = 0;
+        let mut candidates: Vec<reaper::Candidate> = Vec::new();
+        self.gates.each(|_, g| {
+            if g.phase.is_reaping() {
+                return;
+            }
+            if g.tags.owner_uid == peer.uid {
+                user_count += 1;
+            }
+            if g.tags.project == project {
+                candidates.push(reaper::Candidate {
+                    id: g.id().to_string(),
+                    last_active_ms: g.last_active_ms,
+                    memory_bytes: 0,
+                    evictable: !g.busy && !g.pinned(),
+                });
+            }
+        });
         if let Some(max) = policy.global.max_gates_per_user {
             if user_count >= max as usize {
                 self.journal.count_refused();
@@ -384,13 +385,17 @@ impl Daemon {
     pub(super) fn metrics(&self, peer: Option<&Peer>) -> String {
         let mut by_state: BTreeMap<GateState, u64> = BTreeMap::new();
         let mut mem_by_project: BTreeMap<String, u64> = BTreeMap::new();
-        for g in self.gates.snapshot() {
-            if !peer.is_none_or(|p| p.may_see(g.tags.owner_uid)) {
-                continue;
+        let mut visible = Vec::new();
+        self.gates.each(|_, g| {
+            if peer.is_none_or(|p| p.may_see(g.tags.owner_uid)) {
+                *by_state.entry(g.phase.state(g.populated)).or_default() += 1;
+                visible.push((g.tags.project.clone(), g.dir.cgroup.clone()));
             }
-            *by_state.entry(g.phase.state(g.populated)).or_default() += 1;
-            if let Ok(Some(m)) = g.dir.cgroup.read_memory_current() {
-                *mem_by_project.entry(g.tags.project.clone()).or_default() += m;
+        });
+        // File reads outside the registry's lock.
+        for (project, cg) in visible {
+            if let Ok(Some(m)) = cg.read_memory_current() {
+                *mem_by_project.entry(project).or_default() += m;
             }
         }
         self.journal.metrics(&by_state, &mem_by_project)

@@ -54,8 +54,7 @@ impl Daemon {
         } else {
             self.project_cpu_percents(now)
         };
-        for (_, handle) in self.gates.handles() {
-            let g = handle.snapshot();
+        self.gates.each(|handle, g| {
             let threshold = g.settings().busy_cpu_percent;
             // The tree's and the project's totals bound every gate's share:
             // below the threshold, no gate in them can be busy.
@@ -63,16 +62,15 @@ impl Daemon {
             let project = project_cpu.get(&g.dir.project_key).copied().flatten();
             let measure_cpu = full || !(below(tree_cpu) || below(project));
             let nothing_due = g.next.is_some_and(|n| n.at_ms > now) && !g.busy;
-            if !full && !measure_cpu && nothing_due {
-                continue;
+            if full || measure_cpu || !nothing_due {
+                handle.observe(Observation {
+                    now,
+                    full,
+                    measure_cpu,
+                    policy: policy.clone(),
+                });
             }
-            handle.observe(Observation {
-                now,
-                full,
-                measure_cpu,
-                policy: policy.clone(),
-            });
-        }
+        });
         self.enforce_memory_budget(&policy);
     }
 
@@ -141,12 +139,12 @@ impl Daemon {
     /// CPU use of each project with gates since the last pass, in percent
     /// of one CPU (None for a project seen the first time).
     fn project_cpu_percents(&self, now: u64) -> HashMap<String, Option<f64>> {
-        let keys: HashSet<String> = self
-            .gates
-            .snapshot()
-            .into_iter()
-            .map(|g| g.dir.project_key)
-            .collect();
+        let mut keys: HashSet<String> = HashSet::new();
+        self.gates.each(|_, g| {
+            if !keys.contains(&g.dir.project_key) {
+                keys.insert(g.dir.project_key.clone());
+            }
+        });
         let mut samples = lock(&self.cpu);
         samples.projects.retain(|k, _| keys.contains(k));
         keys.into_iter()

@@ -1344,7 +1344,7 @@ impl Daemon {
                     // Thaw first: a frozen process cannot handle a signal.
                     let c = cg.clone();
                     blocking(move || c.thaw(gate::FREEZE_TIMEOUT)).await?;
-                    send_stop_signal(&cg, &tags, settings.stop_signal);
+                    send_stop_signal(&cg, &tags, settings.stop_signal as i32);
                     now
                 }
             };

@@ -1305,3 +1305,238 @@ fn serialized_settings_parse_back_to_the_same_settings() {
     let text = toml::to_string(&Doc { defaults: &s }).unwrap();
     assert_eq!(parse(&text).defaults(), &s, "{text}");
 }
+
+// --- added with the keys! rewrite: bounds, new keys, printing ----------------
+
+#[test]
+fn durations_are_bounded_where_they_are_parsed() {
+    for long in ["1000000000d", "73001d", "10000000000000000000ms"] {
+        let e = parse_duration(long).unwrap_err();
+        assert!(
+            e.contains("too long") || e.contains("invalid number"),
+            "{long}: {e}"
+        );
+    }
+    assert!(parse_duration("1000000000d")
+        .unwrap_err()
+        .contains("at most 73000d"));
+    assert_eq!(parse_duration("73000d"), Ok(MAX_DURATION));
+    // Whatever parses fits the daemon's u64 milliseconds with room to add to now.
+    assert!(MAX_DURATION.as_millis() < u128::from(u64::MAX / 2));
+    refused(
+        "[defaults]\nmax_runtime = \"1000000000d\"\n",
+        2,
+        Some("max_runtime"),
+        "too long",
+    );
+    let e = refused(
+        "[defaults]\nidle_timeout = \"5 minutes\"\n",
+        2,
+        Some("idle_timeout"),
+        "missing unit after \"5\"",
+    );
+    assert!(
+        e.message
+            .contains("durations look like \"5m\", \"90s\", \"1h30m\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn stop_signal_is_a_signal_the_daemon_can_send() {
+    let s = defaults_with("stop_signal = \"int\"");
+    assert_eq!(s.stop_signal, Signal::SIGINT);
+    assert_eq!(s.stop_signal as i32, libc::SIGINT);
+    for bad in ["\"SIGSTOP\"", "\"SIG99\"", "9", "-1"] {
+        refused(
+            &format!("[defaults]\nstop_signal = {bad}\n"),
+            2,
+            Some("stop_signal"),
+            "signal",
+        );
+    }
+}
+
+#[test]
+fn the_new_keys_parse_and_refuse_with_line_and_key() {
+    let p = parse(
+        "session_env = [\"MY_SESSION\", \"_X1\"]\nhibernate_dir = \"/srv/hib\"\nhibernate_max_bytes = \"1T\"\ncriu_path = \"/usr/local/sbin/criu\"\n[defaults]\non_main_exit = \"stop\"\nmain_exit_grace = \"0s\"\nhibernate_after = \"0s\"\nhibernate_hold = \"never\"\n",
+    );
+    assert_eq!(p.global.session_env, vec!["MY_SESSION", "_X1"]);
+    assert_eq!(p.global.hibernate_dir, PathBuf::from("/srv/hib"));
+    assert_eq!(p.global.hibernate_max_bytes, Some(1 << 40));
+    assert_eq!(p.global.criu_path, PathBuf::from("/usr/local/sbin/criu"));
+    let d = p.defaults();
+    assert_eq!(d.on_main_exit, OnMainExit::Stop);
+    assert_eq!(d.main_exit_grace, Duration::ZERO);
+    assert_eq!(d.hibernate_after, Some(Duration::ZERO));
+    assert_eq!(d.hibernate_hold, None);
+    assert!(parse("session_env = []\n").global.session_env.is_empty());
+
+    let cases = [
+        (
+            "session_env = \"GOV_SESSION\"\n",
+            1,
+            "session_env",
+            "expected a list of environment variable names",
+        ),
+        (
+            "session_env = [\"OK\", \"1BAD\"]\n",
+            1,
+            "session_env",
+            "\"1BAD\" is not an environment variable name",
+        ),
+        (
+            "session_env = [\"A-B\"]\n",
+            1,
+            "session_env",
+            "not an environment variable name",
+        ),
+        (
+            "hibernate_dir = \"var/lib\"\n",
+            1,
+            "hibernate_dir",
+            "must be an absolute path",
+        ),
+        (
+            "hibernate_max_bytes = 0\n",
+            1,
+            "hibernate_max_bytes",
+            "a limit of 0",
+        ),
+        (
+            "criu_path = \"bin/criu\"\n",
+            1,
+            "criu_path",
+            "a program name or an absolute path",
+        ),
+        (
+            "[defaults]\non_main_exit = \"kill\"\n",
+            2,
+            "on_main_exit",
+            "expected \"keep\" or \"stop\", found \"kill\"",
+        ),
+        (
+            "[defaults]\nmain_exit_grace = \"never\"\n",
+            2,
+            "main_exit_grace",
+            "invalid duration",
+        ),
+        (
+            "[defaults]\nhibernate_hold = \"0s\"\n",
+            2,
+            "hibernate_hold",
+            "longer than zero",
+        ),
+        (
+            "[defaults]\nhibernate_after = 5\n",
+            2,
+            "hibernate_after",
+            "found integer 5",
+        ),
+        (
+            "[defaults]\nsession_env = []\n",
+            2,
+            "session_env",
+            "is a global key",
+        ),
+        (
+            "on_main_exit = \"keep\"\n",
+            1,
+            "on_main_exit",
+            "is a gate key",
+        ),
+    ];
+    for (text, line, key, needle) in cases {
+        refused(text, line, Some(key), needle);
+    }
+}
+
+/// A policy exercising every kind of value, optional globals set and unset,
+/// named and unnamed rules, and a rule switching a cap back off.
+const RICH: &str = r#"
+socket = "/run/gov-x/gov.sock"
+socket_mode = 0o640
+admin_group = "wheel"
+scan_interval = "250ms"
+memory_budget = "15E"
+max_gates_per_user = 7
+metrics_listen = "[::1]:9477"
+session_env = []
+hibernate_max_bytes = "1.5G"
+
+[defaults]
+idle_timeout = "1h30m"
+orphan_grace = "0s"
+stop_signal = "HUP"
+busy_cpu_percent = 12.5
+memory_max = 4096
+cpu_max = "2500 50000"
+max_gates = 3
+on_main_exit = "stop"
+
+[[project]]
+name = "big \"models\""
+path = "/home/*/src/Big*"
+max_gates = 0
+on_limit = "evict-idlest"
+pids_max = "max"
+
+[[project]]
+path = "/srv/**"
+max_runtime = "2h"
+cpu_max = "150%"
+"#;
+
+#[test]
+fn printed_policy_loads_back_to_the_same_policy() {
+    for text in ["", RICH] {
+        let p = parse(text);
+        let printed = p.to_toml();
+        assert_eq!(parse(&printed), p, "{printed}");
+        // Printing is a fixed point.
+        assert_eq!(parse(&printed).to_toml(), printed);
+    }
+    let printed = parse(RICH).to_toml();
+    for line in [
+        "socket_mode = \"0640\"",
+        "# socket_group is not set",
+        "memory_budget = \"17293822569102704640\"",
+        "session_env = []",
+        "[defaults]",
+        "stop_signal = \"SIGHUP\"",
+        "cpu_max = \"2500 50000\"",
+        "max_runtime = \"never\"",
+        "hibernate_hold = \"7d\"",
+        "max_gates = 3",
+        "max_gates = 0",
+        "path = \"/srv/**\"",
+        "cpu_max = \"150%\"",
+    ] {
+        assert!(
+            printed.lines().any(|l| l == line),
+            "lacks {line:?}:\n{printed}"
+        );
+    }
+    assert_eq!(printed.matches("[[project]]").count(), 2, "{printed}");
+    // The embedded policy prints an unlimited cap as the docs write it.
+    let embedded = Policy::embedded().to_toml();
+    assert!(embedded.contains("\nmax_gates = 0\n"), "{embedded}");
+    assert!(
+        embedded.contains("\nhibernate_max_bytes = \"max\"\n"),
+        "{embedded}"
+    );
+}
+
+#[test]
+fn check_config_reads_a_file_or_says_the_defaults_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("absent.toml");
+    assert_eq!(check_config(Some(&missing), false), 0);
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[defaults]\npinned = 1\nzzz = 2\n").unwrap();
+    assert_eq!(check_config(Some(&bad), true), 1);
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, RICH).unwrap();
+    assert_eq!(check_config(Some(&good), false), 0);
+}

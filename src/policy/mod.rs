@@ -9,6 +9,10 @@
 //! rather than `#[derive(Deserialize)]` because every key and value there carries
 //! its byte span, so each error names the exact key and line (dotted keys and inline
 //! tables too), and one pass collects every problem instead of stopping at the first.
+//!
+//! To add a key: one line in a `keys!` list (reuse a reader from `values` or add
+//! one), its default in [`EMBEDDED`] unless it is `optional`, and a line each in
+//! packaging/gov.toml and docs/configuration.md (a test holds you to both).
 
 mod check;
 mod values;

@@ -219,8 +219,14 @@ pub enum Command {
         #[arg(long, value_name = "FILE", env = "GOV_CONFIG", default_value = policy::DEFAULT_PATH)]
         config: PathBuf,
     },
-    /// Validate a gov.toml and print the effective policy.
-    CheckConfig { file: PathBuf },
+    /// Validate a gov.toml (default /etc/gov.toml); a missing file means the embedded defaults.
+    CheckConfig {
+        /// The policy file to check.
+        file: Option<PathBuf>,
+        /// Print the whole effective policy as gov.toml text that loads again.
+        #[arg(long)]
+        print: bool,
+    },
 }
 
 pub fn run(cli: Cli) -> Result<i32> {
@@ -335,23 +341,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             other => unexpected(other),
         },
         Command::Daemon { config } => crate::daemon::run(&config),
-        Command::CheckConfig { file } => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            match policy::Policy::parse_all(&text, &file) {
-                Ok(p) => {
-                    println!("{}: ok", file.display());
-                    println!("{}", serde_json::to_string_pretty(p.defaults())?);
-                    Ok(0)
-                }
-                Err(errors) => {
-                    for e in &errors {
-                        eprintln!("{e}");
-                    }
-                    Ok(1)
-                }
-            }
-        }
+        Command::CheckConfig { file, print } => Ok(policy::check_config(file.as_deref(), print)),
     }
 }
 

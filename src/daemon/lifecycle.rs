@@ -986,16 +986,9 @@ fn is_traced(cg: &Cgroup) -> bool {
 
 /// stop_signal to the gate's main process, if it is still the process we
 /// started (start time); else to every member, so they can still clean up.
-fn send_stop_signal(cg: &Cgroup, tags: &Tags, signal: i32) {
-    use nix::sys::signal::{kill, Signal};
+fn send_stop_signal(cg: &Cgroup, tags: &Tags, sig: nix::sys::signal::Signal) {
+    use nix::sys::signal::kill;
     use nix::unistd::Pid;
-    let Ok(sig) = Signal::try_from(signal) else {
-        // The policy validates its signals; this is a bug if it happens.
-        tracing::error!(
-            "stop_signal {signal} is not a signal; the kill follows at the grace's end"
-        );
-        return;
-    };
     let main = tags
         .main_pid
         .filter(|&p| tags.main_start.is_some() && proc::start_time(p) == tags.main_start)

@@ -1,0 +1,826 @@
+//! The gov.toml policy: global daemon settings, `[defaults]` for every gate, and
+//! `[[project]]` rules matched by glob against a gate's project path.
+//!
+//! Layering, lowest first: [`EMBEDDED`] (always complete), the file's top-level keys
+//! and `[defaults]`, then every matching `[[project]]` in file order, key by key.
+//!
+//! Reading a key: the `keys!` lists below declare each key once (name, type, reader,
+//! doc); `values` holds the grammars. The walker goes over `toml::de::DeTable`
+//! rather than `#[derive(Deserialize)]` because every key and value there carries
+//! its byte span, so each error names the exact key and line (dotted keys and inline
+//! tables too), and one pass collects every problem instead of stopping at the first.
+//!
+//! To add a key: one line in a `keys!` list (reuse a reader from `values` or add
+//! one), its default in [`EMBEDDED`] unless it is `optional`, and a line each in
+//! packaging/gov.toml and docs/configuration.md (a test holds you to both).
+
+mod check;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use glob::{MatchOptions, Pattern};
+use nix::sys::signal::Signal;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+use crate::cgroup::Limit;
+pub use check::check_config;
+use values::*;
+pub use values::{
+    format_duration, parse_cgroup_root, parse_cpu_max, parse_duration, parse_project_glob,
+    parse_signal, parse_size, signal_name, CpuMax, CPU_PERIOD_USEC, MAX_DURATION,
+};
+
+/// Where the daemon and `gov check-config` look when no path is given.
+pub const DEFAULT_PATH: &str = "/etc/gov.toml";
+
+/// The daemon socket when the policy does not name one (the `socket` default below).
+pub const DEFAULT_SOCKET: &str = "/run/gov/gov.sock";
+
+/// The built-in policy, parsed by the same code as a user's file. It sets every
+/// required key (a test holds it to that); optional keys it leaves out are off.
+pub const EMBEDDED: &str = r#"
+socket = "/run/gov/gov.sock"
+socket_mode = "0666"
+cgroup_root = "gov"
+scan_interval = "5s"
+event_history = 1000
+session_env = ["GOV_SESSION", "CLAUDE_CODE_SESSION_ID"]
+hibernate_dir = "/var/lib/gov/hibernate"
+criu_path = "criu"
+
+[defaults]
+idle_timeout = "30m"
+orphan_grace = "5m"
+max_runtime = "never"
+stop_signal = "SIGTERM"
+stop_grace = "10s"
+frozen_hold = "4h"
+busy_cpu_percent = 5.0
+memory_max = "max"
+memory_high = "max"
+pids_max = "max"
+cpu_max = "max"
+max_gates = 0
+on_limit = "refuse"
+pinned = false
+reclaim_when_frozen = false
+oom_group = false
+project_memory_max = "max"
+project_pids_max = "max"
+on_main_exit = "keep"
+main_exit_grace = "5s"
+hibernate_after = "never"
+hibernate_hold = "7d"
+"#;
+
+/// Origin named in errors about [`EMBEDDED`] (only a broken build could show it).
+const EMBEDDED_ORIGIN: &str = "<embedded>";
+
+// ---------------------------------------------------------------------------
+// The keys, each declared once
+// ---------------------------------------------------------------------------
+
+/// A key's name and how to read its value into a layer `L`.
+type Key<L> = (
+    &'static str,
+    fn(&mut L, &DeValue<'_>, Host) -> Result<(), String>,
+);
+
+/// From one list of `key: Type = reader` lines: the settings struct, its layer (each
+/// key an `Option`, as one table sets them), the merge of a layer onto settings, the
+/// check that a bottom layer is complete, the key table the walker reads through,
+/// and the spelling back to TOML (which `Serialize` uses). An `optional` key may be
+/// absent from the bottom layer and is then its type's empty value (`None`, `[]`).
+macro_rules! keys {
+    (@bottom $v:expr) => { $v };
+    (@bottom $v:expr, optional) => { Some($v.unwrap_or_default()) };
+    (@required) => { true };
+    (@required optional) => { false };
+    (
+        $(#[$meta:meta])* pub struct $Settings:ident; layer $Layer:ident; table $TABLE:ident;
+        $( $(#[$doc:meta])* $key:ident: $T:ty = $read:path $(, $optional:ident)?; )*
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Debug, PartialEq)]
+        pub struct $Settings { $( $(#[$doc])* pub $key: $T, )* }
+
+        #[derive(Clone, Debug, Default, PartialEq)]
+        struct $Layer { $( $key: Option<$T>, )* }
+
+        const $TABLE: &[Key<$Layer>] = &[$(
+            (stringify!($key), |layer, v, host| {
+                layer.$key = Some($read(v, host)?);
+                Ok(())
+            }),
+        )*];
+
+        impl $Layer {
+            fn apply_to(&self, s: &mut $Settings) {
+                $( if let Some(v) = &self.$key { s.$key = v.clone(); } )*
+            }
+
+            /// The settings of a bottom layer, or the required keys it lacks.
+            fn complete(&self) -> Result<$Settings, Vec<&'static str>> {
+                $( let $key = keys!(@bottom self.$key.clone() $(, $optional)?); )*
+                match ($($key,)*) {
+                    ($(Some($key),)*) => Ok($Settings { $($key,)* }),
+                    _ => Err([$((stringify!($key), keys!(@required $($optional)?) && self.$key.is_none()),)*]
+                        .into_iter()
+                        .filter_map(|(k, missing)| missing.then_some(k))
+                        .collect()),
+                }
+            }
+
+            /// The keys this layer sets, spelled as gov.toml does.
+            fn spelled(&self) -> Vec<(&'static str, Option<toml::Value>)> {
+                let mut out = Vec::new();
+                $( if let Some(v) = &self.$key { out.push((stringify!($key), v.spell())); } )*
+                out
+            }
+        }
+
+        impl From<&$Settings> for $Layer {
+            fn from(s: &$Settings) -> $Layer {
+                $Layer { $( $key: Some(s.$key.clone()), )* }
+            }
+        }
+
+        /// In gov.toml's own vocabulary ("30m", "never", "SIGTERM", "max"), so what
+        /// `gov show --json` prints can be pasted back into a `[[project]]`.
+        impl Serialize for $Settings {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut map = s.serialize_map(None)?;
+                for (key, value) in $Layer::from(self).spelled() {
+                    if let Some(value) = value {
+                        map.serialize_entry(key, &value)?;
+                    }
+                }
+                map.end()
+            }
+        }
+    };
+}
+
+keys! {
+    /// Daemon-wide settings (the top level of gov.toml).
+    pub struct Global; layer GlobalLayer; table GLOBAL_KEYS;
+    /// Path of the daemon's Unix socket.
+    socket: PathBuf = socket;
+    /// Permission bits of the socket (at most 0o777).
+    socket_mode: u32 = mode;
+    /// Group to chown the socket to; `None` leaves root's group.
+    socket_group: Option<String> = group, optional;
+    /// Members of this group act on every gate, as root does.
+    admin_group: Option<String> = group, optional;
+    /// Where gov's cgroup tree lives; see [`parse_cgroup_root`] for its forms.
+    cgroup_root: String = cgroup_root;
+    /// How often the daemon samples activity and applies timeouts.
+    scan_interval: Duration = interval;
+    /// Bytes all gates on the host may use together; `None` = no budget.
+    memory_budget: Option<u64> = budget, optional;
+    /// Gates one user may have at once; `None` = unlimited.
+    max_gates_per_user: Option<u32> = cap, optional;
+    /// Lifecycle events kept for `gov events`.
+    event_history: usize = history;
+    /// TCP address serving Prometheus metrics; `None` = off.
+    metrics_listen: Option<std::net::SocketAddr> = listen, optional;
+    /// Environment variables whose value `gov spawn` takes as the session when
+    /// `--session` is not given, first set one wins.
+    session_env: Vec<String> = env_names, optional;
+    /// Where hibernated gates' CRIU images are kept (0700).
+    hibernate_dir: PathBuf = abs_path, optional;
+    /// Bytes all hibernation images may take together; `None` = no budget.
+    hibernate_max_bytes: Option<u64> = budget, optional;
+    /// The criu binary: a bare name is looked up on the daemon's PATH.
+    criu_path: PathBuf = program, optional;
+}
+
+keys! {
+    /// Everything that governs one gate, after layering.
+    pub struct GateSettings; layer GateLayer; table GATE_KEYS;
+    /// Idle this long (no touch, not busy) and the gate is suspended; `None` = never.
+    idle_timeout: Option<Duration> = timeout;
+    /// After the owner dies, the gate is stopped this long later; `None` = never.
+    orphan_grace: Option<Duration> = grace;
+    /// Hard deadline from creation (test runners); `None` = never.
+    max_runtime: Option<Duration> = timeout;
+    /// Signal sent to the gate's main process when stopping.
+    stop_signal: Signal = signal;
+    /// How long a stopping gate may take to exit by itself before it is killed.
+    stop_grace: Duration = duration;
+    /// How long a suspended (frozen) gate stays resumable before teardown.
+    frozen_hold: Duration = duration;
+    /// CPU use above this (percent of one CPU, over a scan interval) is activity.
+    busy_cpu_percent: f64 = busy;
+    /// memory.max of the gate cgroup.
+    memory_max: Limit = bytes;
+    /// memory.high of the gate cgroup.
+    memory_high: Limit = bytes;
+    /// pids.max of the gate cgroup.
+    pids_max: Limit = count;
+    /// cpu.max of the gate cgroup.
+    cpu_max: CpuMax = cpu_max;
+    /// Gates one project may have at once; `None` = unlimited.
+    max_gates: Option<u32> = cap;
+    /// What a spawn does when `max_gates` is reached.
+    on_limit: OnLimit = on_limit;
+    /// Never reap this gate (limits still apply).
+    pinned: bool = flag;
+    /// Push a frozen gate's memory out through memory.reclaim.
+    reclaim_when_frozen: bool = flag;
+    /// memory.oom.group: an OOM kill takes the whole gate, not one process.
+    oom_group: bool = flag;
+    /// memory.max of the project cgroup (the sum of its gates).
+    project_memory_max: Limit = bytes;
+    /// pids.max of the project cgroup.
+    project_pids_max: Limit = count;
+    /// What happens to the rest of the gate when its main process exits.
+    on_main_exit: OnMainExit = on_main_exit;
+    /// With `on_main_exit = "stop"`: how long the rest may linger before the stop.
+    main_exit_grace: Duration = duration;
+    /// Suspended this long, the gate is dumped to disk (CRIU); `None` = never.
+    hibernate_after: Option<Duration> = grace;
+    /// How long a hibernated gate stays restorable before its image is removed.
+    hibernate_hold: Option<Duration> = timeout;
+}
+
+/// Keys only a `[[project]]` has, besides the gate keys.
+const RULE_KEYS: &[&str] = &["path", "name"];
+
+/// The two tables of the top level.
+const TABLE_KEYS: &[&str] = &["defaults", "project"];
+
+/// What `gov spawn` does when a project already has `max_gates` gates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnLimit {
+    /// Refuse the new gate.
+    Refuse,
+    /// Reap the project's least recently active idle gate; refuse if none is idle.
+    EvictIdlest,
+}
+
+impl OnLimit {
+    /// The spelling used in gov.toml.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnLimit::Refuse => "refuse",
+            OnLimit::EvictIdlest => "evict-idlest",
+        }
+    }
+}
+
+/// What happens when a gate's main process exits while others remain in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnMainExit {
+    /// The rest keeps running, reaped by the timeouts as before.
+    Keep,
+    /// The rest is stopped after `main_exit_grace`.
+    Stop,
+}
+
+impl OnMainExit {
+    /// The spelling used in gov.toml.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnMainExit::Keep => "keep",
+            OnMainExit::Stop => "stop",
+        }
+    }
+}
+
+/// How the cgroup_root setting places gov's tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RootSpec {
+    /// The daemon's own systemd-delegated cgroup (`Delegate=yes`).
+    Delegated,
+    /// A path relative to the cgroup2 mount, e.g. `gov`.
+    UnderMount(PathBuf),
+    /// An absolute path; the daemon checks it lies under the cgroup2 mount.
+    Absolute(PathBuf),
+}
+
+/// A policy problem, located as precisely as the input allows.
+///
+/// Displays as `/etc/gov.toml:3: key `idle_timout`: unknown key in [defaults]; ...`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {}{message}", .path.display(),
+    .line.map(|l| format!(":{l}")).unwrap_or_default(),
+    .key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
+pub struct PolicyError {
+    /// The file (or `<embedded>`).
+    pub path: PathBuf,
+    /// 1-based line, when the problem is in the text.
+    pub line: Option<usize>,
+    /// The key at fault, without its table (`idle_timeout`, not `defaults.idle_timeout`).
+    pub key: Option<String>,
+    pub message: String,
+}
+
+impl PolicyError {
+    fn of_file(path: &Path, message: String) -> PolicyError {
+        let path = path.to_path_buf();
+        PolicyError {
+            path,
+            line: None,
+            key: None,
+            message,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Policy
+// ---------------------------------------------------------------------------
+
+/// A loaded policy: global settings, the defaults every gate starts from, and the
+/// project rules layered on top by [`Policy::for_project`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    pub global: Global,
+    defaults: GateSettings,
+    rules: Vec<Rule>,
+}
+
+impl Policy {
+    /// The built-in defaults, used when no file exists.
+    pub fn embedded() -> Policy {
+        // An empty file on top of EMBEDDED is EMBEDDED; the tests prove it parses.
+        Policy::parse("", Path::new(EMBEDDED_ORIGIN)).expect("EMBEDDED policy is valid")
+    }
+
+    /// Parses `text` on top of the embedded defaults. `origin` only names the file in
+    /// errors. Returns the first problem in file order.
+    pub fn parse(text: &str, origin: &Path) -> Result<Policy, PolicyError> {
+        Policy::parse_all(text, origin).map_err(|mut errs| errs.swap_remove(0))
+    }
+
+    /// Like [`Policy::parse`] but returns every problem, in file order (never an empty
+    /// Vec), for `gov check-config` to list them all at once.
+    pub fn parse_all(text: &str, origin: &Path) -> Result<Policy, Vec<PolicyError>> {
+        parse_with(text, origin, Host::current())
+    }
+
+    /// Reads and parses `path`; a read error is a [`PolicyError`] naming the path.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PolicyError::of_file(path, format!("cannot read: {e}")))?;
+        Policy::parse(&text, path)
+    }
+
+    /// [`Policy::load`], except that a missing file yields the embedded policy. The
+    /// bool says whether the policy came from the file. A file that exists but cannot
+    /// be read or parsed is an error: silently running on defaults would hide it.
+    pub fn load_or_embedded(path: &Path) -> Result<(Policy, bool), PolicyError> {
+        match read_if_present(path)? {
+            Some(text) => Ok((Policy::parse(&text, path)?, true)),
+            None => Ok((Policy::embedded(), false)),
+        }
+    }
+
+    /// The settings for a gate of `project` (an absolute path): `[defaults]`, then
+    /// every matching `[[project]]` in file order, later ones winning key by key.
+    pub fn for_project(&self, project: &str) -> GateSettings {
+        let mut settings = self.defaults.clone();
+        for rule in self.matching(project) {
+            rule.overrides.apply_to(&mut settings);
+        }
+        settings
+    }
+
+    /// Does any gate (under `[defaults]` or any one `[[project]]` rule on top of
+    /// them) get settings for which `uses` holds? The daemon asks this to enable
+    /// only the controllers some limit needs.
+    pub fn any_settings(&self, uses: impl Fn(&GateSettings) -> bool) -> bool {
+        uses(&self.defaults)
+            || self.rules.iter().any(|rule| {
+                let mut settings = self.defaults.clone();
+                rule.overrides.apply_to(&mut settings);
+                uses(&settings)
+            })
+    }
+
+    /// The settings before any `[[project]]` rule.
+    pub fn defaults(&self) -> &GateSettings {
+        &self.defaults
+    }
+
+    /// Labels of the `[[project]]` rules that apply to `project`, in the order they
+    /// are applied: each rule's `name`, or its `path` glob when unnamed. For tags,
+    /// `gov show` and logs ("why does this gate have an 8h timeout?").
+    pub fn matching_rules(&self, project: &str) -> Vec<&str> {
+        self.matching(project)
+            .into_iter()
+            .map(Rule::label)
+            .collect()
+    }
+
+    fn matching(&self, project: &str) -> Vec<&Rule> {
+        let project = normalize_project(project);
+        self.rules.iter().filter(|r| r.matches(project)).collect()
+    }
+
+    /// The whole policy as gov.toml text that parses back to it: every global key,
+    /// `[defaults]` in full, and each `[[project]]` with the keys it sets.
+    pub fn to_toml(&self) -> String {
+        let mut out = keys_text(GlobalLayer::from(&self.global).spelled());
+        out += "\n[defaults]\n";
+        out += &keys_text(GateLayer::from(&self.defaults).spelled());
+        for rule in &self.rules {
+            let mut keys: Vec<(&str, Option<toml::Value>)> =
+                vec![("path", Some(rule.pattern.as_str().into()))];
+            keys.extend(rule.name.as_deref().map(|n| ("name", Some(n.into()))));
+            keys.extend(rule.overrides.spelled());
+            out += "\n[[project]]\n";
+            out += &keys_text(keys);
+        }
+        out
+    }
+}
+
+fn keys_text(keys: Vec<(&str, Option<toml::Value>)>) -> String {
+    let line = |(key, value): (&str, Option<toml::Value>)| match value {
+        Some(v) => format!("{key} = {v}\n"),
+        None => format!("# {key} is not set\n"),
+    };
+    keys.into_iter().map(line).collect()
+}
+
+/// The text of `path`, or `None` when there is no file. A dangling symlink also
+/// reads as NotFound; it is a broken config, not an absent one.
+fn read_if_present(path: &Path) -> Result<Option<String>, PolicyError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match path.symlink_metadata() {
+            Ok(_) => Err(PolicyError::of_file(
+                path,
+                "is a symlink to a missing file".into(),
+            )),
+            Err(_) => Ok(None),
+        },
+        Err(e) => Err(PolicyError::of_file(path, format!("cannot read: {e}"))),
+    }
+}
+
+/// A trailing slash must not make a rule miss: `/home/a/src/X/` is `/home/a/src/X`.
+fn normalize_project(project: &str) -> &str {
+    match project.trim_end_matches('/') {
+        "" if !project.is_empty() => "/",
+        trimmed => trimmed,
+    }
+}
+
+/// One `[[project]]` entry.
+#[derive(Clone, Debug, PartialEq)]
+struct Rule {
+    pattern: Pattern,
+    name: Option<String>,
+    overrides: GateLayer,
+}
+
+impl Rule {
+    /// `*` stays inside one path component (so `/home/*/src` does not reach
+    /// `/home/a/b/src`); `**` spans any depth.
+    fn matches(&self, project: &str) -> bool {
+        let opts = MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: false,
+        };
+        self.pattern.matches_with(project, opts)
+    }
+
+    fn label(&self) -> &str {
+        self.name.as_deref().unwrap_or(self.pattern.as_str())
+    }
+}
+
+/// Facts about the host that bound valid values.
+#[derive(Clone, Copy, Debug)]
+struct Host {
+    /// Online CPUs: a gate cannot use more than 100% of each.
+    ncpu: u32,
+}
+
+impl Host {
+    fn current() -> Host {
+        // SAFETY: sysconf only reads a system constant.
+        let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        Host {
+            ncpu: u32::try_from(n).unwrap_or(1).max(1),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Walking a document
+// ---------------------------------------------------------------------------
+
+/// What one file says, before layering.
+#[derive(Debug, Default)]
+struct Document {
+    global: GlobalLayer,
+    defaults: GateLayer,
+    rules: Vec<Rule>,
+}
+
+/// The table a key was found in, for messages and for the list of valid keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Section {
+    Top,
+    Defaults,
+    /// 1-based index of the `[[project]]` entry.
+    Project(usize),
+}
+
+impl Section {
+    fn title(self) -> String {
+        match self {
+            Section::Top => "the top level".to_string(),
+            Section::Defaults => "[defaults]".to_string(),
+            Section::Project(n) => format!("[[project]] #{n}"),
+        }
+    }
+
+    fn valid_keys(self) -> Vec<&'static str> {
+        match self {
+            Section::Top => [names(GLOBAL_KEYS), TABLE_KEYS.to_vec()].concat(),
+            Section::Defaults => names(GATE_KEYS),
+            Section::Project(_) => [RULE_KEYS.to_vec(), names(GATE_KEYS)].concat(),
+        }
+    }
+}
+
+fn names<L>(keys: &[Key<L>]) -> Vec<&'static str> {
+    keys.iter().map(|(n, _)| *n).collect()
+}
+
+/// A problem found while walking a document, located by byte offset; it gets its
+/// line once all are collected.
+#[derive(Debug)]
+struct Issue {
+    offset: usize,
+    key: Option<String>,
+    message: String,
+}
+
+/// Issues found so far, and the host that bounds values.
+struct Walk {
+    host: Host,
+    issues: Vec<Issue>,
+}
+
+type Entry<'a, 'i> = (
+    &'a Spanned<toml::de::DeString<'i>>,
+    &'a Spanned<DeValue<'i>>,
+);
+
+fn parse_with(text: &str, origin: &Path, host: Host) -> Result<Policy, Vec<PolicyError>> {
+    let embedded_origin = Path::new(EMBEDDED_ORIGIN);
+    let base =
+        read_document(EMBEDDED, host).map_err(|i| to_errors(EMBEDDED, embedded_origin, i))?;
+    let user = read_document(text, host).map_err(|i| to_errors(text, origin, i))?;
+    let missing = |keys: Vec<&str>| {
+        let error = |k: &str| PolicyError {
+            key: Some(k.to_string()),
+            ..PolicyError::of_file(embedded_origin, "missing key".to_string())
+        };
+        keys.into_iter().map(error).collect::<Vec<_>>()
+    };
+    let mut global = base.global.complete().map_err(missing)?;
+    user.global.apply_to(&mut global);
+    let mut defaults = base.defaults.complete().map_err(missing)?;
+    user.defaults.apply_to(&mut defaults);
+    let rules = base.rules.into_iter().chain(user.rules).collect();
+    Ok(Policy {
+        global,
+        defaults,
+        rules,
+    })
+}
+
+/// Orders problems as they appear in the file and gives each its line.
+fn to_errors(text: &str, origin: &Path, mut issues: Vec<Issue>) -> Vec<PolicyError> {
+    issues.sort_by_key(|i| i.offset);
+    let error = |i: Issue| PolicyError {
+        line: Some(line_of(text, i.offset)),
+        key: i.key,
+        ..PolicyError::of_file(origin, i.message)
+    };
+    issues.into_iter().map(error).collect()
+}
+
+/// One file's keys, validated; every problem found, not just the first.
+fn read_document(text: &str, host: Host) -> Result<Document, Vec<Issue>> {
+    let doc = DeTable::parse(text).map_err(|e| vec![syntax_issue(text, &e)])?;
+    let mut walk = Walk {
+        host,
+        issues: Vec::new(),
+    };
+    let mut out = Document::default();
+    for (k, v) in doc.get_ref().iter() {
+        match (k.get_ref().as_ref(), v.get_ref()) {
+            ("defaults", DeValue::Table(t)) => {
+                for entry in t.iter() {
+                    walk.key(GATE_KEYS, entry, &mut out.defaults, Section::Defaults);
+                }
+            }
+            ("defaults", other) => walk.issue(
+                v.span().start,
+                "defaults",
+                format!("expected the [defaults] table, found {}", describe(other)),
+            ),
+            ("project", DeValue::Array(entries)) => {
+                for (i, entry) in entries.iter().enumerate() {
+                    out.rules.extend(walk.rule(entry, Section::Project(i + 1)));
+                }
+            }
+            // `[project]` (one table) is a common slip for `[[project]]`.
+            ("project", DeValue::Table(_)) => walk.issue(
+                k.span().start,
+                "project",
+                "write [[project]] with double brackets: each project rule is one entry of an array of tables".to_string(),
+            ),
+            ("project", other) => walk.issue(
+                v.span().start,
+                "project",
+                format!("expected [[project]] tables, found {}", describe(other)),
+            ),
+            _ => walk.key(GLOBAL_KEYS, (k, v), &mut out.global, Section::Top),
+        }
+    }
+    match walk.issues.is_empty() {
+        true => Ok(out),
+        false => Err(walk.issues),
+    }
+}
+
+impl Walk {
+    fn issue(&mut self, offset: usize, key: &str, message: String) {
+        let key = Some(key.to_string());
+        self.issues.push(Issue {
+            offset,
+            key,
+            message,
+        });
+    }
+
+    /// Reads one key of a table through `keys`, or reports it as unknown.
+    fn key<L>(&mut self, keys: &[Key<L>], (k, v): Entry<'_, '_>, layer: &mut L, section: Section) {
+        let name = k.get_ref().as_ref();
+        match keys.iter().find(|(n, _)| *n == name) {
+            Some((_, read)) => {
+                if let Err(message) = read(layer, v.get_ref(), self.host) {
+                    self.issue(v.span().start, name, message);
+                }
+            }
+            None => self.issue(k.span().start, name, unknown_key_message(name, section)),
+        }
+    }
+
+    /// One `[[project]]`; `None` when it has no usable `path` (already reported).
+    fn rule(&mut self, entry: &Spanned<DeValue<'_>>, section: Section) -> Option<Rule> {
+        let DeValue::Table(table) = entry.get_ref() else {
+            let found = describe(entry.get_ref());
+            let message = format!("expected a [[project]] table, found {found}");
+            self.issue(entry.span().start, "project", message);
+            return None;
+        };
+        let (mut pattern, mut name, mut path_seen) = (None, None, false);
+        let mut overrides = GateLayer::default();
+        for (k, v) in table.iter() {
+            let key = k.get_ref().as_ref();
+            let read = match key {
+                "path" => {
+                    path_seen = true;
+                    rule_glob(v.get_ref()).map(|p| pattern = Some(p))
+                }
+                "name" => rule_name(v.get_ref()).map(|n| name = Some(n)),
+                _ => {
+                    self.key(GATE_KEYS, (k, v), &mut overrides, section);
+                    Ok(())
+                }
+            };
+            if let Err(message) = read {
+                self.issue(v.span().start, key, message);
+            }
+        }
+        if !path_seen {
+            let message = format!(
+                "missing key in {}: every [[project]] needs a path glob",
+                section.title()
+            );
+            self.issue(entry.span().start, "path", message);
+        }
+        Some(Rule {
+            pattern: pattern?,
+            name,
+            overrides,
+        })
+    }
+}
+
+/// The message for a key no table knows, with the likeliest fix first: a key in the
+/// wrong table (TOML puts every key after `[defaults]` into `[defaults]`), then a
+/// near spelling, then the full list.
+fn unknown_key_message(key: &str, section: Section) -> String {
+    let valid = section.valid_keys();
+    let hint = if section != Section::Top && names(GLOBAL_KEYS).contains(&key) {
+        format!("; `{key}` is a global key: move it to the top of the file, above the first [table] header")
+    } else if section == Section::Top && names(GATE_KEYS).contains(&key) {
+        format!("; `{key}` is a gate key: put it under [defaults] or a [[project]]")
+    } else if section == Section::Defaults && RULE_KEYS.contains(&key) {
+        format!("; `{key}` belongs in a [[project]] entry")
+    } else if let Some(near) = closest(key, &valid) {
+        format!("; did you mean `{near}`?")
+    } else {
+        String::new()
+    };
+    let (title, all) = (section.title(), valid.join(", "));
+    format!("unknown key in {title}{hint} (expected one of: {all})")
+}
+
+/// A TOML syntax error has no tree to take the key from, so the key is read off the
+/// line the error points at, when that line is a `key = ...` or a `[header]`.
+fn syntax_issue(text: &str, e: &toml::de::Error) -> Issue {
+    let offset = e.span().map_or(0, |s| s.start).min(text.len());
+    let lines: Vec<&str> = e
+        .message()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    Issue {
+        offset,
+        key: key_on_line(line_text(text, offset)),
+        message: format!("invalid TOML: {}", lines.join("; ")),
+    }
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    let before = &text.as_bytes()[..offset.min(text.len())];
+    before.iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// The whole line holding a byte offset.
+fn line_text(text: &str, offset: usize) -> &str {
+    let bytes = text.as_bytes();
+    let end = offset.min(bytes.len());
+    let start = bytes[..end]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let stop = bytes[end..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(bytes.len(), |p| end + p);
+    &text[start..stop]
+}
+
+/// The key a line assigns or the table it opens: `a.b = 1` gives `b`, `[defaults`
+/// gives `defaults`. `None` for anything else (array items, comments, garbage).
+fn key_on_line(line: &str) -> Option<String> {
+    let t = line.trim();
+    let raw = match t.strip_prefix('[') {
+        Some(header) => header.trim_start_matches('[').split(']').next()?,
+        None => t.split_once('=')?.0,
+    };
+    let last = raw.rsplit('.').next()?.trim().trim_matches(['"', '\'']);
+    let plausible = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    (!last.is_empty() && last.chars().all(plausible)).then(|| last.to_string())
+}
+
+/// The valid key nearest to a typo, if it is near enough to be a typo.
+fn closest<'a>(key: &str, valid: &[&'a str]) -> Option<&'a str> {
+    let limit = (key.chars().count() / 3).clamp(1, 3);
+    let near = valid.iter().map(|v| (edit_distance(key, v), *v));
+    near.filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, v)| v)
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}

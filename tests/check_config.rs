@@ -1,0 +1,171 @@
+//! `gov check-config` as a person runs it: no file means the embedded defaults
+//! (exit 0), `--print` writes the effective policy as gov.toml text that loads
+//! back to the same policy, and a bad file lists every problem. No daemon and no
+//! cgroup: only files in a temp dir of the test's own.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use gov::policy::{Policy, DEFAULT_PATH};
+
+fn check_config(args: &[&str]) -> Output {
+    Command::new(common::gov_bin())
+        .arg("check-config")
+        .args(args)
+        .env_remove("GOV_LOG")
+        .output()
+        .expect("gov runs")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+const POLICY: &str = r#"
+socket = "/run/gov-check/gov.sock"
+memory_budget = "8G"
+session_env = ["MY_SESSION"]
+
+[defaults]
+idle_timeout = "45m"
+stop_signal = "SIGINT"
+max_gates = 2
+
+[[project]]
+name = "models"
+path = "/home/*/src/Big*"
+max_gates = 0
+on_main_exit = "stop"
+
+[[project]]
+path = "/srv/ci/**"
+max_runtime = "2h"
+cpu_max = "150%"
+"#;
+
+#[test]
+fn a_missing_file_means_the_embedded_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("gov.toml");
+    let out = check_config(&[missing.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        format!(
+            "no file at {}: the embedded defaults apply",
+            missing.display()
+        )
+    );
+
+    // --print of no file is the embedded policy, loadable as it is.
+    let out = check_config(&["--print", missing.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = stdout(&out);
+    assert!(printed.starts_with("# no file at "), "{printed}");
+    let back = Policy::parse(&printed, Path::new("printed")).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(back, Policy::embedded());
+}
+
+/// Without FILE it checks /etc/gov.toml, whatever this host has there.
+#[test]
+fn no_argument_checks_the_default_path() {
+    let out = check_config(&[]);
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(said.contains(DEFAULT_PATH), "{said}");
+    if !Path::new(DEFAULT_PATH).exists() {
+        assert!(out.status.success(), "{said}");
+        assert_eq!(
+            stdout(&out).trim(),
+            "no file at /etc/gov.toml: the embedded defaults apply"
+        );
+    }
+}
+
+#[test]
+fn print_writes_the_whole_policy_and_it_loads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gov.toml");
+    std::fs::write(&file, POLICY).unwrap();
+    let out = check_config(&["--print", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let printed = stdout(&out);
+    assert_eq!(
+        printed.lines().next(),
+        Some(format!("# {}: ok", file.display()).as_str())
+    );
+    // Global keys, [defaults] and each rule are all there.
+    for line in [
+        "socket = \"/run/gov-check/gov.sock\"",
+        "scan_interval = \"5s\"",
+        "memory_budget = 8589934592",
+        "# socket_group is not set",
+        "[defaults]",
+        "idle_timeout = \"45m\"",
+        "stop_signal = \"SIGINT\"",
+        "name = \"models\"",
+        "max_gates = 0",
+        "on_main_exit = \"stop\"",
+        "path = \"/srv/ci/**\"",
+        "cpu_max = \"150%\"",
+    ] {
+        assert!(
+            printed.lines().any(|l| l == line),
+            "lacks {line:?}:\n{printed}"
+        );
+    }
+    assert_eq!(printed.matches("\n[[project]]\n").count(), 2, "{printed}");
+
+    // Loaded again, by the library and by the command, it is the same policy.
+    let original = Policy::load(&file).unwrap();
+    let again = dir.path().join("again.toml");
+    std::fs::write(&again, &printed).unwrap();
+    assert_eq!(Policy::load(&again).unwrap(), original);
+    let out = check_config(&["--print", again.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reprinted = stdout(&out);
+    assert_eq!(
+        reprinted.lines().skip(1).collect::<Vec<_>>(),
+        printed.lines().skip(1).collect::<Vec<_>>()
+    );
+    let out = check_config(&[again.to_str().unwrap()]);
+    assert_eq!(stdout(&out).trim(), format!("{}: ok", again.display()));
+}
+
+#[test]
+fn a_bad_file_lists_every_problem_and_prints_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gov.toml");
+    std::fs::write(
+        &file,
+        "[defaults]\nidle_timeout = \"5 minutes\"\npinnned = true\n",
+    )
+    .unwrap();
+    let out = check_config(&["--print", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stdout(&out), "", "a bad file prints no policy");
+    let err = stderr(&out);
+    let f = file.display();
+    assert!(
+        err.contains(&format!(
+            "{f}:2: key `idle_timeout`: invalid duration \"5 minutes\""
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("durations look like \"5m\", \"90s\", \"1h30m\""),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{f}:3: key `pinnned`: unknown key in [defaults]; did you mean `pinned`?"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 2, "{err}");
+}

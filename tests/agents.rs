@@ -350,6 +350,46 @@ fn mcp_server(
     args.push(project.to_str().unwrap().into());
     args.extend(gov_args.iter().map(|s| s.to_string()));
     args.extend(["--", "npx", "-y", MCP_PKG].map(String::from));
+    server_spec(name, root, kit, "gov", args, env)
+}
+
+/// The server entry of an agent config the doc shows (tests/fixtures/agents/).
+fn mcp_server_from_config(
+    name: &str,
+    root: &TestRoot,
+    kit: &AgentKit,
+    config: &str,
+    env: &[(&str, &str)],
+) -> Value {
+    let text = fs::read_to_string(manifest().join("tests/fixtures/agents").join(config)).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let entry = &v["mcpServers"]["memory"];
+    let args = entry["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    server_spec(
+        name,
+        root,
+        kit,
+        entry["command"].as_str().unwrap(),
+        args,
+        env,
+    )
+}
+
+/// A start request for the agent: `command` found on a PATH that has the
+/// gov under test first, as if installed.
+fn server_spec(
+    name: &str,
+    root: &TestRoot,
+    kit: &AgentKit,
+    command: &str,
+    args: Vec<String>,
+    env: &[(&str, &str)],
+) -> Value {
     let mut e: HashMap<String, String> = HashMap::from([
         ("GOV_SOCKET".into(), root.socket.display().to_string()),
         ("GOV_CGROUP_ROOT".into(), root.path.display().to_string()),
@@ -376,7 +416,7 @@ fn mcp_server(
     json!({
         "op": "start",
         "name": name,
-        "command": gov_bin().display().to_string(),
+        "command": command,
         "args": args,
         "env": e,
         // npx finds the pinned package in this prefix's node_modules.
@@ -557,6 +597,77 @@ fn an_mcp_servers_leftovers_are_stopped_when_its_launcher_dies_with_on_main_exit
     let reason = removed_reason(&root, &gate).expect("a removed event");
     assert!(reason.contains("main"), "{reason}");
     assert!(alive(agent.pid()), "the agent is never touched");
+}
+
+/// The doc's Claude Code `.mcp.json` entry, run as Claude Code (2.1.154+)
+/// starts it: CLAUDE_PROJECT_DIR and CLAUDE_CODE_SESSION_ID in the server's
+/// environment become the gate's project and session.
+#[test]
+fn the_docs_claude_code_mcp_config_puts_the_server_in_the_sessions_gate() {
+    let test = "the_docs_claude_code_mcp_config_puts_the_server_in_the_sessions_gate";
+    if host_only(test) {
+        return;
+    }
+    let Some(kit) = kit(test) else { return };
+    let root = TestRoot::new();
+    let _d = root.daemon(POLICY);
+    let project = project_dir(&root, "app");
+    let mut agent = Agent::start(kit, &root);
+    let session = "2f7c9d1e-5b3a-4c8d-9e0f-a1b2c3d4e5f6";
+    let started = agent.start_server(mcp_server_from_config(
+        "memory",
+        &root,
+        kit,
+        "claude-code.mcp.json",
+        &[
+            ("CLAUDE_PROJECT_DIR", project.to_str().unwrap()),
+            ("CLAUDE_CODE_SESSION_ID", session),
+            ("CLAUDECODE", "1"),
+        ],
+    ));
+    let (g, _) = check_mcp_gate(&root, &agent, &started, session);
+    assert_eq!(g["project"], project.to_str().unwrap());
+    agent.send(json!({"op": "close", "name": "memory"}));
+    agent.reply("memory", "close", Duration::from_secs(20));
+    assert_gone(
+        &root,
+        g["id"].as_str().unwrap(),
+        &pids(&g),
+        Duration::from_secs(15),
+    );
+}
+
+/// The doc's entry for the daemon of issue 12: `gov` straight as the
+/// command, the session from CLAUDE_CODE_SESSION_ID (session_env), leftovers
+/// stopped when the launcher dies (on_main_exit).
+#[test]
+#[ignore = "needs on_main_exit and session_env (issue 12)"]
+fn the_docs_issue12_mcp_config_takes_the_session_and_stops_leftovers() {
+    let test = "the_docs_issue12_mcp_config_takes_the_session_and_stops_leftovers";
+    if host_only(test) {
+        return;
+    }
+    let Some(kit) = kit(test) else { return };
+    let root = TestRoot::new();
+    let _d = root.daemon(&format!("{POLICY}main_exit_grace = \"1s\"\n"));
+    let mut agent = Agent::start(kit, &root);
+    let session = "3a8d0e2f-6c4b-4d9e-8f1a-b2c3d4e5f6a7";
+    let started = agent.start_server(mcp_server_from_config(
+        "memory",
+        &root,
+        kit,
+        "claude-code-issue12.mcp.json",
+        &[("CLAUDE_CODE_SESSION_ID", session), ("CLAUDECODE", "1")],
+    ));
+    let (g, server) = check_mcp_gate(&root, &agent, &started, session);
+    agent.send(json!({"op": "kill_launcher", "name": "memory"}));
+    agent.reply("memory", "kill_launcher", Duration::from_secs(10));
+    assert_gone(
+        &root,
+        g["id"].as_str().unwrap(),
+        &[server],
+        Duration::from_secs(15),
+    );
 }
 
 /// Sessions work today: servers started with one session id are touched
@@ -1105,7 +1216,12 @@ fn kaimons_julia_bin_wrapper_forwards_its_arguments_and_gates_the_worker() {
 #[test]
 fn the_doc_shows_the_agent_scripts_verbatim() {
     let doc = fs::read_to_string(manifest().join("docs/integrations.md")).unwrap();
-    for f in ["packaging/gov-shell-prefix", "tests/fixtures/julia-gated"] {
+    for f in [
+        "packaging/gov-shell-prefix",
+        "tests/fixtures/julia-gated",
+        "tests/fixtures/agents/claude-code.mcp.json",
+        "tests/fixtures/agents/claude-code-issue12.mcp.json",
+    ] {
         let text = fs::read_to_string(manifest().join(f)).unwrap();
         assert!(
             doc.contains(text.trim_end()),

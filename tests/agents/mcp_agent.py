@@ -76,7 +76,6 @@ async def serve_one(spec, commands, replies):
     before = children()
     try:
         async with stdio_client(params) as (read, write):
-            launcher = [p for p in sorted(children() - before) if marked(p, mark)]
             async with ClientSession(read, write) as session:
                 with anyio.fail_after(TIMEOUT):
                     init = await session.initialize()
@@ -94,6 +93,9 @@ async def serve_one(spec, commands, replies):
                         },
                     )
                     graph = await session.call_tool("read_graph", {})
+                # Once the server answers, its launcher is done exec'ing (an
+                # environ read during an exec can come back empty).
+                launcher = [p for p in sorted(children() - before) if marked(p, mark)]
                 await replies.send(
                     {
                         "name": name,

@@ -1121,6 +1121,59 @@ fn a_short_command_through_the_shell_prefix_keeps_its_output_and_status() {
     assert_eq!(out.status.code(), Some(5));
 }
 
+/// An MCP entry that is itself a `gov spawn`, run through the prefix as
+/// Claude Code runs stdio servers: with `GOV_MAX_RUNTIME=never` the
+/// prefix's gate has no deadline, and the inner spawn moves the server into
+/// a gate of its own, which outlives the prefix's emptied gate.
+#[test]
+fn a_gov_spawn_through_the_shell_prefix_moves_into_its_own_gate() {
+    let test = "a_gov_spawn_through_the_shell_prefix_moves_into_its_own_gate";
+    if host_only(test) {
+        return;
+    }
+    let root = TestRoot::new();
+    let _d = root.daemon(POLICY);
+    let project = project_dir(&root, "repo");
+    let fifo = root.dir.path().join("go");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let command = format!(
+        "gov spawn --project {} --session inner -- sh -c 'read x < {}'",
+        project.display(),
+        fifo.display()
+    );
+    let child = prefixed(
+        &root,
+        &project,
+        &[&command],
+        &[("GOV_SESSION", "outer"), ("GOV_MAX_RUNTIME", "never")],
+    )
+    .spawn()
+    .unwrap();
+    let server = Kid::new(child);
+    let inner = gate_of_session(&root, "inner");
+    assert_eq!(
+        inner["main_pid"].as_u64(),
+        Some(server.id() as u64),
+        "{inner}"
+    );
+    assert!(
+        inner.get("max_runtime_s").is_none_or(|m| m.is_null()),
+        "{inner}"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "the prefix's empty gate to go",
+        || gates_of_session(&root, "outer").is_empty(),
+    );
+    let outer = root
+        .events()
+        .into_iter()
+        .find(|e| e["session"] == "outer" && e["kind"] == "exited");
+    assert!(outer.is_some(), "the prefix's gate ended empty");
+    fs::write(&fifo, "go\n").unwrap();
+    assert_eq!(server.reap(Duration::from_secs(10)), Some(0));
+}
+
 // ---------------------------------------------------------------------------
 // Kaimon.jl's julia_bin
 

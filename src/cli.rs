@@ -117,12 +117,47 @@ pub enum Command {
         /// The gate has no owner and is never orphaned.
         #[arg(long)]
         no_owner: bool,
+        /// When CMD (the gate's main process) exits: `stop` what it left
+        /// behind after main_exit_grace, or `keep` it (default: the policy's
+        /// on_main_exit). An exec is not an exit.
+        #[arg(long, value_name = "WHAT", value_parser = ["stop", "keep"])]
+        on_main_exit: Option<String>,
         /// The command and its arguments.
         // trailing_var_arg without allow_hyphen_values: a word starting with
         // `-` before CMD is parsed as an option (so `--sesion` is refused
         // with a suggestion), and once CMD has begun everything is its own.
         #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
         cmd: Vec<OsString>,
+    },
+    /// Move a running process and all its current descendants into a new
+    /// gate (a REPL started by hand, a leak from before gov). Descendants
+    /// that already left its tree (double-forked away) cannot be found.
+    Adopt {
+        /// The process to adopt: yours (every uid of it), or any as root.
+        #[arg(value_name = "PID")]
+        pid: u32,
+        /// The project the gate works for: a name (MyPkg) or a path.
+        #[arg(long, short, value_name = "PROJECT")]
+        project: String,
+        /// The session id; else from the process's environment (policy
+        /// session_env), else generated.
+        #[arg(long, short, value_name = "SESSION")]
+        session: Option<String>,
+        /// Reap the gate this long after now, busy or not (e.g. 30m).
+        #[arg(long, value_name = "DURATION")]
+        max_runtime: Option<String>,
+        /// Never reap this gate.
+        #[arg(long)]
+        pin: bool,
+        /// The process whose exit orphans the gate (default: PID's parent).
+        #[arg(long, value_name = "OWNER", conflicts_with = "no_owner")]
+        owner: Option<u32>,
+        /// The gate has no owner and is never orphaned.
+        #[arg(long)]
+        no_owner: bool,
+        /// When PID exits: `stop` what is left after main_exit_grace, or `keep` it.
+        #[arg(long, value_name = "WHAT", value_parser = ["stop", "keep"])]
+        on_main_exit: Option<String>,
     },
     /// List gates with memory, CPU, idle time and state.
     Ps {
@@ -135,6 +170,10 @@ pub enum Command {
         /// Only gates of this session.
         #[arg(long, short, value_name = "SESSION")]
         session: Option<String>,
+        /// One line per `session` (per user): gates, processes, memory, the
+        /// least idle time and the states, largest memory first.
+        #[arg(long, value_name = "WHAT", value_parser = ["session"])]
+        by: Option<String>,
         /// Refresh every SECS seconds (default 2) until interrupted.
         #[arg(long, short, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
         watch: Option<f64>,
@@ -238,12 +277,70 @@ pub fn run(cli: Cli) -> Result<i32> {
             pin,
             owner,
             no_owner,
+            on_main_exit,
             cmd,
-        } => spawn_cmd(project, session, max_runtime, pin, owner, no_owner, cmd),
+        } => spawn_cmd(
+            project,
+            session,
+            max_runtime,
+            pin,
+            owner,
+            no_owner,
+            on_main_exit.map(|w| w == "stop"),
+            cmd,
+        ),
+        Command::Adopt {
+            pid,
+            project,
+            session,
+            max_runtime,
+            pin,
+            owner,
+            no_owner,
+            on_main_exit,
+        } => {
+            let cwd = std::env::current_dir().context("reading the current directory")?;
+            let project = names::normalize_project(&project, &cwd)?;
+            if let Some(s) = &session {
+                names::check_session(s)?;
+            }
+            let req = Request::Adopt {
+                pid,
+                project,
+                session,
+                owner_pid: owner,
+                no_owner,
+                max_runtime,
+                pinned: pin,
+                stop_on_main_exit: on_main_exit.map(|w| w == "stop"),
+            };
+            match daemon_call(req)? {
+                Response::Adopted {
+                    gate,
+                    moved,
+                    skipped,
+                    ..
+                } => {
+                    println!("{gate}");
+                    eprintln!(
+                        "gov: adopted {} process(es) into {gate}{}",
+                        moved.len(),
+                        if skipped.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; left {skipped:?} where they were (not yours)")
+                        }
+                    );
+                    Ok(0)
+                }
+                other => unexpected(other),
+            }
+        }
         Command::Ps {
             json,
             project,
             session,
+            by,
             watch,
         } => {
             let tty = std::io::stdout().is_terminal();
@@ -260,10 +357,11 @@ pub fn run(cli: Cli) -> Result<i32> {
                     project.as_ref().is_none_or(|p| &g.project == p)
                         && session.as_ref().is_none_or(|s| &g.session == s)
                 });
-                let text = if json {
-                    serde_json::to_string_pretty(&gates)? + "\n"
-                } else {
-                    render_table(&gates)
+                let text = match (by.is_some(), json) {
+                    (true, true) => serde_json::to_string_pretty(&by_session(&gates))? + "\n",
+                    (true, false) => render_sessions(&by_session(&gates)),
+                    (false, true) => serde_json::to_string_pretty(&gates)? + "\n",
+                    (false, false) => render_table(&gates),
                 };
                 match watch {
                     // On a terminal, redraw in place; piped, one table after another.
@@ -675,17 +773,16 @@ fn spawn_cmd(
     pinned: bool,
     owner: Option<u32>,
     no_owner: bool,
+    stop_on_main_exit: Option<bool>,
     cmd: Vec<OsString>,
 ) -> Result<i32> {
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let project = names::normalize_project(&project, &cwd)?;
-    let session = match session {
-        Some(s) => {
-            names::check_session(&s)?;
-            s
-        }
-        None => names::new_session_id(),
-    };
+    // Without --session the daemon takes it from our environment (policy
+    // session_env: what the agent passed on), or makes one.
+    if let Some(s) = &session {
+        names::check_session(s)?;
+    }
     let max_runtime_ms = match &max_runtime {
         Some(d) => Some(
             policy::parse_duration(d)
@@ -697,11 +794,12 @@ fn spawn_cmd(
     let path = client::socket_path();
     let spawn = Request::Spawn {
         project: project.clone(),
-        session: Some(session.clone()),
+        session: session.clone(),
         owner_pid: owner,
         no_owner,
         max_runtime,
         pinned,
+        stop_on_main_exit,
     };
     if let Some(reply) = client::request(&path, spawn)? {
         match reply {
@@ -724,6 +822,14 @@ fn spawn_cmd(
     // No daemon: root creates and enters the gate itself. Nothing will reap
     // it, but it is tracked, listed and killable as a whole.
     let (policy, _) = policy::Policy::load_or_embedded(std::path::Path::new(policy::DEFAULT_PATH))?;
+    let session = session
+        .or_else(|| {
+            let vars = &policy.global.session_env;
+            vars.iter()
+                .filter_map(|v| std::env::var(v).ok())
+                .find(|s| names::check_session(s).is_ok())
+        })
+        .unwrap_or_else(names::new_session_id);
     let tree = Tree::resolve(&policy.global.cgroup_root)?;
     let me = std::process::id();
     let owner_pid = if no_owner {
@@ -768,6 +874,88 @@ pub fn human_bytes(b: u64) -> String {
     } else {
         format!("{v:.0}{}", UNITS[i])
     }
+}
+
+/// One line of `gov ps --by session`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SessionRow {
+    pub user: String,
+    pub session: String,
+    pub gates: usize,
+    pub pids: usize,
+    pub memory_bytes: u64,
+    pub cpu_usec: u64,
+    /// The least idle of its gates.
+    pub idle_s: u64,
+    pub projects: Vec<String>,
+    pub states: std::collections::BTreeMap<String, usize>,
+}
+
+/// Gates grouped by (user, session), largest memory first.
+pub fn by_session(gates: &[GateInfo]) -> Vec<SessionRow> {
+    let mut rows: std::collections::BTreeMap<(String, String), SessionRow> = Default::default();
+    for g in gates {
+        let r = rows
+            .entry((g.user.clone(), g.session.clone()))
+            .or_insert_with(|| SessionRow {
+                user: g.user.clone(),
+                session: g.session.clone(),
+                gates: 0,
+                pids: 0,
+                memory_bytes: 0,
+                cpu_usec: 0,
+                idle_s: u64::MAX,
+                projects: Vec::new(),
+                states: Default::default(),
+            });
+        r.gates += 1;
+        r.pids += g.pids.len();
+        r.memory_bytes += g.memory_bytes;
+        r.cpu_usec += g.cpu_usec;
+        r.idle_s = r.idle_s.min(g.idle_s);
+        if !r.projects.contains(&g.project) {
+            r.projects.push(g.project.clone());
+        }
+        *r.states.entry(g.state.as_str().to_string()).or_default() += 1;
+    }
+    let mut out: Vec<SessionRow> = rows.into_values().collect();
+    out.sort_by(|a, b| {
+        b.memory_bytes
+            .cmp(&a.memory_bytes)
+            .then(a.session.cmp(&b.session))
+    });
+    out
+}
+
+pub fn render_sessions(rows: &[SessionRow]) -> String {
+    if rows.is_empty() {
+        return "no gates\n".to_string();
+    }
+    let mut table = vec![[
+        "SESSION", "USER", "GATES", "PIDS", "MEM", "CPU", "IDLE", "PROJECTS", "STATES",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect::<Vec<_>>()];
+    for r in rows {
+        let projects = match r.projects.len() {
+            1 => r.projects[0].clone(),
+            n => format!("{} (+{} more)", r.projects[0], n - 1),
+        };
+        let states: Vec<String> = r.states.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        table.push(vec![
+            r.session.clone(),
+            r.user.clone(),
+            r.gates.to_string(),
+            r.pids.to_string(),
+            human_bytes(r.memory_bytes),
+            cpu_text(r.cpu_usec),
+            human_secs(r.idle_s),
+            projects,
+            states.join(", "),
+        ]);
+    }
+    format_columns(&table)
 }
 
 pub fn human_secs(s: u64) -> String {
@@ -966,6 +1154,52 @@ pub fn init_logging() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gate(session: &str, project: &str, mem: u64, idle: u64) -> GateInfo {
+        GateInfo {
+            id: "g0000000000".into(),
+            project: project.into(),
+            session: session.into(),
+            uid: 1000,
+            user: "ann".into(),
+            pids: vec![1, 2],
+            memory_bytes: mem,
+            memory_source: crate::protocol::MemorySource::ProcPss,
+            cpu_usec: 10,
+            created_ms: 0,
+            age_s: 100,
+            idle_s: idle,
+            state: crate::protocol::GateState::Running,
+            pinned: false,
+            spared: None,
+            next: None,
+            owner_pid: None,
+            orphaned_ms: None,
+            main_pid: None,
+            max_runtime_s: None,
+            limits: Default::default(),
+            limit_hits: Default::default(),
+            cgroup: String::new(),
+        }
+    }
+
+    #[test]
+    fn ps_by_session_is_one_line_per_session_largest_first() {
+        let gates = [
+            gate("a", "/p", 10, 50),
+            gate("b", "/p", 300, 9),
+            gate("a", "/q", 20, 5),
+        ];
+        let rows = by_session(&gates);
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].session.as_str(), rows[0].memory_bytes), ("b", 300));
+        let a = &rows[1];
+        assert_eq!((a.gates, a.pids, a.memory_bytes, a.idle_s), (2, 4, 30, 5));
+        assert_eq!(a.projects, ["/p", "/q"]);
+        assert_eq!(a.states["running"], 2);
+        let text = render_sessions(&rows);
+        assert!(text.lines().nth(2).unwrap().contains("/p (+1 more)"), "{text}");
+    }
 
     #[test]
     fn sizes_and_durations_for_people() {

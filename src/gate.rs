@@ -205,6 +205,8 @@ pub enum Tag {
     FrozenManual,
     Orphaned,
     Reaping,
+    OnMainExit,
+    MainExited,
 }
 
 impl Tag {
@@ -225,6 +227,8 @@ impl Tag {
             Tag::FrozenManual => "frozen_manual",
             Tag::Orphaned => "orphaned",
             Tag::Reaping => "reaping",
+            Tag::OnMainExit => "on_main_exit",
+            Tag::MainExited => "main_exited",
         }
     }
 
@@ -263,6 +267,11 @@ pub struct Tags {
     /// Reap intent ("stop:idle:<ms>", "kill:orphan"), so a restarted daemon
     /// finishes a teardown it had begun.
     pub reaping: Option<String>,
+    /// Asked at spawn: stop the rest once the main process exits (true) or
+    /// keep it (false); None: the policy decides.
+    pub stop_on_main_exit: Option<bool>,
+    /// When the main process exited.
+    pub main_exited_ms: Option<u64>,
 }
 
 fn opt<T: ToString>(v: &Option<T>) -> Option<String> {
@@ -290,6 +299,12 @@ impl Tags {
             ),
             (Tag::Orphaned, opt(&self.orphaned_ms)),
             (Tag::Reaping, self.reaping.clone()),
+            (
+                Tag::OnMainExit,
+                self.stop_on_main_exit
+                    .map(|stop| if stop { "stop" } else { "keep" }.to_string()),
+            ),
+            (Tag::MainExited, opt(&self.main_exited_ms)),
         ])
     }
 
@@ -342,6 +357,12 @@ impl Tags {
             frozen_manual: flag(Tag::FrozenManual),
             orphaned_ms: num(Tag::Orphaned),
             reaping: get(Tag::Reaping).cloned(),
+            stop_on_main_exit: get(Tag::OnMainExit).and_then(|v| match v.as_str() {
+                "stop" => Some(true),
+                "keep" => Some(false),
+                _ => None,
+            }),
+            main_exited_ms: num(Tag::MainExited),
         })
     }
 }
@@ -508,6 +529,8 @@ mod tests {
             frozen_manual: true,
             orphaned_ms: None,
             reaping: Some("stop:idle:5".into()),
+            stop_on_main_exit: Some(true),
+            main_exited_ms: Some(1_700_000_000_900),
         };
         let m: BTreeMap<String, String> = tags
             .to_map()

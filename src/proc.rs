@@ -42,6 +42,44 @@ pub fn uid_and_groups(pid: u32) -> Option<(u32, Vec<u32>)> {
     ))
 }
 
+/// Real, effective, saved and filesystem uid.
+pub fn uids(pid: u32) -> Option<[u32; 4]> {
+    let s = Process::new(pid as i32).ok()?.status().ok()?;
+    Some([s.ruid, s.euid, s.suid, s.fuid])
+}
+
+/// The value of one variable in a process's environment (as it was at its
+/// exec), reading at most 256 KiB of it.
+pub fn environ_var(pid: u32, name: &str) -> Option<String> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    std::fs::File::open(format!("/proc/{pid}/environ"))
+        .ok()?
+        .take(256 * 1024)
+        .read_to_end(&mut buf)
+        .ok()?;
+    buf.split(|&b| b == 0).find_map(|kv| {
+        let rest = kv.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        String::from_utf8(rest.to_vec()).ok()
+    })
+}
+
+/// The children of every thread of a process.
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for t in tasks.flatten() {
+        let text = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    out
+}
+
 /// Is the process alive and not a zombie? PID 1 here reaps orphans late, so
 /// a dead process can linger as a zombie for seconds.
 pub fn is_alive(pid: u32) -> bool {

@@ -45,6 +45,30 @@ pub enum Request {
         max_runtime: Option<String>,
         #[serde(default)]
         pinned: bool,
+        /// Stop what is left once the main process (the caller, after its
+        /// exec) exits; None: the policy's on_main_exit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stop_on_main_exit: Option<bool>,
+    },
+    /// Move a running process and all its current descendants into a new
+    /// gate. A user may adopt only processes that are wholly theirs (every
+    /// uid); root any. Reply: `adopted`.
+    Adopt {
+        pid: u32,
+        project: String,
+        #[serde(default)]
+        session: Option<String>,
+        /// Default: the process's parent.
+        #[serde(default)]
+        owner_pid: Option<u32>,
+        #[serde(default)]
+        no_owner: bool,
+        #[serde(default)]
+        max_runtime: Option<String>,
+        #[serde(default)]
+        pinned: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stop_on_main_exit: Option<bool>,
     },
     /// Reply: `gates`, the caller's own (all of them for root and admins).
     List,
@@ -98,6 +122,15 @@ pub enum Response {
         project: String,
         session: String,
         cgroup: String,
+    },
+    Adopted {
+        gate: String,
+        project: String,
+        session: String,
+        /// The processes moved into the gate, the adopted one first.
+        moved: Vec<u32>,
+        /// Descendants left where they were (another user's).
+        skipped: Vec<u32>,
     },
     Gates {
         gates: Vec<GateInfo>,
@@ -193,16 +226,19 @@ pub enum Reason {
     Evicted,
     MemoryBudget,
     Manual,
+    /// The main process exited, with on_main_exit = "stop".
+    MainExit,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::Idle,
         Reason::Orphan,
         Reason::Deadline,
         Reason::Evicted,
         Reason::MemoryBudget,
         Reason::Manual,
+        Reason::MainExit,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -213,6 +249,7 @@ impl Reason {
             Reason::Evicted => "evicted",
             Reason::MemoryBudget => "memory-budget",
             Reason::Manual => "manual",
+            Reason::MainExit => "main-exit",
         }
     }
 
@@ -259,6 +296,8 @@ pub enum NextAction {
     StopDeadline,
     /// Stop: orphaned past orphan_grace.
     StopOrphaned,
+    /// Stop: the main process exited main_exit_grace ago.
+    StopMainExited,
     /// Stop: suspended past frozen_hold.
     StopFrozenTooLong,
     /// Kill: stop_grace is over.
@@ -272,6 +311,7 @@ impl NextAction {
             NextAction::StopIdle => "stop: idle",
             NextAction::StopDeadline => "stop: deadline",
             NextAction::StopOrphaned => "stop: orphaned",
+            NextAction::StopMainExited => "stop: main process exited",
             NextAction::StopFrozenTooLong => "stop: frozen too long",
             NextAction::Kill => "kill",
         }
@@ -300,6 +340,8 @@ pub enum EventKind {
     Frozen,
     Thawed,
     Orphaned,
+    /// The gate's main process exited (an exec is not an exit).
+    MainExited,
     Stopping,
     Killing,
     /// Torn down by gov; `reason` says why and how ("idle (stopped)").
@@ -324,6 +366,7 @@ impl EventKind {
             EventKind::Frozen => "frozen",
             EventKind::Thawed => "thawed",
             EventKind::Orphaned => "orphaned",
+            EventKind::MainExited => "main_exited",
             EventKind::Stopping => "stopping",
             EventKind::Killing => "killing",
             EventKind::Removed => "removed",
@@ -441,6 +484,7 @@ mod tests {
                 no_owner: false,
                 max_runtime: Some("30m".into()),
                 pinned: false,
+                stop_on_main_exit: Some(true),
             },
             Request::List,
             Request::Touch {

@@ -108,6 +108,8 @@ pub struct View {
     /// Last real activity: a touch, or CPU use above busy_cpu_percent.
     pub last_active_ms: u64,
     pub orphaned_ms: Option<u64>,
+    /// When the main process exited, if on_main_exit is "stop" for it.
+    pub main_exit_stop_ms: Option<u64>,
     /// The gate's own deadline (set at spawn), else policy's.
     pub max_runtime_ms: Option<u64>,
     pub pinned: bool,
@@ -187,9 +189,16 @@ pub fn step(v: &View, s: &GateSettings, now: u64) -> Decision {
     if orphan_at.is_some_and(|o| now >= o) {
         return Decision::Stop(Reason::Orphan);
     }
+    let main_exit_at = v
+        .main_exit_stop_ms
+        .map(|t| t.saturating_add(ms(Some(s.main_exit_grace)).unwrap_or(0)));
+    if main_exit_at.is_some_and(|t| now >= t) {
+        return Decision::Stop(Reason::MainExit);
+    }
     let mut soonest: Vec<Next> = Vec::new();
     soonest.extend(deadline.map(|d| next(NextAction::StopDeadline, d)));
     soonest.extend(orphan_at.map(|o| next(NextAction::StopOrphaned, o)));
+    soonest.extend(main_exit_at.map(|t| next(NextAction::StopMainExited, t)));
     let mut spared = None;
     match v.phase {
         Phase::Suspended { since_ms, .. } => {
@@ -286,6 +295,7 @@ mod tests {
             created_ms: 0,
             last_active_ms: 0,
             orphaned_ms: None,
+            main_exit_stop_ms: None,
             max_runtime_ms: None,
             pinned: false,
             busy: false,
@@ -414,6 +424,40 @@ mod tests {
             step(&frozen_orphan, &s, 5 * MIN),
             Decision::Stop(Reason::Orphan)
         );
+    }
+
+    #[test]
+    fn leftovers_of_an_exited_main_process_are_stopped_after_the_grace() {
+        let mut s = settings();
+        s.main_exit_grace = std::time::Duration::from_secs(5);
+        // Busy leftovers too: a server the launcher left is not wanted.
+        let v = View {
+            main_exit_stop_ms: Some(10 * S),
+            busy: true,
+            ..view()
+        };
+        assert!(matches!(
+            step(&v, &s, 14 * S),
+            Decision::Keep { next: Some(Next { action: NextAction::StopMainExited, at_ms }), .. } if at_ms == 15 * S
+        ));
+        assert_eq!(step(&v, &s, 15 * S), Decision::Stop(Reason::MainExit));
+        // A suspended gate whose main exited goes the same way.
+        let frozen = View {
+            phase: Phase::Suspended {
+                since_ms: 0,
+                manual: false,
+            },
+            ..v
+        };
+        assert_eq!(step(&frozen, &s, 15 * S), Decision::Stop(Reason::MainExit));
+        // Pinned and traced gates are spared; "keep" (None here) never stops.
+        let pinned = View { pinned: true, ..v };
+        assert_eq!(step(&pinned, &s, 60 * S), keep_spared(Spared::Pinned));
+        let keep = View {
+            main_exit_stop_ms: None,
+            ..v
+        };
+        assert!(matches!(step(&keep, &s, 60 * MIN), Decision::Keep { .. }));
     }
 
     #[test]

@@ -85,6 +85,8 @@ pub fn tags_for(
         frozen_manual: false,
         orphaned_ms: None,
         reaping: None,
+        stop_on_main_exit: None,
+        main_exited_ms: None,
     }
 }
 

@@ -14,9 +14,6 @@
 //! cannot be reached the tests skip, saying so loudly, and with
 //! `GOV_REQUIRE_AGENTS=1` (CI) they fail instead.
 //!
-//! Tests marked `#[ignore = "needs ... (issue 12)"]` assert daemon features
-//! that do not exist yet (`--on-main-exit stop`, `session_env`, `gov kill
-//! --session`); they run with `cargo test --test agents -- --ignored`.
 
 mod common;
 
@@ -561,7 +558,7 @@ fn an_mcp_server_whose_launcher_was_killed_stays_with_keep() {
 /// (the gate's main process) has exited, what it left behind gets
 /// stop_signal after main_exit_grace, then the kill. The agent lives on.
 #[test]
-#[ignore = "needs on_main_exit (issue 12)"]
+
 fn an_mcp_servers_leftovers_are_stopped_when_its_launcher_dies_with_on_main_exit_stop() {
     let test = "an_mcp_servers_leftovers_are_stopped_when_its_launcher_dies";
     if host_only(test) {
@@ -644,7 +641,7 @@ fn the_docs_claude_code_mcp_config_puts_the_server_in_the_sessions_gate() {
 /// command, the session from CLAUDE_CODE_SESSION_ID (session_env), leftovers
 /// stopped when the launcher dies (on_main_exit).
 #[test]
-#[ignore = "needs on_main_exit and session_env (issue 12)"]
+
 fn the_docs_issue12_mcp_config_takes_the_session_and_stops_leftovers() {
     let test = "the_docs_issue12_mcp_config_takes_the_session_and_stops_leftovers";
     if host_only(test) {
@@ -725,7 +722,7 @@ fn the_mcp_servers_of_one_session_are_touched_together() {
 /// `gov kill --session S` ends every server of one agent session, and
 /// leaves another session's server serving.
 #[test]
-#[ignore = "needs gov kill --session (issue 12)"]
+
 fn gov_kill_session_ends_every_mcp_server_of_that_session() {
     let test = "gov_kill_session_ends_every_mcp_server_of_that_session";
     if host_only(test) {
@@ -781,7 +778,7 @@ fn gov_kill_session_ends_every_mcp_server_of_that_session() {
 /// its servers (Claude Code: CLAUDE_CODE_SESSION_ID, 2.1.154+), so an MCP
 /// config needs no per-session line.
 #[test]
-#[ignore = "needs session_env (issue 12)"]
+
 fn an_mcp_servers_session_comes_from_claude_code_session_id() {
     let test = "an_mcp_servers_session_comes_from_claude_code_session_id";
     if host_only(test) {

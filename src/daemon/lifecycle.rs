@@ -24,7 +24,7 @@ use tokio::task::AbortHandle;
 
 use crate::cgroup::{Cgroup, CgroupError};
 use crate::gate::{self, now_ms, GateDir, InfoExtra, Tag, Tags};
-use crate::policy::{GateSettings, Policy};
+use crate::policy::{GateSettings, OnMainExit, Policy};
 use crate::proc;
 use crate::protocol::{ErrorCode, EventKind, Next, Reason, Spared};
 use crate::reaper::{self, Decision, Phase, View};
@@ -126,6 +126,11 @@ impl Gate {
             created_ms: self.tags.created_ms,
             last_active_ms: self.last_active_ms,
             orphaned_ms: self.tags.orphaned_ms,
+            main_exit_stop_ms: self.tags.main_exited_ms.filter(|_| {
+                self.tags
+                    .stop_on_main_exit
+                    .unwrap_or(self.settings.on_main_exit == OnMainExit::Stop)
+            }),
             max_runtime_ms: self.tags.max_runtime_ms.or(self
                 .settings
                 .max_runtime
@@ -175,6 +180,8 @@ pub enum Cmd {
     Changed,
     /// Its owner process exited.
     Orphaned,
+    /// Its main process exited.
+    MainExited,
     Touch(Answer),
     Thaw(Answer),
     Freeze(Answer),
@@ -192,6 +199,7 @@ impl Cmd {
             Cmd::Observe(_) => "observe",
             Cmd::Changed => "changed",
             Cmd::Orphaned => "orphaned",
+            Cmd::MainExited => "main exited",
             Cmd::Touch(_) => "touch",
             Cmd::Thaw(_) => "thaw",
             Cmd::Freeze(_) => "freeze",
@@ -217,7 +225,7 @@ impl Cmd {
             | Cmd::Tag(_, tx) => {
                 let _ = tx.send(not_found());
             }
-            Cmd::Observe(_) | Cmd::Changed | Cmd::Orphaned | Cmd::Evict(_) => {}
+            Cmd::Observe(_) | Cmd::Changed | Cmd::Orphaned | Cmd::MainExited | Cmd::Evict(_) => {}
         }
     }
 }
@@ -297,7 +305,17 @@ impl Pending {
 pub fn start(d: &Arc<Daemon>, gate: Gate) -> Handle {
     let (tx, rx) = mpsc::unbounded_channel();
     let id = gate.id().to_string();
-    let owner_watch = watch_owner(d, &id, &gate.tags);
+    let t = &gate.tags;
+    let watches = [
+        t.orphaned_ms
+            .is_none()
+            .then(|| watch_exit(d, &id, t.owner_pid, t.owner_start, || Cmd::Orphaned))
+            .flatten(),
+        t.main_exited_ms
+            .is_none()
+            .then(|| watch_exit(d, &id, t.main_pid, t.main_start, || Cmd::MainExited))
+            .flatten(),
+    ];
     let shared = Arc::new(Mutex::new(gate));
     let observing = Arc::new(AtomicBool::new(false));
     let handle = Handle {
@@ -311,7 +329,7 @@ pub fn start(d: &Arc<Daemon>, gate: Gate) -> Handle {
         gate: shared,
         rx,
         observing,
-        owner_watch,
+        watches,
     };
     tokio::spawn(owner.run());
     handle
@@ -331,12 +349,13 @@ struct Owner {
     gate: Arc<Mutex<Gate>>,
     rx: mpsc::UnboundedReceiver<Cmd>,
     observing: Arc<AtomicBool>,
-    owner_watch: Option<AbortHandle>,
+    /// The owner process's and the main process's exit watches.
+    watches: [Option<AbortHandle>; 2],
 }
 
 impl Drop for Owner {
     fn drop(&mut self) {
-        if let Some(h) = &self.owner_watch {
+        for h in self.watches.iter().flatten() {
             h.abort();
         }
     }
@@ -436,6 +455,10 @@ async fn act(d: Arc<Daemon>, gate: Arc<Mutex<Gate>>, cmd: Cmd) -> Flow {
         }
         Cmd::Orphaned => {
             a.orphaned();
+            a.review(now_ms()).await
+        }
+        Cmd::MainExited => {
+            a.main_exited();
             a.review(now_ms()).await
         }
         Cmd::Touch(tx) => {
@@ -902,6 +925,20 @@ impl Action {
         self.event(EventKind::Orphaned, Some("owner exited".into()), None);
     }
 
+    fn main_exited(&self) {
+        let now = now_ms();
+        let (cg, already) = self.with(|g| {
+            let already = g.tags.main_exited_ms.is_some();
+            g.tags.main_exited_ms.get_or_insert(now);
+            (g.dir.cgroup.clone(), already)
+        });
+        if already {
+            return;
+        }
+        let _ = Tag::MainExited.set(&cg, Some(&now.to_string()));
+        self.event(EventKind::MainExited, None, None);
+    }
+
     fn pin(&self, pinned: bool) -> Result<(), Failure> {
         let cg = self.cgroup();
         Tag::Pinned
@@ -929,14 +966,18 @@ impl Action {
     }
 }
 
-/// Watches the owner through a pidfd: readable when it exits. A pid that
-/// now names another process (start time differs) counts as gone.
-fn watch_owner(d: &Arc<Daemon>, id: &str, tags: &Tags) -> Option<AbortHandle> {
-    if tags.orphaned_ms.is_some() {
-        return None;
-    }
-    let owner = tags.owner_pid?;
-    let start = tags.owner_start;
+/// Watches a process (the gate's owner, or its main process) through a
+/// pidfd, readable when it exits (an exec is not an exit), and then sends
+/// `cmd` to the gate's owner task. A pid that now names another process
+/// (start time differs) counts as gone.
+fn watch_exit(
+    d: &Arc<Daemon>,
+    id: &str,
+    pid: Option<u32>,
+    start: Option<u64>,
+    cmd: fn() -> Cmd,
+) -> Option<AbortHandle> {
+    let owner = pid?;
     let same_process = move || start.is_none() || proc::start_time(owner) == start;
     // ESRCH: gone already. Any other failure (EMFILE with thousands of
     // gates) must not orphan a gate whose owner lives: fall back to
@@ -972,7 +1013,7 @@ fn watch_owner(d: &Arc<Daemon>, id: &str, tags: &Tags) -> Option<AbortHandle> {
             }
             None => {}
         }
-        d.gates.send(&id, Cmd::Orphaned);
+        d.gates.send(&id, cmd());
     });
     Some(task.abort_handle())
 }

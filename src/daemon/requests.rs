@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tokio::net::UnixStream;
 
-use crate::gate;
+use crate::gate::{self, Tags};
 use crate::names;
 use crate::policy::{GateSettings, OnLimit};
 use crate::proc;
@@ -34,6 +34,17 @@ fn internal(e: impl std::fmt::Display) -> Failure {
         code: ErrorCode::Internal,
         message: e.to_string(),
     }
+}
+
+/// What a spawn or adopt request asks the new gate to be.
+struct GateRequest {
+    project: String,
+    session: Option<String>,
+    owner_pid: Option<u32>,
+    no_owner: bool,
+    max_runtime: Option<String>,
+    pinned: bool,
+    stop_on_main_exit: Option<bool>,
 }
 
 /// Who is on the other end of a connection, from the kernel's peer
@@ -87,7 +98,47 @@ impl Daemon {
                 pid: std::process::id(),
                 scans: self.scans(),
             }),
-            Request::Spawn { .. } => self.spawn_gate(peer, req).await,
+            Request::Spawn {
+                project,
+                session,
+                owner_pid,
+                no_owner,
+                max_runtime,
+                pinned,
+                stop_on_main_exit,
+            } => {
+                let r = GateRequest {
+                    project,
+                    session,
+                    owner_pid,
+                    no_owner,
+                    max_runtime,
+                    pinned,
+                    stop_on_main_exit,
+                };
+                self.spawn_gate(peer, r).await
+            }
+            Request::Adopt {
+                pid,
+                project,
+                session,
+                owner_pid,
+                no_owner,
+                max_runtime,
+                pinned,
+                stop_on_main_exit,
+            } => {
+                let r = GateRequest {
+                    project,
+                    session,
+                    owner_pid,
+                    no_owner,
+                    max_runtime,
+                    pinned,
+                    stop_on_main_exit,
+                };
+                self.adopt(peer, pid, r).await
+            }
             // Reading every gate's files takes a while at thousands of
             // gates: off the thread that serves everyone else.
             Request::List => {
@@ -209,32 +260,41 @@ impl Daemon {
         })
     }
 
-    async fn spawn_gate(self: &Arc<Self>, peer: &Peer, req: Request) -> Reply<Response> {
-        let Request::Spawn {
-            project,
-            session,
-            owner_pid,
-            no_owner,
-            max_runtime,
-            pinned,
-        } = req
-        else {
-            unreachable!("spawn_gate is called for spawn requests")
-        };
+    /// What a new gate will be, from a spawn or adopt request: its tags
+    /// (for process `pid` of user `uid`), checked, and its settings.
+    fn prepare(
+        &self,
+        peer: &Peer,
+        pid: u32,
+        uid: u32,
+        r: GateRequest,
+    ) -> Reply<(Tags, GateSettings)> {
         let bad = |e: String| Failure {
             code: ErrorCode::BadRequest,
             message: e,
         };
         // A relative project means nothing here; the client resolves it.
-        names::normalize_project(&project, Path::new("/")).map_err(|e| bad(e.to_string()))?;
-        if project.starts_with('.') {
+        names::normalize_project(&r.project, Path::new("/")).map_err(|e| bad(e.to_string()))?;
+        if r.project.starts_with('.') {
             return Err(bad(format!(
-                "project {project:?} must be absolute or a plain name"
+                "project {:?} must be absolute or a plain name",
+                r.project
             )));
         }
-        let session = session.unwrap_or_else(names::new_session_id);
+        let policy = self.policy();
+        let session = match r.session {
+            Some(s) => s,
+            // What the agent that started it passed on, else a new one.
+            None => policy
+                .global
+                .session_env
+                .iter()
+                .filter_map(|var| proc::environ_var(pid, var))
+                .find(|s| names::check_session(s).is_ok())
+                .unwrap_or_else(names::new_session_id),
+        };
         names::check_session(&session).map_err(|e| bad(e.to_string()))?;
-        let max_runtime_ms = match &max_runtime {
+        let max_runtime_ms = match &r.max_runtime {
             Some(d) => Some(
                 crate::policy::parse_duration(d)
                     .map_err(|e| bad(format!("max_runtime {d:?}: {e}")))?
@@ -244,41 +304,49 @@ impl Daemon {
             ),
             None => None,
         };
-        let owner = if no_owner {
+        let owner = if r.no_owner {
             None
-        } else if let Some(o) = owner_pid {
+        } else if let Some(o) = r.owner_pid {
             // Naming someone else's process as owner would let a user tie a
             // gate's life to it; only their own processes (or root) may.
             match proc::uid_and_groups(o) {
-                Some((uid, _)) if uid == peer.uid || peer.uid == 0 => Some(o),
+                Some((owner_uid, _)) if owner_uid == peer.uid || peer.uid == 0 => Some(o),
                 Some(_) => return fail(ErrorCode::Forbidden, format!("process {o} is not yours")),
                 None => return Err(bad(format!("no process {o}"))),
             }
         } else {
-            proc::parent_pid(peer.pid)
+            proc::parent_pid(pid)
         };
-        let policy = self.policy();
-        let settings = policy.for_project(&project);
-        self.check_caps(peer, &project, &settings)?;
+        let settings = policy.for_project(&r.project);
+        let mut tags = spawn::tags_for(
+            &r.project,
+            &session,
+            uid,
+            pid,
+            owner,
+            max_runtime_ms,
+            r.pinned,
+        );
+        tags.stop_on_main_exit = r.stop_on_main_exit;
+        if tags.main_start.is_none() {
+            return Err(bad(format!("process {pid} exited")));
+        }
+        Ok((tags, settings))
+    }
 
+    async fn spawn_gate(self: &Arc<Self>, peer: &Peer, r: GateRequest) -> Reply<Response> {
+        let bad = |e: &str| Failure {
+            code: ErrorCode::BadRequest,
+            message: e.to_string(),
+        };
+        let (tags, settings) = self.prepare(peer, peer.pid, peer.uid, r)?;
+        self.check_caps(peer.uid, &tags.project, &settings)?;
         // The client is the process to move: the kernel told us its pid at
         // connect, and a pidfd checked before and after the move makes sure
         // the pid was not recycled in between.
-        let pidfd = peer
-            .pidfd
-            .clone()
-            .ok_or_else(|| bad("caller is gone".into()))?;
-        let tags = spawn::tags_for(
-            &project,
-            &session,
-            peer.uid,
-            peer.pid,
-            owner,
-            max_runtime_ms,
-            pinned,
-        );
-        if tags.main_start.is_none() || proc::pidfd_send_signal(&pidfd, 0).is_err() {
-            return Err(bad("caller exited before it could be moved".into()));
+        let pidfd = peer.pidfd.clone().ok_or_else(|| bad("caller is gone"))?;
+        if proc::pidfd_send_signal(&pidfd, 0).is_err() {
+            return Err(bad("caller exited before it could be moved"));
         }
         // The move may wait for the kernel (an RCU grace period after a quiet
         // moment): off the async thread, so a burst of spawns overlaps.
@@ -289,14 +357,15 @@ impl Daemon {
             .map_err(internal)?;
         if proc::pidfd_send_signal(&pidfd, 0).is_err() {
             let _ = dir.kill_and_remove();
-            return Err(bad("caller exited while it was being moved".into()));
+            return Err(bad("caller exited while it was being moved"));
         }
-        host::apply_project_limits(&self.tree, &project, &settings);
+        host::apply_project_limits(&self.tree, &tags.project, &settings);
         let id = dir.id.clone();
         self.journal
             .record(&tags, &id, protocol::EventKind::Spawned, None, None);
         self.journal.count_spawn();
-        self.manage(Gate::new(dir, tags, policy));
+        let (project, session) = (tags.project.clone(), tags.session.clone());
+        self.manage(Gate::new(dir, tags, self.policy()));
         Ok(Response::Spawned {
             gate: id,
             project,
@@ -305,9 +374,109 @@ impl Daemon {
         })
     }
 
+    /// A running process and its descendants into a new gate: the process
+    /// first (so what it forks from then on is born inside), then its
+    /// children, theirs, and so on, until a pass finds no one new.
+    async fn adopt(self: &Arc<Self>, peer: &Peer, pid: u32, r: GateRequest) -> Reply<Response> {
+        let forbidden = |m: String| Failure {
+            code: ErrorCode::Forbidden,
+            message: m,
+        };
+        // Held from here on: the pid cannot be recycled under us.
+        let pidfd = proc::pidfd_open(pid).map_err(|_| Failure {
+            code: ErrorCode::NotFound,
+            message: format!("no process {pid}"),
+        })?;
+        if pid == 1 || pid == std::process::id() || pid == 2 || proc::parent_pid(pid) == Some(2) {
+            return Err(forbidden(format!(
+                "process {pid} cannot be adopted (init, a kernel thread or the daemon)"
+            )));
+        }
+        let wholly = |p: u32, uid: u32| proc::uids(p).is_some_and(|u| u.iter().all(|&x| x == uid));
+        let uid = match proc::uids(pid) {
+            Some([ruid, ..]) if peer.uid == 0 => ruid,
+            Some(_) if wholly(pid, peer.uid) => peer.uid,
+            // Another user's process is as good as absent.
+            _ => {
+                return fail(ErrorCode::NotFound, format!("no process {pid} of yours"));
+            }
+        };
+        let mount = crate::cgroup::cgroup2_mount().map_err(internal)?;
+        if crate::cgroup::cgroup_of(&mount, pid)
+            .is_ok_and(|cg| cg.starts_with(self.tree.root.path()))
+        {
+            return Err(forbidden(format!(
+                "process {pid} is already in a gate (or is gov)"
+            )));
+        }
+        let (tags, settings) = self.prepare(peer, pid, uid, r)?;
+        self.check_caps(uid, &tags.project, &settings)?;
+        let (tree, t, s) = (self.tree.clone(), tags.clone(), settings.clone());
+        let moved =
+            tokio::task::spawn_blocking(move || -> Result<_, crate::cgroup::CgroupError> {
+                let dir = spawn::create_gate_for(&tree, &t, &s, pid)?;
+                let (mut moved, mut skipped) = (vec![pid], Vec::new());
+                for _ in 0..16 {
+                    let mut new = false;
+                    for p in moved.clone() {
+                        for child in proc::children(p) {
+                            if moved.contains(&child) || skipped.contains(&child) {
+                                continue;
+                            }
+                            if uid != 0 && !wholly(child, uid) {
+                                skipped.push(child);
+                                continue;
+                            }
+                            // ESRCH: it exited meanwhile.
+                            if dir.cgroup.write_procs(child).is_ok() {
+                                moved.push(child);
+                                new = true;
+                            }
+                        }
+                    }
+                    if !new {
+                        break;
+                    }
+                }
+                Ok((dir, moved, skipped))
+            })
+            .await
+            .map_err(internal)?;
+        let (dir, moved, skipped) = moved.map_err(internal)?;
+        if proc::pidfd_send_signal(&pidfd, 0).is_err() {
+            let _ = dir.kill_and_remove();
+            return fail(
+                ErrorCode::NotFound,
+                format!("process {pid} exited while it was adopted"),
+            );
+        }
+        host::apply_project_limits(&self.tree, &tags.project, &settings);
+        let id = dir.id.clone();
+        self.journal.record(
+            &tags,
+            &id,
+            protocol::EventKind::Spawned,
+            Some(format!(
+                "adopted process {pid} and {} more",
+                moved.len() - 1
+            )),
+            None,
+        );
+        self.journal.count_spawn();
+        let (project, session) = (tags.project.clone(), tags.session.clone());
+        self.manage(Gate::new(dir, tags, self.policy()));
+        Ok(Response::Adopted {
+            gate: id,
+            project,
+            session,
+            moved,
+            skipped,
+        })
+    }
+
     /// Per-user and per-project gate caps. Evicting makes room by stopping
     /// the least recently active idle gate of the project.
-    fn check_caps(&self, peer: &Peer, project: &str, settings: &GateSettings) -> Reply<()> {
+    fn check_caps(&self, uid: u32, project: &str, settings: &GateSettings) -> Reply<()> {
         let policy = self.policy();
         let mut user_count = 0;
         let mut candidates: Vec<reaper::Candidate> = Vec::new();
@@ -315,7 +484,7 @@ impl Daemon {
             if g.phase.is_reaping() {
                 return;
             }
-            if g.tags.owner_uid == peer.uid {
+            if g.tags.owner_uid == uid {
                 user_count += 1;
             }
             if g.tags.project == project {

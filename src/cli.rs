@@ -319,8 +319,11 @@ pub fn run(cli: Cli) -> Result<i32> {
                     gate,
                     moved,
                     skipped,
+                    not_applied,
+                    never_orphaned,
                     ..
                 } => {
+                    warn_gate(&not_applied, never_orphaned);
                     println!("{gate}");
                     eprintln!(
                         "gov: adopted {} process(es) into {gate}{}",
@@ -807,8 +810,11 @@ fn spawn_cmd(
                 gate,
                 project,
                 session,
+                not_applied,
+                never_orphaned,
                 ..
             } => {
+                warn_gate(&not_applied, never_orphaned);
                 // The daemon removes the gate once it sees it empty.
                 let err = spawn::exec(&cmd, &gate, &project, &session);
                 spawn::exit_exec_failed(&cmd, &err)
@@ -846,8 +852,10 @@ fn spawn_cmd(
         max_runtime_ms,
         pinned,
     );
-    let dir = spawn::create_gate_for(&tree, &tags, &policy.for_project(&project), me)
-        .context("creating the gate cgroup")?;
+    let (dir, not_applied) =
+        spawn::create_gate_for(&tree, &tags, &policy.for_project(&project), me)
+            .context("creating the gate cgroup")?;
+    warn_gate(&not_applied, owner_pid == Some(1));
     let err = spawn::exec(&cmd, &dir.id, &project, &session);
     // No daemon will remove the gate: leave it (for the root cgroup, which
     // takes any process) and remove it ourselves.
@@ -858,6 +866,38 @@ fn spawn_cmd(
 
 // ---------------------------------------------------------------------------
 // Output for people
+
+/// The pids of a gate, the first 20 of them: a gate of 3,000 processes is
+/// one line in `show` (`--json` has them all).
+fn pid_list(pids: &[u32]) -> String {
+    const SHOWN: usize = 20;
+    let head: Vec<String> = pids.iter().take(SHOWN).map(u32::to_string).collect();
+    match pids.len().checked_sub(SHOWN) {
+        Some(more) if more > 0 => format!("[{}, ... {more} more]", head.join(", ")),
+        _ => format!("[{}]", head.join(", ")),
+    }
+}
+
+/// What a new gate's policy asked that does not hold for it, one line each
+/// on stderr (stdout may be an MCP server's protocol stream).
+fn warn_gate(not_applied: &[crate::protocol::NotApplied], never_orphaned: bool) {
+    if let Some(first) = not_applied.first() {
+        let keys: Vec<String> = not_applied
+            .iter()
+            .map(|n| format!("{} = {}", n.key, n.value))
+            .collect();
+        eprintln!(
+            "gov: not applied: {} ({}; `gov show` lists them)",
+            keys.join(", "),
+            first.why
+        );
+    }
+    if never_orphaned {
+        eprintln!(
+            "gov: this gate's owner is pid 1, which never exits: it will never be reaped as an orphan (pass --owner PID)"
+        );
+    }
+}
 
 pub fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
@@ -1000,7 +1040,10 @@ pub fn render_table(gates: &[GateInfo]) -> String {
                 g.user.clone(),
                 g.pids.len().to_string(),
                 human_bytes(g.memory_bytes),
-                cpu_text(g.cpu_usec),
+                // A rate, as top shows it; without a daemon, the total.
+                g.cpu_percent
+                    .map(|p| format!("{p:.0}%"))
+                    .unwrap_or_else(|| cpu_text(g.cpu_usec)),
                 human_secs(g.age_s),
                 human_secs(g.idle_s),
                 g.state.as_str().to_string() + if g.pinned { ",pinned" } else { "" },
@@ -1018,7 +1061,12 @@ pub fn render_table(gates: &[GateInfo]) -> String {
                     .sum::<usize>()
                     .to_string(),
                 human_bytes(group.iter().map(|g| g.memory_bytes).sum()),
-                cpu_text(group.iter().map(|g| g.cpu_usec).sum()),
+                if group.iter().any(|g| g.cpu_percent.is_some()) {
+                    let sum: f64 = group.iter().filter_map(|g| g.cpu_percent).sum();
+                    format!("{sum:.0}%")
+                } else {
+                    cpu_text(group.iter().map(|g| g.cpu_usec).sum())
+                },
                 String::new(),
                 String::new(),
                 String::new(),
@@ -1064,12 +1112,18 @@ pub fn render_show(g: &GateInfo) -> String {
         ("user", format!("{} ({})", g.user, g.uid)),
         ("state", g.state.as_str().to_string()),
         ("pinned", g.pinned.to_string()),
-        ("pids", format!("{:?}", g.pids)),
+        ("pids", pid_list(&g.pids)),
         (
             "memory",
             format!("{} ({source})", human_bytes(g.memory_bytes)),
         ),
-        ("cpu", cpu_text(g.cpu_usec)),
+        (
+            "cpu",
+            match g.cpu_percent {
+                Some(p) => format!("{p:.1}% now, {} in all", cpu_text(g.cpu_usec)),
+                None => format!("{} in all", cpu_text(g.cpu_usec)),
+            },
+        ),
         ("age", human_secs(g.age_s)),
         ("idle", human_secs(g.idle_s)),
         ("cgroup", g.cgroup.clone()),
@@ -1092,6 +1146,20 @@ pub fn render_show(g: &GateInfo) -> String {
         lines.push(("limits", l.join(" ")));
     } else {
         lines.push(("limits", "none (no cgroup2 controllers here)".to_string()));
+    }
+    if !g.not_applied.is_empty() {
+        let l: Vec<String> = g
+            .not_applied
+            .iter()
+            .map(|n| format!("{} = {}", n.key, n.value))
+            .collect();
+        lines.push((
+            "not applied",
+            format!("{} ({})", l.join(", "), g.not_applied[0].why),
+        ));
+    }
+    if g.never_orphaned {
+        lines.push(("orphaning", "never: its owner is pid 1".to_string()));
     }
     if !g.limit_hits.is_empty() {
         let l: Vec<String> = g
@@ -1166,6 +1234,7 @@ mod tests {
             memory_bytes: mem,
             memory_source: crate::protocol::MemorySource::ProcPss,
             cpu_usec: 10,
+            cpu_percent: None,
             created_ms: 0,
             age_s: 100,
             idle_s: idle,
@@ -1179,8 +1248,19 @@ mod tests {
             max_runtime_s: None,
             limits: Default::default(),
             limit_hits: Default::default(),
+            not_applied: Vec::new(),
+            never_orphaned: false,
             cgroup: String::new(),
         }
+    }
+
+    #[test]
+    fn show_lists_twenty_pids_and_counts_the_rest() {
+        assert_eq!(pid_list(&[7]), "[7]");
+        let many: Vec<u32> = (1..=3000).collect();
+        let text = pid_list(&many);
+        assert!(text.starts_with("[1, 2, "), "{text}");
+        assert!(text.ends_with(", 20, ... 2980 more]"), "{text}");
     }
 
     #[test]
@@ -1198,7 +1278,10 @@ mod tests {
         assert_eq!(a.projects, ["/p", "/q"]);
         assert_eq!(a.states["running"], 2);
         let text = render_sessions(&rows);
-        assert!(text.lines().nth(2).unwrap().contains("/p (+1 more)"), "{text}");
+        assert!(
+            text.lines().nth(2).unwrap().contains("/p (+1 more)"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::cgroup::{self, Cgroup, CgroupError, Limit};
 use crate::names;
 pub use crate::protocol::MemorySource;
-use crate::protocol::{GateInfo, Next, Spared};
+use crate::protocol::{GateInfo, Next, NotApplied, Spared};
 use crate::reaper::Phase;
 
 /// How long a whole-tree kill may take before we call it stuck. 1,000
@@ -367,7 +367,9 @@ impl Tags {
     }
 }
 
-/// Memory of a gate in bytes, and where the number came from.
+/// Memory of a gate in bytes, and where the number came from: the one
+/// figure `ps`, `show`, the memory budget, metrics and the `freed` of
+/// events all use, so what a gate freed is what it was shown holding.
 pub fn memory_of(cg: &Cgroup, pids: &[u32]) -> (u64, MemorySource) {
     match cg.read_memory_current() {
         Ok(Some(bytes)) => (bytes, MemorySource::MemoryCurrent),
@@ -419,21 +421,6 @@ pub fn limits_in_force(cg: &Cgroup) -> BTreeMap<String, String> {
     .collect()
 }
 
-/// A quick figure of what a gate holds, for "freed" in events: its
-/// memory.current, else the sum of RSS from /proc/PID/statm (one small read
-/// per process; PSS would walk every mapping, ~35 ms for 1,000 processes,
-/// on the reap path).
-pub fn memory_estimate(cg: &Cgroup, pids: &[u32]) -> u64 {
-    if let Ok(Some(bytes)) = cg.read_memory_current() {
-        return bytes;
-    }
-    let page = procfs::page_size();
-    pids.iter()
-        .filter_map(|&p| procfs::process::Process::new(p as i32).ok()?.statm().ok())
-        .map(|m| m.resident * page)
-        .sum()
-}
-
 /// Applies per-gate limits where the controller files exist; returns the
 /// files that could not be written because the controller is off here.
 pub fn apply_limits(cg: &Cgroup, limits: &[(&'static str, String)]) -> Vec<&'static str> {
@@ -446,6 +433,25 @@ pub fn apply_limits(cg: &Cgroup, limits: &[(&'static str, String)]) -> Vec<&'sta
         }
     }
     missing
+}
+
+/// The wanted limits whose files this cgroup lacks, because their
+/// controller is not enabled for it, each with why.
+pub fn not_applied(cg: &Cgroup, wanted: &[crate::spawn::Wanted]) -> Vec<NotApplied> {
+    wanted
+        .iter()
+        .filter(|w| !cg.has_file(w.file))
+        .map(|w| {
+            let controller = w.file.split('.').next().unwrap_or(w.file);
+            NotApplied {
+                key: w.key.to_string(),
+                value: w.value.clone(),
+                why: format!(
+                    "no {controller} controller in cgroup2 for this gate (this host's cgroup2 has none, or gov's root is not given it)"
+                ),
+            }
+        })
+        .collect()
 }
 
 /// A limit's text if it is not "max" (nothing to write then).
@@ -480,6 +486,11 @@ pub fn info(dir: &GateDir, tags: &Tags, extra: &InfoExtra) -> Result<GateInfo, C
         memory_bytes,
         memory_source,
         cpu_usec,
+        cpu_percent: extra.cpu_sample.and_then(|(usage, at)| {
+            let wall_usec = now.saturating_sub(at).saturating_mul(1000);
+            (wall_usec > 0)
+                .then(|| cpu_usec.saturating_sub(usage) as f64 * 100.0 / wall_usec as f64)
+        }),
         created_ms: tags.created_ms,
         age_s: now.saturating_sub(tags.created_ms) / 1000,
         idle_s: now.saturating_sub(last_active) / 1000,
@@ -493,6 +504,8 @@ pub fn info(dir: &GateDir, tags: &Tags, extra: &InfoExtra) -> Result<GateInfo, C
         max_runtime_s: tags.max_runtime_ms.map(|ms| ms / 1000),
         limits: limits_in_force(&dir.cgroup),
         limit_hits: limit_hits(&dir.cgroup),
+        not_applied: not_applied(&dir.cgroup, &extra.wanted),
+        never_orphaned: tags.owner_pid == Some(1),
         cgroup: dir.cgroup.path().display().to_string(),
     })
 }
@@ -505,6 +518,10 @@ pub struct InfoExtra {
     pub last_active_ms: Option<u64>,
     pub spared: Option<Spared>,
     pub next: Option<Next>,
+    /// The last cpu.stat usage the daemon read, and when (for a rate).
+    pub cpu_sample: Option<(u64, u64)>,
+    /// The limits the gate's policy asks for.
+    pub wanted: Vec<crate::spawn::Wanted>,
 }
 
 #[cfg(test)]

@@ -122,6 +122,12 @@ pub enum Response {
         project: String,
         session: String,
         cgroup: String,
+        /// Limits the gate's policy asks for that this host cannot apply.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        not_applied: Vec<NotApplied>,
+        /// Its owner is pid 1, which never exits: it is never orphaned.
+        #[serde(default, skip_serializing_if = "is_false")]
+        never_orphaned: bool,
     },
     Adopted {
         gate: String,
@@ -131,6 +137,10 @@ pub enum Response {
         moved: Vec<u32>,
         /// Descendants left where they were (another user's).
         skipped: Vec<u32>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        not_applied: Vec<NotApplied>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        never_orphaned: bool,
     },
     Gates {
         gates: Vec<GateInfo>,
@@ -214,6 +224,20 @@ impl GateState {
             GateState::Exited => "exited",
         }
     }
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
+}
+
+/// A limit a gate's policy asks for that the host cannot apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotApplied {
+    /// The policy key (`memory_max`, `pids_max`, ...).
+    pub key: String,
+    /// Its value as the kernel would have been given it.
+    pub value: String,
+    pub why: String,
 }
 
 /// Why a gate is being reaped.
@@ -393,6 +417,11 @@ pub struct GateInfo {
     pub memory_bytes: u64,
     pub memory_source: MemorySource,
     pub cpu_usec: u64,
+    /// CPU use in percent of one CPU since the daemon's last sample of it
+    /// (within the last ten scans), as `top` shows it; absent without a
+    /// daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
     pub created_ms: u64,
     pub age_s: u64,
     /// Seconds since the last real activity (touch or CPU use).
@@ -419,6 +448,12 @@ pub struct GateInfo {
     /// How often the gate hit a limit (pids.events, memory.events).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub limit_hits: BTreeMap<String, u64>,
+    /// Limits its policy asks for that this host cannot apply.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_applied: Vec<NotApplied>,
+    /// Its owner is pid 1: it is never orphaned.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub never_orphaned: bool,
     pub cgroup: String,
 }
 

@@ -10,6 +10,7 @@ use crate::cgroup::CgroupError;
 use crate::gate::{self, GateDir, Tags, Tree};
 use crate::policy::GateSettings;
 use crate::proc;
+use crate::protocol::NotApplied;
 
 /// What the command is told about its gate.
 pub const ENV_GATE: &str = "GOV_GATE";
@@ -18,44 +19,59 @@ pub const ENV_SESSION: &str = "GOV_SESSION";
 
 /// A new gate for process `pid`, as the daemon and root's direct spawn both
 /// make it: create and tag the cgroup, apply limits, then move the process.
-/// `pid_start` guards against a recycled pid: the move happens only if the
-/// process that holds `pid` now is the one that asked.
+/// Also returns the limits policy asks for that cannot apply here.
 pub fn create_gate_for(
     tree: &Tree,
     tags: &Tags,
     settings: &GateSettings,
     pid: u32,
-) -> Result<GateDir, CgroupError> {
+) -> Result<(GateDir, Vec<NotApplied>), CgroupError> {
     let dir = tree.create_gate(tags)?;
-    let missing = gate::apply_limits(&dir.cgroup, &gate_limits(settings));
-    if !missing.is_empty() {
-        tracing::debug!(gate = %dir.id, ?missing, "limits not applied: controller off here");
-    }
+    let wanted = gate_limits(settings);
+    let files: Vec<(&'static str, String)> =
+        wanted.iter().map(|w| (w.file, w.value.clone())).collect();
+    gate::apply_limits(&dir.cgroup, &files);
+    let not_applied = gate::not_applied(&dir.cgroup, &wanted);
     if let Err(e) = dir.cgroup.write_procs(pid) {
         let _ = dir.remove();
         return Err(e);
     }
-    Ok(dir)
+    Ok((dir, not_applied))
 }
 
-/// The per-gate limit files and values that policy asks for.
-pub fn gate_limits(s: &GateSettings) -> Vec<(&'static str, String)> {
+/// One per-gate limit that policy asks for: its key, its file, its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub key: &'static str,
+    pub file: &'static str,
+    pub value: String,
+}
+
+/// The per-gate limits that policy asks for.
+pub fn gate_limits(s: &GateSettings) -> Vec<Wanted> {
     let mut out = Vec::new();
-    if let Some(v) = gate::limit_text(s.memory_max) {
-        out.push(("memory.max", v));
-    }
-    if let Some(v) = gate::limit_text(s.memory_high) {
-        out.push(("memory.high", v));
-    }
-    if let Some(v) = gate::limit_text(s.pids_max) {
-        out.push(("pids.max", v));
-    }
-    if s.cpu_max != crate::policy::CpuMax::Max {
-        out.push(("cpu.max", s.cpu_max.to_kernel()));
-    }
-    if s.oom_group {
-        out.push(("memory.oom.group", "1".to_string()));
-    }
+    let mut want = |key, file, value: Option<String>| {
+        if let Some(value) = value {
+            out.push(Wanted { key, file, value });
+        }
+    };
+    want("memory_max", "memory.max", gate::limit_text(s.memory_max));
+    want(
+        "memory_high",
+        "memory.high",
+        gate::limit_text(s.memory_high),
+    );
+    want("pids_max", "pids.max", gate::limit_text(s.pids_max));
+    want(
+        "cpu_max",
+        "cpu.max",
+        (s.cpu_max != crate::policy::CpuMax::Max).then(|| s.cpu_max.to_kernel()),
+    );
+    want(
+        "oom_group",
+        "memory.oom.group",
+        s.oom_group.then(|| "1".into()),
+    );
     out
 }
 

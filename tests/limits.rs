@@ -274,3 +274,49 @@ fn memory_reclaim_on_a_frozen_gate_lowers_memory_current() {
     root.ok(&["kill", &id]);
     reap(gate, Duration::from_secs(10));
 }
+
+/// Limits the host cannot apply are said to the person who spawned the gate
+/// (one line on stderr naming the policy keys), listed by `show` and carried
+/// by `ps --json`; where the controllers exist (the VM) nothing is said.
+/// Runs on both layouts.
+#[test]
+fn a_spawn_says_which_limits_are_not_applied_and_why() {
+    let root = TestRoot::new();
+    let _d =
+        root.daemon("[defaults]\nidle_timeout = \"1h\"\nmemory_max = \"64M\"\npids_max = 10\n");
+    let mut child = root
+        .gov()
+        .args(["spawn", "--project", "/src/limited", "--", "sleep", "600"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let id = root.gate_of(child.id());
+    let show = root.ok(&["show", &id]);
+    let gate = root.gate(&id).unwrap();
+    root.ok(&["kill", &id]);
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    reap(child, Duration::from_secs(5));
+    if common::controllers_available() {
+        assert!(!err.contains("not applied"), "{err}");
+        assert!(!show.contains("not applied"), "{show}");
+        assert!(gate["not_applied"].is_null(), "{gate}");
+    } else {
+        let line = err
+            .lines()
+            .find(|l| l.contains("not applied"))
+            .unwrap_or_else(|| panic!("no not-applied line: {err}"));
+        assert!(line.contains("memory_max = 67108864"), "{line}");
+        assert!(line.contains("pids_max = 10"), "{line}");
+        assert!(line.contains("controller"), "says why: {line}");
+        assert!(show.contains("not applied"), "{show}");
+        let keys: Vec<&str> = gate["not_applied"]
+            .as_array()
+            .expect("ps --json carries not_applied")
+            .iter()
+            .map(|n| n["key"].as_str().unwrap())
+            .collect();
+        assert_eq!(keys, ["memory_max", "pids_max"]);
+    }
+}

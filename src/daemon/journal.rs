@@ -137,7 +137,7 @@ impl Journal {
                 by_state.get(&state).unwrap_or(&0)
             );
         }
-        out += "# HELP gov_project_memory_bytes Memory of a project's gates (memory.current; absent where the memory controller is off).\n# TYPE gov_project_memory_bytes gauge\n";
+        out += "# HELP gov_project_memory_bytes Memory of a project's gates (memory.current; where the memory controller is off, the sum of PSS, as gov ps shows it).\n# TYPE gov_project_memory_bytes gauge\n";
         for (p, m) in mem_by_project {
             out += &format!(
                 "gov_project_memory_bytes{{project=\"{}\"}} {m}\n",

@@ -109,6 +109,8 @@ impl Gate {
             last_active_ms: Some(self.last_active_ms),
             spared: self.spared,
             next: self.next,
+            cpu_sample: self.cpu_sample,
+            wanted: crate::spawn::gate_limits(&self.settings),
         }
     }
 
@@ -816,7 +818,7 @@ impl Action {
     async fn stop(&mut self, reason: Reason) -> Flow {
         let cg = self.cgroup();
         let pids = cg.read_procs().unwrap_or_default();
-        let freed = gate::memory_estimate(&cg, &pids);
+        let freed = gate::memory_of(&cg, &pids).0;
         let now = now_ms();
         let stopping = Phase::Stopping {
             since_ms: now,
@@ -861,7 +863,7 @@ impl Action {
         };
         let freed = match self.with(|g| g.freed) {
             Some(f) => f,
-            None => gate::memory_estimate(&cg, &cg.read_procs().unwrap_or_default()),
+            None => gate::memory_of(&cg, &cg.read_procs().unwrap_or_default()).0,
         };
         let killing = Phase::Killing { reason };
         Tag::Reaping.set(&cg, killing.intent_tag().as_deref())?;

@@ -351,10 +351,11 @@ impl Daemon {
         // The move may wait for the kernel (an RCU grace period after a quiet
         // moment): off the async thread, so a burst of spawns overlaps.
         let (tree, t, s, pid) = (self.tree.clone(), tags.clone(), settings.clone(), peer.pid);
-        let dir = tokio::task::spawn_blocking(move || spawn::create_gate_for(&tree, &t, &s, pid))
-            .await
-            .map_err(internal)?
-            .map_err(internal)?;
+        let (dir, not_applied) =
+            tokio::task::spawn_blocking(move || spawn::create_gate_for(&tree, &t, &s, pid))
+                .await
+                .map_err(internal)?
+                .map_err(internal)?;
         if proc::pidfd_send_signal(&pidfd, 0).is_err() {
             let _ = dir.kill_and_remove();
             return Err(bad("caller exited while it was being moved"));
@@ -365,12 +366,15 @@ impl Daemon {
             .record(&tags, &id, protocol::EventKind::Spawned, None, None);
         self.journal.count_spawn();
         let (project, session) = (tags.project.clone(), tags.session.clone());
+        let never_orphaned = tags.owner_pid == Some(1);
         self.manage(Gate::new(dir, tags, self.policy()));
         Ok(Response::Spawned {
             gate: id,
             project,
             session,
             cgroup: self.tree.root.path().display().to_string(),
+            not_applied,
+            never_orphaned,
         })
     }
 
@@ -414,7 +418,7 @@ impl Daemon {
         let (tree, t, s) = (self.tree.clone(), tags.clone(), settings.clone());
         let moved =
             tokio::task::spawn_blocking(move || -> Result<_, crate::cgroup::CgroupError> {
-                let dir = spawn::create_gate_for(&tree, &t, &s, pid)?;
+                let (dir, not_applied) = spawn::create_gate_for(&tree, &t, &s, pid)?;
                 let (mut moved, mut skipped) = (vec![pid], Vec::new());
                 for _ in 0..16 {
                     let mut new = false;
@@ -438,11 +442,11 @@ impl Daemon {
                         break;
                     }
                 }
-                Ok((dir, moved, skipped))
+                Ok((dir, not_applied, moved, skipped))
             })
             .await
             .map_err(internal)?;
-        let (dir, moved, skipped) = moved.map_err(internal)?;
+        let (dir, not_applied, moved, skipped) = moved.map_err(internal)?;
         if proc::pidfd_send_signal(&pidfd, 0).is_err() {
             let _ = dir.kill_and_remove();
             return fail(
@@ -464,6 +468,7 @@ impl Daemon {
         );
         self.journal.count_spawn();
         let (project, session) = (tags.project.clone(), tags.session.clone());
+        let never_orphaned = tags.owner_pid == Some(1);
         self.manage(Gate::new(dir, tags, self.policy()));
         Ok(Response::Adopted {
             gate: id,
@@ -471,6 +476,8 @@ impl Daemon {
             session,
             moved,
             skipped,
+            not_applied,
+            never_orphaned,
         })
     }
 
@@ -563,9 +570,8 @@ impl Daemon {
         });
         // File reads outside the registry's lock.
         for (project, cg) in visible {
-            if let Ok(Some(m)) = cg.read_memory_current() {
-                *mem_by_project.entry(project).or_default() += m;
-            }
+            let pids = cg.read_procs().unwrap_or_default();
+            *mem_by_project.entry(project).or_default() += gate::memory_of(&cg, &pids).0;
         }
         self.journal.metrics(&by_state, &mem_by_project)
     }

@@ -156,7 +156,7 @@ impl Daemon {
             .collect()
     }
 
-    /// Evicts the least recently active idle gates while all gates together
+    /// Evicts the least recently active idle gate while all gates together
     /// use more than memory_budget.
     fn enforce_memory_budget(&self, policy: &Policy) {
         let Some(budget) = policy.global.memory_budget else {
@@ -181,8 +181,11 @@ impl Daemon {
         if total <= budget {
             return;
         }
-        for id in reaper::pick_victims(&candidates, total - budget) {
-            self.gates.send(&id, Cmd::Evict(Reason::MemoryBudget));
+        // One victim a pass, the least recently active first: a gate being
+        // stopped no longer counts, so the next pass sees whether the budget
+        // still needs more, and victims go strictly in order.
+        if let Some(id) = reaper::pick_victims(&candidates, total - budget).first() {
+            self.gates.send(id, Cmd::Evict(Reason::MemoryBudget));
         }
     }
 }

@@ -129,6 +129,13 @@ impl Client {
             // without reading: its reply is worth more than our EPIPE.
             (_, Ok(n)) if n > 0 => {}
             (Err(e), _) => return Err(io(e)),
+            // The read timeout: say so, not "Resource temporarily unavailable".
+            (Ok(()), Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no reply within {} s", REPLY_TIMEOUT.as_secs()),
+                )))
+            }
             (Ok(()), Err(e)) => return Err(io(e)),
             (Ok(()), Ok(_)) => {
                 return Err(ClientError::BadReply {

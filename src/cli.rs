@@ -111,6 +111,21 @@ pub enum Command {
     },
     /// Validate a gov.toml and print the effective policy.
     CheckConfig { file: PathBuf },
+    /// Internal: run CMD below a keeper, the hibernatable gate's main
+    /// process (src/keeper.rs).
+    #[command(hide = true)]
+    Keeper {
+        /// The worker's cgroup (default: the child `w` of our own cgroup).
+        #[arg(long, value_name = "PATH")]
+        worker_cgroup: Option<PathBuf>,
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        cmd: Vec<OsString>,
+    },
 }
 
 pub fn run(cli: Cli) -> Result<i32> {
@@ -182,6 +197,16 @@ pub fn run(cli: Cli) -> Result<i32> {
             other => unexpected(other),
         },
         Command::Daemon { config } => crate::daemon::run(&config),
+        Command::Keeper { worker_cgroup, cmd } => {
+            let cg = match worker_cgroup {
+                Some(p) => p,
+                None => {
+                    crate::cgroup::cgroup_of(&crate::cgroup::cgroup2_mount()?, std::process::id())?
+                        .join(crate::keeper::WORKER_CGROUP)
+                }
+            };
+            Ok(crate::keeper::run(&cg, &cmd)?)
+        }
         Command::CheckConfig { file } => {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;

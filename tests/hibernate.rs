@@ -423,3 +423,65 @@ fn a_refused_dump_leaves_the_worker_frozen_and_intact() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
 }
+
+/// Numbers for docs/BENCHMARKS.md, not a check (run by hand):
+///   GOV_HIBERNATE_SIZES=100,1024 cargo test --release --test hibernate -- --ignored --nocapture measure
+#[test]
+#[ignore]
+fn measure_dump_and_restore() {
+    let Some(criu) = criu_or_skip("measure_dump_and_restore") else {
+        return;
+    };
+    let sizes = std::env::var("GOV_HIBERNATE_SIZES").unwrap_or_else(|_| "100,1024".into());
+    let reps = 3;
+    for mb in sizes.split(',').map(|s| s.trim().parse::<u64>().unwrap()) {
+        let gate = Gate::new();
+        let sock = gate.root.dir.path().join("counter.sock");
+        let mut host = Host::start(
+            &gate,
+            &[
+                python(),
+                fixture("hibernate-worker.py").to_str().unwrap(),
+                sock.to_str().unwrap(),
+                &mb.to_string(),
+            ],
+        );
+        assert_eq!(host.line(Duration::from_secs(120)), "ready 2");
+        let keeper = host.pid();
+        let keeper_rss = std::fs::read_to_string(format!("/proc/{keeper}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_string()))
+            .unwrap();
+        let rss = rss_kb(&gate.w);
+        let dir = gate.images();
+        let (mut dumps, mut restores, mut bytes) = (Vec::new(), Vec::new(), 0);
+        for n in 1..=reps {
+            gate.gate.freeze(Duration::from_secs(5)).unwrap();
+            let d =
+                hibernate::hibernate(&criu, &gate.gate, keeper, &dir, &Default::default()).unwrap();
+            // Touch latency as a host sees it: wake, then the first answer.
+            let t = Instant::now();
+            let r = hibernate::wake(&criu, &gate.gate, keeper, &dir, &Default::default()).unwrap();
+            assert_eq!(ask_counter(&sock), n);
+            let touched = t.elapsed();
+            assert_eq!(host.line(Duration::from_secs(10)), format!("count {n}"));
+            eprintln!(
+                "measure: {mb} MB: dump {:?}, image {} B, restore {:?}, restore+first answer {touched:?}",
+                d.elapsed, d.image_bytes, r.elapsed
+            );
+            dumps.push(d.elapsed);
+            restores.push(touched);
+            bytes = d.image_bytes;
+        }
+        dumps.sort();
+        restores.sort();
+        eprintln!(
+            "measure: {mb} MB worker (private RSS {rss} kB, keeper VmRSS {keeper_rss}): median dump {:?}, median restore+answer {:?}, image {:.1} MB",
+            dumps[reps as usize / 2],
+            restores[reps as usize / 2],
+            bytes as f64 / 1e6
+        );
+        host.assert_running("after measuring");
+    }
+}

@@ -287,7 +287,7 @@ pub struct Seen {
 pub enum Recovery {
     /// Leave it and look again later (criu is still at work).
     Wait,
-    /// The dump finished: rename `<dir>.partial` into place
+    /// The dump finished (criu's stats-dump is there): rename `<dir>.partial` into place
     /// ([`criu::promote_partial`]), tag `hibernated`.
     PromoteImage,
     /// Hibernated with a complete image: tag `hibernated`, nothing to do.

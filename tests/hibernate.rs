@@ -104,7 +104,7 @@ impl Drop for Gate {
 struct Host {
     child: Child,
     lines: mpsc::Receiver<String>,
-    _stdin: std::process::ChildStdin,
+    stdin: Option<std::process::ChildStdin>,
 }
 
 impl Host {
@@ -138,7 +138,7 @@ impl Host {
         Host {
             child,
             lines: rx,
-            _stdin: stdin,
+            stdin: Some(stdin),
         }
     }
 
@@ -484,4 +484,85 @@ fn measure_dump_and_restore() {
         );
         host.assert_running("after measuring");
     }
+}
+
+// The keeper without CRIU: relaying and exit statuses.
+
+#[test]
+fn the_keeper_relays_stdin_and_stdout_and_passes_the_exit_code_on() {
+    let gate = Gate::new();
+    let mut host = Host::start(&gate, &["cat"]);
+    host.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"hello\nworld\n")
+        .unwrap();
+    assert_eq!(host.line(Duration::from_secs(10)), "hello");
+    assert_eq!(host.line(Duration::from_secs(10)), "world");
+    // cat is pid 2 of its own namespace, in w; the keeper alone in the gate.
+    assert_eq!(gate.gate.read_procs().unwrap(), vec![host.pid()]);
+    assert_eq!(gate.w.read_procs().unwrap().len(), 2);
+    // EOF from the host reaches the worker, which exits 0.
+    host.stdin = None;
+    let status = wait_with_deadline(&mut host.child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{status:?}");
+
+    let mut host = Host::start(&gate, &["sh", "-c", "echo bye; exit 7"]);
+    assert_eq!(host.line(Duration::from_secs(10)), "bye");
+    let status = wait_with_deadline(&mut host.child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(7), "{status:?}");
+
+    let mut host = Host::start(&gate, &["/nonexistent/cmd"]);
+    let status = wait_with_deadline(&mut host.child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(127), "{status:?}");
+}
+
+#[test]
+fn a_dump_cut_short_before_its_rename_is_recovered() {
+    let Some(criu) = criu_or_skip("a_dump_cut_short_before_its_rename_is_recovered") else {
+        return;
+    };
+    let gate = Gate::new();
+    let sock = gate.root.dir.path().join("counter.sock");
+    let mut host = Host::start(
+        &gate,
+        &[
+            python(),
+            fixture("hibernate-worker.py").to_str().unwrap(),
+            sock.to_str().unwrap(),
+            "20",
+        ],
+    );
+    assert_eq!(host.line(Duration::from_secs(30)), "ready 2");
+    let keeper = host.pid();
+    assert_eq!(ask_counter(&sock), 1);
+    assert_eq!(host.line(Duration::from_secs(10)), "count 1");
+    gate.gate.freeze(Duration::from_secs(5)).unwrap();
+    let dir = gate.images();
+    hibernate::hibernate(&criu, &gate.gate, keeper, &dir, &Default::default()).unwrap();
+    // As if the daemon died after criu finished and before the rename:
+    // the image is still `<dir>.partial`, the tag still `dumping`.
+    let mut partial = dir.clone().into_os_string();
+    partial.push(".partial");
+    std::fs::rename(&dir, &partial).unwrap();
+    Phase::Dumping.write(&gate.gate).unwrap();
+
+    let seen = hibernate::Seen {
+        image: criu::image_state(&dir),
+        worker_populated: gate.w.read_cgroup_events().unwrap().populated,
+        criu_running: hibernate::criu_running_for(&dir),
+        keeper_alive: gov::proc::is_alive(keeper),
+    };
+    assert_eq!(seen.image, ImageState::PartialFinished);
+    let phase = Phase::read(&gate.gate).unwrap().unwrap();
+    assert_eq!(
+        hibernate::recover(&phase, seen),
+        hibernate::Recovery::PromoteImage
+    );
+    criu::promote_partial(&dir).unwrap();
+    assert_eq!(criu::image_state(&dir), ImageState::Complete);
+    host.assert_running("during recovery");
+    hibernate::wake(&criu, &gate.gate, keeper, &dir, &Default::default()).unwrap();
+    assert_eq!(ask_counter(&sock), 2);
+    assert_eq!(host.line(Duration::from_secs(10)), "count 2");
 }

@@ -35,8 +35,12 @@
 //!   a dump or a restore, and [`release_signal`] after a dump that failed or
 //!   a restore that worked. While held, the keeper rides out an empty worker
 //!   cgroup (state `Held`) until it is populated again by a restore. Without
-//!   a hold the worker died abnormally and the keeper exits as it did. (The worker cgroup's own `cgroup.freeze` cannot serve as the
-//!   mark: criu thaws the cgroup once the dumped tree is killed.)
+//!   a hold the worker died abnormally and the keeper exits as it did.
+//!   (The worker cgroup's own `cgroup.freeze` cannot serve as the mark:
+//!   criu thaws the cgroup once the dumped tree is killed.)
+//! - Starting the pid namespace takes CAP_SYS_ADMIN: a keeper started by
+//!   root forks ns-init itself. For an unprivileged host the daemon will
+//!   have to start the worker (see docs/design.md, "Hibernation").
 //!
 //! Cgroups: the keeper stays in the gate's cgroup, the worker tree lives in
 //! the child `<gate>/w` ([`WORKER_CGROUP`]), so `criu --freeze-cgroup

@@ -118,6 +118,18 @@ pub enum Command {
         /// The worker's cgroup (default: the child `w` of our own cgroup).
         #[arg(long, value_name = "PATH")]
         worker_cgroup: Option<PathBuf>,
+        /// Do not start the worker: the daemon does (unprivileged hosts).
+        #[arg(long)]
+        external: bool,
+        /// Run by the daemon: start the worker for an external keeper.
+        #[arg(long, conflicts_with = "external", requires_all = ["uid", "gid"])]
+        init: bool,
+        #[arg(long, requires = "init")]
+        uid: Option<u32>,
+        #[arg(long, requires = "init")]
+        gid: Option<u32>,
+        #[arg(long, requires = "init", value_delimiter = ',')]
+        groups: Vec<u32>,
         #[arg(
             required = true,
             trailing_var_arg = true,
@@ -197,15 +209,36 @@ pub fn run(cli: Cli) -> Result<i32> {
             other => unexpected(other),
         },
         Command::Daemon { config } => crate::daemon::run(&config),
-        Command::Keeper { worker_cgroup, cmd } => {
+        Command::Keeper {
+            worker_cgroup,
+            external,
+            init,
+            uid,
+            gid,
+            groups,
+            cmd,
+        } => {
+            use crate::keeper;
             let cg = match worker_cgroup {
                 Some(p) => p,
                 None => {
                     crate::cgroup::cgroup_of(&crate::cgroup::cgroup2_mount()?, std::process::id())?
-                        .join(crate::keeper::WORKER_CGROUP)
+                        .join(keeper::WORKER_CGROUP)
                 }
             };
-            Ok(crate::keeper::run(&cg, &cmd)?)
+            if init {
+                let (Some(uid), Some(gid)) = (uid, gid) else {
+                    bail!("--init needs --uid and --gid");
+                };
+                let creds = keeper::Creds { uid, gid, groups };
+                return Ok(keeper::run_init(&cg, &cmd, &creds)?);
+            }
+            let start = if external {
+                keeper::Start::External
+            } else {
+                keeper::Start::Fork
+            };
+            Ok(keeper::run(&cg, &cmd, start)?)
         }
         Command::CheckConfig { file } => {
             let text = std::fs::read_to_string(&file)

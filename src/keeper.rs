@@ -56,7 +56,7 @@
 //! descriptors other than 0, 1, 2 are not passed on; CMD's orphans die with
 //! CMD (namespace teardown).
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -160,6 +160,8 @@ pub enum KeeperError {
         path: PathBuf,
         error: io::Error,
     },
+    #[error("gov keeper --init (starting the worker) failed: {status}")]
+    Init { status: String },
     #[error("process {pid} is not a keeper: fd {fd} is not a pipe ({why})")]
     NotAKeeper { pid: u32, fd: RawFd, why: String },
 }
@@ -235,9 +237,27 @@ pub fn inherit_fds(keeper_pid: u32) -> Result<Vec<InheritFd>, KeeperError> {
     Ok(out)
 }
 
+/// Who starts the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The keeper forks ns-init itself (needs CAP_SYS_ADMIN: root).
+    Fork,
+    /// The daemon does ([`start_worker`]): the keeper sets up its pipes
+    /// and waits, held, until the worker cgroup is populated.
+    External,
+}
+
+/// A worker's credentials, for a worker the daemon starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Creds {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
 /// `gov keeper`'s entry: runs CMD below a keeper and returns the exit
 /// code for this process (a signal death is re-raised and never returns).
-pub fn run(worker_cgroup: &Path, cmd: &[OsString]) -> Result<i32, KeeperError> {
+pub fn run(worker_cgroup: &Path, cmd: &[OsString], start: Start) -> Result<i32, KeeperError> {
     // Only 0, 1, 2 go on to the worker: anything else the host leaked
     // would be an open file CRIU must find unchanged at restore.
     // SAFETY: close_range on numbers we own (nothing else is open yet
@@ -271,9 +291,12 @@ pub fn run(worker_cgroup: &Path, cmd: &[OsString]) -> Result<i32, KeeperError> {
     // SAFETY: setting a disposition to SIG_IGN.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
 
+    if start == Start::External {
+        return keep(relay, None, worker_cgroup, mask);
+    }
     // The next child is pid 1 of a new pid namespace. That takes
     // CAP_SYS_ADMIN; an unprivileged keeper needs the daemon to start its
-    // worker (docs/design.md, "Hibernation").
+    // worker (Start::External).
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
         .map_err(sys("unshare(CLONE_NEWPID) (needs CAP_SYS_ADMIN)"))?;
     let procs = worker_cgroup.join("cgroup.procs");
@@ -282,12 +305,204 @@ pub fn run(worker_cgroup: &Path, cmd: &[OsString]) -> Result<i32, KeeperError> {
     match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
         ForkResult::Child => {
             drop(relay);
-            let code = worker_init(&procs, cmd, mask);
+            let code = worker_init(&procs, cmd, mask, None);
             // SAFETY: leaving the child without running the parent's atexit.
             unsafe { libc::_exit(code) }
         }
-        ForkResult::Parent { child } => keep(relay, child, worker_cgroup, mask),
+        ForkResult::Parent { child } => keep(relay, Some(child), worker_cgroup, mask),
     }
+}
+
+/// `gov keeper --init`'s entry, run by the daemon for an unprivileged
+/// keeper ([`start_worker`]): in a new pid namespace for its children
+/// (unshared before exec) and with the keeper's pipe ends at
+/// [`WORKER_FDS`], forks ns-init (which starts CMD as `creds`) and
+/// returns at once: ns-init's parent is then init, as
+/// after a restore.
+pub fn run_init(worker_cgroup: &Path, cmd: &[OsString], creds: &Creds) -> Result<i32, KeeperError> {
+    let mask = keeper_mask();
+    mask.thread_block().map_err(sys("sigprocmask"))?;
+    let procs = worker_cgroup.join("cgroup.procs");
+    // SAFETY: `gov keeper --init` is single-threaded.
+    match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
+        ForkResult::Child => {
+            let code = worker_init(&procs, cmd, mask, Some(creds));
+            // SAFETY: leaving the child without running atexit handlers.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { .. } => Ok(0),
+    }
+}
+
+/// What the daemon needs to start an unprivileged keeper's worker as the
+/// keeper would have: its credentials, working directory and environment.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub creds: Creds,
+    pub cwd: PathBuf,
+    pub env: Vec<(OsString, OsString)>,
+    pub cmd: Vec<OsString>,
+}
+
+impl WorkerSpec {
+    /// The keeper's own credentials, cwd and environment, from procfs.
+    pub fn of_keeper(pid: u32, cmd: Vec<OsString>) -> Result<WorkerSpec, KeeperError> {
+        use std::os::unix::ffi::OsStrExt;
+        let io = |op: &'static str, path: String| {
+            move |error| KeeperError::Io {
+                op,
+                path: PathBuf::from(path),
+                error,
+            }
+        };
+        let status_path = format!("/proc/{pid}/status");
+        let status = fs::read_to_string(&status_path).map_err(io("read", status_path.clone()))?;
+        let field = |name: &str| -> Vec<u32> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| {
+                    v.split_whitespace()
+                        .filter_map(|n| n.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        // Uid:/Gid: list real, effective, saved, fs: the real one counts.
+        let (uid, gid) = match (field("Uid:").first(), field("Gid:").first()) {
+            (Some(&u), Some(&g)) => (u, g),
+            _ => {
+                return Err(KeeperError::Io {
+                    op: "parse",
+                    path: PathBuf::from(status_path),
+                    error: io::Error::new(io::ErrorKind::InvalidData, "no Uid/Gid"),
+                })
+            }
+        };
+        let cwd_path = format!("/proc/{pid}/cwd");
+        let cwd = fs::read_link(&cwd_path).map_err(io("readlink", cwd_path))?;
+        let env_path = format!("/proc/{pid}/environ");
+        let environ = fs::read(&env_path).map_err(io("read", env_path))?;
+        let env = environ
+            .split(|&b| b == 0)
+            .filter_map(|kv| {
+                let i = kv.iter().position(|&b| b == b'=')?;
+                Some((
+                    OsStr::from_bytes(&kv[..i]).to_owned(),
+                    OsStr::from_bytes(&kv[i + 1..]).to_owned(),
+                ))
+            })
+            .collect();
+        Ok(WorkerSpec {
+            creds: Creds {
+                uid,
+                gid,
+                groups: field("Groups:"),
+            },
+            cwd,
+            env,
+            cmd,
+        })
+    }
+}
+
+/// Starts the worker of keeper `keeper_pid` (running with
+/// [`Start::External`]) as the daemon must for an unprivileged host: runs
+/// `gov keeper --init` with the keeper's pipe ends at [`WORKER_FDS`], in a
+/// new pid namespace, and waits (up to `timeout`) for it to hand ns-init
+/// off. ns-init then joins `worker_cgroup` and starts CMD as `spec.creds`;
+/// the keeper sees the cgroup populated.
+pub fn start_worker(
+    gov: &Path,
+    keeper_pid: u32,
+    worker_cgroup: &Path,
+    spec: &WorkerSpec,
+    timeout: std::time::Duration,
+) -> Result<(), KeeperError> {
+    let fds = inherit_fds(keeper_pid)?;
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.fd.as_raw_fd()).collect();
+    let groups: Vec<String> = spec.creds.groups.iter().map(u32::to_string).collect();
+    let mut c = std::process::Command::new(gov);
+    c.arg("keeper")
+        .arg("--init")
+        .arg("--worker-cgroup")
+        .arg(worker_cgroup)
+        .arg("--uid")
+        .arg(spec.creds.uid.to_string())
+        .arg("--gid")
+        .arg(spec.creds.gid.to_string())
+        .args(
+            (!groups.is_empty())
+                .then(|| ["--groups".to_string(), groups.join(",")])
+                .into_iter()
+                .flatten(),
+        )
+        .arg("--")
+        .args(&spec.cmd)
+        .current_dir(&spec.cwd)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    // SAFETY: between fork and exec only fcntl, dup2 and unshare, all
+    // async-signal-safe, on numbers prepared before the fork.
+    unsafe {
+        c.pre_exec(move || {
+            // Out of the way first, so a source at 10-14 is not clobbered.
+            let mut high = [0; 5];
+            for (h, &fd) in high.iter_mut().zip(&raw) {
+                *h = libc::fcntl(fd, libc::F_DUPFD, 64);
+                if *h < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for (&h, &at) in high.iter().zip(&WORKER_FDS) {
+                if libc::dup2(h, at) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if libc::unshare(libc::CLONE_NEWPID) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().map_err(|e| KeeperError::Io {
+        op: "run",
+        path: gov.to_path_buf(),
+        error: e,
+    })?;
+    drop(fds);
+    let pidfd = crate::proc::pidfd_open(child.id()).map_err(|e| KeeperError::Io {
+        op: "pidfd_open",
+        path: gov.to_path_buf(),
+        error: e,
+    })?;
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd; readable once the child exits.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
+    let status = match child.try_wait() {
+        Ok(Some(s)) => s,
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(KeeperError::Init {
+                status: format!("killed: no hand-off within {timeout:?}"),
+            });
+        }
+    };
+    if !status.success() {
+        return Err(KeeperError::Init {
+            status: status.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// A pipe whose ends sit above [`WORKER_FDS`], so placing one end at its
@@ -340,7 +555,7 @@ struct Relay {
 /// `cgroup.procs` is `procs`), starts CMD, forwards signals from the
 /// signal pipe, reaps, reports CMD's end on the status pipe. Returns the
 /// code to _exit with.
-pub fn worker_init(procs: &Path, cmd: &[OsString], mask: SigSet) -> i32 {
+pub fn worker_init(procs: &Path, cmd: &[OsString], mask: SigSet, creds: Option<&Creds>) -> i32 {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         eprintln!("gov keeper: {what}: {e}");
         report(Ended::Exit(126));
@@ -378,7 +593,7 @@ pub fn worker_init(procs: &Path, cmd: &[OsString], mask: SigSet) -> i32 {
         Ok(s) => s,
         Err(e) => return fail("signalfd", &e),
     };
-    let child = match start_cmd(cmd) {
+    let child = match start_cmd(cmd, creds) {
         Ok(pid) => pid,
         Err(e) => {
             let code = if e.kind() == io::ErrorKind::NotFound {
@@ -457,18 +672,34 @@ fn report(ended: Ended) {
     unsafe { libc::write(FD_STATUS, line.as_ptr().cast(), line.len()) };
 }
 
-fn start_cmd(cmd: &[OsString]) -> io::Result<Pid> {
+/// Starts CMD as ns-init's child; as `creds` when the daemon started
+/// ns-init for an unprivileged keeper. ns-init itself stays root: CRIU's
+/// parasite in the namespace's init mounts a procfs of the namespace's own
+/// (this /proc belongs to the host's), which an unprivileged init cannot.
+fn start_cmd(cmd: &[OsString], creds: Option<&Creds>) -> io::Result<Pid> {
     let mut c = std::process::Command::new(&cmd[0]);
     c.args(&cmd[1..]);
-    // SAFETY: between fork and exec: only sigprocmask and signal, both
-    // async-signal-safe.
+    let creds = creds.map(|c| {
+        let groups: Vec<libc::gid_t> = c.groups.clone();
+        (c.uid, c.gid, groups)
+    });
+    // SAFETY: between fork and exec: only sigprocmask, signal, setgroups,
+    // setgid and setuid, all async-signal-safe, on data made before.
     unsafe {
-        c.pre_exec(|| {
+        c.pre_exec(move || {
             // Blocked signals and ignored dispositions survive exec: give
             // CMD the defaults it would have had without us.
             let empty = SigSet::empty();
             let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&empty), None);
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            if let Some((uid, gid, groups)) = &creds {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
@@ -563,7 +794,12 @@ fn set_nonblocking(fd: &OwnedFd) {
     }
 }
 
-fn keep(relay: Relay, child: Pid, worker_cgroup: &Path, mask: SigSet) -> Result<i32, KeeperError> {
+fn keep(
+    relay: Relay,
+    child: Option<Pid>,
+    worker_cgroup: &Path,
+    mask: SigSet,
+) -> Result<i32, KeeperError> {
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(sys("signalfd"))?;
     for fd in [
@@ -582,7 +818,9 @@ fn keep(relay: Relay, child: Pid, worker_cgroup: &Path, mask: SigSet) -> Result<
         error: e,
     })?;
     let cg = crate::cgroup::Cgroup::new(worker_cgroup);
-    let mut worker = Worker::Child(child);
+    // Without a child of our own, the daemon starts the worker: wait for it
+    // as for a restore.
+    let mut worker = child.map_or(Worker::Held, Worker::Child);
     let mut ended: Option<Ended> = None;
     let mut status_buf = Vec::new();
     let mut input = Pump::new();
@@ -590,8 +828,10 @@ fn keep(relay: Relay, child: Pid, worker_cgroup: &Path, mask: SigSet) -> Result<
     let mut err = Pump::new();
     let mut to_worker = Some(relay.to_worker);
     let mut abnormal: Option<Ended> = None;
-    // A hold announced by the daemon and not yet used by a dump.
-    let mut hold = false;
+    // Announced by the daemon: the worker may vanish without a word. A
+    // worker the daemon starts comes as a restore does, so starts held
+    // (the daemon releases it once the worker runs).
+    let mut hold = child.is_none();
 
     loop {
         if let Some(e) = ended.or(abnormal) {

@@ -20,6 +20,7 @@ use common::TestRoot;
 use gov::cgroup::Cgroup;
 use gov::criu::{self, Criu, CriuError, ImageState};
 use gov::hibernate::{self, Phase};
+use gov::keeper;
 
 fn criu_or_skip(test: &str) -> Option<Criu> {
     let cached = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/.cache/criu/4.2.1/criu");
@@ -109,19 +110,38 @@ struct Host {
 
 impl Host {
     fn start(gate: &Gate, cmd: &[&str]) -> Host {
+        Host::start_as(gate, None, cmd)
+    }
+
+    /// As `start`, the keeper running as `user` (uid = gid) and with
+    /// `--external`: it waits for the daemon to start its worker.
+    fn start_as(gate: &Gate, user: Option<u32>, cmd: &[&str]) -> Host {
         let procs = gate.gate.path().join("cgroup.procs");
         let mut c = Command::new(common::gov_bin());
-        c.arg("keeper")
-            .arg("--worker-cgroup")
-            .arg(gate.w.path())
-            .arg("--")
+        c.arg("keeper").arg("--worker-cgroup").arg(gate.w.path());
+        if user.is_some() {
+            c.arg("--external");
+        }
+        c.arg("--")
             .args(cmd)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
         // Into the gate before exec, as `gov spawn` puts the caller there.
+        // Then the host's user, as a host's own process would be.
         unsafe {
-            c.pre_exec(move || std::fs::write(&procs, "0"));
+            c.pre_exec(move || {
+                std::fs::write(&procs, "0")?;
+                if let Some(id) = user {
+                    if libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(id) != 0
+                        || libc::setuid(id) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
         }
         let mut child = c.spawn().expect("gov keeper starts");
         let stdout = child.stdout.take().unwrap();
@@ -565,4 +585,105 @@ fn a_dump_cut_short_before_its_rename_is_recovered() {
     hibernate::wake(&criu, &gate.gate, keeper, &dir, &Default::default()).unwrap();
     assert_eq!(ask_counter(&sock), 2);
     assert_eq!(host.line(Duration::from_secs(10)), "count 2");
+}
+
+#[test]
+fn an_unprivileged_keeper_gets_its_worker_from_the_daemon() {
+    const NOBODY: u32 = 65534;
+    let gate = Gate::new();
+    let dir = gate.root.dir.path().join("nobody");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let sock = dir.join("counter.sock");
+    let cmd = [
+        python().to_string(),
+        fixture("hibernate-worker.py").to_str().unwrap().to_string(),
+        sock.to_str().unwrap().to_string(),
+        "20".to_string(),
+    ];
+    let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let mut host = Host::start_as(&gate, Some(NOBODY), &args);
+    let keeper = host.pid();
+    // In gov the keeper will ask the daemon once its pipes are set up; here
+    // the test is the daemon, so it polls (with a deadline) for the last of
+    // the keeper's fixed fds to be a pipe.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let last = format!("/proc/{keeper}/fd/{}", keeper::FD_SIGNAL);
+    while !std::fs::read_link(&last).is_ok_and(|l| l.to_string_lossy().starts_with("pipe:")) {
+        assert!(Instant::now() < deadline, "keeper {keeper} set up no pipes");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The keeper alone: a user cannot make a pid namespace, the daemon will.
+    let spec = keeper::WorkerSpec::of_keeper(keeper, cmd.iter().map(Into::into).collect()).unwrap();
+    assert_eq!(spec.creds.uid, NOBODY);
+    assert!(!gate.w.read_cgroup_events().unwrap().populated);
+    host.assert_running("waiting for its worker");
+
+    keeper::start_worker(
+        &common::gov_bin(),
+        keeper,
+        gate.w.path(),
+        &spec,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(host.line(Duration::from_secs(30)), "ready 2");
+    keeper::release(keeper).unwrap();
+    // The worker is the keeper's user, in w, in its own pid namespace.
+    let worker = *gate.w.read_procs().unwrap().iter().max().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{worker}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(
+        uid_line.split_whitespace().nth(1),
+        Some(NOBODY.to_string().as_str()),
+        "{uid_line}"
+    );
+    assert_eq!(ask_counter(&sock), 1);
+    assert_eq!(host.line(Duration::from_secs(10)), "count 1");
+
+    // CRIU reads a dumped task's rlimits with prlimit(2), which for another
+    // user's task takes CAP_SYS_RESOURCE; some sandboxes (our dev
+    // machines) withhold it from root, and there a user's tree cannot be
+    // dumped at all.
+    let test = "an_unprivileged_keeper_gets_its_worker_from_the_daemon (hibernation part)";
+    let criu = if has_cap_sys_resource() {
+        criu_or_skip(test)
+    } else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP {test}: this root lacks CAP_SYS_RESOURCE, which CRIU needs to dump another user's tree"
+        );
+        None
+    };
+    if let Some(criu) = criu {
+        gate.gate.freeze(Duration::from_secs(5)).unwrap();
+        let images = gate.images();
+        hibernate::hibernate(&criu, &gate.gate, keeper, &images, &Default::default()).unwrap();
+        host.assert_running("hibernated");
+        hibernate::wake(&criu, &gate.gate, keeper, &images, &Default::default()).unwrap();
+        assert_eq!(ask_counter(&sock), 2);
+        assert_eq!(host.line(Duration::from_secs(10)), "count 2");
+    }
+
+    // Released: the worker's real death reaches the host.
+    let worker = *gate.w.read_procs().unwrap().iter().max().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = wait_with_deadline(&mut host.child, Duration::from_secs(10));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+}
+
+fn has_cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    // CAP_SYS_RESOURCE is capability 24 (linux/capability.h).
+    eff & (1 << 24) != 0
 }

@@ -49,6 +49,37 @@ const NOISE: [&str; 1] = ["Can't setup RLIMIT_NOFILE"];
 /// The suffix of an image directory a dump is still writing.
 const PARTIAL_SUFFIX: &str = ".partial";
 
+/// How CRIU keeps a dumped tree's TCP peers from seeing a reset while the
+/// tree is gone (`--network-lock`). CRIU's default, iptables, runs the
+/// iptables-restore binary; nftables goes through libnftables, linked
+/// into criu, and needs no binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkLock {
+    Iptables,
+    Nftables,
+}
+
+impl NetworkLock {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkLock::Iptables => "iptables",
+            NetworkLock::Nftables => "nftables",
+        }
+    }
+
+    /// iptables where its binary is on PATH, else nftables (our hosts have
+    /// no iptables: a dump with a TCP connection then failed with
+    /// "Iptables configuration failed").
+    pub fn detect() -> NetworkLock {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        if search_path(&path, "iptables-restore").is_some() {
+            NetworkLock::Iptables
+        } else {
+            NetworkLock::Nftables
+        }
+    }
+}
+
 /// A CRIU version, "4.2.1" as (4, 2, 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Version(pub u32, pub u32, pub u32);
@@ -182,6 +213,8 @@ pub struct DumpRequest<'a> {
     /// Also dump established TCP connections (--tcp-established); a tree
     /// with one fails without it.
     pub tcp_established: bool,
+    /// Used with `tcp_established`: dump and restore must agree.
+    pub network_lock: NetworkLock,
     /// How long to wait for criu (a GiB takes ~2.5 s here).
     pub timeout: Duration,
 }
@@ -212,6 +245,7 @@ pub struct RestoreRequest<'a> {
     pub cgroup: &'a Cgroup,
     pub inherit: Vec<InheritFd>,
     pub tcp_established: bool,
+    pub network_lock: NetworkLock,
     pub timeout: Duration,
 }
 
@@ -413,7 +447,9 @@ impl Criu {
             .arg(req.cgroup.path())
             .arg("--ext-unix-sk");
         if req.tcp_established {
-            cmd.arg("--tcp-established");
+            cmd.arg("--tcp-established")
+                .arg("--network-lock")
+                .arg(req.network_lock.as_str());
         }
         let start = Instant::now();
         let log = work.join("dump.log");
@@ -496,7 +532,9 @@ impl Criu {
             .arg(&pidfile)
             .arg("--ext-unix-sk");
         if req.tcp_established {
-            cmd.arg("--tcp-established");
+            cmd.arg("--tcp-established")
+                .arg("--network-lock")
+                .arg(req.network_lock.as_str());
         }
         for inh in &req.inherit {
             cmd.arg("--inherit-fd")

@@ -130,6 +130,7 @@ pub fn worker_init(w: &Cgroup) -> Result<u32, HibernateError> {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub tcp_established: bool,
+    pub network_lock: criu::NetworkLock,
     pub dump_timeout: Duration,
     pub restore_timeout: Duration,
 }
@@ -138,6 +139,7 @@ impl Default for Options {
     fn default() -> Options {
         Options {
             tcp_established: true,
+            network_lock: criu::NetworkLock::detect(),
             dump_timeout: Duration::from_secs(120),
             restore_timeout: Duration::from_secs(120),
         }
@@ -207,6 +209,7 @@ fn dump_steps(
         cgroup: w,
         dir,
         tcp_established: opts.tcp_established,
+        network_lock: opts.network_lock,
         timeout: opts.dump_timeout,
     })?)
 }
@@ -267,6 +270,7 @@ fn restore_steps(
         cgroup: w,
         inherit,
         tcp_established: opts.tcp_established,
+        network_lock: opts.network_lock,
         timeout: opts.restore_timeout,
     })?)
 }

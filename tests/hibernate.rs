@@ -687,3 +687,41 @@ fn has_cap_sys_resource() -> bool {
     // CAP_SYS_RESOURCE is capability 24 (linux/capability.h).
     eff & (1 << 24) != 0
 }
+
+#[test]
+fn an_established_tcp_connection_survives_hibernation() {
+    let Some(criu) = criu_or_skip("an_established_tcp_connection_survives_hibernation") else {
+        return;
+    };
+    let gate = Gate::new();
+    let mut host = Host::start(
+        &gate,
+        &[python(), fixture("tcp-worker.py").to_str().unwrap(), "0"],
+    );
+    let line = host.line(Duration::from_secs(30));
+    let port: u16 = line.strip_prefix("port ").unwrap().parse().unwrap();
+    let keeper = host.pid();
+    // The peer is this test: outside the dumped tree.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut ask = |text: &str| {
+        conn.write_all(format!("{text}\n").as_bytes()).unwrap();
+        let mut answer = String::new();
+        reader.read_line(&mut answer).unwrap();
+        answer.trim().to_string()
+    };
+    assert_eq!(ask("a"), "1 a");
+
+    gate.gate.freeze(Duration::from_secs(5)).unwrap();
+    let dir = gate.images();
+    let opts = hibernate::Options::default();
+    hibernate::hibernate(&criu, &gate.gate, keeper, &dir, &opts)
+        .unwrap_or_else(|e| panic!("hibernate ({:?} lock): {e}", opts.network_lock));
+    assert!(!gate.w.read_cgroup_events().unwrap().populated);
+    hibernate::wake(&criu, &gate.gate, keeper, &dir, &opts).unwrap();
+    // The same connection, its state intact on both sides.
+    assert_eq!(ask("b"), "2 b");
+    host.assert_running("restored");
+}

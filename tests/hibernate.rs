@@ -725,3 +725,116 @@ fn an_established_tcp_connection_survives_hibernation() {
     assert_eq!(ask("b"), "2 b");
     host.assert_running("restored");
 }
+
+// ---------------------------------------------------------------------------
+// A real Jupyter kernel
+
+/// The same pins and venv as tests/integrations.rs (shared under
+/// target/tmp, so whichever test runs first builds it).
+const JUPYTER_PACKAGES: &[&str] = &["ipykernel==7.4.0", "jupyter_client==8.10.0"];
+
+fn jupyter_venv(test: &str) -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gov-jupyter-venv");
+    let want = JUPYTER_PACKAGES.join("\n");
+    let stamp = "gov-packages.txt";
+    if std::fs::read_to_string(dir.join(stamp)).ok().as_deref() == Some(want.as_str()) {
+        return Some(dir);
+    }
+    let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let st = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(&tmp)
+        .status()
+        .expect("python3 runs");
+    assert!(st.success(), "python3 -m venv {} failed", tmp.display());
+    let out = Command::new(tmp.join("bin/python3"))
+        .args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
+        .args(["--timeout", "30", "--retries", "2"])
+        .args(JUPYTER_PACKAGES)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let _ = std::fs::remove_dir_all(&tmp);
+        assert!(
+            std::env::var_os("GOV_REQUIRE_JUPYTER").is_none(),
+            "{test}: pip install {JUPYTER_PACKAGES:?} failed:\n{err}"
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIP {test}: cannot install {JUPYTER_PACKAGES:?}: {err}"
+        );
+        return None;
+    }
+    std::fs::write(tmp.join(stamp), &want).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    if std::fs::rename(&tmp, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    Some(dir)
+}
+
+#[test]
+fn a_jupyter_kernel_keeps_its_variables_through_hibernation() {
+    let test = "a_jupyter_kernel_keeps_its_variables_through_hibernation";
+    let Some(criu) = criu_or_skip(test) else {
+        return;
+    };
+    let Some(venv) = jupyter_venv(test) else {
+        return;
+    };
+    let py = venv.join("bin/python3");
+    let gate = Gate::new();
+    let conn = gate.root.dir.path().join("kernel.json");
+    let st = Command::new(&py)
+        .arg("-c")
+        .arg(format!(
+            "from jupyter_client.connect import write_connection_file; write_connection_file({:?}, ip='127.0.0.1')",
+            conn.to_str().unwrap()
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut host = Host::start(
+        &gate,
+        &[
+            py.to_str().unwrap(),
+            "-m",
+            "ipykernel_launcher",
+            "-f",
+            conn.to_str().unwrap(),
+        ],
+    );
+    let keeper = host.pid();
+    let cell = |code: &str| -> String {
+        let out = Command::new(&py)
+            .arg(fixture("jupyter_client_once.py"))
+            .arg(&conn)
+            .arg(code)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cell {code:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    assert_eq!(cell("x = 6 * 7\nprint('set')"), "set");
+
+    gate.gate.freeze(Duration::from_secs(5)).unwrap();
+    let dir = gate.images();
+    let d = hibernate::hibernate(&criu, &gate.gate, keeper, &dir, &Default::default())
+        .unwrap_or_else(|e| panic!("hibernate: {e}"));
+    assert!(!gate.w.read_cgroup_events().unwrap().populated);
+    host.assert_running("kernel hibernated");
+    let r = hibernate::wake(&criu, &gate.gate, keeper, &dir, &Default::default())
+        .unwrap_or_else(|e| panic!("wake: {e}"));
+    eprintln!(
+        "{test}: dump {:?}, image {} B, restore {:?}",
+        d.elapsed, d.image_bytes, r.elapsed
+    );
+    assert_eq!(cell("print(x)"), "42");
+    host.assert_running("kernel restored");
+}

@@ -329,6 +329,56 @@ pub fn recover(phase: &Phase, seen: Seen) -> Recovery {
     }
 }
 
+/// Carries out a [`Recovery`] for the gate whose keeper is `keeper_pid`
+/// and whose images live in `dir`. `Remove` deletes the image and kills the
+/// gate's tree; removing the cgroups and the registry entry is the
+/// daemon's part.
+pub fn apply(
+    recovery: Recovery,
+    gate: &Cgroup,
+    keeper_pid: u32,
+    dir: &Path,
+) -> Result<(), HibernateError> {
+    match recovery {
+        Recovery::Wait => {}
+        Recovery::PromoteImage | Recovery::Hibernated => {
+            if recovery == Recovery::PromoteImage {
+                criu::promote_partial(dir)?;
+            }
+            Phase::Hibernated {
+                image_bytes: criu::image_bytes(dir)?,
+            }
+            .write(gate)?;
+        }
+        Recovery::BackToSuspended => {
+            criu::remove_image(dir)?;
+            let _ = keeper::release(keeper_pid);
+            gate.freeze(FREEZE_TIMEOUT)?;
+            gate.remove_tag(TAG)?;
+        }
+        Recovery::RestoreDone => {
+            let _ = keeper::release(keeper_pid);
+            criu::remove_image(dir)?;
+            gate.remove_tag(TAG)?;
+        }
+        Recovery::Remove => {
+            criu::remove_image(dir)?;
+            gate.kill_all(Duration::from_secs(10))?;
+        }
+    }
+    Ok(())
+}
+
+/// What a restarted daemon sees of a gate now (for [`recover`]).
+pub fn observe(gate: &Cgroup, keeper_pid: u32, dir: &Path) -> Result<Seen, HibernateError> {
+    Ok(Seen {
+        image: criu::image_state(dir),
+        worker_populated: worker_cgroup(gate).read_cgroup_events()?.populated,
+        criu_running: criu_running_for(dir),
+        keeper_alive: crate::proc::is_alive(keeper_pid),
+    })
+}
+
 /// Is a criu process working on `dir` (its command line names `dir` or
 /// `<dir>.partial` after -D)? For [`Seen::criu_running`].
 pub fn criu_running_for(dir: &Path) -> bool {

@@ -838,3 +838,139 @@ fn a_jupyter_kernel_keeps_its_variables_through_hibernation() {
     assert_eq!(cell("print(x)"), "42");
     host.assert_running("kernel restored");
 }
+
+// ---------------------------------------------------------------------------
+// A daemon killed mid-step
+
+/// Not a test by itself: the "daemon" of the test below, run in a child
+/// process (GOV_HIB_STEP set) so that it can be SIGKILLed mid-step.
+#[test]
+#[ignore]
+fn hibernate_step_child() {
+    let Ok(step) = std::env::var("GOV_HIB_STEP") else {
+        return;
+    };
+    let var = |k: &str| std::env::var(k).unwrap();
+    let criu = Criu::find(Some(Path::new(&var("GOV_HIB_CRIU")))).unwrap();
+    let gate = Cgroup::new(var("GOV_HIB_GATE"));
+    let keeper: u32 = var("GOV_HIB_KEEPER").parse().unwrap();
+    let dir = PathBuf::from(var("GOV_HIB_DIR"));
+    let opts = hibernate::Options::default();
+    match step.as_str() {
+        "dump" => drop(hibernate::hibernate(&criu, &gate, keeper, &dir, &opts).unwrap()),
+        "restore" => drop(hibernate::wake(&criu, &gate, keeper, &dir, &opts).unwrap()),
+        other => panic!("step {other}?"),
+    }
+}
+
+fn step_child(step: &str, criu: &Criu, gate: &Gate, keeper: u32, dir: &Path) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "hibernate_step_child",
+            "--ignored",
+            "--nocapture",
+            "-q",
+        ])
+        .env("GOV_HIB_STEP", step)
+        .env("GOV_HIB_CRIU", criu.path())
+        .env("GOV_HIB_GATE", gate.gate.path())
+        .env("GOV_HIB_KEEPER", keeper.to_string())
+        .env("GOV_HIB_DIR", dir)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Kills `child` (the daemon) as soon as a criu works on `dir`, then waits
+/// for that criu to finish on its own, as it does when its daemon dies.
+fn kill_mid_step(mut child: Child, dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !hibernate::criu_running_for(dir) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the step ended before criu was seen"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "no criu at work on {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while hibernate::criu_running_for(dir) {
+        assert!(
+            Instant::now() < deadline,
+            "criu still at work on {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_daemon_killed_during_a_dump_and_a_restore_is_recovered() {
+    let Some(criu) = criu_or_skip("a_daemon_killed_during_a_dump_and_a_restore_is_recovered")
+    else {
+        return;
+    };
+    let gate = Gate::new();
+    let sock = gate.root.dir.path().join("counter.sock");
+    let mut host = Host::start(
+        &gate,
+        &[
+            python(),
+            fixture("hibernate-worker.py").to_str().unwrap(),
+            sock.to_str().unwrap(),
+            "200",
+        ],
+    );
+    assert_eq!(host.line(Duration::from_secs(60)), "ready 2");
+    let keeper = host.pid();
+    assert_eq!(ask_counter(&sock), 1);
+    assert_eq!(host.line(Duration::from_secs(10)), "count 1");
+    let dir = gate.images();
+
+    // Killed during the dump: criu finishes alone, the rename never came.
+    gate.gate.freeze(Duration::from_secs(5)).unwrap();
+    kill_mid_step(step_child("dump", &criu, &gate, keeper, &dir), &dir);
+    let phase = Phase::read(&gate.gate).unwrap().unwrap();
+    assert_eq!(phase, Phase::Dumping);
+    let seen = hibernate::observe(&gate.gate, keeper, &dir).unwrap();
+    let r = hibernate::recover(&phase, seen);
+    assert_eq!(r, hibernate::Recovery::PromoteImage, "{seen:?}");
+    hibernate::apply(r, &gate.gate, keeper, &dir).unwrap();
+    assert_eq!(criu::image_state(&dir), ImageState::Complete);
+    assert!(matches!(
+        Phase::read(&gate.gate).unwrap(),
+        Some(Phase::Hibernated { .. })
+    ));
+    host.assert_running("daemon killed during the dump");
+
+    // Killed during the restore: criu finishes alone, the worker runs.
+    kill_mid_step(step_child("restore", &criu, &gate, keeper, &dir), &dir);
+    let phase = Phase::read(&gate.gate).unwrap().unwrap();
+    assert_eq!(phase, Phase::Restoring);
+    let seen = hibernate::observe(&gate.gate, keeper, &dir).unwrap();
+    let r = hibernate::recover(&phase, seen);
+    assert_eq!(r, hibernate::Recovery::RestoreDone, "{seen:?}");
+    hibernate::apply(r, &gate.gate, keeper, &dir).unwrap();
+    assert_eq!(criu::image_state(&dir), ImageState::None);
+    assert_eq!(Phase::read(&gate.gate).unwrap(), None);
+    assert_eq!(ask_counter(&sock), 2);
+    assert_eq!(host.line(Duration::from_secs(10)), "count 2");
+    host.assert_running("daemon killed during the restore");
+    // Released by the recovery: a real end of the worker ends the keeper.
+    let worker = *gate.w.read_procs().unwrap().iter().max().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = wait_with_deadline(&mut host.child, Duration::from_secs(10));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+}

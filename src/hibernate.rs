@@ -86,6 +86,10 @@ pub enum HibernateError {
     Keeper(#[from] KeeperError),
     #[error("{path}: no pid-namespace init among the worker's processes {pids:?}; only a worker started by a keeper can be hibernated")]
     NoInit { path: PathBuf, pids: Vec<u32> },
+    #[error(
+        "the image would take ~{estimate} bytes, over the {budget} bytes left for hibernation"
+    )]
+    OverBudget { estimate: u64, budget: u64 },
     #[error("signalling keeper {pid}: {error}")]
     Signal { pid: u32, error: std::io::Error },
 }
@@ -98,6 +102,25 @@ impl HibernateError {
             other => other.to_string(),
         }
     }
+}
+
+/// About what a dump of `w` writes: its processes' private resident memory
+/// (RssAnon + RssShmem), which is what CRIU copies; measured here, images
+/// came within 0.1% of it (109 MB for 104 MiB, 1,078 MB for 1,028 MiB).
+pub fn estimate_image_bytes(w: &Cgroup) -> Result<u64, HibernateError> {
+    let mut kb = 0;
+    for pid in w.read_procs()? {
+        // Gone between listing and reading: nothing to dump of it.
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        kb += status
+            .lines()
+            .filter_map(|l| l.strip_prefix("RssAnon:").or(l.strip_prefix("RssShmem:")))
+            .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Ok(kb * 1024)
 }
 
 /// The worker cgroup of a gate.
@@ -133,6 +156,9 @@ pub struct Options {
     pub network_lock: criu::NetworkLock,
     pub dump_timeout: Duration,
     pub restore_timeout: Duration,
+    /// Disk left for this gate's image (the policy's budget minus the other
+    /// images): a dump estimated beyond it is refused before it starts.
+    pub max_image_bytes: Option<u64>,
 }
 
 impl Default for Options {
@@ -142,6 +168,7 @@ impl Default for Options {
             network_lock: criu::NetworkLock::detect(),
             dump_timeout: Duration::from_secs(120),
             restore_timeout: Duration::from_secs(120),
+            max_image_bytes: None,
         }
     }
 }
@@ -170,6 +197,14 @@ pub fn hibernate(
 ) -> Result<criu::DumpReport, HibernateError> {
     let w = worker_cgroup(gate);
     let init = worker_init(&w)?;
+    if let Some(budget) = opts.max_image_bytes {
+        let estimate = estimate_image_bytes(&w)?;
+        if estimate > budget {
+            let e = HibernateError::OverBudget { estimate, budget };
+            Phase::Refused { reason: e.reason() }.write(gate)?;
+            return Err(e);
+        }
+    }
     Phase::Dumping.write(gate)?;
     let result = dump_steps(criu, gate, &w, init, keeper_pid, dir, opts);
     match &result {

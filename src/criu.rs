@@ -422,10 +422,11 @@ impl Criu {
     ///
     /// Before: the cgroup holds exactly the tree and is frozen (the gate is
     /// suspended); `req.dir` does not exist. After Ok: `req.dir` holds a
-    /// complete image (0700, files 0600), the cgroup is empty and still
-    /// frozen. After `Failed`: the tree is intact and still frozen (criu
-    /// restores the freezer state it found), `<dir>.partial` holds the log
-    /// (delete it with [`remove_image`] once its reason is recorded).
+    /// complete image (0700, files 0600), the cgroup is empty (and thawed:
+    /// criu thaws it once it has killed the tree). After `Failed`: the tree is intact (criu only seized it and
+    /// lets go; callers freeze it again, as [`crate::hibernate::hibernate`]
+    /// does), `<dir>.partial` holds the log (delete it with
+    /// [`remove_image`] once its reason is recorded).
     pub fn dump(&self, req: &DumpRequest) -> Result<DumpReport> {
         if image_state(req.dir) != ImageState::None {
             return Err(CriuError::ImageExists {

@@ -122,6 +122,12 @@ pub enum Command {
         /// on_main_exit). An exec is not an exit.
         #[arg(long, value_name = "WHAT", value_parser = ["stop", "keep"])]
         on_main_exit: Option<String>,
+        /// Run CMD under a keeper, so the gate can be hibernated (dumped to
+        /// disk with CRIU after hibernate_after suspended, restored on touch)
+        /// while this pid and its stdio stay the host's. CMD's stdio are then
+        /// pipes, never a tty.
+        #[arg(long)]
+        hibernate: bool,
         /// The command and its arguments.
         // trailing_var_arg without allow_hyphen_values: a word starting with
         // `-` before CMD is parsed as an option (so `--sesion` is refused
@@ -266,6 +272,37 @@ pub enum Command {
         #[arg(long)]
         print: bool,
     },
+    /// Internal: run CMD below a keeper, the hibernatable gate's main
+    /// process (src/keeper.rs).
+    #[command(hide = true)]
+    Keeper {
+        /// The worker's cgroup (default: the child `w` of our own cgroup).
+        #[arg(long, value_name = "PATH")]
+        worker_cgroup: Option<PathBuf>,
+        /// Do not start the worker: the daemon does (unprivileged hosts).
+        #[arg(long)]
+        external: bool,
+        /// Run by the daemon: start the worker for an external keeper.
+        #[arg(long, conflicts_with = "external", requires_all = ["uid", "gid"])]
+        init: bool,
+        /// The worker's uid (with --init).
+        #[arg(long, requires = "init")]
+        uid: Option<u32>,
+        /// The worker's gid (with --init).
+        #[arg(long, requires = "init")]
+        gid: Option<u32>,
+        /// The worker's supplementary groups (with --init).
+        #[arg(long, requires = "init", value_delimiter = ',')]
+        groups: Vec<u32>,
+        /// The worker's command and its arguments.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
+        cmd: Vec<OsString>,
+    },
 }
 
 pub fn run(cli: Cli) -> Result<i32> {
@@ -278,6 +315,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             owner,
             no_owner,
             on_main_exit,
+            hibernate,
             cmd,
         } => spawn_cmd(
             project,
@@ -287,6 +325,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             owner,
             no_owner,
             on_main_exit.map(|w| w == "stop"),
+            hibernate,
             cmd,
         ),
         Command::Adopt {
@@ -443,6 +482,37 @@ pub fn run(cli: Cli) -> Result<i32> {
         },
         Command::Daemon { config } => crate::daemon::run(&config),
         Command::CheckConfig { file, print } => Ok(policy::check_config(file.as_deref(), print)),
+        Command::Keeper {
+            worker_cgroup,
+            external,
+            init,
+            uid,
+            gid,
+            groups,
+            cmd,
+        } => {
+            use crate::keeper;
+            let cg = match worker_cgroup {
+                Some(p) => p,
+                None => {
+                    crate::cgroup::cgroup_of(&crate::cgroup::cgroup2_mount()?, std::process::id())?
+                        .join(keeper::WORKER_CGROUP)
+                }
+            };
+            if init {
+                let (Some(uid), Some(gid)) = (uid, gid) else {
+                    bail!("--init needs --uid and --gid");
+                };
+                let creds = keeper::Creds { uid, gid, groups };
+                return Ok(keeper::run_init(&cg, &cmd, &creds)?);
+            }
+            let start = if external {
+                keeper::Start::External
+            } else {
+                keeper::Start::Fork
+            };
+            Ok(keeper::run(&cg, &cmd, start)?)
+        }
     }
 }
 
@@ -777,6 +847,7 @@ fn spawn_cmd(
     owner: Option<u32>,
     no_owner: bool,
     stop_on_main_exit: Option<bool>,
+    hibernate: bool,
     cmd: Vec<OsString>,
 ) -> Result<i32> {
     let cwd = std::env::current_dir().context("reading the current directory")?;
@@ -803,6 +874,7 @@ fn spawn_cmd(
         max_runtime,
         pinned,
         stop_on_main_exit,
+        hibernate,
     };
     if let Some(reply) = client::request(&path, spawn)? {
         match reply {
@@ -815,6 +887,21 @@ fn spawn_cmd(
                 ..
             } => {
                 warn_gate(&not_applied, never_orphaned);
+                // A hibernatable gate's main process is the keeper, which
+                // starts CMD below it (src/keeper.rs); an unprivileged one
+                // asks the daemon to.
+                let cmd = if hibernate {
+                    let mut k: Vec<OsString> =
+                        vec![std::env::current_exe()?.into(), "keeper".into()];
+                    if !is_root() {
+                        k.push("--external".into());
+                    }
+                    k.push("--".into());
+                    k.extend(cmd);
+                    k
+                } else {
+                    cmd
+                };
                 // The daemon removes the gate once it sees it empty.
                 let err = spawn::exec(&cmd, &gate, &project, &session);
                 spawn::exit_exec_failed(&cmd, &err)

@@ -173,9 +173,24 @@ impl GateDir {
         self.remove()
     }
 
-    /// Removes the empty gate cgroup, and its project directory if that was
-    /// the last gate (EBUSY otherwise: another gate lives there).
+    /// The gate's processes: its own, and a keeper gate's worker's.
+    pub fn pids(&self) -> Result<Vec<u32>, CgroupError> {
+        let mut pids = self.cgroup.read_procs()?;
+        let w = self.cgroup.child(crate::keeper::WORKER_CGROUP);
+        if w.exists() {
+            pids.extend(w.read_procs().unwrap_or_default());
+        }
+        Ok(pids)
+    }
+
+    /// Removes the empty gate cgroup (a keeper gate's worker cgroup first),
+    /// and its project directory if that was the last gate (EBUSY
+    /// otherwise: another gate lives there).
     pub fn remove(&self) -> Result<(), CgroupError> {
+        match self.cgroup.child(crate::keeper::WORKER_CGROUP).remove() {
+            Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT) => {}
+            r => r?,
+        }
         match self.cgroup.remove() {
             Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT) => {}
             r => r?,
@@ -207,6 +222,10 @@ pub enum Tag {
     Reaping,
     OnMainExit,
     MainExited,
+    /// The gate's main process is a keeper (`gov spawn --hibernate`).
+    Keeper,
+    /// Where it is in hibernation (see `hibernate::Phase`).
+    Hibernate,
 }
 
 impl Tag {
@@ -229,6 +248,8 @@ impl Tag {
             Tag::Reaping => "reaping",
             Tag::OnMainExit => "on_main_exit",
             Tag::MainExited => "main_exited",
+            Tag::Keeper => "keeper",
+            Tag::Hibernate => crate::hibernate::TAG,
         }
     }
 
@@ -272,6 +293,11 @@ pub struct Tags {
     pub stop_on_main_exit: Option<bool>,
     /// When the main process exited.
     pub main_exited_ms: Option<u64>,
+    /// Its main process is a keeper, its worker in `<gate>/w`: it can be
+    /// hibernated.
+    pub keeper: bool,
+    /// Its hibernation step ("hibernated 123", "dumping", "refused ...").
+    pub hibernate: Option<String>,
 }
 
 fn opt<T: ToString>(v: &Option<T>) -> Option<String> {
@@ -305,6 +331,8 @@ impl Tags {
                     .map(|stop| if stop { "stop" } else { "keep" }.to_string()),
             ),
             (Tag::MainExited, opt(&self.main_exited_ms)),
+            (Tag::Keeper, self.keeper.then(|| "1".to_string())),
+            (Tag::Hibernate, self.hibernate.clone()),
         ])
     }
 
@@ -318,9 +346,21 @@ impl Tags {
         Ok(())
     }
 
+    pub fn hibernation(&self) -> Option<crate::hibernate::Phase> {
+        self.hibernate
+            .as_deref()
+            .and_then(crate::hibernate::Phase::parse)
+    }
+
     /// The phase these tags and the kernel's frozen flag say the gate is in
     /// (for a daemon that finds it, and for root's direct use).
     pub fn phase(&self, frozen: bool, now_ms: u64) -> Phase {
+        if let Some(crate::hibernate::Phase::Hibernated { image_bytes }) = self.hibernation() {
+            return Phase::Hibernated {
+                since_ms: self.frozen_ms.unwrap_or(now_ms),
+                image_bytes,
+            };
+        }
         Phase::recover(
             self.reaping.as_deref(),
             frozen,
@@ -363,6 +403,8 @@ impl Tags {
                 _ => None,
             }),
             main_exited_ms: num(Tag::MainExited),
+            keeper: flag(Tag::Keeper),
+            hibernate: get(Tag::Hibernate).cloned(),
         })
     }
 }
@@ -463,7 +505,7 @@ pub fn limit_text(limit: Limit) -> Option<String> {
 /// carries what only a daemon knows (activity seen since, reaper verdicts).
 pub fn info(dir: &GateDir, tags: &Tags, extra: &InfoExtra) -> Result<GateInfo, CgroupError> {
     let events = dir.cgroup.read_cgroup_events()?;
-    let pids = dir.cgroup.read_procs()?;
+    let pids = dir.pids()?;
     let (memory_bytes, memory_source) = memory_of(&dir.cgroup, &pids);
     let cpu_usec = dir.cgroup.read_cpu_usage_usec()?;
     let now = now_ms();
@@ -548,6 +590,8 @@ mod tests {
             reaping: Some("stop:idle:5".into()),
             stop_on_main_exit: Some(true),
             main_exited_ms: Some(1_700_000_000_900),
+            keeper: true,
+            hibernate: Some("hibernated 42".into()),
         };
         let m: BTreeMap<String, String> = tags
             .to_map()

@@ -5,9 +5,12 @@
 pub mod cgroup;
 pub mod cli;
 pub mod client;
+pub mod criu;
 pub mod daemon;
 pub mod direct;
 pub mod gate;
+pub mod hibernate;
+pub mod keeper;
 pub mod names;
 pub mod policy;
 pub mod proc;

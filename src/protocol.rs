@@ -49,7 +49,15 @@ pub enum Request {
         /// exec) exits; None: the policy's on_main_exit.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         stop_on_main_exit: Option<bool>,
+        /// The caller becomes a keeper (`gov keeper`) whose worker runs in
+        /// `<gate>/w`, so the gate can be hibernated.
+        #[serde(default, skip_serializing_if = "is_false")]
+        hibernate: bool,
     },
+    /// From a keeper that cannot start its worker itself (an unprivileged
+    /// one: a pid namespace takes CAP_SYS_ADMIN): start `cmd` as the
+    /// keeper's user, in its gate's worker cgroup. Reply: `done`.
+    StartWorker { cmd: Vec<String> },
     /// Move a running process and all its current descendants into a new
     /// gate. A user may adopt only processes that are wholly theirs (every
     /// uid); root any. Reply: `adopted`.
@@ -209,6 +217,8 @@ pub enum GateState {
     Suspended,
     Stopping,
     Killing,
+    /// Dumped to disk (CRIU); a touch or `gov thaw` restores it.
+    Hibernated,
     /// Empty: its processes have all exited and it awaits removal.
     Exited,
 }
@@ -221,6 +231,7 @@ impl GateState {
             GateState::Suspended => "suspended",
             GateState::Stopping => "stopping",
             GateState::Killing => "killing",
+            GateState::Hibernated => "hibernated",
             GateState::Exited => "exited",
         }
     }
@@ -324,6 +335,10 @@ pub enum NextAction {
     StopMainExited,
     /// Stop: suspended past frozen_hold.
     StopFrozenTooLong,
+    /// Hibernate: suspended past hibernate_after.
+    Hibernate,
+    /// Stop: hibernated past hibernate_hold (the image is deleted).
+    StopHibernatedTooLong,
     /// Kill: stop_grace is over.
     Kill,
 }
@@ -337,6 +352,8 @@ impl NextAction {
             NextAction::StopOrphaned => "stop: orphaned",
             NextAction::StopMainExited => "stop: main process exited",
             NextAction::StopFrozenTooLong => "stop: frozen too long",
+            NextAction::Hibernate => "hibernate",
+            NextAction::StopHibernatedTooLong => "stop: hibernated too long",
             NextAction::Kill => "kill",
         }
     }
@@ -366,6 +383,10 @@ pub enum EventKind {
     Orphaned,
     /// The gate's main process exited (an exec is not an exit).
     MainExited,
+    /// Dumped to disk (CRIU): its RAM is free; `freed_bytes` is the image.
+    Hibernated,
+    /// Restored from its image.
+    Restored,
     Stopping,
     Killing,
     /// Torn down by gov; `reason` says why and how ("idle (stopped)").
@@ -391,6 +412,8 @@ impl EventKind {
             EventKind::Thawed => "thawed",
             EventKind::Orphaned => "orphaned",
             EventKind::MainExited => "main_exited",
+            EventKind::Hibernated => "hibernated",
+            EventKind::Restored => "restored",
             EventKind::Stopping => "stopping",
             EventKind::Killing => "killing",
             EventKind::Removed => "removed",
@@ -520,6 +543,7 @@ mod tests {
                 max_runtime: Some("30m".into()),
                 pinned: false,
                 stop_on_main_exit: Some(true),
+                hibernate: false,
             },
             Request::List,
             Request::Touch {

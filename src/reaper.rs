@@ -31,6 +31,12 @@ pub enum Phase {
     Killing {
         reason: Reason,
     },
+    /// Dumped to disk with CRIU since this time: no worker processes, no
+    /// RAM; its keeper holds the host's pid and stdio. A touch restores it.
+    Hibernated {
+        since_ms: u64,
+        image_bytes: u64,
+    },
 }
 
 impl Phase {
@@ -89,6 +95,7 @@ impl Phase {
             _ if !populated => GateState::Exited,
             Phase::Suspended { manual: true, .. } => GateState::Frozen,
             Phase::Suspended { manual: false, .. } => GateState::Suspended,
+            Phase::Hibernated { .. } => GateState::Hibernated,
             Phase::Running => GateState::Running,
         }
     }
@@ -117,6 +124,9 @@ pub struct View {
     pub busy: bool,
     /// A debugger is attached to one of its processes.
     pub traced: bool,
+    /// It can be hibernated: it runs under a keeper, CRIU is here, and no
+    /// dump of it was refused since it last ran.
+    pub hibernatable: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +137,8 @@ pub enum Decision {
         next: Option<Next>,
     },
     Suspend(Reason),
+    /// Dump the suspended gate to disk (it stays restorable).
+    Hibernate,
     Stop(Reason),
     Kill(Reason),
     /// Empty: every process exited. Remove the cgroup.
@@ -137,7 +149,7 @@ impl Decision {
     pub fn is_reap(self) -> bool {
         matches!(
             self,
-            Decision::Suspend(_) | Decision::Stop(_) | Decision::Kill(_)
+            Decision::Suspend(_) | Decision::Hibernate | Decision::Stop(_) | Decision::Kill(_)
         )
     }
 }
@@ -170,7 +182,7 @@ pub fn step(v: &View, s: &GateSettings, now: u64) -> Decision {
                 }
             };
         }
-        Phase::Running | Phase::Suspended { .. } => {}
+        Phase::Running | Phase::Suspended { .. } | Phase::Hibernated { .. } => {}
     }
     if v.pinned {
         return keep_spared(Spared::Pinned);
@@ -203,10 +215,31 @@ pub fn step(v: &View, s: &GateSettings, now: u64) -> Decision {
     match v.phase {
         Phase::Suspended { since_ms, .. } => {
             let at = since_ms.saturating_add(ms(Some(s.frozen_hold)).unwrap_or(0));
-            if now >= at {
+            // Hibernation comes before the stop when it is due first: the
+            // gate then costs no RAM and loses nothing.
+            let hibernate_at = ms(s.hibernate_after)
+                .filter(|_| v.hibernatable)
+                .map(|h| since_ms.saturating_add(h))
+                .filter(|&h| h < at);
+            if let Some(h) = hibernate_at {
+                if now >= h {
+                    return Decision::Hibernate;
+                }
+                soonest.push(next(NextAction::Hibernate, h));
+            } else if now >= at {
                 return Decision::Stop(Reason::Idle);
+            } else {
+                soonest.push(next(NextAction::StopFrozenTooLong, at));
             }
-            soonest.push(next(NextAction::StopFrozenTooLong, at));
+        }
+        Phase::Hibernated { since_ms, .. } => {
+            if let Some(hold) = ms(s.hibernate_hold) {
+                let at = since_ms.saturating_add(hold);
+                if now >= at {
+                    return Decision::Stop(Reason::Idle);
+                }
+                soonest.push(next(NextAction::StopHibernatedTooLong, at));
+            }
         }
         _ if v.busy => spared = Some(Spared::Busy),
         _ => {
@@ -300,6 +333,7 @@ mod tests {
             pinned: false,
             busy: false,
             traced: false,
+            hibernatable: false,
         }
     }
 
@@ -458,6 +492,70 @@ mod tests {
             ..v
         };
         assert!(matches!(step(&keep, &s, 60 * MIN), Decision::Keep { .. }));
+    }
+
+    #[test]
+    fn a_suspended_gate_is_hibernated_then_stopped_after_the_hold() {
+        let mut s = settings();
+        s.hibernate_after = Some(std::time::Duration::from_secs(10 * 60));
+        s.hibernate_hold = Some(std::time::Duration::from_secs(24 * 3600));
+        let suspended = View {
+            phase: Phase::Suspended {
+                since_ms: 0,
+                manual: false,
+            },
+            hibernatable: true,
+            ..view()
+        };
+        assert!(matches!(
+            step(&suspended, &s, 9 * MIN),
+            Decision::Keep { next: Some(Next { action: NextAction::Hibernate, at_ms }), .. } if at_ms == 10 * MIN
+        ));
+        assert_eq!(step(&suspended, &s, 10 * MIN), Decision::Hibernate);
+        // Not hibernatable (no keeper, no CRIU, a refused dump): as before.
+        let plain = View {
+            hibernatable: false,
+            ..suspended
+        };
+        assert!(matches!(step(&plain, &s, 10 * MIN), Decision::Keep { .. }));
+        assert_eq!(step(&plain, &s, 60 * MIN), Decision::Stop(Reason::Idle));
+        // "never" (the default) never hibernates.
+        let mut never = s.clone();
+        never.hibernate_after = None;
+        assert!(matches!(
+            step(&suspended, &never, 10 * MIN),
+            Decision::Keep { .. }
+        ));
+        let hibernated = View {
+            phase: Phase::Hibernated {
+                since_ms: 10 * MIN,
+                image_bytes: 1,
+            },
+            ..suspended
+        };
+        assert!(matches!(
+            step(&hibernated, &s, 100 * MIN),
+            Decision::Keep { .. }
+        ));
+        assert_eq!(
+            step(&hibernated, &s, 10 * MIN + 24 * 60 * MIN),
+            Decision::Stop(Reason::Idle)
+        );
+        // Orphans and deadlines still apply; a pinned one stays on disk.
+        let orphan = View {
+            orphaned_ms: Some(0),
+            ..hibernated
+        };
+        assert_eq!(step(&orphan, &s, 11 * MIN), Decision::Stop(Reason::Orphan));
+        let pinned = View {
+            pinned: true,
+            ..hibernated
+        };
+        assert_eq!(
+            step(&pinned, &s, 1000 * 60 * MIN),
+            keep_spared(Spared::Pinned)
+        );
+        assert_eq!(hibernated.phase.state(true), GateState::Hibernated);
     }
 
     #[test]

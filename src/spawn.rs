@@ -103,6 +103,8 @@ pub fn tags_for(
         reaping: None,
         stop_on_main_exit: None,
         main_exited_ms: None,
+        keeper: false,
+        hibernate: None,
     }
 }
 

@@ -201,6 +201,23 @@ pub fn bind_socket(policy: &Policy) -> Result<UnixListener> {
     Ok(listener)
 }
 
+/// CRIU for hibernation: the policy's criu_path (a bare name: PATH), at
+/// least 4.2. Without it, hibernation is off, said once here.
+pub fn find_criu(policy: &Policy) -> Option<crate::criu::Criu> {
+    let path = &policy.global.criu_path;
+    let explicit = (path.components().count() > 1).then_some(path.as_path());
+    match crate::criu::Criu::find(explicit) {
+        Ok(c) => {
+            tracing::info!(criu = ?c, "hibernation available");
+            Some(c)
+        }
+        Err(e) => {
+            tracing::info!("hibernation is off: {e}");
+            None
+        }
+    }
+}
+
 /// Removes the socket file when the daemon ends.
 pub struct SocketGuard(pub PathBuf);
 

@@ -49,6 +49,10 @@ pub struct Gate {
     pub next: Option<Next>,
     /// The last action that failed, and why (shown until one succeeds).
     pub failure: Option<String>,
+    /// Why its last dump was refused; no dump is tried again until it ran.
+    pub refused: Option<String>,
+    /// A daemon died during its dump or restore: finish or undo that first.
+    recovering: bool,
     /// The last cpu.stat usage and when it was read.
     cpu_sample: Option<(u64, u64)>,
     /// Limit hits seen so far, to report new ones once.
@@ -71,7 +75,16 @@ impl Gate {
             .unwrap_or(tags.created_ms)
             .max(tags.created_ms);
         let settings = policy.for_project(&tags.project);
+        use crate::hibernate::Phase as H;
+        let hibernation = tags.hibernation();
+        let refused = match &hibernation {
+            Some(H::Refused { reason }) => Some(reason.clone()),
+            _ => None,
+        };
+        let recovering = matches!(hibernation, Some(H::Dumping | H::Restoring));
         Gate {
+            refused,
+            recovering,
             dir,
             tags,
             phase,
@@ -121,7 +134,7 @@ impl Gate {
         }
     }
 
-    fn view(&self, traced: bool) -> View {
+    fn view(&self, traced: bool, criu: bool) -> View {
         View {
             phase: self.phase,
             populated: self.populated,
@@ -140,6 +153,7 @@ impl Gate {
             pinned: self.pinned(),
             busy: self.busy,
             traced,
+            hibernatable: criu && self.tags.keeper && self.refused.is_none(),
         }
     }
 }
@@ -193,6 +207,8 @@ pub enum Cmd {
     Evict(Reason),
     Pin(bool, Answer),
     Tag(String, Answer),
+    /// Start an unprivileged keeper's worker.
+    StartWorker(Vec<std::ffi::OsString>, Answer),
 }
 
 impl Cmd {
@@ -209,6 +225,7 @@ impl Cmd {
             Cmd::Evict(_) => "evict",
             Cmd::Pin(..) => "pin",
             Cmd::Tag(..) => "tag",
+            Cmd::StartWorker(..) => "start worker",
         }
     }
 
@@ -224,7 +241,8 @@ impl Cmd {
             | Cmd::Thaw(tx)
             | Cmd::Freeze(tx)
             | Cmd::Pin(_, tx)
-            | Cmd::Tag(_, tx) => {
+            | Cmd::Tag(_, tx)
+            | Cmd::StartWorker(_, tx) => {
                 let _ = tx.send(not_found());
             }
             Cmd::Observe(_) | Cmd::Changed | Cmd::Orphaned | Cmd::MainExited | Cmd::Evict(_) => {}
@@ -503,6 +521,10 @@ async fn act(d: Arc<Daemon>, gate: Arc<Mutex<Gate>>, cmd: Cmd) -> Flow {
             let _ = tx.send(a.tag(&session));
             Flow::Go
         }
+        Cmd::StartWorker(cmd, tx) => {
+            let _ = tx.send(a.start_worker(cmd).await);
+            Flow::Go
+        }
     }
 }
 
@@ -588,6 +610,9 @@ impl Action {
 
     async fn observe(&mut self, o: Observation) -> Flow {
         self.with(|g| g.follow(&o.policy));
+        if self.with(|g| g.recovering) {
+            self.recover().await;
+        }
         if o.full && !self.read_events() {
             return Flow::Gone;
         }
@@ -633,7 +658,8 @@ impl Action {
 
     /// Asks the reaper's rule book and performs its decision.
     async fn review(&mut self, now: u64) -> Flow {
-        let (view, settings) = self.with(|g| (g.view(false), g.settings.clone()));
+        let criu = self.d.criu.is_some();
+        let (view, settings) = self.with(|g| (g.view(false, criu), g.settings.clone()));
         let mut decision = reaper::step(&view, &settings, now);
         // Only a gate about to be reaped pays for the debugger check.
         if decision.is_reap() && !view.phase.is_reaping() && is_traced(&self.cgroup()) {
@@ -663,6 +689,10 @@ impl Action {
                 if let Err(e) = self.suspend(reason, false).await {
                     self.failed("suspend", e);
                 }
+                Flow::Go
+            }
+            Decision::Hibernate => {
+                self.hibernate().await;
                 Flow::Go
             }
             Decision::Stop(reason) => {
@@ -732,7 +762,7 @@ impl Action {
             ));
         }
         self.mark_active(now_ms());
-        if matches!(phase, Phase::Suspended { .. }) {
+        if matches!(phase, Phase::Suspended { .. } | Phase::Hibernated { .. }) {
             self.resume("touch").await?;
         }
         Ok(())
@@ -747,10 +777,15 @@ impl Action {
                 format!("gate {id} is being reaped"),
             ));
         }
-        let c = cg.clone();
-        blocking(move || c.thaw(gate::FREEZE_TIMEOUT))
-            .await
-            .map_err(Failure::internal)?;
+        if matches!(phase, Phase::Hibernated { .. }) {
+            // Back from disk; the thaw is part of the restore.
+            self.wake().await?;
+        } else {
+            let c = cg.clone();
+            blocking(move || c.thaw(gate::FREEZE_TIMEOUT))
+                .await
+                .map_err(Failure::internal)?;
+        }
         let _ = Tag::Frozen.set(&cg, None);
         let _ = Tag::FrozenManual.set(&cg, None);
         let now = now_ms();
@@ -760,6 +795,8 @@ impl Action {
             g.tags.frozen_manual = false;
             g.last_active_ms = now;
             g.failure = None;
+            // It ran again: a refused dump may be tried anew.
+            g.refused = None;
         });
         if matches!(phase, Phase::Suspended { .. }) {
             self.event(EventKind::Thawed, Some(why.to_string()), None);
@@ -775,7 +812,8 @@ impl Action {
                 ErrorCode::Reaping,
                 format!("gate {id} is being reaped"),
             )),
-            Phase::Suspended { manual: true, .. } => Ok(()),
+            // Frozen already, or better: on disk.
+            Phase::Suspended { manual: true, .. } | Phase::Hibernated { .. } => Ok(()),
             // Already frozen by the reaper: now it is the person's freeze.
             Phase::Suspended { since_ms, .. } => {
                 Tag::FrozenManual
@@ -817,7 +855,7 @@ impl Action {
     /// grace's end wakes it to kill.
     async fn stop(&mut self, reason: Reason) -> Flow {
         let cg = self.cgroup();
-        let pids = cg.read_procs().unwrap_or_default();
+        let pids = self.with(|g| g.dir.pids()).unwrap_or_default();
         let freed = gate::memory_of(&cg, &pids).0;
         let now = now_ms();
         let stopping = Phase::Stopping {
@@ -863,7 +901,7 @@ impl Action {
         };
         let freed = match self.with(|g| g.freed) {
             Some(f) => f,
-            None => gate::memory_of(&cg, &cg.read_procs().unwrap_or_default()).0,
+            None => gate::memory_of(&cg, &self.with(|g| g.dir.pids()).unwrap_or_default()).0,
         };
         let killing = Phase::Killing { reason };
         Tag::Reaping.set(&cg, killing.intent_tag().as_deref())?;
@@ -880,6 +918,10 @@ impl Action {
 
     async fn finish(&mut self, reason: Reason, how: &str, freed: u64) -> anyhow::Result<()> {
         let dir = self.with(|g| g.dir.clone());
+        // A hibernated gate's image goes with it: no image nobody owns.
+        if self.with(|g| g.tags.keeper) {
+            crate::criu::remove_image(&self.image_dir())?;
+        }
         let d = dir.clone();
         blocking(move || d.remove()).await?;
         let tags = self.with(|g| g.tags.clone());
@@ -910,6 +952,191 @@ impl Action {
                 tracing::debug!("gate not removed yet: {e}");
                 Flow::Go
             }
+        }
+    }
+
+    async fn start_worker(&self, cmd: Vec<std::ffi::OsString>) -> Result<(), Failure> {
+        let (cg, keeper) = self.with(|g| (g.dir.cgroup.clone(), g.tags.main_pid.unwrap_or(0)));
+        let w = cg.child(crate::keeper::WORKER_CGROUP);
+        if w.read_cgroup_events().map_err(Failure::internal)?.populated {
+            return Err(Failure::new(
+                ErrorCode::BadRequest,
+                "its worker runs already",
+            ));
+        }
+        let gov = std::env::current_exe().map_err(Failure::internal)?;
+        blocking_any(move || {
+            let spec = crate::keeper::WorkerSpec::of_keeper(keeper, cmd)?;
+            crate::keeper::start_worker(&gov, keeper, w.path(), &spec, Duration::from_secs(10))?;
+            // Started: from now on an empty worker cgroup is a real exit.
+            crate::keeper::release(keeper).map_err(|e| e.to_string())?;
+            Ok::<(), Box<dyn std::error::Error + Send + Sync>>(())
+        })
+        .await
+        .map_err(Failure::internal)
+    }
+
+    fn image_dir(&self) -> std::path::PathBuf {
+        let id = self.with(|g| g.dir.id.clone());
+        self.d.policy().global.hibernate_dir.join(id)
+    }
+
+    fn hibernate_options(&self) -> crate::hibernate::Options {
+        crate::hibernate::Options {
+            max_image_bytes: self.d.policy().global.hibernate_max_bytes,
+            ..Default::default()
+        }
+    }
+
+    /// Dumps a suspended keeper gate's worker to disk: its RAM is freed,
+    /// its keeper holds the host's pid and pipes. A refused dump leaves the
+    /// gate suspended as it was, says why, and is not tried again until the
+    /// gate ran.
+    async fn hibernate(&mut self) {
+        let Some(criu) = self.d.criu.clone() else {
+            return;
+        };
+        let (cg, keeper) = self.with(|g| (g.dir.cgroup.clone(), g.tags.main_pid));
+        let Some(keeper) = keeper else { return };
+        let dir = self.image_dir();
+        if let Err(e) = images_dir(dir.parent().unwrap_or(&dir)) {
+            self.refuse(format!("{}: {e}", dir.display()));
+            return;
+        }
+        let opts = self.hibernate_options();
+        let c = cg.clone();
+        let d = dir.clone();
+        let r =
+            blocking_any(move || crate::hibernate::hibernate(&criu, &c, keeper, &d, &opts)).await;
+        match r {
+            Ok(report) => {
+                let now = now_ms();
+                self.with(|g| {
+                    g.phase = Phase::Hibernated {
+                        since_ms: now,
+                        image_bytes: report.image_bytes,
+                    };
+                    g.tags.hibernate = crate::hibernate::Phase::Hibernated {
+                        image_bytes: report.image_bytes,
+                    }
+                    .to_tag()
+                    .into();
+                });
+                let why = format!("dumped in {} ms", report.elapsed.as_millis());
+                self.event(EventKind::Hibernated, Some(why), Some(report.image_bytes));
+            }
+            // criu goes on by itself; the next look finishes the step.
+            Err(crate::hibernate::HibernateError::Criu(crate::criu::CriuError::StillRunning {
+                ..
+            })) => self.with(|g| g.recovering = true),
+            Err(e) => self.refuse(e.reason()),
+        }
+    }
+
+    fn refuse(&self, reason: String) {
+        let cg = self.cgroup();
+        let tag = crate::hibernate::Phase::Refused {
+            reason: reason.clone(),
+        }
+        .to_tag();
+        let _ = Tag::Hibernate.set(&cg, Some(&tag));
+        self.with(|g| {
+            g.refused = Some(reason.clone());
+            g.tags.hibernate = Some(tag);
+        });
+        self.failed("hibernate refused", reason);
+    }
+
+    /// Restores a hibernated gate; on failure the image is kept and the
+    /// gate stays hibernated, so `gov thaw` can try again.
+    async fn wake(&mut self) -> Result<(), Failure> {
+        let Some(criu) = self.d.criu.clone() else {
+            return Err(Failure::new(
+                ErrorCode::Internal,
+                "the gate is hibernated but this daemon found no criu to restore it",
+            ));
+        };
+        let (cg, keeper) = self.with(|g| (g.dir.cgroup.clone(), g.tags.main_pid.unwrap_or(0)));
+        let (dir, opts) = (self.image_dir(), self.hibernate_options());
+        let c = cg.clone();
+        let r = blocking_any(move || crate::hibernate::wake(&criu, &c, keeper, &dir, &opts)).await;
+        match r {
+            Ok(report) => {
+                self.with(|g| g.tags.hibernate = None);
+                let why = format!("restored in {} ms", report.elapsed.as_millis());
+                self.event(EventKind::Restored, Some(why), None);
+                Ok(())
+            }
+            Err(e) => {
+                let why = e.reason();
+                self.with(|g| g.failure = Some(format!("restore: {why}")));
+                self.event(EventKind::Failed, Some(format!("restore: {why}")), None);
+                Err(Failure::new(
+                    ErrorCode::Internal,
+                    format!("restore failed, the image is kept (`gov thaw` tries again): {why}"),
+                ))
+            }
+        }
+    }
+
+    /// A daemon died during this gate's dump or restore: finish or undo it.
+    async fn recover(&mut self) {
+        use crate::hibernate::{self as h, Recovery};
+        let (cg, keeper, tags) = self.with(|g| {
+            (
+                g.dir.cgroup.clone(),
+                g.tags.main_pid.unwrap_or(0),
+                g.tags.clone(),
+            )
+        });
+        let Some(phase) = tags.hibernation() else {
+            self.with(|g| g.recovering = false);
+            return;
+        };
+        let dir = self.image_dir();
+        let c = cg.clone();
+        let r = blocking_any(move || {
+            let recovery = h::recover(&phase, h::observe(&c, keeper, &dir)?);
+            h::apply(recovery, &c, keeper, &dir)?;
+            Ok::<_, h::HibernateError>(recovery)
+        })
+        .await;
+        match r {
+            Ok(Recovery::Wait) => {}
+            Ok(recovery) => {
+                let fresh = crate::gate::Tags::read(&cg).ok().flatten();
+                let now = now_ms();
+                self.with(|g| {
+                    g.recovering = false;
+                    if let Some(t) = fresh {
+                        g.tags.hibernate = t.hibernate;
+                    }
+                    g.phase = match recovery {
+                        Recovery::PromoteImage | Recovery::Hibernated => match g.tags.hibernation()
+                        {
+                            Some(h::Phase::Hibernated { image_bytes }) => Phase::Hibernated {
+                                since_ms: g.tags.frozen_ms.unwrap_or(now),
+                                image_bytes,
+                            },
+                            _ => g.phase,
+                        },
+                        Recovery::BackToSuspended => Phase::Suspended {
+                            since_ms: g.tags.frozen_ms.unwrap_or(now),
+                            manual: false,
+                        },
+                        Recovery::RestoreDone => Phase::Running,
+                        _ => g.phase,
+                    };
+                });
+                self.event(
+                    EventKind::Adopted,
+                    Some(format!(
+                        "hibernation step finished after a restart: {recovery:?}"
+                    )),
+                    None,
+                );
+            }
+            Err(e) => self.failed("hibernation recovery", e.reason()),
         }
     }
 
@@ -1061,6 +1288,24 @@ fn reclaim_memory(cg: &Cgroup) -> Result<u64, CgroupError> {
         last = now;
     }
     Ok(before.saturating_sub(last))
+}
+
+/// The images' directory: root's alone (0700), made if missing.
+fn images_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Runs blocking work off the async thread; a panic there reaches the
+/// action, which the owner catches.
+async fn blocking_any<T: Send + 'static, E: Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, E> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 /// Runs blocking cgroupfs work (waits, kills) off the async thread. A panic

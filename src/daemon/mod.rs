@@ -84,6 +84,8 @@ pub struct Daemon {
     /// The next pass reads everything (a reload changed the policy).
     full_scan_asked: AtomicBool,
     may_enable_controllers: bool,
+    /// CRIU, found and checked at start; None: hibernation is off.
+    criu: Option<crate::criu::Criu>,
     _claim: host::RootClaim,
 }
 
@@ -117,7 +119,9 @@ impl Daemon {
                 (None, None)
             }
         };
+        let criu = host::find_criu(&policy);
         Ok(Arc::new(Daemon {
+            criu,
             config_path,
             admin_gid: RwLock::new(host::resolve_group(policy.global.admin_group.as_deref())),
             journal: journal::Journal::new(policy.global.event_history),

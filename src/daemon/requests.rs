@@ -106,6 +106,7 @@ impl Daemon {
                 max_runtime,
                 pinned,
                 stop_on_main_exit,
+                hibernate,
             } => {
                 let r = GateRequest {
                     project,
@@ -116,8 +117,9 @@ impl Daemon {
                     pinned,
                     stop_on_main_exit,
                 };
-                self.spawn_gate(peer, r).await
+                self.spawn_gate(peer, r, hibernate).await
             }
+            Request::StartWorker { cmd } => self.start_worker(peer, cmd).await,
             Request::Adopt {
                 pid,
                 project,
@@ -334,12 +336,18 @@ impl Daemon {
         Ok((tags, settings))
     }
 
-    async fn spawn_gate(self: &Arc<Self>, peer: &Peer, r: GateRequest) -> Reply<Response> {
+    async fn spawn_gate(
+        self: &Arc<Self>,
+        peer: &Peer,
+        r: GateRequest,
+        hibernate: bool,
+    ) -> Reply<Response> {
         let bad = |e: &str| Failure {
             code: ErrorCode::BadRequest,
             message: e.to_string(),
         };
-        let (tags, settings) = self.prepare(peer, peer.pid, peer.uid, r)?;
+        let (mut tags, settings) = self.prepare(peer, peer.pid, peer.uid, r)?;
+        tags.keeper = hibernate;
         self.check_caps(peer.uid, &tags.project, &settings)?;
         // The client is the process to move: the kernel told us its pid at
         // connect, and a pidfd checked before and after the move makes sure
@@ -351,11 +359,20 @@ impl Daemon {
         // The move may wait for the kernel (an RCU grace period after a quiet
         // moment): off the async thread, so a burst of spawns overlaps.
         let (tree, t, s, pid) = (self.tree.clone(), tags.clone(), settings.clone(), peer.pid);
-        let (dir, not_applied) =
-            tokio::task::spawn_blocking(move || spawn::create_gate_for(&tree, &t, &s, pid))
-                .await
-                .map_err(internal)?
-                .map_err(internal)?;
+        let (dir, not_applied) = tokio::task::spawn_blocking(move || {
+            let made = spawn::create_gate_for(&tree, &t, &s, pid)?;
+            if hibernate {
+                // The keeper's worker lives in a child of the gate.
+                made.0
+                    .cgroup
+                    .child(crate::keeper::WORKER_CGROUP)
+                    .create_if_missing()?;
+            }
+            Ok::<_, crate::cgroup::CgroupError>(made)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
         if proc::pidfd_send_signal(&pidfd, 0).is_err() {
             let _ = dir.kill_and_remove();
             return Err(bad("caller exited while it was being moved"));
@@ -376,6 +393,28 @@ impl Daemon {
             not_applied,
             never_orphaned,
         })
+    }
+
+    /// An unprivileged keeper asks for its worker: started by the gate's
+    /// owner, as the keeper's own user, in the gate's worker cgroup.
+    async fn start_worker(&self, peer: &Peer, cmd: Vec<String>) -> Reply<Response> {
+        let mine = self.gates.handles().into_iter().find(|(_, h)| {
+            h.peek(|g| {
+                g.tags.keeper && g.tags.main_pid == Some(peer.pid) && g.tags.owner_uid == peer.uid
+            })
+        });
+        let Some((id, handle)) = mine else {
+            return fail(
+                ErrorCode::Forbidden,
+                "only a gate's keeper may start its worker",
+            );
+        };
+        handle
+            .ask(&id, |tx| {
+                Cmd::StartWorker(cmd.into_iter().map(Into::into).collect(), tx)
+            })
+            .await?;
+        Ok(Response::Done { gates: vec![id] })
     }
 
     /// A running process and its descendants into a new gate: the process
@@ -565,13 +604,13 @@ impl Daemon {
         self.gates.each(|_, g| {
             if peer.is_none_or(|p| p.may_see(g.tags.owner_uid)) {
                 *by_state.entry(g.phase.state(g.populated)).or_default() += 1;
-                visible.push((g.tags.project.clone(), g.dir.cgroup.clone()));
+                visible.push((g.tags.project.clone(), g.dir.clone()));
             }
         });
         // File reads outside the registry's lock.
-        for (project, cg) in visible {
-            let pids = cg.read_procs().unwrap_or_default();
-            *mem_by_project.entry(project).or_default() += gate::memory_of(&cg, &pids).0;
+        for (project, dir) in visible {
+            let pids = dir.pids().unwrap_or_default();
+            *mem_by_project.entry(project).or_default() += gate::memory_of(&dir.cgroup, &pids).0;
         }
         self.journal.metrics(&by_state, &mem_by_project)
     }

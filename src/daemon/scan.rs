@@ -168,7 +168,7 @@ impl Daemon {
             .iter()
             .filter(|g| !g.phase.is_reaping())
             .map(|g| {
-                let pids = g.dir.cgroup.read_procs().unwrap_or_default();
+                let pids = g.dir.pids().unwrap_or_default();
                 reaper::Candidate {
                     id: g.id().to_string(),
                     last_active_ms: g.last_active_ms,

@@ -1,0 +1,870 @@
+//! gov's driver for CRIU, through its command line.
+//!
+//! Why the command line and not `criu swrk` (protobuf RPC, as youki does with
+//! the rust-criu crate): every option gov needs exists on the command line,
+//! a failed step leaves a log anyone can read and rerun by hand, and it adds
+//! no dependency (rust-criu pulls protobuf code generation). The price is
+//! that errors come back as a log to read, not as typed RPC replies; gov only
+//! needs "did it work, and why not", which the log's tail says.
+//!
+//! What this module knows about CRIU on our kernels (docs/design.md,
+//! "Hibernation"):
+//! - CRIU >= 4.2 (older ones fail on kernels >= 6.13 or 6.16).
+//! - A frozen cgroup v2 must be dumped with `--freeze-cgroup`; without it
+//!   criu hangs, and killing it then thawing killed the gate. So a dump is
+//!   never killed: a dump past its deadline is reported, and left to finish.
+//! - Restoring into a frozen cgroup hangs: the target must be thawed.
+//! - The tree lands in the cgroup of the restoring criu process, so criu is
+//!   moved into the target cgroup before it runs.
+//! - Images hold the whole heap: directory 0700, files 0600.
+
+use std::ffi::{CString, OsStr};
+use std::fs;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cgroup::{Cgroup, CgroupError};
+
+/// The oldest CRIU that works on the kernels we run (see the module doc).
+pub const MIN_VERSION: Version = Version(4, 2, 0);
+
+/// The file CRIU writes only once a dump succeeded and the dumped tree was
+/// killed (its last step; "Dumping finished successfully" is logged only at
+/// -v3 and above, so the log cannot say it at the default level).
+const DUMP_DONE_FILE: &str = "stats-dump";
+
+/// How many lines of a log an error carries.
+const LOG_TAIL_LINES: usize = 12;
+
+/// Error lines CRIU logs on every run here that say nothing about why a
+/// step failed (it cannot raise its own fd limit inside our limits).
+const NOISE: [&str; 1] = ["Can't setup RLIMIT_NOFILE"];
+
+/// The suffix of an image directory a dump is still writing.
+const PARTIAL_SUFFIX: &str = ".partial";
+
+/// How CRIU keeps a dumped tree's TCP peers from seeing a reset while the
+/// tree is gone (`--network-lock`). CRIU's default, iptables, runs the
+/// iptables-restore binary; nftables goes through libnftables, linked
+/// into criu, and needs no binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkLock {
+    Iptables,
+    Nftables,
+}
+
+impl NetworkLock {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkLock::Iptables => "iptables",
+            NetworkLock::Nftables => "nftables",
+        }
+    }
+
+    /// iptables where its binary is on PATH, else nftables (our hosts have
+    /// no iptables: a dump with a TCP connection then failed with
+    /// "Iptables configuration failed").
+    pub fn detect() -> NetworkLock {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        if search_path(&path, "iptables-restore").is_some() {
+            NetworkLock::Iptables
+        } else {
+            NetworkLock::Nftables
+        }
+    }
+}
+
+/// A CRIU version, "4.2.1" as (4, 2, 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Version(pub u32, pub u32, pub u32);
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}.{}", self.0, self.1, self.2)
+    }
+}
+
+/// The version in `criu --version` output ("Version: 4.2.1\nGitID: ...";
+/// a release without a patch level prints "Version: 4.2").
+pub fn parse_version(text: &str) -> Option<Version> {
+    let v = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Version:"))?
+        .trim();
+    // "4.2.1", "4.2", "4.2-rc1": numbers up to the first non-digit part.
+    let mut nums = v
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().ok())
+        .take_while(Option::is_some)
+        .flatten();
+    let major = nums.next()?;
+    let minor = nums.next()?;
+    Some(Version(major, minor, nums.next().unwrap_or(0)))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CriuError {
+    #[error("criu not found (looked for {looked}); hibernation needs CRIU >= {MIN_VERSION}")]
+    NotFound { looked: String },
+    #[error("{path}: CRIU {found} is too old; hibernation needs >= {MIN_VERSION} (older ones fail on kernels >= 6.13)")]
+    TooOld { path: PathBuf, found: Version },
+    #[error("{path} --version: cannot read a version in {output:?}")]
+    NoVersion { path: PathBuf, output: String },
+    #[error("{op} {path}: {error}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        error: io::Error,
+    },
+    #[error("{dir}: the images directory must be a directory owned by root with mode 0700 (found {found})")]
+    UnsafeDir { dir: PathBuf, found: String },
+    #[error("{dir}: an image is already there")]
+    ImageExists { dir: PathBuf },
+    #[error("{dir}: no complete image there")]
+    NoImage { dir: PathBuf },
+    /// The target of a restore is not ready (frozen, or still populated).
+    #[error("{path}: cannot restore here: {why}")]
+    NotReady { path: PathBuf, why: &'static str },
+    /// CRIU ran and said no. `log_tail` is the end of its log, where the
+    /// reason is (e.g. "io_uring is not supported").
+    #[error("criu {op} failed ({status}); {log}: {log_tail}")]
+    Failed {
+        op: &'static str,
+        status: String,
+        log: PathBuf,
+        log_tail: String,
+    },
+    /// A dump still running at its deadline. It is left to finish (killing
+    /// a dump can kill the gate); `pid` is the criu process, reaped by a
+    /// thread of ours. The tree is frozen; do not thaw it while `pid` lives.
+    #[error(
+        "criu {op} (pid {pid}) still running after {waited:?}; left to finish. {log}: {log_tail}"
+    )]
+    StillRunning {
+        op: &'static str,
+        pid: u32,
+        waited: Duration,
+        log: PathBuf,
+        log_tail: String,
+    },
+    /// A restore past its deadline: criu was killed (a restore can be
+    /// repeated from the image, which is untouched) and what it had
+    /// restored was killed with it.
+    #[error("criu {op} killed after {waited:?}; the image is kept. {log}: {log_tail}")]
+    TimedOut {
+        op: &'static str,
+        waited: Duration,
+        log: PathBuf,
+        log_tail: String,
+    },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+}
+
+impl CriuError {
+    /// The reason CRIU gave, for `gov show` and events (the log's tail), or
+    /// the whole message for errors of our own.
+    pub fn reason(&self) -> String {
+        match self {
+            CriuError::Failed { log_tail, .. }
+            | CriuError::StillRunning { log_tail, .. }
+            | CriuError::TimedOut { log_tail, .. } => log_tail.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, CriuError>;
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CriuError + 'a {
+    move |error| CriuError::Io {
+        op,
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+/// A criu binary that was found and is new enough.
+#[derive(Debug, Clone)]
+pub struct Criu {
+    path: PathBuf,
+    version: Version,
+}
+
+/// What to dump.
+#[derive(Debug)]
+pub struct DumpRequest<'a> {
+    /// The tree's root as the host sees it: the init of the tree's own pid
+    /// namespace (restore needs its pids free, and only a fresh namespace
+    /// guarantees that).
+    pub pid: u32,
+    /// The cgroup that holds exactly that tree, frozen (a suspended gate's
+    /// worker cgroup). Passed as --freeze-cgroup.
+    pub cgroup: &'a Cgroup,
+    /// The images directory; must not exist yet. Created 0700, written as
+    /// `<dir>.partial` and renamed when the dump succeeded.
+    pub dir: &'a Path,
+    /// Also dump established TCP connections (--tcp-established); a tree
+    /// with one fails without it.
+    pub tcp_established: bool,
+    /// Used with `tcp_established`: dump and restore must agree.
+    pub network_lock: NetworkLock,
+    /// How long to wait for criu (a GiB takes ~2.5 s here).
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DumpReport {
+    pub elapsed: Duration,
+    /// Bytes on disk in the images directory (logs included).
+    pub image_bytes: u64,
+}
+
+/// A descriptor held outside the dumped tree that the restored tree gets
+/// back (`--inherit-fd fd[N]:KEY`): the same pipe, so its other end, held
+/// by the keeper, still talks to it.
+#[derive(Debug)]
+pub struct InheritFd {
+    pub fd: OwnedFd,
+    /// What the images call it, e.g. "pipe:[12345]" (see [`pipe_key`]).
+    pub key: String,
+}
+
+/// What to restore.
+#[derive(Debug)]
+pub struct RestoreRequest<'a> {
+    pub dir: &'a Path,
+    /// Where the tree lands: thawed and empty (restoring into a frozen
+    /// cgroup hangs).
+    pub cgroup: &'a Cgroup,
+    pub inherit: Vec<InheritFd>,
+    pub tcp_established: bool,
+    pub network_lock: NetworkLock,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RestoreReport {
+    pub elapsed: Duration,
+    /// The restored root's pid as the host sees it (a new one: only the
+    /// pids inside the tree's namespace are restored).
+    pub pid: u32,
+}
+
+/// What is on disk for a gate's images directory, for crash recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageState {
+    /// Nothing: never dumped, or the image was deleted.
+    None,
+    /// A dump finished and was renamed into place: restorable.
+    Complete,
+    /// `<dir>.partial` holding criu's `stats-dump`: the dump finished and
+    /// the daemon died between criu's end and the rename. [`promote_partial`] completes it.
+    PartialFinished,
+    /// `<dir>.partial` without it: a dump that failed or is still running
+    /// (check for a criu process before deleting it).
+    PartialUnfinished,
+}
+
+fn partial_dir(dir: &Path) -> PathBuf {
+    let mut s = dir.as_os_str().to_owned();
+    s.push(PARTIAL_SUFFIX);
+    PathBuf::from(s)
+}
+
+/// The state of the images for `dir` (see [`ImageState`]).
+pub fn image_state(dir: &Path) -> ImageState {
+    if dir.join("inventory.img").is_file() {
+        return ImageState::Complete;
+    }
+    let partial = partial_dir(dir);
+    if !partial.is_dir() {
+        return ImageState::None;
+    }
+    if partial.join(DUMP_DONE_FILE).is_file() {
+        ImageState::PartialFinished
+    } else {
+        ImageState::PartialUnfinished
+    }
+}
+
+/// Renames a finished `<dir>.partial` into place (recovery after a daemon
+/// died between the end of criu and the rename).
+pub fn promote_partial(dir: &Path) -> Result<()> {
+    if image_state(dir) != ImageState::PartialFinished {
+        return Err(CriuError::NoImage {
+            dir: dir.to_path_buf(),
+        });
+    }
+    fs::rename(partial_dir(dir), dir).map_err(io_err("rename", dir))
+}
+
+/// Deletes an image (complete or partial). Not an error when there is none.
+pub fn remove_image(dir: &Path) -> Result<()> {
+    for d in [dir.to_path_buf(), partial_dir(dir)] {
+        match fs::remove_dir_all(&d) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            r => r.map_err(io_err("remove", &d))?,
+        }
+    }
+    Ok(())
+}
+
+/// Bytes on disk under `dir` (regular files, not recursive: CRIU writes a
+/// flat directory).
+pub fn image_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let entry = entry.map_err(io_err("list", dir))?;
+        let meta = entry.metadata().map_err(io_err("stat", &entry.path()))?;
+        if meta.is_file() {
+            total += meta.len();
+        }
+    }
+    Ok(total)
+}
+
+/// The key under which CRIU's images name a pipe: "pipe:[INODE]", as
+/// readlink(/proc/PID/fd/N) shows it.
+pub fn pipe_key(fd: &impl AsRawFd) -> io::Result<String> {
+    // SAFETY: fstat on a descriptor we own into a zeroed struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFIFO {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a pipe"));
+    }
+    Ok(format!("pipe:[{}]", st.st_ino))
+}
+
+/// The directory that will hold images: each component below an existing
+/// parent is created 0700; the last one must end up root's and 0700, so no
+/// other user can read a gate's heap.
+pub fn ensure_private_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err("mkdir", dir))?;
+    let meta = fs::symlink_metadata(dir).map_err(io_err("stat", dir))?;
+    let mode = meta.mode() & 0o7777;
+    if !meta.is_dir() || meta.uid() != 0 || mode != 0o700 {
+        return Err(CriuError::UnsafeDir {
+            dir: dir.to_path_buf(),
+            found: format!(
+                "{} uid {} mode {mode:o}",
+                if meta.is_dir() { "dir" } else { "not a dir" },
+                meta.uid()
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl Criu {
+    /// Finds criu: `explicit` (the policy's path) if given, else the first
+    /// `criu` on PATH; then checks that it is >= [`MIN_VERSION`].
+    pub fn find(explicit: Option<&Path>) -> Result<Criu> {
+        let path = match explicit {
+            Some(p) => {
+                if !is_executable(p) {
+                    return Err(CriuError::NotFound {
+                        looked: p.display().to_string(),
+                    });
+                }
+                p.to_path_buf()
+            }
+            None => {
+                let path_var = std::env::var_os("PATH").unwrap_or_default();
+                search_path(&path_var, "criu").ok_or_else(|| CriuError::NotFound {
+                    looked: format!("criu on PATH={}", path_var.to_string_lossy()),
+                })?
+            }
+        };
+        let out = Command::new(&path)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .map_err(io_err("run", &path))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let version = parse_version(&text).ok_or_else(|| CriuError::NoVersion {
+            path: path.clone(),
+            output: text.trim().to_string(),
+        })?;
+        if version < MIN_VERSION {
+            return Err(CriuError::TooOld {
+                path,
+                found: version,
+            });
+        }
+        Ok(Criu { path, version })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Dumps the tree rooted at `req.pid` into `req.dir`; the tree is gone
+    /// afterwards (criu kills it once the image is written) and its cgroup
+    /// empty.
+    ///
+    /// Before: the cgroup holds exactly the tree and is frozen (the gate is
+    /// suspended); `req.dir` does not exist. After Ok: `req.dir` holds a
+    /// complete image (0700, files 0600), the cgroup is empty (and thawed:
+    /// criu thaws it once it has killed the tree). After `Failed`: the tree is intact (criu only seized it and
+    /// lets go; callers freeze it again, as [`crate::hibernate::hibernate`]
+    /// does), `<dir>.partial` holds the log (delete it with
+    /// [`remove_image`] once its reason is recorded).
+    pub fn dump(&self, req: &DumpRequest) -> Result<DumpReport> {
+        if image_state(req.dir) != ImageState::None {
+            return Err(CriuError::ImageExists {
+                dir: req.dir.to_path_buf(),
+            });
+        }
+        let work = partial_dir(req.dir);
+        if let Some(parent) = req.dir.parent() {
+            ensure_private_dir(parent)?;
+        }
+        // A partial dir left by a dump that never finished is garbage.
+        remove_image(req.dir)?;
+        ensure_private_dir(&work)?;
+        let mut cmd = self.command("dump", &work);
+        cmd.arg("-t")
+            .arg(req.pid.to_string())
+            // Both: a v2-frozen cgroup must be named, or criu hangs.
+            .arg("--freeze-cgroup")
+            .arg(req.cgroup.path())
+            .arg("--ext-unix-sk");
+        if req.tcp_established {
+            cmd.arg("--tcp-established")
+                .arg("--network-lock")
+                .arg(req.network_lock.as_str());
+        }
+        let start = Instant::now();
+        let log = work.join("dump.log");
+        let child = spawn(&mut cmd, &self.path, None, &[])?;
+        let status = match wait_bounded(child, req.timeout)? {
+            Waited::Exited(s) => s,
+            Waited::Running(child) => {
+                let pid = child.id();
+                reap_in_background(child);
+                return Err(CriuError::StillRunning {
+                    op: "dump",
+                    pid,
+                    waited: start.elapsed(),
+                    log_tail: log_tail(&log),
+                    log,
+                });
+            }
+        };
+        let elapsed = start.elapsed();
+        if !status.success() {
+            return Err(CriuError::Failed {
+                op: "dump",
+                status: status.to_string(),
+                log_tail: log_tail(&log),
+                log,
+            });
+        }
+        private_files(&work)?;
+        let image_bytes = image_bytes(&work)?;
+        fs::rename(&work, req.dir).map_err(io_err("rename", &work))?;
+        // criu has killed the tree; the kernel empties the cgroup as the
+        // last task exits, which can trail criu's own exit a little.
+        req.cgroup
+            .wait_events("populated 0", Duration::from_secs(5), |e| !e.populated)?;
+        Ok(DumpReport {
+            elapsed,
+            image_bytes,
+        })
+    }
+
+    /// Restores the image in `req.dir` into `req.cgroup` and leaves it
+    /// running (`--restore-detached`): the restored root is reparented to
+    /// the nearest subreaper above criu, or to init.
+    ///
+    /// Before: a complete image; the cgroup exists, is empty and thawed;
+    /// every inherited pipe is still held by its other end's owner. After
+    /// Ok: the tree runs in the cgroup, the image is kept (delete it when
+    /// the restore proved good). After an error: the image is untouched, the
+    /// cgroup empty (criu kills what it restored when it fails; a timeout
+    /// kills criu and the cgroup), so the restore can be tried again.
+    pub fn restore(&self, req: RestoreRequest) -> Result<RestoreReport> {
+        if image_state(req.dir) != ImageState::Complete {
+            return Err(CriuError::NoImage {
+                dir: req.dir.to_path_buf(),
+            });
+        }
+        let path = req.cgroup.path().to_path_buf();
+        if req.cgroup.read_file("cgroup.freeze")?.trim() != "0" {
+            return Err(CriuError::NotReady {
+                path,
+                why: "the cgroup is frozen (criu would hang): thaw it first",
+            });
+        }
+        if req.cgroup.read_cgroup_events()?.populated {
+            return Err(CriuError::NotReady {
+                path,
+                why: "the cgroup still has processes",
+            });
+        }
+        let pidfile = req.dir.join("restore.pid");
+        match fs::remove_file(&pidfile) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_err("remove", &pidfile)(e))
+            }
+            _ => {}
+        }
+        let mut cmd = self.command("restore", req.dir);
+        cmd.arg("--restore-detached")
+            .arg("--pidfile")
+            .arg(&pidfile)
+            .arg("--ext-unix-sk");
+        if req.tcp_established {
+            cmd.arg("--tcp-established")
+                .arg("--network-lock")
+                .arg(req.network_lock.as_str());
+        }
+        for inh in &req.inherit {
+            cmd.arg("--inherit-fd")
+                .arg(format!("fd[{}]:{}", inh.fd.as_raw_fd(), inh.key));
+        }
+        let procs = req.cgroup.path().join("cgroup.procs");
+        let inherit: Vec<i32> = req.inherit.iter().map(|i| i.fd.as_raw_fd()).collect();
+        let start = Instant::now();
+        let log = req.dir.join("restore.log");
+        let child = spawn(&mut cmd, &self.path, Some(&procs), &inherit)?;
+        drop(req.inherit);
+        let status = match wait_bounded(child, req.timeout)? {
+            Waited::Exited(s) => s,
+            Waited::Running(mut child) => {
+                // Unlike a dump, a restore may be killed: the image stays.
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = req.cgroup.kill_all(Duration::from_secs(10));
+                return Err(CriuError::TimedOut {
+                    op: "restore",
+                    waited: start.elapsed(),
+                    log_tail: log_tail(&log),
+                    log,
+                });
+            }
+        };
+        let elapsed = start.elapsed();
+        if !status.success() {
+            // criu kills a partly restored tree itself; make sure.
+            let _ = req.cgroup.kill_all(Duration::from_secs(10));
+            return Err(CriuError::Failed {
+                op: "restore",
+                status: status.to_string(),
+                log_tail: log_tail(&log),
+                log,
+            });
+        }
+        let text = fs::read_to_string(&pidfile).map_err(io_err("read", &pidfile))?;
+        let pid = text.trim().parse::<u32>().map_err(|e| CriuError::Io {
+            op: "parse",
+            path: pidfile.clone(),
+            error: io::Error::new(io::ErrorKind::InvalidData, format!("{text:?}: {e}")),
+        })?;
+        Ok(RestoreReport { elapsed, pid })
+    }
+
+    /// `criu OP -D DIR -o OP.log`, output to OP.stderr in DIR (criu's own
+    /// early errors, before its log is open, go there).
+    fn command(&self, op: &str, dir: &Path) -> Command {
+        let mut cmd = Command::new(&self.path);
+        cmd.arg(op)
+            .arg("-D")
+            .arg(dir)
+            .arg("-o")
+            .arg(format!("{op}.log"))
+            .stdin(Stdio::null());
+        let err = fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode_private()
+            .open(dir.join(format!("{op}.stderr")));
+        match err {
+            Ok(f) => {
+                let f2 = f.try_clone().ok();
+                cmd.stderr(f);
+                if let Some(f2) = f2 {
+                    cmd.stdout(f2);
+                }
+            }
+            Err(_) => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::null());
+            }
+        }
+        cmd
+    }
+}
+
+trait ModePrivate {
+    fn mode_private(&mut self) -> &mut Self;
+}
+
+impl ModePrivate for fs::OpenOptions {
+    fn mode_private(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+}
+
+fn is_executable(p: &Path) -> bool {
+    fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// The first executable `name` in a PATH value.
+pub fn search_path(path_var: &OsStr, name: &str) -> Option<PathBuf> {
+    std::env::split_paths(path_var)
+        .filter(|d| !d.as_os_str().is_empty())
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+/// Spawns criu with umask 077 (its images hold the heap), optionally moved
+/// into a cgroup first (writing "0" to cgroup.procs moves the writer), and
+/// with `inherit` fds left open across exec.
+fn spawn(
+    cmd: &mut Command,
+    path: &Path,
+    cgroup_procs: Option<&Path>,
+    inherit: &[i32],
+) -> Result<Child> {
+    let procs = cgroup_procs
+        .map(|p| CString::new(p.as_os_str().as_bytes()))
+        .transpose()
+        .map_err(|e| CriuError::Io {
+            op: "path",
+            path: path.to_path_buf(),
+            error: io::Error::new(io::ErrorKind::InvalidInput, e),
+        })?;
+    let inherit = inherit.to_vec();
+    // SAFETY: the closure runs between fork and exec and calls only
+    // async-signal-safe functions (umask, open, write, close, fcntl) on data
+    // prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::umask(0o077);
+            if let Some(procs) = &procs {
+                let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let r = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = io::Error::last_os_error();
+                libc::close(fd);
+                if r != 1 {
+                    return Err(err);
+                }
+            }
+            for &fd in &inherit {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(io_err("run", path))
+}
+
+enum Waited {
+    Exited(ExitStatus),
+    Running(Child),
+}
+
+/// Waits for a child up to `timeout` on its pidfd (readable when it exits).
+fn wait_bounded(mut child: Child, timeout: Duration) -> Result<Waited> {
+    let pidfd =
+        crate::proc::pidfd_open(child.id()).map_err(io_err("pidfd_open", Path::new("criu")))?;
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(io_err("wait", Path::new("criu")))?
+        {
+            return Ok(Waited::Exited(status));
+        }
+        let left = timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Ok(Waited::Running(child));
+        }
+        let mut pfd = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+    }
+}
+
+/// A criu left running gets a thread that reaps it, so it never lingers as
+/// a zombie, and says when it ended.
+fn reap_in_background(mut child: Child) {
+    let pid = child.id();
+    let _ = std::thread::Builder::new()
+        .name(format!("criu-{pid}"))
+        .spawn(move || match child.wait() {
+            Ok(s) => tracing::warn!(pid, %s, "a criu left running past its deadline ended"),
+            Err(e) => tracing::warn!(pid, "waiting for criu: {e}"),
+        });
+}
+
+/// Every file CRIU wrote, made 0600 (the umask already asks for it; this
+/// makes sure whatever criu's own open() modes were).
+fn private_files(dir: &Path) -> Result<()> {
+    for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let entry = entry.map_err(io_err("list", dir))?;
+        let p = entry.path();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).map_err(io_err("chmod", &p))?;
+    }
+    Ok(())
+}
+
+/// The last lines of a log, the lines saying "Error" first when there are
+/// any: CRIU's reason is an Error line, often followed by cleanup chatter.
+pub fn log_tail(path: &Path) -> String {
+    let Ok(mut f) = fs::File::open(path) else {
+        return format!("(no log at {})", path.display());
+    };
+    // The reason is near the end; a 1 GiB dump's log is large.
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    tail_of(&String::from_utf8_lossy(&buf))
+}
+
+/// See [`log_tail`]; pure, for tests.
+pub fn tail_of(log: &str) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !NOISE.iter().any(|n| l.contains(n)))
+        .collect();
+    let errors: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains("Error") || l.contains("error"))
+        .collect();
+    let pick = if errors.is_empty() { &lines } else { &errors };
+    let from = pick.len().saturating_sub(LOG_TAIL_LINES);
+    pick[from..]
+        .iter()
+        .map(|l| strip_log_prefix(l))
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// "(00.012345) Error (criu/foo.c:12): msg" -> "Error (criu/foo.c:12): msg"
+fn strip_log_prefix(line: &str) -> &str {
+    let t = line.trim();
+    match t.strip_prefix('(').and_then(|r| r.split_once(") ")) {
+        Some((stamp, rest)) if stamp.chars().all(|c| c.is_ascii_digit() || c == '.') => rest,
+        _ => t,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_parse_and_compare() {
+        assert_eq!(parse_version("Version: 4.2.1\n"), Some(Version(4, 2, 1)));
+        assert_eq!(
+            parse_version("Version: 4.2\nGitID: v4.2\n"),
+            Some(Version(4, 2, 0))
+        );
+        assert_eq!(parse_version("Version: 3.17.1\n"), Some(Version(3, 17, 1)));
+        assert_eq!(parse_version("Version: 4.3-rc1\n"), Some(Version(4, 3, 0)));
+        assert_eq!(parse_version("criu: command not found"), None);
+        assert_eq!(parse_version("Version: x"), None);
+        assert!(Version(3, 17, 1) < MIN_VERSION);
+        assert!(Version(4, 1, 1) < MIN_VERSION);
+        assert!(Version(4, 2, 0) >= MIN_VERSION);
+        assert!(Version(5, 0, 0) >= MIN_VERSION);
+    }
+
+    #[test]
+    fn the_tail_shows_errors_without_timestamps() {
+        let log = "(00.000100) Dumping task\n(00.012345) Error (criu/uring.c:7): io_uring is not supported\n(00.02) Unfreezing tasks\n";
+        assert_eq!(
+            tail_of(log),
+            "Error (criu/uring.c:7): io_uring is not supported"
+        );
+        assert_eq!(tail_of("(0.1) a\n(0.2) b\n"), "a | b");
+        assert_eq!(
+            tail_of("(0.1) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self\n(0.2) Error (x): real\n"),
+            "Error (x): real"
+        );
+    }
+
+    #[test]
+    fn path_search_finds_executables_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("a");
+        fs::create_dir(&plain).unwrap();
+        fs::write(plain.join("criu"), "").unwrap();
+        let exe = dir.path().join("b");
+        fs::create_dir(&exe).unwrap();
+        fs::write(exe.join("criu"), "").unwrap();
+        fs::set_permissions(exe.join("criu"), fs::Permissions::from_mode(0o755)).unwrap();
+        let var = std::env::join_paths([&plain, &exe]).unwrap();
+        assert_eq!(search_path(&var, "criu"), Some(exe.join("criu")));
+        assert_eq!(search_path(OsStr::new(""), "criu"), None);
+        let err = Criu::find(Some(&plain.join("criu"))).unwrap_err();
+        assert!(matches!(err, CriuError::NotFound { .. }), "{err}");
+    }
+
+    #[test]
+    fn image_states_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("g1");
+        assert_eq!(image_state(&img), ImageState::None);
+        let partial = partial_dir(&img);
+        fs::create_dir(&partial).unwrap();
+        fs::write(partial.join("dump.log"), "(0.1) Dumping\n").unwrap();
+        assert_eq!(image_state(&img), ImageState::PartialUnfinished);
+        assert!(promote_partial(&img).is_err());
+        fs::write(partial.join("inventory.img"), "x").unwrap();
+        fs::write(partial.join(DUMP_DONE_FILE), "").unwrap();
+        assert_eq!(image_state(&img), ImageState::PartialFinished);
+        promote_partial(&img).unwrap();
+        assert_eq!(image_state(&img), ImageState::Complete);
+        assert_eq!(image_bytes(&img).unwrap(), 1 + 14);
+        remove_image(&img).unwrap();
+        assert_eq!(image_state(&img), ImageState::None);
+        remove_image(&img).unwrap();
+    }
+
+    #[test]
+    fn pipe_keys_name_the_inode() {
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let key = pipe_key(&r).unwrap();
+        assert!(key.starts_with("pipe:[") && key.ends_with(']'), "{key}");
+        let link = fs::read_link(format!("/proc/self/fd/{}", r.as_raw_fd())).unwrap();
+        assert_eq!(link.to_string_lossy(), key);
+        let f = fs::File::open("/dev/null").unwrap();
+        assert!(pipe_key(&f).is_err());
+    }
+}

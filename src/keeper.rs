@@ -1,0 +1,1135 @@
+//! The keeper: the process a host knows, alive while its worker hibernates.
+//!
+//! A host started the gate: it holds the gate's pid, its stdio pipes, and
+//! may wait(2) on it. CRIU's dump ends the dumped tree, and a restore gives
+//! it new pids (host-side), so a host holding the worker itself would see
+//! an exit. So a hibernatable gate's main process is this small keeper:
+//!
+//! ```text
+//! host ──pipes/tty──> keeper (gate cgroup; the pid the host knows)
+//!                       │  relays stdio through pipes it owns
+//!                       └─ ns-init (pid 1 of a new pid namespace, cgroup <gate>/w)
+//!                            └─ CMD (pid 2), its children...
+//! ```
+//!
+//! - The worker tree runs in a pid namespace of its own, so a restore gets
+//!   its pids back (inside the namespace they are the same ones).
+//! - Its stdio are pipes whose other ends the keeper holds and relays to the
+//!   host's stdio. The keeper also keeps a copy of the worker's ends at
+//!   fixed descriptors ([`WORKER_FDS`]), so a restore can hand the very
+//!   same pipes back with `--inherit-fd` (see [`inherit_fds`]); bytes the
+//!   worker wrote before the dump are still in the pipe.
+//! - ns-init is a fork of the keeper: it starts CMD, forwards signals to
+//!   it, reaps orphans (pid 1's duty), and reports CMD's exit status
+//!   through a pipe, since after a restore it is no longer the keeper's
+//!   child and wait(2) cannot reach it.
+//! - The keeper forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2
+//!   to CMD through a signal pipe (a byte per signal) read by ns-init:
+//!   pids change across a restore, a pipe does not.
+//! - When CMD exits, ns-init writes its status and exits (the kernel then
+//!   kills what is left of the namespace, as `docker run --init` does);
+//!   the keeper passes the rest of the output on and exits with CMD's
+//!   status (a signal is re-raised, so the host's wait sees the same).
+//! - ns-init dying without a status is a hibernation when the daemon said
+//!   so first: it sends [`hold_signal`] (a queued real-time signal) before
+//!   a dump or a restore, and [`release_signal`] after a dump that failed or
+//!   a restore that worked. While held, the keeper rides out an empty worker
+//!   cgroup (state `Held`) until it is populated again by a restore. Without
+//!   a hold the worker died abnormally and the keeper exits as it did.
+//!   (The worker cgroup's own `cgroup.freeze` cannot serve as the mark:
+//!   criu thaws the cgroup once the dumped tree is killed.)
+//! - Starting the pid namespace takes CAP_SYS_ADMIN: a keeper started by
+//!   root forks ns-init itself. For an unprivileged host the daemon will
+//!   have to start the worker (see docs/design.md, "Hibernation").
+//!
+//! Cgroups: the keeper stays in the gate's cgroup, the worker tree lives in
+//! the child `<gate>/w` ([`WORKER_CGROUP`]), so `criu --freeze-cgroup
+//! <gate>/w` sees exactly the dumped tree. cgroup v2 allows processes in a
+//! cgroup that has children as long as that cgroup enables no controllers
+//! for its children (cgroup.subtree_control empty), which gov never does
+//! in a gate: limits written on `<gate>` (memory.max, pids.max) cover the
+//! keeper and the worker together, on pure v2 as on hybrid hosts (where v2
+//! has no controllers at all). The freezer and cgroup.kill are core files,
+//! present in every cgroup, so `<gate>/w` can be frozen alone.
+//!
+//! Limits: the worker's stdio are pipes, never a tty (isatty() is false);
+//! descriptors other than 0, 1, 2 are not passed on; CMD's orphans die with
+//! CMD (namespace teardown).
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::criu::InheritFd;
+
+/// The child cgroup of a gate that holds its worker tree.
+pub const WORKER_CGROUP: &str = "w";
+
+/// The keeper's copies of the worker's ends, at fixed numbers so the
+/// daemon finds them (pidfd_getfd) for `--inherit-fd` at restore:
+/// stdin (read end), stdout and stderr (write ends), the status pipe
+/// (write end) and the signal pipe (read end).
+pub const FD_WORKER_STDIN: RawFd = 10;
+pub const FD_WORKER_STDOUT: RawFd = 11;
+pub const FD_WORKER_STDERR: RawFd = 12;
+pub const FD_STATUS: RawFd = 13;
+pub const FD_SIGNAL: RawFd = 14;
+pub const WORKER_FDS: [RawFd; 5] = [
+    FD_WORKER_STDIN,
+    FD_WORKER_STDOUT,
+    FD_WORKER_STDERR,
+    FD_STATUS,
+    FD_SIGNAL,
+];
+
+/// Signals the keeper passes on to CMD.
+const FORWARDED: [Signal; 6] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Sent by the daemon before a dump or a restore: "the worker may vanish
+/// without a word (dumped, or a restore that failed); hold". It lasts until
+/// [`release_signal`]. A real-time signal, so it is queued, in order.
+pub fn hold_signal() -> i32 {
+    libc::SIGRTMIN() + 4
+}
+
+/// Sent by the daemon after a dump that failed or a restore that worked:
+/// "a worker that ends from now on really ended".
+pub fn release_signal() -> i32 {
+    libc::SIGRTMIN() + 5
+}
+
+/// Tells keeper `pid` to hold through the coming dump. Call it before
+/// [`crate::criu::Criu::dump`]; the signal is queued at once, so the keeper
+/// sees it before it can see its worker gone.
+pub fn hold(pid: u32) -> io::Result<()> {
+    let fd = crate::proc::pidfd_open(pid)?;
+    crate::proc::pidfd_send_signal(&fd, hold_signal())
+}
+
+/// Ends a [`hold`]: call it after a dump that failed and after a restore
+/// that worked. (criu's restore runs inside the worker cgroup, so the keeper
+/// sees it populated before the restore is done; a failed restore empties
+/// it again, which a held keeper rides out.)
+pub fn release(pid: u32) -> io::Result<()> {
+    let fd = crate::proc::pidfd_open(pid)?;
+    crate::proc::pidfd_send_signal(&fd, release_signal())
+}
+
+/// Everything the keeper takes through its signalfd.
+fn keeper_mask() -> SigSet {
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    for s in FORWARDED {
+        mask.add(s);
+    }
+    let mut raw: libc::sigset_t = *mask.as_ref();
+    // SAFETY: adding valid real-time signal numbers to a sigset.
+    unsafe {
+        libc::sigaddset(&mut raw, hold_signal());
+        libc::sigaddset(&mut raw, release_signal());
+        SigSet::from_sigset_t_unchecked(raw)
+    }
+}
+
+/// Bytes relayed per read: a pipe page.
+const CHUNK: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KeeperError {
+    #[error("keeper: {op}: {error}")]
+    Sys { op: &'static str, error: Errno },
+    #[error("keeper: {op} {path}: {error}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        error: io::Error,
+    },
+    #[error("gov keeper --init (starting the worker) failed: {status}")]
+    Init { status: String },
+    #[error("process {pid} is not a keeper: fd {fd} is not a pipe ({why})")]
+    NotAKeeper { pid: u32, fd: RawFd, why: String },
+}
+
+fn sys(op: &'static str) -> impl FnOnce(Errno) -> KeeperError {
+    move |error| KeeperError::Sys { op, error }
+}
+
+/// How CMD ended, as ns-init reports it on the status pipe: one line,
+/// "exit N" or "signal N" (a write under PIPE_BUF is atomic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Exit(i32),
+    Signal(i32),
+}
+
+impl Ended {
+    pub fn to_line(self) -> String {
+        match self {
+            Ended::Exit(c) => format!("exit {c}\n"),
+            Ended::Signal(s) => format!("signal {s}\n"),
+        }
+    }
+
+    pub fn parse(line: &str) -> Option<Ended> {
+        let (kind, n) = line.trim().split_once(' ')?;
+        let n = n.parse().ok()?;
+        match kind {
+            "exit" => Some(Ended::Exit(n)),
+            "signal" => Some(Ended::Signal(n)),
+            _ => None,
+        }
+    }
+
+    fn of(status: WaitStatus) -> Option<Ended> {
+        match status {
+            WaitStatus::Exited(_, c) => Some(Ended::Exit(c)),
+            WaitStatus::Signaled(_, s, _) => Some(Ended::Signal(s as i32)),
+            _ => None,
+        }
+    }
+}
+
+/// The keeper's copies of the worker's pipe ends, taken from a running
+/// keeper (pidfd_getfd; needs root or ptrace rights over it), ready for
+/// `criu restore --inherit-fd`.
+pub fn inherit_fds(keeper_pid: u32) -> Result<Vec<InheritFd>, KeeperError> {
+    let pidfd = crate::proc::pidfd_open(keeper_pid).map_err(|e| KeeperError::Io {
+        op: "pidfd_open",
+        path: PathBuf::from(format!("/proc/{keeper_pid}")),
+        error: e,
+    })?;
+    let mut out = Vec::new();
+    for fd in WORKER_FDS {
+        // SAFETY: pidfd_getfd(pidfd, targetfd, flags) returns a new fd or -1.
+        let got = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+        if got < 0 {
+            return Err(KeeperError::NotAKeeper {
+                pid: keeper_pid,
+                fd,
+                why: io::Error::last_os_error().to_string(),
+            });
+        }
+        // SAFETY: a fresh fd the kernel just gave us.
+        let owned = unsafe { OwnedFd::from_raw_fd(got as RawFd) };
+        let key = crate::criu::pipe_key(&owned).map_err(|e| KeeperError::NotAKeeper {
+            pid: keeper_pid,
+            fd,
+            why: e.to_string(),
+        })?;
+        out.push(InheritFd { fd: owned, key });
+    }
+    Ok(out)
+}
+
+/// Who starts the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// The keeper forks ns-init itself (needs CAP_SYS_ADMIN: root).
+    Fork,
+    /// The daemon does ([`start_worker`]): the keeper sets up its pipes
+    /// and waits, held, until the worker cgroup is populated.
+    External,
+}
+
+/// A worker's credentials, for a worker the daemon starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Creds {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// `gov keeper`'s entry: runs CMD below a keeper and returns the exit
+/// code for this process (a signal death is re-raised and never returns).
+pub fn run(worker_cgroup: &Path, cmd: &[OsString], start: Start) -> Result<i32, KeeperError> {
+    // Only 0, 1, 2 go on to the worker: anything else the host leaked
+    // would be an open file CRIU must find unchanged at restore.
+    // SAFETY: close_range on numbers we own (nothing else is open yet
+    // besides what the host passed).
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+
+    let stdin = pipe()?;
+    let stdout = pipe()?;
+    let stderr = pipe()?;
+    let status = pipe()?;
+    let signal = pipe()?;
+    // The worker's ends, at their fixed numbers, inherited by the fork.
+    place(&stdin.0, FD_WORKER_STDIN)?;
+    place(&stdout.1, FD_WORKER_STDOUT)?;
+    place(&stderr.1, FD_WORKER_STDERR)?;
+    place(&status.1, FD_STATUS)?;
+    place(&signal.0, FD_SIGNAL)?;
+    drop((stdin.0, stdout.1, stderr.1, status.1, signal.0));
+    let relay = Relay {
+        to_worker: stdin.1,
+        from_stdout: stdout.0,
+        from_stderr: stderr.0,
+        status: status.0,
+        signal: signal.1,
+    };
+
+    let mask = keeper_mask();
+    mask.thread_block().map_err(sys("sigprocmask"))?;
+    // A host that closes its end of our stdout must not kill the keeper;
+    // the child resets this before it runs CMD.
+    // SAFETY: setting a disposition to SIG_IGN.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+
+    if start == Start::External {
+        // Our descriptors are in place: the daemon may start the worker.
+        let cmd = cmd
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let req = crate::protocol::Request::StartWorker { cmd };
+        match crate::client::request(&crate::client::socket_path(), req) {
+            Ok(Some(crate::protocol::Response::Done { .. })) => {}
+            other => {
+                return Err(KeeperError::Io {
+                    op: "ask the gov daemon to start the worker",
+                    path: crate::client::socket_path(),
+                    error: io::Error::other(format!("{other:?}")),
+                })
+            }
+        }
+        return keep(relay, None, worker_cgroup, mask);
+    }
+    // The next child is pid 1 of a new pid namespace. That takes
+    // CAP_SYS_ADMIN; an unprivileged keeper needs the daemon to start its
+    // worker (Start::External).
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID)
+        .map_err(sys("unshare(CLONE_NEWPID) (needs CAP_SYS_ADMIN)"))?;
+    let procs = worker_cgroup.join("cgroup.procs");
+    // SAFETY: this process is single-threaded (the CLI starts no threads
+    // before this), so the child may run ordinary Rust code.
+    match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
+        ForkResult::Child => {
+            drop(relay);
+            let code = worker_init(&procs, cmd, mask, None);
+            // SAFETY: leaving the child without running the parent's atexit.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => keep(relay, Some(child), worker_cgroup, mask),
+    }
+}
+
+/// `gov keeper --init`'s entry, run by the daemon for an unprivileged
+/// keeper ([`start_worker`]): in a new pid namespace for its children
+/// (unshared before exec) and with the keeper's pipe ends at
+/// [`WORKER_FDS`], forks ns-init (which starts CMD as `creds`) and
+/// returns at once: ns-init's parent is then init, as
+/// after a restore.
+pub fn run_init(worker_cgroup: &Path, cmd: &[OsString], creds: &Creds) -> Result<i32, KeeperError> {
+    let mask = keeper_mask();
+    mask.thread_block().map_err(sys("sigprocmask"))?;
+    let procs = worker_cgroup.join("cgroup.procs");
+    // SAFETY: `gov keeper --init` is single-threaded.
+    match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
+        ForkResult::Child => {
+            let code = worker_init(&procs, cmd, mask, Some(creds));
+            // SAFETY: leaving the child without running atexit handlers.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { .. } => Ok(0),
+    }
+}
+
+/// What the daemon needs to start an unprivileged keeper's worker as the
+/// keeper would have: its credentials, working directory and environment.
+#[derive(Debug, Clone)]
+pub struct WorkerSpec {
+    pub creds: Creds,
+    pub cwd: PathBuf,
+    pub env: Vec<(OsString, OsString)>,
+    pub cmd: Vec<OsString>,
+}
+
+impl WorkerSpec {
+    /// The keeper's own credentials, cwd and environment, from procfs.
+    pub fn of_keeper(pid: u32, cmd: Vec<OsString>) -> Result<WorkerSpec, KeeperError> {
+        use std::os::unix::ffi::OsStrExt;
+        let io = |op: &'static str, path: String| {
+            move |error| KeeperError::Io {
+                op,
+                path: PathBuf::from(path),
+                error,
+            }
+        };
+        let status_path = format!("/proc/{pid}/status");
+        let status = fs::read_to_string(&status_path).map_err(io("read", status_path.clone()))?;
+        let field = |name: &str| -> Vec<u32> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(|v| {
+                    v.split_whitespace()
+                        .filter_map(|n| n.parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        // Uid:/Gid: list real, effective, saved, fs: the real one counts.
+        let (uid, gid) = match (field("Uid:").first(), field("Gid:").first()) {
+            (Some(&u), Some(&g)) => (u, g),
+            _ => {
+                return Err(KeeperError::Io {
+                    op: "parse",
+                    path: PathBuf::from(status_path),
+                    error: io::Error::new(io::ErrorKind::InvalidData, "no Uid/Gid"),
+                })
+            }
+        };
+        let cwd_path = format!("/proc/{pid}/cwd");
+        let cwd = fs::read_link(&cwd_path).map_err(io("readlink", cwd_path))?;
+        let env_path = format!("/proc/{pid}/environ");
+        let environ = fs::read(&env_path).map_err(io("read", env_path))?;
+        let env = environ
+            .split(|&b| b == 0)
+            .filter_map(|kv| {
+                let i = kv.iter().position(|&b| b == b'=')?;
+                Some((
+                    OsStr::from_bytes(&kv[..i]).to_owned(),
+                    OsStr::from_bytes(&kv[i + 1..]).to_owned(),
+                ))
+            })
+            .collect();
+        Ok(WorkerSpec {
+            creds: Creds {
+                uid,
+                gid,
+                groups: field("Groups:"),
+            },
+            cwd,
+            env,
+            cmd,
+        })
+    }
+}
+
+/// Starts the worker of keeper `keeper_pid` (running with
+/// [`Start::External`]) as the daemon must for an unprivileged host: runs
+/// `gov keeper --init` with the keeper's pipe ends at [`WORKER_FDS`], in a
+/// new pid namespace, and waits (up to `timeout`) for it to hand ns-init
+/// off. ns-init then joins `worker_cgroup` and starts CMD as `spec.creds`;
+/// the keeper sees the cgroup populated.
+pub fn start_worker(
+    gov: &Path,
+    keeper_pid: u32,
+    worker_cgroup: &Path,
+    spec: &WorkerSpec,
+    timeout: std::time::Duration,
+) -> Result<(), KeeperError> {
+    let fds = inherit_fds(keeper_pid)?;
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.fd.as_raw_fd()).collect();
+    let groups: Vec<String> = spec.creds.groups.iter().map(u32::to_string).collect();
+    let mut c = std::process::Command::new(gov);
+    c.arg("keeper")
+        .arg("--init")
+        .arg("--worker-cgroup")
+        .arg(worker_cgroup)
+        .arg("--uid")
+        .arg(spec.creds.uid.to_string())
+        .arg("--gid")
+        .arg(spec.creds.gid.to_string())
+        .args(
+            (!groups.is_empty())
+                .then(|| ["--groups".to_string(), groups.join(",")])
+                .into_iter()
+                .flatten(),
+        )
+        .arg("--")
+        .args(&spec.cmd)
+        .current_dir(&spec.cwd)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit());
+    // SAFETY: between fork and exec only fcntl, dup2 and unshare, all
+    // async-signal-safe, on numbers prepared before the fork.
+    unsafe {
+        c.pre_exec(move || {
+            // Out of the way first, so a source at 10-14 is not clobbered.
+            let mut high = [0; 5];
+            for (h, &fd) in high.iter_mut().zip(&raw) {
+                *h = libc::fcntl(fd, libc::F_DUPFD, 64);
+                if *h < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for (&h, &at) in high.iter().zip(&WORKER_FDS) {
+                if libc::dup2(h, at) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if libc::unshare(libc::CLONE_NEWPID) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().map_err(|e| KeeperError::Io {
+        op: "run",
+        path: gov.to_path_buf(),
+        error: e,
+    })?;
+    drop(fds);
+    let pidfd = crate::proc::pidfd_open(child.id()).map_err(|e| KeeperError::Io {
+        op: "pidfd_open",
+        path: gov.to_path_buf(),
+        error: e,
+    })?;
+    let mut pfd = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd; readable once the child exits.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
+    let status = match child.try_wait() {
+        Ok(Some(s)) => s,
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(KeeperError::Init {
+                status: format!("killed: no hand-off within {timeout:?}"),
+            });
+        }
+    };
+    if !status.success() {
+        return Err(KeeperError::Init {
+            status: status.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// A pipe whose ends sit above [`WORKER_FDS`], so placing one end at its
+/// fixed number never closes another pipe's end.
+fn pipe() -> Result<(OwnedFd, OwnedFd), KeeperError> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(sys("pipe2"))?;
+    Ok((high(r)?, high(w)?))
+}
+
+fn high(fd: OwnedFd) -> Result<OwnedFd, KeeperError> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new fd >= 32 or -1.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 32) };
+    if n < 0 {
+        return Err(KeeperError::Sys {
+            op: "fcntl(F_DUPFD_CLOEXEC)",
+            error: Errno::last(),
+        });
+    }
+    // SAFETY: a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// dup2 without CLOEXEC: the fork keeps it, an exec from the keeper would
+/// too, but the keeper execs nothing.
+fn place(fd: &OwnedFd, at: RawFd) -> Result<(), KeeperError> {
+    // SAFETY: dup2 onto a number we reserve for this end.
+    if unsafe { libc::dup2(fd.as_raw_fd(), at) } < 0 {
+        return Err(KeeperError::Sys {
+            op: "dup2",
+            error: Errno::last(),
+        });
+    }
+    Ok(())
+}
+
+/// The keeper's own ends.
+struct Relay {
+    to_worker: OwnedFd,
+    from_stdout: OwnedFd,
+    from_stderr: OwnedFd,
+    status: OwnedFd,
+    signal: OwnedFd,
+}
+
+// ---------------------------------------------------------------------------
+// ns-init: pid 1 of the worker's namespace
+
+/// Runs as pid 1 of the worker's pid namespace, with the worker's pipe ends
+/// at [`WORKER_FDS`] and `mask` blocked: joins the worker cgroup (its
+/// `cgroup.procs` is `procs`), starts CMD, forwards signals from the
+/// signal pipe, reaps, reports CMD's end on the status pipe. Returns the
+/// code to _exit with.
+pub fn worker_init(procs: &Path, cmd: &[OsString], mask: SigSet, creds: Option<&Creds>) -> i32 {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        eprintln!("gov keeper: {what}: {e}");
+        report(Ended::Exit(126));
+        126
+    };
+    // Into the worker cgroup before anything forks, so the whole tree is
+    // born there.
+    if let Err(e) = fs::write(procs, "0") {
+        return fail(&format!("joining {}", procs.display()), &e);
+    }
+    // A session of its own: CRIU refuses a tree whose session leader is
+    // outside it (the host's shell) unless told it is a shell job.
+    if let Err(e) = nix::unistd::setsid() {
+        return fail("setsid", &e);
+    }
+    // The worker's stdio are its pipe ends.
+    for (from, to) in [
+        (FD_WORKER_STDIN, 0),
+        (FD_WORKER_STDOUT, 1),
+        (FD_WORKER_STDERR, 2),
+    ] {
+        // SAFETY: dup2 of our fixed fds onto stdio.
+        unsafe { libc::dup2(from, to) };
+    }
+    for fd in [FD_WORKER_STDIN, FD_WORKER_STDOUT, FD_WORKER_STDERR] {
+        // SAFETY: closing our own copies (0, 1, 2 hold them now).
+        unsafe { libc::close(fd) };
+    }
+    for fd in [FD_STATUS, FD_SIGNAL] {
+        // CMD must not inherit them.
+        // SAFETY: fcntl on our fds.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    let sfd = match SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
+        Ok(s) => s,
+        Err(e) => return fail("signalfd", &e),
+    };
+    let child = match start_cmd(cmd, creds) {
+        Ok(pid) => pid,
+        Err(e) => {
+            let code = if e.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            eprintln!("gov keeper: cannot run {}: {e}", cmd[0].to_string_lossy());
+            report(Ended::Exit(code));
+            return code;
+        }
+    };
+    loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: sfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: FD_SIGNAL,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two valid pollfds.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            continue; // EINTR (criu's seize and restore interrupt it)
+        }
+        if fds[1].revents != 0 {
+            let mut buf = [0u8; 64];
+            // SAFETY: reading into our buffer.
+            let n = unsafe { libc::read(FD_SIGNAL, buf.as_mut_ptr().cast(), buf.len()) };
+            if n == 0 {
+                // The keeper is gone (all writers closed): so is the host's
+                // view of this gate; end CMD.
+                let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+            }
+            for &b in &buf[..n.max(0) as usize] {
+                if let Ok(sig) = Signal::try_from(b as i32) {
+                    let _ = nix::sys::signal::kill(child, sig);
+                }
+            }
+        }
+        if fds[0].revents != 0 {
+            while let Ok(Some(info)) = sfd.read_signal() {
+                let signo = info.ssi_signo as i32;
+                if signo != libc::SIGCHLD {
+                    // Sent to ns-init directly: pass it on too.
+                    if let Ok(sig) = Signal::try_from(signo) {
+                        let _ = nix::sys::signal::kill(child, sig);
+                    }
+                }
+            }
+            // Reap everything: pid 1 adopts the namespace's orphans.
+            loop {
+                match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) | Err(_) => break,
+                    Ok(st) if st.pid() == Some(child) => {
+                        if let Some(ended) = Ended::of(st) {
+                            report(ended);
+                            return 0;
+                        }
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Tells the keeper how CMD ended.
+fn report(ended: Ended) {
+    let line = ended.to_line();
+    // SAFETY: one write to our status pipe.
+    unsafe { libc::write(FD_STATUS, line.as_ptr().cast(), line.len()) };
+}
+
+/// Starts CMD as ns-init's child; as `creds` when the daemon started
+/// ns-init for an unprivileged keeper. ns-init itself stays root: CRIU's
+/// parasite in the namespace's init mounts a procfs of the namespace's own
+/// (this /proc belongs to the host's), which an unprivileged init cannot.
+fn start_cmd(cmd: &[OsString], creds: Option<&Creds>) -> io::Result<Pid> {
+    let mut c = std::process::Command::new(&cmd[0]);
+    c.args(&cmd[1..]);
+    let creds = creds.map(|c| {
+        let groups: Vec<libc::gid_t> = c.groups.clone();
+        (c.uid, c.gid, groups)
+    });
+    // SAFETY: between fork and exec: only sigprocmask, signal, setgroups,
+    // setgid and setuid, all async-signal-safe, on data made before.
+    unsafe {
+        c.pre_exec(move || {
+            // Blocked signals and ignored dispositions survive exec: give
+            // CMD the defaults it would have had without us.
+            let empty = SigSet::empty();
+            let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&empty), None);
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+            if let Some((uid, gid, groups)) = &creds {
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = c.spawn()?;
+    let pid = Pid::from_raw(child.id() as i32);
+    // ns-init reaps by waitpid itself; the Child handle is just dropped.
+    std::mem::forget(child);
+    Ok(pid)
+}
+
+// ---------------------------------------------------------------------------
+// The keeper's loop
+
+/// Where the worker is, as the keeper sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Worker {
+    /// ns-init is our child (never hibernated yet).
+    Child(Pid),
+    /// A restored tree: not our child; its end comes by the status pipe.
+    Restored,
+    /// Dumped: nothing runs; wait for a restore.
+    Held,
+}
+
+/// A one-way byte relay with a bounded buffer: read only when empty, so a
+/// slow reader holds the writer back instead of growing our memory.
+struct Pump {
+    buf: Vec<u8>,
+    off: usize,
+    /// The source said EOF or failed.
+    src_done: bool,
+    /// The destination failed (EPIPE): drop what comes.
+    dst_dead: bool,
+}
+
+impl Pump {
+    fn new() -> Pump {
+        Pump {
+            buf: Vec::with_capacity(CHUNK),
+            off: 0,
+            src_done: false,
+            dst_dead: false,
+        }
+    }
+
+    fn pending(&self) -> bool {
+        self.off < self.buf.len()
+    }
+
+    fn want_read(&self) -> bool {
+        !self.src_done && !self.pending()
+    }
+
+    /// One read from `src` (readable per poll, so it does not block).
+    fn fill(&mut self, src: RawFd) {
+        let mut chunk = [0u8; CHUNK];
+        // SAFETY: reading into our buffer.
+        let n = unsafe { libc::read(src, chunk.as_mut_ptr().cast(), CHUNK) };
+        if n > 0 {
+            if !self.dst_dead {
+                self.buf.clear();
+                self.off = 0;
+                self.buf.extend_from_slice(&chunk[..n as usize]);
+            }
+        } else if n == 0 || Errno::last() != Errno::EAGAIN && Errno::last() != Errno::EINTR {
+            self.src_done = true;
+        }
+    }
+
+    /// One write to `dst` (writable per poll). Writes at most a pipe page,
+    /// which a writable pipe takes without blocking.
+    fn flush(&mut self, dst: RawFd) {
+        let rest = &self.buf[self.off..];
+        // SAFETY: writing from our buffer.
+        let n = unsafe { libc::write(dst, rest.as_ptr().cast(), rest.len()) };
+        if n > 0 {
+            self.off += n as usize;
+        } else if Errno::last() != Errno::EAGAIN && Errno::last() != Errno::EINTR {
+            self.dst_dead = true;
+            self.buf.clear();
+            self.off = 0;
+        }
+    }
+}
+
+fn set_nonblocking(fd: &OwnedFd) {
+    // SAFETY: fcntl on our own fd (our end of our own pipe: the host's
+    // file descriptions are never touched, they may be shared).
+    unsafe {
+        let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl | libc::O_NONBLOCK);
+    }
+}
+
+fn keep(
+    relay: Relay,
+    child: Option<Pid>,
+    worker_cgroup: &Path,
+    mask: SigSet,
+) -> Result<i32, KeeperError> {
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(sys("signalfd"))?;
+    for fd in [
+        &relay.to_worker,
+        &relay.from_stdout,
+        &relay.from_stderr,
+        &relay.status,
+        &relay.signal,
+    ] {
+        set_nonblocking(fd);
+    }
+    let events_path = worker_cgroup.join("cgroup.events");
+    let mut events = fs::File::open(&events_path).map_err(|e| KeeperError::Io {
+        op: "open",
+        path: events_path.clone(),
+        error: e,
+    })?;
+    let cg = crate::cgroup::Cgroup::new(worker_cgroup);
+    // Without a child of our own, the daemon starts the worker: wait for it
+    // as for a restore.
+    let mut worker = child.map_or(Worker::Held, Worker::Child);
+    let mut ended: Option<Ended> = None;
+    let mut status_buf = Vec::new();
+    let mut input = Pump::new();
+    let mut out = Pump::new();
+    let mut err = Pump::new();
+    let mut to_worker = Some(relay.to_worker);
+    let mut abnormal: Option<Ended> = None;
+    // Announced by the daemon: the worker may vanish without a word. A
+    // worker the daemon starts comes as a restore does, so starts held
+    // (the daemon releases it once the worker runs).
+    let mut hold = child.is_none();
+
+    loop {
+        if let Some(e) = ended.or(abnormal) {
+            // CMD is done. Wait (bounded) for the namespace to empty so no
+            // writer is left, then pass on what is still in the pipes.
+            let _ = cg.wait_events("populated 0", std::time::Duration::from_secs(5), |e| {
+                !e.populated
+            });
+            write_all(1, &out.buf[out.off..]);
+            write_all(2, &err.buf[err.off..]);
+            drain(&relay.from_stdout, 1);
+            drain(&relay.from_stderr, 2);
+            return Ok(finish(e));
+        }
+        let mut fds: Vec<libc::pollfd> = Vec::with_capacity(9);
+        let mut slot = |fd: RawFd, events: libc::c_short, on: bool| -> Option<usize> {
+            on.then(|| {
+                fds.push(libc::pollfd {
+                    fd,
+                    events,
+                    revents: 0,
+                });
+                fds.len() - 1
+            })
+        };
+        let s_sig = slot(sfd.as_raw_fd(), libc::POLLIN, true);
+        let s_status = slot(relay.status.as_raw_fd(), libc::POLLIN, true);
+        let s_events = slot(events.as_raw_fd(), libc::POLLPRI, true);
+        let s_in_r = slot(0, libc::POLLIN, input.want_read() && to_worker.is_some());
+        let s_in_w = slot(
+            to_worker.as_ref().map_or(-1, |f| f.as_raw_fd()),
+            libc::POLLOUT,
+            input.pending() && to_worker.is_some(),
+        );
+        let s_out_r = slot(relay.from_stdout.as_raw_fd(), libc::POLLIN, out.want_read());
+        let s_out_w = slot(1, libc::POLLOUT, out.pending());
+        let s_err_r = slot(relay.from_stderr.as_raw_fd(), libc::POLLIN, err.want_read());
+        let s_err_w = slot(2, libc::POLLOUT, err.pending());
+        // A second now and then: cgroup.events notifications are
+        // rate-limited, and a missed one must not leave us holding forever.
+        // SAFETY: valid pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1000) };
+        if n < 0 {
+            continue;
+        }
+        let ready = |s: Option<usize>| s.is_some_and(|i| fds[i].revents != 0);
+        // kernfs keeps POLLPRI up until the file is read again on this fd.
+        let populated = if ready(s_events) || n == 0 {
+            read_populated(&mut events)
+        } else {
+            None
+        };
+
+        if ready(s_in_r) {
+            input.fill(0);
+            if input.src_done && !input.pending() {
+                // The host closed our stdin: the worker sees EOF.
+                to_worker = None;
+            }
+        }
+        if ready(s_in_w) {
+            if let Some(w) = &to_worker {
+                input.flush(w.as_raw_fd());
+            }
+            if input.src_done && !input.pending() {
+                to_worker = None;
+            }
+        }
+        if ready(s_out_r) {
+            out.fill(relay.from_stdout.as_raw_fd());
+        }
+        if ready(s_out_w) {
+            out.flush(1);
+        }
+        if ready(s_err_r) {
+            err.fill(relay.from_stderr.as_raw_fd());
+        }
+        if ready(s_err_w) {
+            err.flush(2);
+        }
+        if ready(s_status) {
+            let mut buf = [0u8; 64];
+            // SAFETY: reading into our buffer.
+            let n =
+                unsafe { libc::read(relay.status.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n > 0 {
+                status_buf.extend_from_slice(&buf[..n as usize]);
+                if let Some(pos) = status_buf.iter().position(|&b| b == b'\n') {
+                    ended = Ended::parse(&String::from_utf8_lossy(&status_buf[..pos]));
+                }
+            }
+        }
+        if ready(s_sig) {
+            if let Some(e) = take_signals(&sfd, &mut hold, worker, &relay.signal) {
+                return Ok(finish(e));
+            }
+        }
+        // Our child, ns-init, may have ended (SIGCHLD is coalesced: always
+        // look, it is one syscall).
+        if let Worker::Child(pid) = worker {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => {}
+                Ok(st) => {
+                    if ended.is_none() {
+                        // It may have written its status just before.
+                        ended = read_status_now(&relay.status, &mut status_buf);
+                    }
+                    if ended.is_none() {
+                        if let Some(e) = take_signals(&sfd, &mut hold, worker, &relay.signal) {
+                            return Ok(finish(e));
+                        }
+                        match after_worker_gone(&cg, &hold) {
+                            Some(w) => worker = w,
+                            None => {
+                                abnormal = Some(Ended::of(st).unwrap_or(Ended::Signal(9)));
+                            }
+                        }
+                    }
+                }
+                Err(_) => {}
+            }
+        } else if let Some(populated) = populated {
+            match worker {
+                Worker::Held if populated => worker = Worker::Restored,
+                Worker::Restored if !populated && ended.is_none() => {
+                    ended = read_status_now(&relay.status, &mut status_buf);
+                    if ended.is_none() {
+                        if let Some(e) = take_signals(&sfd, &mut hold, worker, &relay.signal) {
+                            return Ok(finish(e));
+                        }
+                        match after_worker_gone(&cg, &hold) {
+                            Some(w) => worker = w,
+                            // Killed with no word: report it as SIGKILL.
+                            None => abnormal = Some(Ended::Signal(libc::SIGKILL)),
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Reads every pending signal: hold and release set `hold`, SIGCHLD is
+/// only a wake-up, the rest go to CMD through the signal pipe, or, while
+/// nothing runs to receive them, a stopping signal ends the keeper
+/// (returned). Called before judging a worker's end too: a hold sent
+/// before the dump began may be pending though poll did not say so yet.
+fn take_signals(sfd: &SignalFd, hold: &mut bool, worker: Worker, pipe: &OwnedFd) -> Option<Ended> {
+    while let Ok(Some(info)) = sfd.read_signal() {
+        let signo = info.ssi_signo as i32;
+        if signo == libc::SIGCHLD {
+            continue;
+        }
+        if signo == hold_signal() || signo == release_signal() {
+            *hold = signo == hold_signal();
+            continue;
+        }
+        if worker == Worker::Held && stops(signo) {
+            // The gate's stop while hibernated (the daemon deletes the image).
+            return Some(Ended::Signal(signo));
+        }
+        // Queued in the pipe, read by ns-init (now or once restored).
+        let b = signo as u8;
+        // SAFETY: a one-byte write to our pipe.
+        unsafe { libc::write(pipe.as_raw_fd(), (&b as *const u8).cast(), 1) };
+    }
+    None
+}
+
+/// Signals that end a gate whose worker is hibernated.
+fn stops(signo: i32) -> bool {
+    matches!(
+        signo,
+        libc::SIGTERM | libc::SIGINT | libc::SIGHUP | libc::SIGQUIT
+    )
+}
+
+/// The worker tree is gone and said nothing: a restored tree if its
+/// cgroup is populated again (the keeper was frozen through a whole dump
+/// and restore), a hibernation if the daemon holds us, else an abnormal
+/// death (None).
+fn after_worker_gone(cg: &crate::cgroup::Cgroup, hold: &bool) -> Option<Worker> {
+    if cg.read_cgroup_events().is_ok_and(|e| e.populated) {
+        return Some(Worker::Restored);
+    }
+    hold.then_some(Worker::Held)
+}
+
+/// `populated` from cgroup.events, read on the polled fd itself.
+fn read_populated(f: &mut fs::File) -> Option<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut text = String::new();
+    f.seek(SeekFrom::Start(0)).ok()?;
+    f.read_to_string(&mut text).ok()?;
+    crate::cgroup::parse_events(&text).ok().map(|e| e.populated)
+}
+
+fn read_status_now(fd: &OwnedFd, buf: &mut Vec<u8>) -> Option<Ended> {
+    let mut chunk = [0u8; 64];
+    loop {
+        // SAFETY: non-blocking read into our buffer.
+        let n = unsafe { libc::read(fd.as_raw_fd(), chunk.as_mut_ptr().cast(), chunk.len()) };
+        if n <= 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n as usize]);
+    }
+    let pos = buf.iter().position(|&b| b == b'\n')?;
+    Ended::parse(&String::from_utf8_lossy(&buf[..pos]))
+}
+
+/// Everything left in a (non-blocking) pipe to `dst`, blocking writes.
+fn drain(src: &OwnedFd, dst: RawFd) {
+    let mut chunk = [0u8; CHUNK];
+    loop {
+        // SAFETY: non-blocking read into our buffer.
+        let n = unsafe { libc::read(src.as_raw_fd(), chunk.as_mut_ptr().cast(), CHUNK) };
+        if n <= 0 {
+            return;
+        }
+        if !write_all(dst, &chunk[..n as usize]) {
+            return;
+        }
+    }
+}
+
+/// Blocking write of all of `data`; false when the destination failed.
+fn write_all(dst: RawFd, mut data: &[u8]) -> bool {
+    // SAFETY: borrowing stdout/stderr for the writes.
+    let dst = unsafe { BorrowedFd::borrow_raw(dst) };
+    while !data.is_empty() {
+        match nix::unistd::write(dst, data) {
+            Ok(w) => data = &data[w..],
+            Err(Errno::EINTR) => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+/// The keeper's exit: CMD's code, or CMD's signal raised on ourselves so
+/// the host's wait(2) sees a death by the same signal.
+fn finish(e: Ended) -> i32 {
+    match e {
+        Ended::Exit(c) => c,
+        Ended::Signal(s) => {
+            // No core file of the keeper for CMD's crash.
+            let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+            if let Ok(sig) = Signal::try_from(s) {
+                // SAFETY: default disposition, then unblock and raise.
+                unsafe { libc::signal(s, libc::SIG_DFL) };
+                let mut one = SigSet::empty();
+                one.add(sig);
+                let _ = one.thread_unblock();
+                let _ = nix::sys::signal::raise(sig);
+            }
+            128 + s
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_round_trip() {
+        for e in [Ended::Exit(0), Ended::Exit(3), Ended::Signal(9)] {
+            assert_eq!(Ended::parse(&e.to_line()), Some(e));
+        }
+        assert_eq!(Ended::parse("exit x"), None);
+        assert_eq!(Ended::parse("died 3"), None);
+        assert_eq!(Ended::parse(""), None);
+    }
+
+    #[test]
+    fn worker_fds_are_distinct_and_above_stdio() {
+        let mut v = WORKER_FDS.to_vec();
+        v.sort();
+        v.dedup();
+        assert_eq!(v.len(), WORKER_FDS.len());
+        assert!(v.iter().all(|&fd| fd > 2));
+    }
+}

@@ -1,0 +1,235 @@
+//! Hibernation as a stage of the daemon's lifecycle: `gov spawn
+//! --hibernate`, idle, suspended, hibernated (CRIU), then a touch restores
+//! it: real daemon, real CRIU, real cgroupfs. (tests/hibernate.rs tests the
+//! steps themselves.)
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{wait_until, Kid, TestRoot};
+use serde_json::Value;
+
+/// criu >= 4.2 (GOV_CRIU, or integration/build-criu's cache); a skip says
+/// so, and fails where GOV_REQUIRE_CRIU=1 (CI).
+fn criu_or_skip(test: &str) -> Option<PathBuf> {
+    let cached = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/.cache/criu/4.2.1/criu");
+    let path = std::env::var_os("GOV_CRIU")
+        .map(PathBuf::from)
+        .or_else(|| cached.exists().then_some(cached));
+    let found = path.filter(|p| gov::criu::Criu::find(Some(p)).is_ok());
+    if found.is_none() {
+        assert!(
+            std::env::var("GOV_REQUIRE_CRIU").as_deref() != Ok("1"),
+            "{test}: CRIU is required here (GOV_REQUIRE_CRIU=1)"
+        );
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("SKIP {test}: no criu >= 4.2; build it with integration/build-criu\n")
+                .as_bytes(),
+        );
+    }
+    found.filter(|_| Path::new("/usr/bin/python3").exists() || which_python())
+}
+
+fn which_python() -> bool {
+    std::process::Command::new("python3")
+        .arg("-c")
+        .arg("")
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn ask_counter(sock: &Path) -> u64 {
+    let mut s = UnixStream::connect(sock).expect("the counter listens");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.trim().parse().expect("a number")
+}
+
+fn state(root: &TestRoot, id: &str) -> Option<String> {
+    root.gate(id)
+        .and_then(|g| g["state"].as_str().map(str::to_string))
+}
+
+#[test]
+fn an_idle_gate_is_hibernated_and_a_touch_brings_it_back_with_its_state() {
+    let test = "an_idle_gate_is_hibernated_and_a_touch_brings_it_back_with_its_state";
+    let Some(criu) = criu_or_skip(test) else {
+        return;
+    };
+    let root = TestRoot::new();
+    let images = root.dir.path().join("images");
+    let _d = root.daemon(&format!(
+        "criu_path = {:?}\nhibernate_dir = {:?}\n[defaults]\nidle_timeout = \"1s\"\nfrozen_hold = \"1h\"\nhibernate_after = \"1s\"\norphan_grace = \"never\"\nbusy_cpu_percent = 100.0\n",
+        criu.display().to_string(),
+        images.display().to_string()
+    ));
+    let sock = root.dir.path().join("counter.sock");
+    let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hibernate-worker.py");
+    // The host: it started the gate, holds its stdout pipe and may wait on it.
+    let mut host = Kid::new(
+        root.gov()
+            .args(["spawn", "--hibernate", "--project", "/srv/repl", "--"])
+            .arg("python3")
+            .arg(&worker)
+            .arg(&sock)
+            .arg("200")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = host.id();
+    let (tx, lines) = mpsc::channel();
+    let stdout = host.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = |within| lines.recv_timeout(within).expect("a line from the worker");
+    assert!(line(Duration::from_secs(60)).starts_with("ready"));
+    let id = root.gate_of(pid);
+    assert_eq!(ask_counter(&sock), 1);
+    assert_eq!(line(Duration::from_secs(10)), "count 1");
+
+    // Idle: suspended, then hibernated; its worker's processes are gone.
+    wait_until(Duration::from_secs(60), "the gate to hibernate", || {
+        state(&root, &id).as_deref() == Some("hibernated")
+    });
+    let events = root.events();
+    let hibernated: &Value = events
+        .iter()
+        .find(|e| e["gate"] == id.as_str() && e["kind"] == "hibernated")
+        .expect("a hibernated event");
+    let image = hibernated["freed_bytes"].as_u64().unwrap();
+    assert!(image >= 180 << 20, "image of {image} bytes for 200 MB");
+    let w = root.gate_cgroup(&id).child("w");
+    assert!(w.read_procs().unwrap().is_empty(), "the worker still runs");
+    assert_eq!(
+        root.gate(&id).unwrap()["pids"].as_array().unwrap().len(),
+        1,
+        "only the keeper is left"
+    );
+    assert!(
+        matches!(host.try_wait(), Ok(None)),
+        "the host saw its worker exit"
+    );
+
+    // A touch restores it; the reply comes once it runs.
+    let started = Instant::now();
+    root.ok(&["touch", &id]);
+    eprintln!("touch of a hibernated 200 MB gate: {:?}", started.elapsed());
+    assert_eq!(state(&root, &id).as_deref(), Some("running"));
+    assert_eq!(
+        ask_counter(&sock),
+        2,
+        "the counter went on from where it was"
+    );
+    assert_eq!(line(Duration::from_secs(10)), "count 2", "the same pipe");
+    assert_eq!(host.id(), pid);
+    assert!(matches!(host.try_wait(), Ok(None)));
+    assert!(
+        !images.join(&id).exists(),
+        "the image is deleted once the gate runs"
+    );
+    root.ok(&["kill", &id]);
+    // Killed with its gate: the host sees the exit now.
+    assert_ne!(host.reap(Duration::from_secs(10)), Some(0));
+}
+
+/// CRIU reads a dumped task's rlimits with prlimit(2), which for another
+/// user's task takes CAP_SYS_RESOURCE; some sandboxes (our dev machines)
+/// withhold it from root, and there a user's tree cannot be dumped at all.
+fn has_cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    // CAP_SYS_RESOURCE is capability 24 (linux/capability.h).
+    eff & (1 << 24) != 0
+}
+
+/// An unprivileged host's `gov spawn --hibernate`: its keeper cannot make a
+/// pid namespace, so it asks the daemon, which starts the worker as the
+/// keeper's user in the gate's worker cgroup; the worker serves, and where
+/// this root may (CAP_SYS_RESOURCE) it hibernates and comes back too.
+#[test]
+fn an_unprivileged_keeper_gets_its_worker_from_the_daemon() {
+    let test = "an_unprivileged_keeper_gets_its_worker_from_the_daemon";
+    let Some(criu) = criu_or_skip(test) else {
+        return;
+    };
+    let root = TestRoot::new();
+    let images = root.dir.path().join("images");
+    let dumps = has_cap_sys_resource();
+    let _d = root.daemon(&format!(
+        "criu_path = {:?}\nhibernate_dir = {:?}\n[defaults]\nidle_timeout = \"{}\"\nfrozen_hold = \"1h\"\nhibernate_after = \"1s\"\norphan_grace = \"never\"\nbusy_cpu_percent = 100.0\n",
+        criu.display().to_string(),
+        images.display().to_string(),
+        if dumps { "1s" } else { "1h" }
+    ));
+    let dir = root.dir.path().join("nobody");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(common::NOBODY), Some(common::NOBODY)).unwrap();
+    let sock = dir.join("counter.sock");
+    let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hibernate-worker.py");
+    let mut host = Kid::new(
+        common::gov_as_nobody(&root)
+            .args(["spawn", "--hibernate", "--project", "/srv/theirs", "--"])
+            .arg("python3")
+            .arg(&worker)
+            .arg(&sock)
+            .arg("20")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, lines) = mpsc::channel();
+    let stdout = host.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = |within| lines.recv_timeout(within).expect("a line from the worker");
+    assert!(line(Duration::from_secs(60)).starts_with("ready"));
+    let id = root.gate_of(host.id());
+    // The worker is nobody's, in w.
+    let w = root.gate_cgroup(&id).child("w");
+    let pid = *w.read_procs().unwrap().iter().max().expect("a worker in w");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uids = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(uids.split_whitespace().nth(1), Some("65534"), "{uids}");
+    assert_eq!(ask_counter(&sock), 1);
+    assert_eq!(line(Duration::from_secs(10)), "count 1");
+    if dumps {
+        wait_until(Duration::from_secs(60), "the gate to hibernate", || {
+            state(&root, &id).as_deref() == Some("hibernated")
+        });
+        common::gov_as_nobody(&root)
+            .args(["touch", &id])
+            .status()
+            .unwrap();
+        assert_eq!(ask_counter(&sock), 2);
+        assert_eq!(line(Duration::from_secs(10)), "count 2");
+    } else {
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("SKIP {test} (hibernation part): this root lacks CAP_SYS_RESOURCE, which CRIU needs to dump another user's tree\n").as_bytes(),
+        );
+    }
+    assert!(matches!(host.try_wait(), Ok(None)));
+    root.ok(&["kill", &id]);
+    assert_ne!(host.reap(Duration::from_secs(10)), Some(0));
+}

@@ -1191,6 +1191,7 @@ pub fn render_show(g: &GateInfo) -> String {
         crate::protocol::MemorySource::ProcPss => {
             "sum of PSS from /proc (no memory controller here)"
         }
+        crate::protocol::MemorySource::Image => "its image on disk: hibernated, it holds no RAM",
     };
     let mut lines = vec![
         ("gate", g.id.clone()),
@@ -1244,6 +1245,12 @@ pub fn render_show(g: &GateInfo) -> String {
             "not applied",
             format!("{} ({})", l.join(", "), g.not_applied[0].why),
         ));
+    }
+    if let Some(why) = &g.hibernate_refused {
+        lines.push(("hibernation", format!("refused, suspended instead: {why}")));
+    }
+    if let Some(why) = &g.failure {
+        lines.push(("last failure", why.clone()));
     }
     if g.never_orphaned {
         lines.push(("orphaning", "never: its owner is pid 1".to_string()));
@@ -1337,6 +1344,8 @@ mod tests {
             limit_hits: Default::default(),
             not_applied: Vec::new(),
             never_orphaned: false,
+            hibernate_refused: None,
+            failure: None,
             cgroup: String::new(),
         }
     }

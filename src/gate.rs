@@ -506,7 +506,10 @@ pub fn limit_text(limit: Limit) -> Option<String> {
 pub fn info(dir: &GateDir, tags: &Tags, extra: &InfoExtra) -> Result<GateInfo, CgroupError> {
     let events = dir.cgroup.read_cgroup_events()?;
     let pids = dir.pids()?;
-    let (memory_bytes, memory_source) = memory_of(&dir.cgroup, &pids);
+    let (memory_bytes, memory_source) = match extra.phase {
+        Some(Phase::Hibernated { image_bytes, .. }) => (image_bytes, MemorySource::Image),
+        _ => memory_of(&dir.cgroup, &pids),
+    };
     let cpu_usec = dir.cgroup.read_cpu_usage_usec()?;
     let now = now_ms();
     let last_active = extra
@@ -548,6 +551,8 @@ pub fn info(dir: &GateDir, tags: &Tags, extra: &InfoExtra) -> Result<GateInfo, C
         limit_hits: limit_hits(&dir.cgroup),
         not_applied: not_applied(&dir.cgroup, &extra.wanted),
         never_orphaned: tags.owner_pid == Some(1),
+        hibernate_refused: extra.hibernate_refused.clone(),
+        failure: extra.failure.clone(),
         cgroup: dir.cgroup.path().display().to_string(),
     })
 }
@@ -564,6 +569,8 @@ pub struct InfoExtra {
     pub cpu_sample: Option<(u64, u64)>,
     /// The limits the gate's policy asks for.
     pub wanted: Vec<crate::spawn::Wanted>,
+    pub hibernate_refused: Option<String>,
+    pub failure: Option<String>,
 }
 
 #[cfg(test)]

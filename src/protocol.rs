@@ -366,6 +366,9 @@ impl NextAction {
 pub enum MemorySource {
     MemoryCurrent,
     ProcPss,
+    /// Hibernated: the size of its image on disk (it holds no RAM but its
+    /// keeper's).
+    Image,
 }
 
 /// What happened to a gate, as `gov events` and the log say it.
@@ -477,6 +480,12 @@ pub struct GateInfo {
     /// Its owner is pid 1: it is never orphaned.
     #[serde(default, skip_serializing_if = "is_false")]
     pub never_orphaned: bool,
+    /// Why its last hibernation was refused (it stays suspended instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hibernate_refused: Option<String>,
+    /// The last action on it that failed, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
     pub cgroup: String,
 }
 

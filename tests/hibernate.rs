@@ -20,7 +20,6 @@ use common::TestRoot;
 use gov::cgroup::Cgroup;
 use gov::criu::{self, Criu, CriuError, ImageState};
 use gov::hibernate::{self, Phase};
-use gov::keeper;
 
 fn criu_or_skip(test: &str) -> Option<Criu> {
     let cached = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/.cache/criu/4.2.1/criu");
@@ -42,24 +41,6 @@ fn criu_or_skip(test: &str) -> Option<Criu> {
             None
         }
     }
-}
-
-/// Python for the worker fixtures; the VM suite has none (say so there,
-/// fail where CRIU is required, i.e. in CI on the host).
-fn python_or_skip(test: &str) -> bool {
-    let found = Command::new(python())
-        .arg("-c")
-        .arg("")
-        .status()
-        .is_ok_and(|s| s.success());
-    if !found {
-        assert!(
-            std::env::var("GOV_REQUIRE_CRIU").as_deref() != Ok("1"),
-            "{test}: python3 is required here"
-        );
-        let _ = writeln!(std::io::stderr(), "SKIP {test}: no python3 here");
-    }
-    found
 }
 
 fn python() -> &'static str {

@@ -111,6 +111,10 @@ fn an_idle_gate_is_hibernated_and_a_touch_brings_it_back_with_its_state() {
         .expect("a hibernated event");
     let image = hibernated["freed_bytes"].as_u64().unwrap();
     assert!(image >= 180 << 20, "image of {image} bytes for 200 MB");
+    let shown = root.gate(&id).unwrap();
+    assert_eq!(shown["memory_source"], "image", "{shown}");
+    assert_eq!(shown["memory_bytes"].as_u64(), Some(image));
+    assert!(images.join(&id).exists(), "its image is on disk");
     let w = root.gate_cgroup(&id).child("w");
     assert!(w.read_procs().unwrap().is_empty(), "the worker still runs");
     assert_eq!(
@@ -140,7 +144,14 @@ fn an_idle_gate_is_hibernated_and_a_touch_brings_it_back_with_its_state() {
         !images.join(&id).exists(),
         "the image is deleted once the gate runs"
     );
+    // Idle again, hibernated again; a kill then deletes the image with it.
+    wait_until(
+        Duration::from_secs(60),
+        "the gate to hibernate again",
+        || state(&root, &id).as_deref() == Some("hibernated"),
+    );
     root.ok(&["kill", &id]);
+    assert!(!images.join(&id).exists(), "an image nobody owns");
     // Killed with its gate: the host sees the exit now.
     assert_ne!(host.reap(Duration::from_secs(10)), Some(0));
 }
@@ -232,4 +243,72 @@ fn an_unprivileged_keeper_gets_its_worker_from_the_daemon() {
     assert!(matches!(host.try_wait(), Ok(None)));
     root.ok(&["kill", &id]);
     assert_ne!(host.reap(Duration::from_secs(10)), Some(0));
+}
+
+/// A dump CRIU refuses (io_uring) leaves the gate suspended as it was, with
+/// the reason in `show` and an event, and is not tried at every scan.
+#[test]
+fn a_refused_hibernation_leaves_the_gate_suspended_and_says_why() {
+    let test = "a_refused_hibernation_leaves_the_gate_suspended_and_says_why";
+    let Some(criu) = criu_or_skip(test) else {
+        return;
+    };
+    let root = TestRoot::new();
+    let images = root.dir.path().join("images");
+    let _d = root.daemon(&format!(
+        "criu_path = {:?}\nhibernate_dir = {:?}\n[defaults]\nidle_timeout = \"1s\"\nfrozen_hold = \"1h\"\nhibernate_after = \"1s\"\norphan_grace = \"never\"\nbusy_cpu_percent = 100.0\n",
+        criu.display().to_string(),
+        images.display().to_string()
+    ));
+    let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/uring-worker.py");
+    let mut host = Kid::new(
+        root.gov()
+            .args(["spawn", "--hibernate", "--project", "/srv/uring", "--"])
+            .arg("python3")
+            .arg(&worker)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut first = String::new();
+    BufReader::new(host.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("uring"), "{first}");
+    let id = root.gate_of(host.id());
+    let refused = |root: &TestRoot| {
+        root.events()
+            .into_iter()
+            .filter(|e| {
+                e["gate"] == id.as_str()
+                    && e["kind"] == "failed"
+                    && e["reason"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with("hibernate refused")
+            })
+            .count()
+    };
+    wait_until(Duration::from_secs(60), "the dump to be refused", || {
+        refused(&root) == 1
+    });
+    assert_eq!(state(&root, &id).as_deref(), Some("suspended"));
+    let cg = root.gate_cgroup(&id);
+    assert!(
+        cg.read_cgroup_events().unwrap().frozen,
+        "suspended as before"
+    );
+    let w = cg.child("w");
+    assert!(!w.read_procs().unwrap().is_empty(), "the worker is intact");
+    let show = root.ok(&["show", &id]);
+    assert!(show.contains("refused"), "{show}");
+    assert!(!images.join(&id).exists(), "no image is left");
+    root.wait_scans(5);
+    assert_eq!(refused(&root), 1, "tried again at a scan");
+    // A touch brings it back: it runs.
+    root.ok(&["touch", &id]);
+    assert_eq!(state(&root, &id).as_deref(), Some("running"));
+    assert!(matches!(host.try_wait(), Ok(None)));
+    root.ok(&["kill", &id]);
 }

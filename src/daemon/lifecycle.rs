@@ -124,6 +124,8 @@ impl Gate {
             next: self.next,
             cpu_sample: self.cpu_sample,
             wanted: crate::spawn::gate_limits(&self.settings),
+            hibernate_refused: self.refused.clone(),
+            failure: self.failure.clone(),
         }
     }
 

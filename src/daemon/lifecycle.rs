@@ -920,14 +920,20 @@ impl Action {
 
     async fn finish(&mut self, reason: Reason, how: &str, freed: u64) -> anyhow::Result<()> {
         let dir = self.with(|g| g.dir.clone());
-        // A hibernated gate's image goes with it: no image nobody owns.
+        self.remove_cgroup().await?;
+        let tags = self.with(|g| g.tags.clone());
+        self.d.journal.removed(&tags, &dir.id, reason, how, freed);
+        Ok(())
+    }
+
+    /// Removes the emptied gate's cgroup; a keeper gate's image goes with
+    /// it, however the gate ended: no image nobody owns.
+    async fn remove_cgroup(&self) -> anyhow::Result<()> {
         if self.with(|g| g.tags.keeper) {
             crate::criu::remove_image(&self.image_dir())?;
         }
-        let d = dir.clone();
+        let d = self.with(|g| g.dir.clone());
         blocking(move || d.remove()).await?;
-        let tags = self.with(|g| g.tags.clone());
-        self.d.journal.removed(&tags, &dir.id, reason, how, freed);
         Ok(())
     }
 
@@ -943,8 +949,7 @@ impl Action {
                 }
             };
         }
-        let d = self.with(|g| g.dir.clone());
-        match blocking(move || d.remove()).await {
+        match self.remove_cgroup().await {
             Ok(()) => {
                 self.event(EventKind::Exited, None, None);
                 Flow::Gone

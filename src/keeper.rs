@@ -31,8 +31,8 @@
 //!   the keeper passes the rest of the output on and exits with CMD's
 //!   status (a signal is re-raised, so the host's wait sees the same).
 //! - ns-init dying without a status is a hibernation when the daemon said
-//!   so first: it sends [`hold_signal`] (a queued real-time signal) before
-//!   a dump or a restore, and [`release_signal`] after a dump that failed or
+//!   so first: it sends [`hold_signal`] (a queued real-time signal, value 1) before
+//!   a dump or a restore, and the same with value 0 after a dump that failed or
 //!   a restore that worked. While held, the keeper rides out an empty worker
 //!   cgroup (state `Held`) until it is populated again by a restore. Without
 //!   a hold the worker died abnormally and the keeper exits as it did.
@@ -101,25 +101,34 @@ const FORWARDED: [Signal; 6] = [
     Signal::SIGUSR2,
 ];
 
-/// Sent by the daemon before a dump or a restore: "the worker may vanish
-/// without a word (dumped, or a restore that failed); hold". It lasts until
-/// [`release_signal`]. A real-time signal, so it is queued, in order.
+/// Sent by the daemon before a dump or a restore with the value 1 ("the
+/// worker may vanish without a word: dumped, or a restore that failed;
+/// hold"), and after a dump that failed or a restore that worked with 0 ("a
+/// worker that ends from now on really ended"). One real-time signal for
+/// both, its meaning in the value: signals of one number are queued in the
+/// order sent, where two numbers would be delivered lowest first (a hold and
+/// a release pending at once, as when the keeper was frozen between them,
+/// would then come out in the wrong order).
 pub fn hold_signal() -> i32 {
     libc::SIGRTMIN() + 4
 }
 
-/// Sent by the daemon after a dump that failed or a restore that worked:
-/// "a worker that ends from now on really ended".
-pub fn release_signal() -> i32 {
-    libc::SIGRTMIN() + 5
+fn send_hold(pid: u32, on: bool) -> io::Result<()> {
+    let value = libc::sigval {
+        sival_ptr: usize::from(on) as *mut libc::c_void,
+    };
+    // SAFETY: sigqueue with a signal number and a plain value.
+    if unsafe { libc::sigqueue(pid as i32, hold_signal(), value) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Tells keeper `pid` to hold through the coming dump. Call it before
 /// [`crate::criu::Criu::dump`]; the signal is queued at once, so the keeper
 /// sees it before it can see its worker gone.
 pub fn hold(pid: u32) -> io::Result<()> {
-    let fd = crate::proc::pidfd_open(pid)?;
-    crate::proc::pidfd_send_signal(&fd, hold_signal())
+    send_hold(pid, true)
 }
 
 /// Ends a [`hold`]: call it after a dump that failed and after a restore
@@ -127,8 +136,7 @@ pub fn hold(pid: u32) -> io::Result<()> {
 /// sees it populated before the restore is done; a failed restore empties
 /// it again, which a held keeper rides out.)
 pub fn release(pid: u32) -> io::Result<()> {
-    let fd = crate::proc::pidfd_open(pid)?;
-    crate::proc::pidfd_send_signal(&fd, release_signal())
+    send_hold(pid, false)
 }
 
 /// Everything the keeper takes through its signalfd.
@@ -142,7 +150,6 @@ fn keeper_mask() -> SigSet {
     // SAFETY: adding valid real-time signal numbers to a sigset.
     unsafe {
         libc::sigaddset(&mut raw, hold_signal());
-        libc::sigaddset(&mut raw, release_signal());
         SigSet::from_sigset_t_unchecked(raw)
     }
 }
@@ -1002,8 +1009,8 @@ fn take_signals(sfd: &SignalFd, hold: &mut bool, worker: Worker, pipe: &OwnedFd)
         if signo == libc::SIGCHLD {
             continue;
         }
-        if signo == hold_signal() || signo == release_signal() {
-            *hold = signo == hold_signal();
+        if signo == hold_signal() {
+            *hold = info.ssi_ptr != 0;
             continue;
         }
         if worker == Worker::Held && stops(signo) {

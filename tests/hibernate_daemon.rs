@@ -312,3 +312,116 @@ fn a_refused_hibernation_leaves_the_gate_suspended_and_says_why() {
     assert!(matches!(host.try_wait(), Ok(None)));
     root.ok(&["kill", &id]);
 }
+
+/// A daemon SIGKILLed while CRIU dumps a gate, and again while it
+/// restores one: the next daemon finds the gate and finishes the step (the
+/// dump into a hibernated gate, the restore into a running one); the host
+/// sees no exit and the worker's state is intact.
+#[test]
+fn a_daemon_killed_during_a_dump_and_a_restore_recovers_the_gate() {
+    let test = "a_daemon_killed_during_a_dump_and_a_restore_recovers_the_gate";
+    let Some(criu) = criu_or_skip(test) else {
+        return;
+    };
+    let root = TestRoot::new();
+    let images = root.dir.path().join("images");
+    let policy = format!(
+        "criu_path = {:?}\nhibernate_dir = {:?}\n[defaults]\nidle_timeout = \"1s\"\nfrozen_hold = \"1h\"\nhibernate_after = \"1s\"\norphan_grace = \"never\"\nbusy_cpu_percent = 100.0\n",
+        criu.display().to_string(),
+        images.display().to_string()
+    );
+    let config = root.policy_file(&policy);
+    let daemon = common::Daemon::start_with(&root, &config);
+    let sock = root.dir.path().join("counter.sock");
+    let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hibernate-worker.py");
+    // Big enough that its dump and restore take a while.
+    let mut host = Kid::new(
+        root.gov()
+            .args([
+                "spawn",
+                "--hibernate",
+                // Pinned until it serves: 600 MB may outlast idle_timeout.
+                "--pin",
+                "--no-owner",
+                "--project",
+                "/srv/crash",
+                "--",
+            ])
+            .arg("python3")
+            .arg(&worker)
+            .arg(&sock)
+            .arg("600")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let id = root.gate_of(host.id());
+    wait_until(Duration::from_secs(60), "the worker to serve", || {
+        sock.exists()
+    });
+    assert_eq!(ask_counter(&sock), 1);
+    root.ok(&["unpin", &id]);
+    let cg = root.gate_cgroup(&id);
+    let tag =
+        |cg: &gov::cgroup::Cgroup| cg.read_tag("hibernate").ok().flatten().unwrap_or_default();
+    let wait_tag = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !tag(&cg).starts_with(want) {
+            assert!(Instant::now() < deadline, "no {want} tag: {:?}", tag(&cg));
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    };
+    // The dump begins: the daemon dies.
+    wait_tag("dumping");
+    daemon.sigkill();
+    let daemon = common::Daemon::start_with(&root, &config);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while state(&root, &id).as_deref() != Some("hibernated") {
+        assert!(
+            Instant::now() < deadline,
+            "the dump was not finished: {:?} tag {:?}\n{}",
+            state(&root, &id),
+            tag(&cg),
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(cg.child("w").read_procs().unwrap().is_empty());
+    assert!(matches!(host.try_wait(), Ok(None)), "the host saw an exit");
+
+    // A touch begins the restore: the daemon dies again.
+    let mut touch = root
+        .gov()
+        .args(["touch", &id])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_tag("restoring");
+    daemon.sigkill();
+    let _ = touch.wait();
+    let _daemon = common::Daemon::start_with(&root, &config);
+    // The restore is finished; the gate runs, with its state.
+    wait_until(
+        Duration::from_secs(60),
+        "the restore to be finished",
+        || {
+            tag(&cg).is_empty() && state(&root, &id).as_deref() == Some("running")
+                || state(&root, &id).as_deref() == Some("hibernated")
+        },
+    );
+    if state(&root, &id).as_deref() == Some("hibernated") {
+        // The restore had not begun its criu when the daemon died: it was
+        // undone, the image kept; a touch now restores it.
+        root.ok(&["touch", &id]);
+    }
+    assert_eq!(ask_counter(&sock), 2, "the counter went on");
+    assert!(matches!(host.try_wait(), Ok(None)));
+    assert!(
+        !images.join(&id).exists(),
+        "the image is deleted once it runs"
+    );
+    root.ok(&["kill", &id]);
+    let _ = host.reap(Duration::from_secs(10));
+}

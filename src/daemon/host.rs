@@ -62,22 +62,32 @@ impl RootClaim {
             .with_context(|| format!("creating gov's cgroup root {}", path.display()))?;
         let dir =
             std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: flock on an fd we own; no memory is involved.
-        if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // A dead daemon's lock can outlive it for a moment in a child it
+        // forked that has not exec'd yet (which shares the lock): wait for
+        // that, but only while the daemon named on the root is gone.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            // SAFETY: flock on an fd we own; no memory is involved.
+            if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                break;
+            }
             let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                let pid = tree
-                    .root
-                    .read_tag(OWNER_TAG)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_else(|| "unknown".into());
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(err).with_context(|| format!("locking {}", path.display()));
+            }
+            let pid = tree.root.read_tag(OWNER_TAG).ok().flatten();
+            let live = pid
+                .as_deref()
+                .and_then(|p| p.parse().ok())
+                .is_some_and(crate::proc::is_alive);
+            if live || std::time::Instant::now() >= deadline {
                 bail!(
-                    "another gov daemon (pid {pid}) manages the cgroup root {}; stop it first, or give this one another cgroup_root",
+                    "another gov daemon (pid {}) manages the cgroup root {}; stop it first, or give this one another cgroup_root",
+                    pid.unwrap_or_else(|| "unknown".into()),
                     path.display()
                 );
             }
-            return Err(err).with_context(|| format!("locking {}", path.display()));
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         tree.root
             .write_tag(OWNER_TAG, &std::process::id().to_string())

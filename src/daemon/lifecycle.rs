@@ -155,7 +155,7 @@ impl Gate {
             pinned: self.pinned(),
             busy: self.busy,
             traced,
-            hibernatable: criu && self.tags.keeper && self.refused.is_none(),
+            hibernatable: criu && self.tags.keeper && self.refused.is_none() && !self.recovering,
         }
     }
 }
@@ -442,6 +442,7 @@ impl Owner {
         match g.phase {
             Phase::Stopping { .. } => g.next.map(|n| n.at_ms),
             Phase::Killing { .. } => Some(now_ms() + RETRY.as_millis() as u64),
+            _ if g.recovering => Some(now_ms() + RETRY.as_millis() as u64),
             _ if !g.populated => Some(now_ms() + RETRY.as_millis() as u64),
             _ => None,
         }
@@ -469,6 +470,20 @@ fn panic_text(e: tokio::task::JoinError) -> String {
 /// One action, to its end.
 async fn act(d: Arc<Daemon>, gate: Arc<Mutex<Gate>>, cmd: Cmd) -> Flow {
     let mut a = Action { d, gate };
+    // A dump or restore a previous daemon left: finished or undone before
+    // anything else is done to the gate.
+    if a.with(|g| g.recovering) {
+        a.recover().await;
+        // CRIU still at work: the rule book waits with it.
+        if a.with(|g| g.recovering)
+            && matches!(
+                cmd,
+                Cmd::Observe(_) | Cmd::Changed | Cmd::Orphaned | Cmd::MainExited | Cmd::Evict(_)
+            )
+        {
+            return Flow::Go;
+        }
+    }
     match cmd {
         Cmd::Observe(o) => a.observe(o).await,
         Cmd::Changed => {
@@ -612,9 +627,6 @@ impl Action {
 
     async fn observe(&mut self, o: Observation) -> Flow {
         self.with(|g| g.follow(&o.policy));
-        if self.with(|g| g.recovering) {
-            self.recover().await;
-        }
         if o.full && !self.read_events() {
             return Flow::Gone;
         }
@@ -757,6 +769,7 @@ impl Action {
 
     async fn touch(&mut self) -> Result<(), Failure> {
         let (phase, id) = self.with(|g| (g.phase, g.dir.id.clone()));
+        self.not_recovering(&id)?;
         if phase.is_reaping() {
             return Err(Failure::new(
                 ErrorCode::Reaping,
@@ -773,6 +786,7 @@ impl Action {
     /// Thaws a suspended or frozen gate: it runs when this returns Ok.
     async fn resume(&mut self, why: &str) -> Result<(), Failure> {
         let (phase, id, cg) = self.with(|g| (g.phase, g.dir.id.clone(), g.dir.cgroup.clone()));
+        self.not_recovering(&id)?;
         if phase.is_reaping() {
             return Err(Failure::new(
                 ErrorCode::Reaping,
@@ -983,6 +997,19 @@ impl Action {
         .map_err(Failure::internal)
     }
 
+    /// CRIU still works on a step a previous daemon began: answered `busy`
+    /// (nothing was done), which the client tries again, rather than a
+    /// success before the gate runs.
+    fn not_recovering(&self, id: &str) -> Result<(), Failure> {
+        if self.with(|g| g.recovering) {
+            return Err(Failure::new(
+                ErrorCode::Busy,
+                format!("gate {id} is finishing a hibernation step; try again"),
+            ));
+        }
+        Ok(())
+    }
+
     fn image_dir(&self) -> std::path::PathBuf {
         let id = self.with(|g| g.dir.id.clone());
         self.d.policy().global.hibernate_dir.join(id)
@@ -1108,6 +1135,7 @@ impl Action {
             Ok::<_, h::HibernateError>(recovery)
         })
         .await;
+        tracing::debug!(gate = %self.with(|g| g.dir.id.clone()), ?r, "hibernation recovery");
         match r {
             Ok(Recovery::Wait) => {}
             Ok(recovery) => {

@@ -490,12 +490,8 @@ async fn act(d: Arc<Daemon>, gate: Arc<Mutex<Gate>>, cmd: Cmd) -> Flow {
             a.read_events();
             a.review(now_ms()).await
         }
-        Cmd::Orphaned => {
-            a.orphaned();
-            a.review(now_ms()).await
-        }
-        Cmd::MainExited => {
-            a.main_exited();
+        Cmd::Orphaned | Cmd::MainExited => {
+            a.exited(cmd);
             a.review(now_ms()).await
         }
         Cmd::Touch(tx) => {
@@ -1175,32 +1171,28 @@ impl Action {
         }
     }
 
-    fn orphaned(&self) {
+    /// Records, once, that a watched process exited: the owner process
+    /// (orphaned) or the main process.
+    fn exited(&self, which: Cmd) {
         let now = now_ms();
+        let (tag, kind, reason) = match which {
+            Cmd::Orphaned => (Tag::Orphaned, EventKind::Orphaned, Some("owner exited")),
+            _ => (Tag::MainExited, EventKind::MainExited, None),
+        };
         let (cg, already) = self.with(|g| {
-            let already = g.tags.orphaned_ms.is_some();
-            g.tags.orphaned_ms.get_or_insert(now);
+            let slot = match tag {
+                Tag::Orphaned => &mut g.tags.orphaned_ms,
+                _ => &mut g.tags.main_exited_ms,
+            };
+            let already = slot.is_some();
+            slot.get_or_insert(now);
             (g.dir.cgroup.clone(), already)
         });
         if already {
             return;
         }
-        let _ = Tag::Orphaned.set(&cg, Some(&now.to_string()));
-        self.event(EventKind::Orphaned, Some("owner exited".into()), None);
-    }
-
-    fn main_exited(&self) {
-        let now = now_ms();
-        let (cg, already) = self.with(|g| {
-            let already = g.tags.main_exited_ms.is_some();
-            g.tags.main_exited_ms.get_or_insert(now);
-            (g.dir.cgroup.clone(), already)
-        });
-        if already {
-            return;
-        }
-        let _ = Tag::MainExited.set(&cg, Some(&now.to_string()));
-        self.event(EventKind::MainExited, None, None);
+        let _ = tag.set(&cg, Some(&now.to_string()));
+        self.event(kind, reason.map(str::to_string), None);
     }
 
     fn pin(&self, pinned: bool) -> Result<(), Failure> {
@@ -1343,13 +1335,9 @@ async fn blocking_any<T: Send + 'static, E: Send + 'static>(
     }
 }
 
-/// Runs blocking cgroupfs work (waits, kills) off the async thread. A panic
-/// there reaches the action, which the owner catches.
+/// Runs blocking cgroupfs work (waits, kills) off the async thread.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, CgroupError> + Send + 'static,
 ) -> Result<T, CgroupError> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
+    blocking_any(f).await
 }

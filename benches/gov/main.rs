@@ -4,12 +4,13 @@
 //!
 //!     CARGO_TARGET_DIR=/tmp/target-bench cargo bench --bench gov [-- SCENARIO...]
 //!
-//! Scenarios: spawn, reap, steady, touch (all by default). Needs root and a
+//! Scenarios: spawn, reap, steady, touch, burst (all by default). Needs root and a
 //! cgroup2 mount. Everything it creates lives under `<cgroup2>/gov-bench-<pid>`
 //! and a temp dir, and is removed at the end, on panic and on SIGINT/SIGTERM.
 //! Sizes come from the environment (see docs/BENCHMARKS.md);
 //! GOV_BENCH_QUICK=1 runs a small version of everything in ~1 minute.
 
+mod burst;
 mod reap;
 mod spawn;
 mod steady;
@@ -18,7 +19,7 @@ mod util;
 
 use std::time::Instant;
 
-const SCENARIOS: [&str; 4] = ["spawn", "reap", "steady", "touch"];
+const SCENARIOS: [&str; 5] = ["spawn", "reap", "steady", "touch", "burst"];
 
 fn main() {
     // A helper mode: one spawn request to the daemon (which moves *this*
@@ -27,6 +28,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(spawn::HELPER) {
         spawn::helper(&args[2]);
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some(burst::HELPER) {
+        burst::helper(&args[2..]);
         return;
     }
     // Before any thread starts: every thread inherits the blocked mask, and
@@ -81,6 +86,10 @@ fn main() {
         }
         if run("touch") {
             touch::run(&root, tmp.path());
+            util::conditions();
+        }
+        if run("burst") {
+            burst::run(&root, tmp.path());
             util::conditions();
         }
     });

@@ -448,6 +448,8 @@ fn a_refused_dump_leaves_the_worker_frozen_and_intact() {
 #[test]
 #[ignore]
 fn measure_dump_and_restore() {
+    // GOV_HIBERNATE_PROCS=2000: the worker forks that many sleeping children.
+    let procs = std::env::var("GOV_HIBERNATE_PROCS").unwrap_or_else(|_| "0".into());
     let Some(criu) = criu_or_skip("measure_dump_and_restore") else {
         return;
     };
@@ -463,10 +465,12 @@ fn measure_dump_and_restore() {
                 fixture("hibernate-worker.py").to_str().unwrap(),
                 sock.to_str().unwrap(),
                 &mb.to_string(),
+                &procs,
             ],
         );
         assert_eq!(host.line(Duration::from_secs(120)), "ready 2");
         let keeper = host.pid();
+        eprintln!("measure: worker processes {}", gate.w.read_procs().unwrap().len());
         let keeper_rss = std::fs::read_to_string(format!("/proc/{keeper}/status"))
             .unwrap()
             .lines()

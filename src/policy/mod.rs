@@ -1,18 +1,13 @@
-//! The gov.toml policy: global daemon settings, `[defaults]` for every gate, and
-//! `[[project]]` rules matched by glob against a gate's project path.
+//! The gov.toml policy (docs/configuration.md): global settings, `[defaults]` for
+//! every gate, and `[[project]]` rules matched by glob against a gate's project.
+//! Layers, lowest first: [`EMBEDDED`], the file's top level and `[defaults]`, then
+//! each matching `[[project]]` in file order, key by key.
 //!
-//! Layering, lowest first: [`EMBEDDED`] (always complete), the file's top-level keys
-//! and `[defaults]`, then every matching `[[project]]` in file order, key by key.
-//!
-//! Reading a key: the `keys!` lists below declare each key once (name, type, reader,
-//! doc); `values` holds the grammars. The walker goes over `toml::de::DeTable`
-//! rather than `#[derive(Deserialize)]` because every key and value there carries
-//! its byte span, so each error names the exact key and line (dotted keys and inline
-//! tables too), and one pass collects every problem instead of stopping at the first.
-//!
-//! To add a key: one line in a `keys!` list (reuse a reader from `values` or add
-//! one), its default in [`EMBEDDED`] unless it is `optional`, and a line each in
-//! packaging/gov.toml and docs/configuration.md (a test holds you to both).
+//! Each key is declared once, in a `keys!` list (name, type, reader); `values` holds
+//! the grammars. The walker reads `toml::de::DeTable`, not serde derive, because its
+//! spans give every error a line and a key, and one pass finds every problem.
+//! A new key also needs its default in [`EMBEDDED`] (unless `optional`) and a line
+//! in packaging/gov.toml and docs/configuration.md (a test holds you to both).
 
 mod check;
 mod values;
@@ -25,7 +20,6 @@ use std::time::Duration;
 
 use glob::{MatchOptions, Pattern};
 use nix::sys::signal::Signal;
-use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
@@ -41,7 +35,7 @@ pub use values::{
 /// Where the daemon and `gov check-config` look when no path is given.
 pub const DEFAULT_PATH: &str = "/etc/gov.toml";
 
-/// The daemon socket when the policy does not name one (the `socket` default below).
+/// The daemon socket when the policy does not name one.
 pub const DEFAULT_SOCKET: &str = "/run/gov/gov.sock";
 
 /// The built-in policy, parsed by the same code as a user's file. It sets every
@@ -80,13 +74,8 @@ main_exit_grace = "5s"
 hibernate_after = "never"
 hibernate_hold = "7d"
 "#;
-
 /// Origin named in errors about [`EMBEDDED`] (only a broken build could show it).
 const EMBEDDED_ORIGIN: &str = "<embedded>";
-
-// ---------------------------------------------------------------------------
-// The keys, each declared once
-// ---------------------------------------------------------------------------
 
 /// A key's name and how to read its value into a layer `L`.
 type Key<L> = (
@@ -94,32 +83,26 @@ type Key<L> = (
     fn(&mut L, &DeValue<'_>, Host) -> Result<(), String>,
 );
 
-/// From one list of `key: Type = reader` lines: the settings struct, its layer (each
-/// key an `Option`, as one table sets them), the merge of a layer onto settings, the
-/// check that a bottom layer is complete, the key table the walker reads through,
-/// and the spelling back to TOML (which `Serialize` uses). An `optional` key may be
-/// absent from the bottom layer and is then its type's empty value (`None`, `[]`).
+/// From one list of `key: Type = reader` lines: the settings, their layer (each key
+/// an `Option`, as one table sets them), the merge, the check that a bottom layer is
+/// complete, the key table the walker reads through, and the spelling back to TOML.
+/// An `optional` key may be absent from the bottom layer: its type's empty value.
 macro_rules! keys {
     (@bottom $v:expr) => { $v };
     (@bottom $v:expr, optional) => { Some($v.unwrap_or_default()) };
-    (@required) => { true };
-    (@required optional) => { false };
     (
         $(#[$meta:meta])* pub struct $Settings:ident; layer $Layer:ident; table $TABLE:ident;
-        $( $(#[$doc:meta])* $key:ident: $T:ty = $read:path $(, $optional:ident)?; )*
+        $( $key:ident: $T:ty = $read:expr $(, $optional:ident)?; )*
     ) => {
         $(#[$meta])*
         #[derive(Clone, Debug, PartialEq)]
-        pub struct $Settings { $( $(#[$doc])* pub $key: $T, )* }
+        pub struct $Settings { $( pub $key: $T, )* }
 
         #[derive(Clone, Debug, Default, PartialEq)]
         struct $Layer { $( $key: Option<$T>, )* }
 
         const $TABLE: &[Key<$Layer>] = &[$(
-            (stringify!($key), |layer, v, host| {
-                layer.$key = Some($read(v, host)?);
-                Ok(())
-            }),
+            (stringify!($key), |layer, v, host| Ok(layer.$key = Some(($read)(v, host)?))),
         )*];
 
         impl $Layer {
@@ -132,10 +115,8 @@ macro_rules! keys {
                 $( let $key = keys!(@bottom self.$key.clone() $(, $optional)?); )*
                 match ($($key,)*) {
                     ($(Some($key),)*) => Ok($Settings { $($key,)* }),
-                    _ => Err([$((stringify!($key), keys!(@required $($optional)?) && self.$key.is_none()),)*]
-                        .into_iter()
-                        .filter_map(|(k, missing)| missing.then_some(k))
-                        .collect()),
+                    ($($key,)*) => Err([$((stringify!($key), $key.is_none()),)*]
+                        .into_iter().filter_map(|(k, missing)| missing.then_some(k)).collect()),
                 }
             }
 
@@ -148,22 +129,15 @@ macro_rules! keys {
         }
 
         impl From<&$Settings> for $Layer {
-            fn from(s: &$Settings) -> $Layer {
-                $Layer { $( $key: Some(s.$key.clone()), )* }
-            }
+            fn from(s: &$Settings) -> $Layer { $Layer { $( $key: Some(s.$key.clone()), )* } }
         }
 
-        /// In gov.toml's own vocabulary ("30m", "never", "SIGTERM", "max"), so what
+        /// In gov.toml's own words ("30m", "never", "SIGTERM", "max"), so what
         /// `gov show --json` prints can be pasted back into a `[[project]]`.
         impl Serialize for $Settings {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut map = s.serialize_map(None)?;
-                for (key, value) in $Layer::from(self).spelled() {
-                    if let Some(value) = value {
-                        map.serialize_entry(key, &value)?;
-                    }
-                }
-                map.end()
+                let spelled = $Layer::from(self).spelled().into_iter();
+                s.collect_map(spelled.filter_map(|(key, value)| Some((key, value?))))
             }
         }
     };
@@ -172,84 +146,49 @@ macro_rules! keys {
 keys! {
     /// Daemon-wide settings (the top level of gov.toml).
     pub struct Global; layer GlobalLayer; table GLOBAL_KEYS;
-    /// Path of the daemon's Unix socket.
-    socket: PathBuf = socket;
-    /// Permission bits of the socket (at most 0o777).
-    socket_mode: u32 = mode;
-    /// Group to chown the socket to; `None` leaves root's group.
-    socket_group: Option<String> = group, optional;
-    /// Members of this group act on every gate, as root does.
-    admin_group: Option<String> = group, optional;
-    /// Where gov's cgroup tree lives; see [`parse_cgroup_root`] for its forms.
-    cgroup_root: String = cgroup_root;
-    /// How often the daemon samples activity and applies timeouts.
-    scan_interval: Duration = interval;
-    /// Bytes all gates on the host may use together; `None` = no budget.
-    memory_budget: Option<u64> = budget, optional;
-    /// Gates one user may have at once; `None` = unlimited.
-    max_gates_per_user: Option<u32> = cap, optional;
-    /// Lifecycle events kept for `gov events`.
-    event_history: usize = history;
-    /// TCP address serving Prometheus metrics; `None` = off.
-    metrics_listen: Option<std::net::SocketAddr> = listen, optional;
-    /// Environment variables whose value `gov spawn` takes as the session when
-    /// `--session` is not given, first set one wins.
-    session_env: Vec<String> = env_names, optional;
-    /// Where hibernated gates' CRIU images are kept (0700).
-    hibernate_dir: PathBuf = abs_path, optional;
-    /// Bytes all hibernation images may take together; `None` = no budget.
-    hibernate_max_bytes: Option<u64> = budget, optional;
-    /// The criu binary: a bare name is looked up on the daemon's PATH.
-    criu_path: PathBuf = program, optional;
+    socket: PathBuf = |v, _| socket(v);
+    socket_mode: u32 = |v, _| mode(v);
+    socket_group: Option<String> = |v, _| group(v), optional;
+    admin_group: Option<String> = |v, _| group(v), optional;
+    cgroup_root: String = |v, _| cgroup_root(v);
+    // It divides CPU time into a rate, so it cannot be zero.
+    scan_interval: Duration = |v, _| duration(v, false);
+    memory_budget: Option<u64> = |v, _| budget(v), optional;
+    max_gates_per_user: Option<u32> = |v, _| cap(v), optional;
+    event_history: usize = |v, _| history(v);
+    metrics_listen: Option<std::net::SocketAddr> = |v, _| listen(v), optional;
+    session_env: Vec<String> = |v, _| env_names(v), optional;
+    hibernate_dir: PathBuf = |v, _| abs_path(v), optional;
+    hibernate_max_bytes: Option<u64> = |v, _| budget(v), optional;
+    criu_path: PathBuf = |v, _| program(v), optional;
 }
 
 keys! {
     /// Everything that governs one gate, after layering.
     pub struct GateSettings; layer GateLayer; table GATE_KEYS;
-    /// Idle this long (no touch, not busy) and the gate is suspended; `None` = never.
-    idle_timeout: Option<Duration> = timeout;
-    /// After the owner dies, the gate is stopped this long later; `None` = never.
-    orphan_grace: Option<Duration> = grace;
-    /// Hard deadline from creation (test runners); `None` = never.
-    max_runtime: Option<Duration> = timeout;
-    /// Signal sent to the gate's main process when stopping.
-    stop_signal: Signal = signal;
-    /// How long a stopping gate may take to exit by itself before it is killed.
-    stop_grace: Duration = duration;
-    /// How long a suspended (frozen) gate stays resumable before teardown.
-    frozen_hold: Duration = duration;
-    /// CPU use above this (percent of one CPU, over a scan interval) is activity.
+    // time(v, never, zero): "never" allowed, zero allowed.
+    idle_timeout: Option<Duration> = |v, _| time(v, true, false);
+    orphan_grace: Option<Duration> = |v, _| time(v, true, true);
+    max_runtime: Option<Duration> = |v, _| time(v, true, false);
+    stop_signal: Signal = |v, _| signal(v);
+    stop_grace: Duration = |v, _| duration(v, true);
+    frozen_hold: Duration = |v, _| duration(v, true);
     busy_cpu_percent: f64 = busy;
-    /// memory.max of the gate cgroup.
-    memory_max: Limit = bytes;
-    /// memory.high of the gate cgroup.
-    memory_high: Limit = bytes;
-    /// pids.max of the gate cgroup.
-    pids_max: Limit = count;
-    /// cpu.max of the gate cgroup.
-    cpu_max: CpuMax = cpu_max;
-    /// Gates one project may have at once; `None` = unlimited.
-    max_gates: Option<u32> = cap;
-    /// What a spawn does when `max_gates` is reached.
-    on_limit: OnLimit = on_limit;
-    /// Never reap this gate (limits still apply).
-    pinned: bool = flag;
-    /// Push a frozen gate's memory out through memory.reclaim.
-    reclaim_when_frozen: bool = flag;
-    /// memory.oom.group: an OOM kill takes the whole gate, not one process.
-    oom_group: bool = flag;
-    /// memory.max of the project cgroup (the sum of its gates).
-    project_memory_max: Limit = bytes;
-    /// pids.max of the project cgroup.
-    project_pids_max: Limit = count;
-    /// What happens to the rest of the gate when its main process exits.
-    on_main_exit: OnMainExit = on_main_exit;
-    /// With `on_main_exit = "stop"`: how long the rest may linger before the stop.
-    main_exit_grace: Duration = duration;
-    /// Suspended this long, the gate is dumped to disk (CRIU); `None` = never.
-    hibernate_after: Option<Duration> = grace;
-    /// How long a hibernated gate stays restorable before its image is removed.
-    hibernate_hold: Option<Duration> = timeout;
+    memory_max: Limit = |v, _| limit(v, true);
+    memory_high: Limit = |v, _| limit(v, true);
+    pids_max: Limit = |v, _| limit(v, false);
+    cpu_max: CpuMax = |v, _| cpu_max(v);
+    max_gates: Option<u32> = |v, _| cap(v);
+    on_limit: OnLimit = |v, _| choice(v, OnLimit::ALL);
+    pinned: bool = |v, _| flag(v);
+    reclaim_when_frozen: bool = |v, _| flag(v);
+    oom_group: bool = |v, _| flag(v);
+    project_memory_max: Limit = |v, _| limit(v, true);
+    project_pids_max: Limit = |v, _| limit(v, false);
+    on_main_exit: OnMainExit = |v, _| choice(v, OnMainExit::ALL);
+    main_exit_grace: Duration = |v, _| duration(v, true);
+    hibernate_after: Option<Duration> = |v, _| time(v, true, true);
+    hibernate_hold: Option<Duration> = |v, _| time(v, true, false);
 }
 
 /// Keys only a `[[project]]` has, besides the gate keys.
@@ -258,43 +197,41 @@ const RULE_KEYS: &[&str] = &["path", "name"];
 /// The two tables of the top level.
 const TABLE_KEYS: &[&str] = &["defaults", "project"];
 
-/// What `gov spawn` does when a project already has `max_gates` gates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnLimit {
-    /// Refuse the new gate.
-    Refuse,
-    /// Reap the project's least recently active idle gate; refuse if none is idle.
-    EvictIdlest,
+/// An enum spelled in gov.toml as the strings given.
+macro_rules! choices {
+    ($(#[$meta:meta])* $Enum:ident { $( $(#[$doc:meta])* $Variant:ident = $name:literal, )* }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+        #[serde(rename_all = "kebab-case")]
+        pub enum $Enum { $( $(#[$doc])* $Variant, )* }
+
+        impl $Enum {
+            const ALL: &[(&str, $Enum)] = &[$( ($name, $Enum::$Variant), )*];
+
+            /// The spelling used in gov.toml.
+            pub fn as_str(self) -> &'static str {
+                match self { $( $Enum::$Variant => $name, )* }
+            }
+        }
+    };
 }
 
-impl OnLimit {
-    /// The spelling used in gov.toml.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnLimit::Refuse => "refuse",
-            OnLimit::EvictIdlest => "evict-idlest",
-        }
+choices! {
+    /// What `gov spawn` does when a project already has `max_gates` gates.
+    OnLimit {
+        Refuse = "refuse",
+        /// Reap the project's least recently active idle gate; refuse if none is idle.
+        EvictIdlest = "evict-idlest",
     }
 }
 
-/// What happens when a gate's main process exits while others remain in it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OnMainExit {
-    /// The rest keeps running, reaped by the timeouts as before.
-    Keep,
-    /// The rest is stopped after `main_exit_grace`.
-    Stop,
-}
-
-impl OnMainExit {
-    /// The spelling used in gov.toml.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OnMainExit::Keep => "keep",
-            OnMainExit::Stop => "stop",
-        }
+choices! {
+    /// What happens to the rest of a gate when its main process exits.
+    OnMainExit {
+        /// The rest keeps running, reaped by the timeouts as before.
+        Keep = "keep",
+        /// The rest is stopped after `main_exit_grace`.
+        Stop = "stop",
     }
 }
 
@@ -309,9 +246,7 @@ pub enum RootSpec {
     Absolute(PathBuf),
 }
 
-/// A policy problem, located as precisely as the input allows.
-///
-/// Displays as `/etc/gov.toml:3: key `idle_timout`: unknown key in [defaults]; ...`.
+/// A policy problem: `/etc/gov.toml:3: key `idle_timout`: unknown key in ...`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{}{}: {}{message}", .path.display(),
     .line.map(|l| format!(":{l}")).unwrap_or_default(),
@@ -327,20 +262,16 @@ pub struct PolicyError {
 }
 
 impl PolicyError {
-    fn of_file(path: &Path, message: String) -> PolicyError {
+    fn at(path: &Path, line: Option<usize>, key: Option<String>, message: String) -> Self {
         let path = path.to_path_buf();
         PolicyError {
             path,
-            line: None,
-            key: None,
+            line,
+            key,
             message,
         }
     }
 }
-
-// ---------------------------------------------------------------------------
-// Policy
-// ---------------------------------------------------------------------------
 
 /// A loaded policy: global settings, the defaults every gate starts from, and the
 /// project rules layered on top by [`Policy::for_project`].
@@ -358,14 +289,13 @@ impl Policy {
         Policy::parse("", Path::new(EMBEDDED_ORIGIN)).expect("EMBEDDED policy is valid")
     }
 
-    /// Parses `text` on top of the embedded defaults. `origin` only names the file in
-    /// errors. Returns the first problem in file order.
+    /// Parses `text` on top of the embedded defaults; the first problem in file
+    /// order. `origin` only names the file in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Policy, PolicyError> {
         Policy::parse_all(text, origin).map_err(|mut errs| errs.swap_remove(0))
     }
 
-    /// Like [`Policy::parse`] but returns every problem, in file order (never an empty
-    /// Vec), for `gov check-config` to list them all at once.
+    /// Like [`Policy::parse`], but every problem in file order (never empty).
     pub fn parse_all(text: &str, origin: &Path) -> Result<Policy, Vec<PolicyError>> {
         parse_with(text, origin, Host::current())
     }
@@ -373,13 +303,13 @@ impl Policy {
     /// Reads and parses `path`; a read error is a [`PolicyError`] naming the path.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| PolicyError::of_file(path, format!("cannot read: {e}")))?;
+            .map_err(|e| PolicyError::at(path, None, None, format!("cannot read: {e}")))?;
         Policy::parse(&text, path)
     }
 
-    /// [`Policy::load`], except that a missing file yields the embedded policy. The
-    /// bool says whether the policy came from the file. A file that exists but cannot
-    /// be read or parsed is an error: silently running on defaults would hide it.
+    /// [`Policy::load`], but a missing file yields the embedded policy; the bool
+    /// says whether the file was there. A file that cannot be read or parsed is an
+    /// error: silently running on defaults would hide it.
     pub fn load_or_embedded(path: &Path) -> Result<(Policy, bool), PolicyError> {
         match read_if_present(path)? {
             Some(text) => Ok((Policy::parse(&text, path)?, true)),
@@ -387,8 +317,8 @@ impl Policy {
         }
     }
 
-    /// The settings for a gate of `project` (an absolute path): `[defaults]`, then
-    /// every matching `[[project]]` in file order, later ones winning key by key.
+    /// The settings for a gate of `project`: `[defaults]`, then every matching
+    /// `[[project]]` in file order, later ones winning key by key.
     pub fn for_project(&self, project: &str) -> GateSettings {
         let mut settings = self.defaults.clone();
         for rule in self.matching(project) {
@@ -397,9 +327,8 @@ impl Policy {
         settings
     }
 
-    /// Does any gate (under `[defaults]` or any one `[[project]]` rule on top of
-    /// them) get settings for which `uses` holds? The daemon asks this to enable
-    /// only the controllers some limit needs.
+    /// Does `uses` hold for `[defaults]` or any one rule on top of them? The daemon
+    /// enables only the controllers some limit needs.
     pub fn any_settings(&self, uses: impl Fn(&GateSettings) -> bool) -> bool {
         uses(&self.defaults)
             || self.rules.iter().any(|rule| {
@@ -414,9 +343,8 @@ impl Policy {
         &self.defaults
     }
 
-    /// Labels of the `[[project]]` rules that apply to `project`, in the order they
-    /// are applied: each rule's `name`, or its `path` glob when unnamed. For tags,
-    /// `gov show` and logs ("why does this gate have an 8h timeout?").
+    /// Labels (`name`, else `path`) of the rules that apply to `project`, in the order
+    /// applied: "why does this gate have an 8h timeout?".
     pub fn matching_rules(&self, project: &str) -> Vec<&str> {
         self.matching(project)
             .into_iter()
@@ -436,8 +364,7 @@ impl Policy {
         out += "\n[defaults]\n";
         out += &keys_text(GateLayer::from(&self.defaults).spelled());
         for rule in &self.rules {
-            let mut keys: Vec<(&str, Option<toml::Value>)> =
-                vec![("path", Some(rule.pattern.as_str().into()))];
+            let mut keys = vec![("path", Some(rule.pattern.as_str().into()))];
             keys.extend(rule.name.as_deref().map(|n| ("name", Some(n.into()))));
             keys.extend(rule.overrides.spelled());
             out += "\n[[project]]\n";
@@ -458,16 +385,12 @@ fn keys_text(keys: Vec<(&str, Option<toml::Value>)>) -> String {
 /// The text of `path`, or `None` when there is no file. A dangling symlink also
 /// reads as NotFound; it is a broken config, not an absent one.
 fn read_if_present(path: &Path) -> Result<Option<String>, PolicyError> {
+    let error = |message: String| Err(PolicyError::at(path, None, None, message));
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match path.symlink_metadata() {
-            Ok(_) => Err(PolicyError::of_file(
-                path,
-                "is a symlink to a missing file".into(),
-            )),
-            Err(_) => Ok(None),
-        },
-        Err(e) => Err(PolicyError::of_file(path, format!("cannot read: {e}"))),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => error(format!("cannot read: {e}")),
+        Err(_) if path.symlink_metadata().is_ok() => error("is a symlink to a missing file".into()),
+        Err(_) => Ok(None),
     }
 }
 
@@ -521,9 +444,7 @@ impl Host {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Walking a document
-// ---------------------------------------------------------------------------
+// --- walking a document ---------------------------------------------------------
 
 /// What one file says, before layering.
 #[derive(Debug, Default)]
@@ -564,14 +485,9 @@ fn names<L>(keys: &[Key<L>]) -> Vec<&'static str> {
     keys.iter().map(|(n, _)| *n).collect()
 }
 
-/// A problem found while walking a document, located by byte offset; it gets its
-/// line once all are collected.
-#[derive(Debug)]
-struct Issue {
-    offset: usize,
-    key: Option<String>,
-    message: String,
-}
+/// A problem found in a document: byte offset (it gets its line once all are
+/// collected), key, message.
+type Issue = (usize, Option<String>, String);
 
 /// Issues found so far, and the host that bounds values.
 struct Walk {
@@ -585,22 +501,18 @@ type Entry<'a, 'i> = (
 );
 
 fn parse_with(text: &str, origin: &Path, host: Host) -> Result<Policy, Vec<PolicyError>> {
-    let embedded_origin = Path::new(EMBEDDED_ORIGIN);
-    let base =
-        read_document(EMBEDDED, host).map_err(|i| to_errors(EMBEDDED, embedded_origin, i))?;
+    let embedded = Path::new(EMBEDDED_ORIGIN);
+    let base = read_document(EMBEDDED, host).map_err(|i| to_errors(EMBEDDED, embedded, i))?;
     let user = read_document(text, host).map_err(|i| to_errors(text, origin, i))?;
-    let missing = |keys: Vec<&str>| {
-        let error = |k: &str| PolicyError {
-            key: Some(k.to_string()),
-            ..PolicyError::of_file(embedded_origin, "missing key".to_string())
-        };
-        keys.into_iter().map(error).collect::<Vec<_>>()
+    let missing = |keys: Vec<&str>| -> Vec<PolicyError> {
+        let error = |k: &str| PolicyError::at(embedded, None, Some(k.into()), "missing key".into());
+        keys.into_iter().map(error).collect()
     };
     let mut global = base.global.complete().map_err(missing)?;
     user.global.apply_to(&mut global);
     let mut defaults = base.defaults.complete().map_err(missing)?;
     user.defaults.apply_to(&mut defaults);
-    let rules = base.rules.into_iter().chain(user.rules).collect();
+    let rules = user.rules;
     Ok(Policy {
         global,
         defaults,
@@ -610,51 +522,38 @@ fn parse_with(text: &str, origin: &Path, host: Host) -> Result<Policy, Vec<Polic
 
 /// Orders problems as they appear in the file and gives each its line.
 fn to_errors(text: &str, origin: &Path, mut issues: Vec<Issue>) -> Vec<PolicyError> {
-    issues.sort_by_key(|i| i.offset);
-    let error = |i: Issue| PolicyError {
-        line: Some(line_of(text, i.offset)),
-        key: i.key,
-        ..PolicyError::of_file(origin, i.message)
-    };
+    issues.sort_by_key(|i| i.0);
+    let error = |(at, key, message)| PolicyError::at(origin, Some(line_of(text, at)), key, message);
     issues.into_iter().map(error).collect()
 }
 
 /// One file's keys, validated; every problem found, not just the first.
 fn read_document(text: &str, host: Host) -> Result<Document, Vec<Issue>> {
     let doc = DeTable::parse(text).map_err(|e| vec![syntax_issue(text, &e)])?;
-    let mut walk = Walk {
-        host,
-        issues: Vec::new(),
-    };
-    let mut out = Document::default();
+    let (mut walk, mut out) = (
+        Walk {
+            host,
+            issues: Vec::new(),
+        },
+        Document::default(),
+    );
     for (k, v) in doc.get_ref().iter() {
+        let at = v.span().start;
         match (k.get_ref().as_ref(), v.get_ref()) {
             ("defaults", DeValue::Table(t)) => {
                 for entry in t.iter() {
                     walk.key(GATE_KEYS, entry, &mut out.defaults, Section::Defaults);
                 }
             }
-            ("defaults", other) => walk.issue(
-                v.span().start,
-                "defaults",
-                format!("expected the [defaults] table, found {}", describe(other)),
-            ),
             ("project", DeValue::Array(entries)) => {
                 for (i, entry) in entries.iter().enumerate() {
                     out.rules.extend(walk.rule(entry, Section::Project(i + 1)));
                 }
             }
             // `[project]` (one table) is a common slip for `[[project]]`.
-            ("project", DeValue::Table(_)) => walk.issue(
-                k.span().start,
-                "project",
-                "write [[project]] with double brackets: each project rule is one entry of an array of tables".to_string(),
-            ),
-            ("project", other) => walk.issue(
-                v.span().start,
-                "project",
-                format!("expected [[project]] tables, found {}", describe(other)),
-            ),
+            ("project", DeValue::Table(_)) => walk.issue(k.span().start, "project", "write [[project]] with double brackets: each project rule is one entry of an array of tables".into()),
+            ("defaults", other) => walk.issue(at, "defaults", wrong("the [defaults] table", other)),
+            ("project", other) => walk.issue(at, "project", wrong("[[project]] tables", other)),
             _ => walk.key(GLOBAL_KEYS, (k, v), &mut out.global, Section::Top),
         }
     }
@@ -666,12 +565,7 @@ fn read_document(text: &str, host: Host) -> Result<Document, Vec<Issue>> {
 
 impl Walk {
     fn issue(&mut self, offset: usize, key: &str, message: String) {
-        let key = Some(key.to_string());
-        self.issues.push(Issue {
-            offset,
-            key,
-            message,
-        });
+        self.issues.push((offset, Some(key.to_string()), message));
     }
 
     /// Reads one key of a table through `keys`, or reports it as unknown.
@@ -690,31 +584,26 @@ impl Walk {
     /// One `[[project]]`; `None` when it has no usable `path` (already reported).
     fn rule(&mut self, entry: &Spanned<DeValue<'_>>, section: Section) -> Option<Rule> {
         let DeValue::Table(table) = entry.get_ref() else {
-            let found = describe(entry.get_ref());
-            let message = format!("expected a [[project]] table, found {found}");
+            let message = wrong("a [[project]] table", entry.get_ref());
             self.issue(entry.span().start, "project", message);
             return None;
         };
-        let (mut pattern, mut name, mut path_seen) = (None, None, false);
-        let mut overrides = GateLayer::default();
+        let (mut pattern, mut name, mut overrides) = (None, None, GateLayer::default());
         for (k, v) in table.iter() {
             let key = k.get_ref().as_ref();
             let read = match key {
-                "path" => {
-                    path_seen = true;
-                    rule_glob(v.get_ref()).map(|p| pattern = Some(p))
-                }
+                "path" => rule_glob(v.get_ref()).map(|p| pattern = Some(p)),
                 "name" => rule_name(v.get_ref()).map(|n| name = Some(n)),
                 _ => {
                     self.key(GATE_KEYS, (k, v), &mut overrides, section);
-                    Ok(())
+                    continue;
                 }
             };
             if let Err(message) = read {
                 self.issue(v.span().start, key, message);
             }
         }
-        if !path_seen {
+        if !table.iter().any(|(k, _)| k.get_ref() == "path") {
             let message = format!(
                 "missing key in {}: every [[project]] needs a path glob",
                 section.title()
@@ -745,8 +634,11 @@ fn unknown_key_message(key: &str, section: Section) -> String {
     } else {
         String::new()
     };
-    let (title, all) = (section.title(), valid.join(", "));
-    format!("unknown key in {title}{hint} (expected one of: {all})")
+    format!(
+        "unknown key in {}{hint} (expected one of: {})",
+        section.title(),
+        valid.join(", ")
+    )
 }
 
 /// A TOML syntax error has no tree to take the key from, so the key is read off the
@@ -759,11 +651,8 @@ fn syntax_issue(text: &str, e: &toml::de::Error) -> Issue {
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
-    Issue {
-        offset,
-        key: key_on_line(line_text(text, offset)),
-        message: format!("invalid TOML: {}", lines.join("; ")),
-    }
+    let message = format!("invalid TOML: {}", lines.join("; "));
+    (offset, key_on_line(line_text(text, offset)), message)
 }
 
 /// 1-based line of a byte offset.
@@ -774,8 +663,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 
 /// The whole line holding a byte offset.
 fn line_text(text: &str, offset: usize) -> &str {
-    let bytes = text.as_bytes();
-    let end = offset.min(bytes.len());
+    let (bytes, end) = (text.as_bytes(), offset.min(text.len()));
     let start = bytes[..end]
         .iter()
         .rposition(|&b| b == b'\n')

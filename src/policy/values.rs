@@ -1,6 +1,5 @@
-//! gov.toml's value grammars: the pure `&str` parsers (public: the CLI and the
-//! daemon reuse them), one reader per kind of key that takes a TOML value to the
-//! key's type with a message showing the form expected, and [`Spell`], the way back.
+//! gov.toml's value grammars: pure `&str` parsers (the CLI and the daemon reuse
+//! them), readers taking a TOML value to a key's type, and [`Spell`], the way back.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -18,99 +17,92 @@ use crate::cgroup::Limit;
 /// The kernel's default CFS period; `cpu_max = "150%"` is a quota over this period.
 pub const CPU_PERIOD_USEC: u64 = 100_000;
 
-/// The longest duration anywhere (200 years): past any useful timeout, and far
-/// inside what the daemon adds it to (u64 milliseconds since the epoch, `Instant`).
+/// 200 years: past any useful timeout, and far inside what the daemon adds it to
+/// (u64 milliseconds since the epoch, `Instant`).
 pub const MAX_DURATION: Duration = Duration::from_secs(200 * 365 * 86_400);
 
-/// The largest `event_history`, a bound on the daemon's memory for events.
+/// A bound on the daemon's memory for events.
 const MAX_EVENT_HISTORY: u64 = 1_000_000;
 
 /// `sun_path` is 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
 
-// --- durations ---------------------------------------------------------------
-
-/// Duration units in nanoseconds. Our own grammar, not humantime's: there `M` is a
-/// month, a trap beside sizes where `M` is a mebibyte.
-const DURATION_UNITS: &[(&str, u128)] = &[
-    ("ns", 1),
-    ("us", 1_000),
-    ("ms", 1_000_000),
-    ("s", 1_000_000_000),
-    ("m", 60_000_000_000),
-    ("h", 3_600_000_000_000),
-    ("d", 86_400_000_000_000),
-    ("w", 604_800_000_000_000),
-];
+/// Duration units in nanoseconds. Not humantime's: there `M` is a month, a trap
+/// beside sizes where `M` is a mebibyte.
+const DURATION_UNITS: [(&str, u128); 8] = {
+    const S: u128 = 1_000_000_000;
+    let (ns, us, ms) = (1, 1_000, 1_000_000);
+    [
+        ("ns", ns),
+        ("us", us),
+        ("ms", ms),
+        ("s", S),
+        ("m", 60 * S),
+        ("h", 3600 * S),
+        ("d", 86_400 * S),
+        ("w", 604_800 * S),
+    ]
+};
 
 const DURATION_FORM: &str =
     "durations look like \"5m\", \"90s\", \"1h30m\" (units: ms, s, m, h, d, w)";
 
-/// Parses `"30m"`, `"1h30m"`, `"1h 30m"`, `"90s"`, `"250ms"`, `"1.5h"`, `"0"`, up
-/// to [`MAX_DURATION`]. Negative values, bare numbers (other than 0), unknown units
-/// and spaces inside a number-unit pair are refused.
+/// `"30m"`, `"1h30m"`, `"1h 30m"`, `"1.5h"`, `"0"`, ... up to [`MAX_DURATION`]; no
+/// sign, no bare number but 0, no space inside a number-unit pair.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    if t.starts_with('-') {
-        return Err("negative durations are not allowed".to_string());
-    }
-    if t == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let bad = |what: String| format!("{what}; {DURATION_FORM}");
-    if t.is_empty() {
-        return Err(bad("empty".to_string()));
+    let bad = |what: String| Err(format!("{what}; {DURATION_FORM}"));
+    match t {
+        _ if t.starts_with('-') => return Err("negative durations are not allowed".into()),
+        "0" => return Ok(Duration::ZERO),
+        "" => return bad("empty".into()),
+        _ => {}
     }
     let (mut rest, mut nanos) = (t, 0u128);
     while !rest.is_empty() {
         let (num, after) = split_number(rest);
         let unit_len = after.find(|c: char| !c.is_ascii_alphabetic());
         let (unit, after) = after.split_at(unit_len.unwrap_or(after.len()));
-        if num.is_empty() {
-            return Err(bad(format!("expected a number at {rest:?}")));
-        }
-        if unit.is_empty() {
-            return Err(bad(format!("missing unit after {num:?}")));
-        }
-        let Some(&(_, scale)) = DURATION_UNITS.iter().find(|(u, _)| *u == unit) else {
-            return Err(bad(format!("unknown unit {unit:?}")));
+        let scale = DURATION_UNITS.iter().find(|(u, _)| *u == unit);
+        let n = match (num, unit, scale) {
+            ("", _, _) => return bad(format!("expected a number at {rest:?}")),
+            (_, "", _) => return bad(format!("missing unit after {num:?}")),
+            (_, _, None) => return bad(format!("unknown unit {unit:?}")),
+            (_, _, Some((_, scale))) => scaled_decimal(num, *scale),
         };
-        let n = scaled_decimal(num, scale).ok_or_else(|| bad(format!("invalid number {num:?}")))?;
+        let Some(n) = n else {
+            return bad(format!("invalid number {num:?}"));
+        };
         nanos = nanos.saturating_add(n);
         rest = after.trim_start();
     }
     if nanos > MAX_DURATION.as_nanos() {
         return Err(format!("{t:?} is too long: at most 73000d (200 years)"));
     }
-    // In range: MAX_DURATION is about 6.3e18 ns, below u64::MAX.
-    Ok(Duration::from_nanos(nanos as u64))
+    Ok(Duration::from_nanos(nanos as u64)) // in range: MAX_DURATION < u64::MAX ns
 }
 
-/// The shortest spelling [`parse_duration`] reads back exactly: `"1h30m"`, `"250ms"`,
-/// `"0s"`. Days are the largest unit (weeks read worse in `gov ps`).
+/// The shortest spelling [`parse_duration`] reads back exactly: `"1h30m"`, `"0s"`.
+/// Days are the largest unit (weeks read worse in `gov ps`).
 pub fn format_duration(d: Duration) -> String {
-    if d.is_zero() {
-        return "0s".to_string();
-    }
     let mut rest = d.as_nanos();
     let mut out = String::new();
     for (unit, scale) in DURATION_UNITS.iter().rev().skip(1) {
         if rest >= *scale {
-            out.push_str(&format!("{}{unit}", rest / scale));
+            out += &format!("{}{unit}", rest / scale);
             rest %= scale;
         }
+    }
+    if out.is_empty() {
+        out += "0s";
     }
     out
 }
 
-// --- sizes -------------------------------------------------------------------
-
 const SIZE_FORM: &str = "write sizes like \"4G\", \"512M\", \"1.5G\" or \"4096\" (bytes)";
 
-/// Parses a byte size: `"4G"`, `"512M"`, `"1.5G"`, `"4096"`, `"4KiB"`, `"100B"`.
-/// K, M, G, T, P, E (either case, optionally followed by `iB`) are powers of 1024,
-/// as in the kernel and systemd; fractions round down to a byte. `"4GB"` is refused
-/// as ambiguous (10^9 or 2^30?), `"4 gigs"` as garbage; `"max"` is not a size.
+/// A byte size: `"4G"`, `"1.5G"`, `"4096"`, `"4KiB"`. K..E in either case are powers
+/// of 1024, as in the kernel and systemd; `"4GB"` is refused as ambiguous.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let (num, unit) = split_number(s);
     let bad = |what: &str| format!("{what}; {SIZE_FORM}");
@@ -128,13 +120,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 fn size_unit_shift(unit: &str) -> Result<u32, String> {
     let mut chars = unit.chars();
-    let letter = chars.next().map(|c| c.to_ascii_uppercase());
-    let shift = "KMGTPE".chars().position(|c| Some(c) == letter);
-    match (shift, chars.as_str()) {
+    let letter = chars.next().map(|c| c.to_ascii_uppercase()).unwrap_or('?');
+    match ("KMGTPE".find(letter), chars.as_str()) {
         (Some(i), "" | "iB") => Ok(10 * (i as u32 + 1)),
         (Some(_), "B" | "b") => Err(format!(
-            "{unit:?} is ambiguous (powers of 1000 or 1024?): write \"{l}\" or \"{l}iB\", both 1024-based",
-            l = letter.unwrap_or('G')
+            "{unit:?} is ambiguous (powers of 1000 or 1024?): write \"{letter}\" or \"{letter}iB\", both 1024-based"
         )),
         _ => Err(format!(
             "unknown unit {unit:?} (units: K, M, G, T, P, E or KiB..EiB, 1024-based; none = bytes)"
@@ -144,10 +134,8 @@ fn size_unit_shift(unit: &str) -> Result<u32, String> {
 
 /// Splits off the leading `digits[.digits]` part.
 fn split_number(s: &str) -> (&str, &str) {
-    s.split_at(
-        s.find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len()),
-    )
+    let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.'));
+    s.split_at(end.unwrap_or(s.len()))
 }
 
 /// `digits[.digits]` times `scale`, rounded down; `None` if malformed or too large.
@@ -157,16 +145,16 @@ fn scaled_decimal(num: &str, scale: u128) -> Option<u128> {
     if !digits(int) || (num.contains('.') && !digits(frac)) {
         return None;
     }
-    let whole = int.parse::<u128>().ok()?.checked_mul(scale)?;
     // Digits past the 18th cannot add a whole unit of any scale used here.
     let frac = &frac[..frac.len().min(18)];
     let part = frac
         .parse::<u128>()
         .map_or(0, |f| f * scale / 10u128.pow(frac.len() as u32));
-    whole.checked_add(part)
+    int.parse::<u128>()
+        .ok()?
+        .checked_mul(scale)?
+        .checked_add(part)
 }
-
-// --- cpu.max -----------------------------------------------------------------
 
 /// A cgroup cpu.max value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -189,8 +177,7 @@ impl CpuMax {
     }
 }
 
-/// The gov.toml spelling: "max", "150%" when exact over the default period, else
-/// "QUOTA PERIOD"; [`parse_cpu_max`] reads every form back.
+/// "max", "150%" when exact over the default period, else "QUOTA PERIOD".
 impl fmt::Display for CpuMax {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
@@ -216,29 +203,25 @@ impl FromStr for CpuMax {
     }
 }
 
-/// Parses `cpu_max`: `"max"`, a percent of one CPU (`"150%"`, `"2.5%"`) over the
-/// default 100 ms period, or the kernel's own `"QUOTA PERIOD"` in microseconds.
-/// The kernel refuses a quota under 1 ms and a period outside 1 ms..1 s.
+/// `"max"`, a percent of one CPU (`"150%"`) over the default period, or the kernel's
+/// `"QUOTA PERIOD"` in microseconds. The kernel refuses a quota under 1 ms and a
+/// period outside 1 ms..1 s.
 pub fn parse_cpu_max(s: &str) -> Result<CpuMax, String> {
     let words: Vec<&str> = s.split_whitespace().collect();
-    let (quota, period) =
-        match words[..] {
-            ["max"] => return Ok(CpuMax::Max),
-            ["max", p] if p.parse::<u64>().is_ok() => return Ok(CpuMax::Max),
-            // 1% of a 100_000 us period is 1000 us.
-            [pct] if pct.ends_with('%') => match scaled_decimal(&pct[..pct.len() - 1], 1000) {
-                Some(q) => (u64::try_from(q).map_err(|_| "too large")?, CPU_PERIOD_USEC),
-                None => return Err(format!("invalid percent {pct:?}")),
-            },
-            [q, p] => match (q.parse(), p.parse()) {
-                (Ok(q), Ok(p)) => (q, p),
-                _ => return Err("QUOTA and PERIOD must be whole microseconds".to_string()),
-            },
-            _ => return Err(
-                "expected \"max\", a percent like \"150%\", or \"QUOTA PERIOD\" in microseconds"
-                    .to_string(),
-            ),
-        };
+    let (quota, period) = match words[..] {
+        ["max"] => return Ok(CpuMax::Max),
+        ["max", p] if p.parse::<u64>().is_ok() => return Ok(CpuMax::Max),
+        // 1% of a 100_000 us period is 1000 us.
+        [pct] if pct.ends_with('%') => match scaled_decimal(&pct[..pct.len() - 1], 1000) {
+            Some(q) => (u64::try_from(q).map_err(|_| "too large")?, CPU_PERIOD_USEC),
+            None => return Err(format!("invalid percent {pct:?}")),
+        },
+        [q, p] => match (q.parse(), p.parse()) {
+            (Ok(q), Ok(p)) => (q, p),
+            _ => return Err("QUOTA and PERIOD must be whole microseconds".into()),
+        },
+        _ => return Err(format!("expected {CPU_FORM} in microseconds")),
+    };
     if !(1_000..=1_000_000).contains(&period) {
         return Err(format!("period must be 1000..=1000000 us, found {period}"));
     }
@@ -253,33 +236,26 @@ pub fn parse_cpu_max(s: &str) -> Result<CpuMax, String> {
     })
 }
 
-// --- signals -----------------------------------------------------------------
+const CPU_FORM: &str = "\"max\", a percent of one CPU like \"150%\", or \"QUOTA PERIOD\"";
 
 /// Signals a stop may use. Numbers are refused: they differ across architectures.
-const SIGNALS: [Signal; 7] = [
-    Signal::SIGTERM,
-    Signal::SIGINT,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-    Signal::SIGKILL,
-];
+const SIGNALS: [Signal; 7] = {
+    use Signal::*;
+    [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGKILL]
+};
 
 /// `"SIGTERM"`, `"TERM"`, `"sigterm"` -> SIGTERM; one of [`SIGNALS`].
 fn find_signal(s: &str) -> Result<Signal, String> {
     let upper = s.to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-    SIGNALS
-        .into_iter()
-        .find(|sig| sig.as_str()[3..] == *bare)
-        .ok_or_else(|| {
-            let names: Vec<&str> = SIGNALS.iter().map(|s| s.as_str()).collect();
-            format!(
-                "unknown signal {s:?} (expected one of: {})",
-                names.join(", ")
-            )
-        })
+    let found = SIGNALS.into_iter().find(|sig| sig.as_str()[3..] == *bare);
+    found.ok_or_else(|| {
+        let names: Vec<&str> = SIGNALS.iter().map(|s| s.as_str()).collect();
+        format!(
+            "unknown signal {s:?} (expected one of: {})",
+            names.join(", ")
+        )
+    })
 }
 
 /// [`find_signal`] as a libc number.
@@ -289,16 +265,15 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
 
 /// `libc::SIGTERM` -> `"SIGTERM"`, for the signals [`parse_signal`] accepts.
 pub fn signal_name(sig: i32) -> Option<String> {
-    let found = SIGNALS.into_iter().find(|s| *s as i32 == sig);
-    found.map(|s| s.as_str().to_string())
+    SIGNALS
+        .into_iter()
+        .find(|s| *s as i32 == sig)
+        .map(|s| s.as_str().to_string())
 }
 
-// --- paths and names ---------------------------------------------------------
-
-/// Reads `cgroup_root`: `"delegated"`, a path relative to the cgroup2 mount (`"gov"`,
-/// `"gov/test-42"`), or an absolute path (which the daemon checks lies under the
-/// mount). No empty, `.` or `..` components and no control characters: this string
-/// becomes a directory path written as root.
+/// `"delegated"`, a path relative to the cgroup2 mount (`"gov/test-42"`) or an
+/// absolute one. No empty, `.` or `..` parts and no control characters: this
+/// string becomes a directory path written as root.
 pub fn parse_cgroup_root(s: &str) -> Result<RootSpec, String> {
     if s == "delegated" {
         return Ok(RootSpec::Delegated);
@@ -316,8 +291,8 @@ pub fn parse_cgroup_root(s: &str) -> Result<RootSpec, String> {
     })
 }
 
-/// A `[[project]]` path glob. It must be absolute since project paths are; `~` is
-/// refused because the daemon serves every user and has no one home to expand to.
+/// A `[[project]]` path glob: absolute, as project paths are; `~` is refused since
+/// the daemon serves every user and has no one home to expand it to.
 pub fn parse_project_glob(s: &str) -> Result<Pattern, String> {
     if s.starts_with('~') {
         return Err(format!(
@@ -332,12 +307,10 @@ pub fn parse_project_glob(s: &str) -> Result<Pattern, String> {
     Pattern::new(s).map_err(|e| format!("invalid glob {s:?}: {} at character {}", e.msg, e.pos))
 }
 
-// --- readers: a TOML value to a key's type -------------------------------------
-//
-// Each has the walker's signature; only `busy` needs the host.
+// --- readers: a TOML value to a key's type (the `= reader` of the key lists) ---
 
 /// A value as a message shows it: `integer 5`, `string "5m"`, `a table`.
-pub(super) fn describe(v: &DeValue<'_>) -> String {
+fn describe(v: &DeValue<'_>) -> String {
     match v {
         DeValue::String(s) => format!("string {:?}", s.as_ref()),
         DeValue::Integer(i) => format!("integer {i}"),
@@ -349,10 +322,15 @@ pub(super) fn describe(v: &DeValue<'_>) -> String {
     }
 }
 
-fn text<'v>(v: &'v DeValue<'_>, expected: &str) -> Result<&'v str, String> {
+/// `expected {expected}, found {v}`: the message of a value of the wrong kind.
+pub(super) fn wrong(expected: &str, v: &DeValue<'_>) -> String {
+    format!("expected {expected}, found {}", describe(v))
+}
+
+pub(super) fn text<'v>(v: &'v DeValue<'_>, expected: &str) -> Result<&'v str, String> {
     match v {
         DeValue::String(s) => Ok(s.as_ref()),
-        other => Err(format!("expected {expected}, found {}", describe(other))),
+        other => Err(wrong(expected, other)),
     }
 }
 
@@ -364,12 +342,12 @@ fn whole(v: &DeValue<'_>, expected: &str) -> Result<u64, String> {
         }
         DeValue::Integer(i) => u64::from_str_radix(i.as_str().trim_start_matches('+'), i.radix())
             .map_err(|_| format!("{i} is too large")),
-        other => Err(format!("expected {expected}, found {}", describe(other))),
+        other => Err(wrong(expected, other)),
     }
 }
 
 /// A string out of `options`, for the enum keys.
-fn choice<T: Copy>(v: &DeValue<'_>, options: &[(&str, T)]) -> Result<T, String> {
+pub(super) fn choice<T: Copy>(v: &DeValue<'_>, options: &[(&str, T)]) -> Result<T, String> {
     let names: Vec<String> = options.iter().map(|(n, _)| format!("{n:?}")).collect();
     let expected = names.join(" or ");
     let s = text(v, &expected)?;
@@ -379,8 +357,9 @@ fn choice<T: Copy>(v: &DeValue<'_>, options: &[(&str, T)]) -> Result<T, String> 
         .ok_or_else(|| format!("expected {expected}, found {s:?}"))
 }
 
-/// A duration; `never` allows "never" (`None`), `zero` allows "0s".
-fn time(v: &DeValue<'_>, never: bool, zero: bool) -> Result<Option<Duration>, String> {
+/// A duration; `never` allows "never" (`None`), `zero` allows "0s". Timeouts are
+/// never zero: they would act at the first scan after spawn.
+pub(super) fn time(v: &DeValue<'_>, never: bool, zero: bool) -> Result<Option<Duration>, String> {
     let s = match never {
         true => text(v, "a duration like \"30m\" or \"never\"")?,
         false => text(v, "a duration like \"10s\"")?,
@@ -390,39 +369,24 @@ fn time(v: &DeValue<'_>, never: bool, zero: bool) -> Result<Option<Duration>, St
     }
     let d = parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))?;
     match (d.is_zero() && !zero, never) {
-        (true, true) => Err("must be longer than zero; write \"never\" to turn it off".to_string()),
-        (true, false) => Err("must be longer than zero".to_string()),
+        (true, true) => Err("must be longer than zero; write \"never\" to turn it off".into()),
+        (true, false) => Err("must be longer than zero".into()),
         _ => Ok(Some(d)),
     }
 }
 
-/// Above zero, or "never". Zero would act at the first scan after spawn.
-pub(super) fn timeout(v: &DeValue<'_>, _: Host) -> Result<Option<Duration>, String> {
-    time(v, true, false)
+pub(super) fn duration(v: &DeValue<'_>, zero: bool) -> Result<Duration, String> {
+    time(v, false, zero).map(Option::unwrap_or_default)
 }
 
-/// Zero (at once) or more, or "never".
-pub(super) fn grace(v: &DeValue<'_>, _: Host) -> Result<Option<Duration>, String> {
-    time(v, true, true)
-}
-
-pub(super) fn duration(v: &DeValue<'_>, _: Host) -> Result<Duration, String> {
-    time(v, false, true).map(Option::unwrap_or_default)
-}
-
-/// The scan interval divides CPU time into a rate, so it cannot be zero.
-pub(super) fn interval(v: &DeValue<'_>, _: Host) -> Result<Duration, String> {
-    time(v, false, false).map(Option::unwrap_or_default)
-}
-
-pub(super) fn signal(v: &DeValue<'_>, _: Host) -> Result<Signal, String> {
+pub(super) fn signal(v: &DeValue<'_>) -> Result<Signal, String> {
     find_signal(text(v, "a signal name like \"SIGTERM\"")?)
 }
 
-pub(super) fn flag(v: &DeValue<'_>, _: Host) -> Result<bool, String> {
+pub(super) fn flag(v: &DeValue<'_>) -> Result<bool, String> {
     match v {
         DeValue::Boolean(b) => Ok(*b),
-        other => Err(format!("expected true or false, found {}", describe(other))),
+        other => Err(wrong("true or false", other)),
     }
 }
 
@@ -433,20 +397,15 @@ pub(super) fn busy(v: &DeValue<'_>, host: Host) -> Result<f64, String> {
         DeValue::Float(f) => f
             .as_str()
             .replace('_', "")
-            .parse::<f64>()
+            .parse()
             .map_err(|_| format!("invalid number {f}"))?,
-        other => {
-            return Err(format!(
-                "expected a number like 5.0, found {}",
-                describe(other)
-            ))
-        }
+        other => return Err(wrong("a number like 5.0", other)),
     };
     check_busy_cpu_percent(x, host.ncpu)
 }
 
-/// A gate using more than `100 * ncpu` percent is impossible, so a threshold above
-/// it would make every gate look idle, and a computing gate could be reaped.
+/// A gate cannot use more than `100 * ncpu` percent, so a threshold above it would
+/// make every gate look idle, and a computing gate could be reaped.
 pub(super) fn check_busy_cpu_percent(x: f64, ncpu: u32) -> Result<f64, String> {
     let max = 100.0 * f64::from(ncpu);
     if x > 0.0 && x <= max {
@@ -457,12 +416,13 @@ pub(super) fn check_busy_cpu_percent(x: f64, ncpu: u32) -> Result<f64, String> {
     ))
 }
 
-/// `"max"`, a size (bytes) or count, or a TOML integer. Zero is refused: a zero
+/// `"max"`, a size (`bytes`) or count, or a TOML integer. Zero is refused: a zero
 /// memory or pids limit leaves a gate unable to run, and is always a slip for "max".
-fn limit(v: &DeValue<'_>, bytes: bool) -> Result<Limit, String> {
-    let expected = match bytes {
-        true => "a size like \"4G\" or \"max\"",
-        false => "a whole number or \"max\"",
+pub(super) fn limit(v: &DeValue<'_>, bytes: bool) -> Result<Limit, String> {
+    let expected = if bytes {
+        "a size like \"4G\" or \"max\""
+    } else {
+        "a whole number or \"max\""
     };
     let n = match v {
         DeValue::String(s) if s.as_ref() == "max" => return Ok(Limit::Max),
@@ -474,170 +434,128 @@ fn limit(v: &DeValue<'_>, bytes: bool) -> Result<Limit, String> {
             .map_err(|_| format!("expected {expected}, found string {:?}", s.as_ref()))?,
         _ => whole(v, expected)?,
     };
-    if n == 0 {
-        return Err("a limit of 0 leaves a gate unable to run; write \"max\" for no limit".into());
+    match n {
+        0 => Err("a limit of 0 leaves a gate unable to run; write \"max\" for no limit".into()),
+        n => Ok(Limit::Value(n)),
     }
-    Ok(Limit::Value(n))
-}
-
-pub(super) fn bytes(v: &DeValue<'_>, _: Host) -> Result<Limit, String> {
-    limit(v, true)
-}
-
-pub(super) fn count(v: &DeValue<'_>, _: Host) -> Result<Limit, String> {
-    limit(v, false)
 }
 
 /// A host-wide budget in bytes: `"max"` means none.
-pub(super) fn budget(v: &DeValue<'_>, _: Host) -> Result<Option<u64>, String> {
-    Ok(match limit(v, true)? {
+pub(super) fn budget(v: &DeValue<'_>) -> Result<Option<u64>, String> {
+    limit(v, true).map(|l| match l {
         Limit::Max => None,
         Limit::Value(n) => Some(n),
     })
 }
 
 /// A count where 0 means unlimited (`max_gates`, `max_gates_per_user`).
-pub(super) fn cap(v: &DeValue<'_>, _: Host) -> Result<Option<u32>, String> {
+pub(super) fn cap(v: &DeValue<'_>) -> Result<Option<u32>, String> {
     let n = whole(v, "a whole number (0 = unlimited)")?;
     let n = u32::try_from(n).map_err(|_| format!("{n} is too large"))?;
     Ok((n > 0).then_some(n))
 }
 
-pub(super) fn history(v: &DeValue<'_>, _: Host) -> Result<usize, String> {
+pub(super) fn history(v: &DeValue<'_>) -> Result<usize, String> {
     match whole(v, "a whole number")? {
         n @ 1..=MAX_EVENT_HISTORY => Ok(n as usize),
         n => Err(format!("must be 1 to {MAX_EVENT_HISTORY}, found {n}")),
     }
 }
 
-pub(super) fn cpu_max(v: &DeValue<'_>, _: Host) -> Result<CpuMax, String> {
-    let s = text(
-        v,
-        "\"max\", a percent of one CPU like \"150%\", or \"QUOTA PERIOD\" like \"50000 100000\"",
-    )?;
+pub(super) fn cpu_max(v: &DeValue<'_>) -> Result<CpuMax, String> {
+    let s = text(v, &format!("{CPU_FORM} like \"50000 100000\""))?;
     parse_cpu_max(s).map_err(|e| format!("invalid cpu_max {s:?}: {e}"))
 }
 
-pub(super) fn on_limit(v: &DeValue<'_>, _: Host) -> Result<OnLimit, String> {
-    choice(
-        v,
-        &[
-            ("refuse", OnLimit::Refuse),
-            ("evict-idlest", OnLimit::EvictIdlest),
-        ],
-    )
-}
-
-pub(super) fn on_main_exit(v: &DeValue<'_>, _: Host) -> Result<OnMainExit, String> {
-    choice(v, &[("keep", OnMainExit::Keep), ("stop", OnMainExit::Stop)])
-}
-
 /// An absolute path without NUL (`hibernate_dir`).
-pub(super) fn abs_path(v: &DeValue<'_>, _: Host) -> Result<PathBuf, String> {
-    let s = text(v, "an absolute path")?;
-    if !s.starts_with('/') || s.contains('\0') {
-        return Err(format!("must be an absolute path, found {s:?}"));
+pub(super) fn abs_path(v: &DeValue<'_>) -> Result<PathBuf, String> {
+    match text(v, "an absolute path")? {
+        s if s.starts_with('/') && !s.contains('\0') => Ok(PathBuf::from(s)),
+        s => Err(format!("must be an absolute path, found {s:?}")),
     }
-    Ok(PathBuf::from(s))
 }
 
-/// The socket must be absolute (the daemon's cwd is not the user's) and fit in
-/// `sun_path`, or bind fails later with a far less helpful error.
-pub(super) fn socket(v: &DeValue<'_>, host: Host) -> Result<PathBuf, String> {
-    let path = abs_path(v, host)?;
-    match path.as_os_str().len() {
-        n if n > MAX_SOCKET_PATH => Err(format!(
-            "a Unix socket path holds at most {MAX_SOCKET_PATH} bytes, found {n}"
+/// Absolute (the daemon's cwd is not the user's) and short enough for `sun_path`,
+/// or bind fails later with a far less helpful error.
+pub(super) fn socket(v: &DeValue<'_>) -> Result<PathBuf, String> {
+    match abs_path(v)? {
+        p if p.as_os_str().len() > MAX_SOCKET_PATH => Err(format!(
+            "a Unix socket path holds at most {MAX_SOCKET_PATH} bytes, found {}",
+            p.as_os_str().len()
         )),
-        _ => Ok(path),
+        p => Ok(p),
     }
 }
 
 /// A program: a bare name looked up on the daemon's PATH, or an absolute path.
-pub(super) fn program(v: &DeValue<'_>, _: Host) -> Result<PathBuf, String> {
-    let s = text(v, "a program name like \"criu\" or an absolute path")?;
-    if s.is_empty() || s.contains('\0') || (s.contains('/') && !s.starts_with('/')) {
-        return Err(format!(
-            "expected a program name or an absolute path, found {s:?}"
-        ));
+pub(super) fn program(v: &DeValue<'_>) -> Result<PathBuf, String> {
+    match text(v, "a program name like \"criu\" or an absolute path")? {
+        s if s.is_empty() || s.contains('\0') || (s.contains('/') && !s.starts_with('/')) => Err(
+            format!("expected a program name or an absolute path, found {s:?}"),
+        ),
+        s => Ok(PathBuf::from(s)),
     }
-    Ok(PathBuf::from(s))
 }
 
-/// An octal string (`"0660"`), or a TOML octal integer (`0o660`). A decimal integer
+/// An octal string (`"0660"`) or a TOML octal integer (`0o660`). A decimal integer
 /// is refused: `socket_mode = 660` would silently mean 0o1224.
-pub(super) fn mode(v: &DeValue<'_>, _: Host) -> Result<u32, String> {
+pub(super) fn mode(v: &DeValue<'_>) -> Result<u32, String> {
     let mode = match v {
         DeValue::String(s) => {
             let digits = s.strip_prefix("0o").unwrap_or(s);
-            if digits.is_empty()
-                || digits.len() > 4
-                || !digits.bytes().all(|b| matches!(b, b'0'..=b'7'))
-            {
-                return Err(format!(
-                    "expected an octal mode like \"0660\", found {:?}",
-                    s.as_ref()
-                ));
+            let octal = !digits.is_empty() && digits.len() <= 4 && digits.bytes().all(|b| matches!(b, b'0'..=b'7'));
+            match octal {
+                true => u32::from_str_radix(digits, 8).map_err(|e| e.to_string())?,
+                false => return Err(format!("expected an octal mode like \"0660\", found {:?}", s.as_ref())),
             }
-            u32::from_str_radix(digits, 8).map_err(|e| e.to_string())?
         }
-        DeValue::Integer(i) if i.radix() == 8 => {
-            u32::from_str_radix(i.as_str(), 8).map_err(|_| format!("{i} is too large"))?
-        }
+        DeValue::Integer(i) if i.radix() == 8 => u32::from_str_radix(i.as_str(), 8).map_err(|_| format!("{i} is too large"))?,
         DeValue::Integer(i) => {
-            return Err(format!(
-            "write the mode as an octal string like \"0660\" (integer {i} would be read as decimal)"
-        ))
+            return Err(format!("write the mode as an octal string like \"0660\" (integer {i} would be read as decimal)"))
         }
-        other => {
-            return Err(format!(
-                "expected an octal string like \"0660\", found {}",
-                describe(other)
-            ))
-        }
+        other => return Err(wrong("an octal string like \"0660\"", other)),
     };
-    if mode > 0o777 {
-        return Err(format!(
+    match mode {
+        0..=0o777 => Ok(mode),
+        _ => Err(format!(
             "at most 0777 (permission bits only), found {mode:#o}"
-        ));
+        )),
     }
-    Ok(mode)
 }
 
-/// A group name as `getgrnam` would take it, or a numeric gid. Existence is checked
-/// by the daemon, since `gov check-config` may run on another host.
-pub(super) fn group(v: &DeValue<'_>, _: Host) -> Result<Option<String>, String> {
+/// A group name as `getgrnam` takes it, or a gid. The daemon checks it exists, since
+/// `gov check-config` may run on another host.
+pub(super) fn group(v: &DeValue<'_>) -> Result<Option<String>, String> {
     let s = text(v, "a group name")?;
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
     let name = s.strip_suffix('$').unwrap_or(s);
-    if s.is_empty() || s.starts_with('-') || !name.chars().all(ok_char) {
-        return Err(format!("invalid group name {s:?}"));
+    match s.is_empty() || s.starts_with('-') || !name.chars().all(ok_char) {
+        true => Err(format!("invalid group name {s:?}")),
+        false => Ok(Some(s.to_string())),
     }
-    Ok(Some(s.to_string()))
 }
 
-pub(super) fn cgroup_root(v: &DeValue<'_>, _: Host) -> Result<String, String> {
+pub(super) fn cgroup_root(v: &DeValue<'_>) -> Result<String, String> {
     let s = text(v, "\"delegated\" or a cgroup path like \"gov\"")?;
-    parse_cgroup_root(s)?;
-    Ok(s.to_string())
+    parse_cgroup_root(s).map(|_| s.to_string())
 }
 
-pub(super) fn listen(v: &DeValue<'_>, _: Host) -> Result<Option<SocketAddr>, String> {
+pub(super) fn listen(v: &DeValue<'_>) -> Result<Option<SocketAddr>, String> {
     let s = text(v, "an address like \"127.0.0.1:9477\"")?;
-    s.parse().map(Some).map_err(|_| {
-        format!("expected IP:PORT like \"127.0.0.1:9477\" or \"[::1]:9477\", found {s:?}")
-    })
+    let form = "expected IP:PORT like \"127.0.0.1:9477\" or \"[::1]:9477\"";
+    s.parse()
+        .map(Some)
+        .map_err(|_| format!("{form}, found {s:?}"))
 }
 
-/// Environment variable names (`session_env`): letters, digits and `_`, not
-/// starting with a digit.
-pub(super) fn env_names(v: &DeValue<'_>, _: Host) -> Result<Vec<String>, String> {
+/// Environment variable names: letters, digits and `_`, not starting with a digit.
+pub(super) fn env_names(v: &DeValue<'_>) -> Result<Vec<String>, String> {
     let expected = "a list of environment variable names like [\"GOV_SESSION\"]";
     let DeValue::Array(items) = v else {
-        return Err(format!("expected {expected}, found {}", describe(v)));
+        return Err(wrong(expected, v));
     };
+    let ok = |c: char| c.is_ascii_alphanumeric() || c == '_';
     let name = |s: &str| {
-        let ok = |c: char| c.is_ascii_alphanumeric() || c == '_';
         !s.is_empty() && !s.starts_with(|c: char| c.is_ascii_digit()) && s.chars().all(ok)
     };
     let read = |item: &toml::Spanned<DeValue<'_>>| match text(item.get_ref(), expected)? {
@@ -649,13 +567,12 @@ pub(super) fn env_names(v: &DeValue<'_>, _: Host) -> Result<Vec<String>, String>
 
 /// A `[[project]]` rule's label for logs and tags: short, printable, one line.
 pub(super) fn rule_name(v: &DeValue<'_>) -> Result<String, String> {
-    let s = text(v, "a name")?;
-    if s.is_empty() || s.len() > 100 || s.chars().any(char::is_control) {
-        return Err(format!(
+    match text(v, "a name")? {
+        s if s.is_empty() || s.len() > 100 || s.chars().any(char::is_control) => Err(format!(
             "a name must be 1 to 100 printable characters, found {s:?}"
-        ));
+        )),
+        s => Ok(s.to_string()),
     }
-    Ok(s.to_string())
 }
 
 pub(super) fn rule_glob(v: &DeValue<'_>) -> Result<Pattern, String> {
@@ -664,14 +581,13 @@ pub(super) fn rule_glob(v: &DeValue<'_>) -> Result<Pattern, String> {
 
 // --- spelling: a key's value back to TOML --------------------------------------
 
-/// A value as gov.toml spells it, which the key's reader reads back to the same
-/// value. `None`: an optional key that is not set (TOML has no null).
+/// A value as gov.toml spells it, which its reader reads back to the same value.
+/// `None`: an optional key that is not set (TOML has no null).
 pub(super) trait Spell {
     fn spell(&self) -> Option<toml::Value>;
 }
 
-/// Integers past i64 (sizes up to 15E) are written as digit strings, which the
-/// size and count readers also take.
+/// Integers past i64 (sizes up to 15E) are digit strings, which the readers take.
 fn int(n: u64) -> toml::Value {
     i64::try_from(n).map_or_else(|_| n.to_string().into(), Into::into)
 }
@@ -681,32 +597,32 @@ macro_rules! spell {
         $(impl Spell for $T {
             fn spell(&self) -> Option<toml::Value> {
                 let $v = self;
-                $e
+                Some($e)
             }
         })*
     };
 }
 
 spell! {
-    bool => |b| Some((*b).into());
-    f64 => |x| Some((*x).into());
-    usize => |n| Some(int(*n as u64));
+    bool => |b| (*b).into();
+    f64 => |x| (*x).into();
+    usize => |n| int(*n as u64);
     // The one u32 key is socket_mode, an octal string.
-    u32 => |m| Some(format!("{m:04o}").into());
-    String => |s| Some(s.as_str().into());
-    PathBuf => |p| Some(p.to_string_lossy().as_ref().into());
-    Vec<String> => |v| Some(v.clone().into());
-    Option<String> => |s| s.as_deref().map(Into::into);
-    Option<SocketAddr> => |a| a.map(|a| a.to_string().into());
-    Duration => |d| Some(format_duration(*d).into());
-    Option<Duration> => |d| Some(d.map_or("never".to_string(), format_duration).into());
-    Limit => |l| Some(match l { Limit::Max => "max".into(), Limit::Value(n) => int(*n) });
+    u32 => |m| format!("{m:04o}").into();
+    String => |s| s.as_str().into();
+    PathBuf => |p| p.to_string_lossy().as_ref().into();
+    Vec<String> => |v| v.clone().into();
+    Option<String> => |s| s.as_deref()?.into();
+    Option<SocketAddr> => |a| a.as_ref()?.to_string().into();
+    Duration => |d| format_duration(*d).into();
+    Option<Duration> => |d| d.map_or("never".to_string(), format_duration).into();
+    Limit => |l| match l { Limit::Max => "max".into(), Limit::Value(n) => int(*n) };
     // Budgets: none is "max".
-    Option<u64> => |b| Some(b.map_or("max".into(), int));
+    Option<u64> => |b| b.map_or("max".into(), int);
     // Caps: unlimited is 0, as the docs say.
-    Option<u32> => |c| Some(int(c.unwrap_or(0).into()));
-    Signal => |s| Some(s.as_str().into());
-    CpuMax => |c| Some(c.to_string().into());
-    OnLimit => |o| Some(o.as_str().into());
-    OnMainExit => |o| Some(o.as_str().into());
+    Option<u32> => |c| int(c.unwrap_or(0).into());
+    Signal => |s| s.as_str().into();
+    CpuMax => |c| c.to_string().into();
+    OnLimit => |o| o.as_str().into();
+    OnMainExit => |o| o.as_str().into();
 }

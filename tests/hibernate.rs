@@ -470,7 +470,10 @@ fn measure_dump_and_restore() {
         );
         assert_eq!(host.line(Duration::from_secs(120)), "ready 2");
         let keeper = host.pid();
-        eprintln!("measure: worker processes {}", gate.w.read_procs().unwrap().len());
+        eprintln!(
+            "measure: worker processes {}",
+            gate.w.read_procs().unwrap().len()
+        );
         let keeper_rss = std::fs::read_to_string(format!("/proc/{keeper}/status"))
             .unwrap()
             .lines()

@@ -58,6 +58,28 @@ fn state(root: &TestRoot, id: &str) -> Option<String> {
         .and_then(|g| g["state"].as_str().map(str::to_string))
 }
 
+/// The policy of these tests: hibernation on, one second idle and one
+/// second suspended before a dump, never busy, never orphaned.
+fn hibernating(criu: &Path, images: &Path, idle: &str) -> String {
+    format!(
+        "criu_path = {:?}\nhibernate_dir = {:?}\n[defaults]\nidle_timeout = \"{idle}\"\nfrozen_hold = \"1h\"\nhibernate_after = \"1s\"\norphan_grace = \"never\"\nbusy_cpu_percent = 100.0\n",
+        criu.display().to_string(),
+        images.display().to_string()
+    )
+}
+
+/// The lines a host reads from its gate's stdout, as they come.
+fn lines_of(host: &mut Kid) -> mpsc::Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    let stdout = host.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    lines
+}
+
 #[test]
 fn an_idle_gate_is_hibernated_and_a_touch_brings_it_back_with_its_state() {
     let test = "an_idle_gate_is_hibernated_and_a_touch_brings_it_back_with_its_state";
@@ -66,11 +88,7 @@ fn an_idle_gate_is_hibernated_and_a_touch_brings_it_back_with_its_state() {
     };
     let root = TestRoot::new();
     let images = root.dir.path().join("images");
-    let _d = root.daemon(&format!(
-        "criu_path = {:?}\nhibernate_dir = {:?}\n[defaults]\nidle_timeout = \"1s\"\nfrozen_hold = \"1h\"\nhibernate_after = \"1s\"\norphan_grace = \"never\"\nbusy_cpu_percent = 100.0\n",
-        criu.display().to_string(),
-        images.display().to_string()
-    ));
+    let _d = root.daemon(&hibernating(&criu, &images, "1s"));
     let sock = root.dir.path().join("counter.sock");
     let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hibernate-worker.py");
     // The host: it started the gate, holds its stdout pipe and may wait on it.
@@ -87,13 +105,7 @@ fn an_idle_gate_is_hibernated_and_a_touch_brings_it_back_with_its_state() {
             .unwrap(),
     );
     let pid = host.id();
-    let (tx, lines) = mpsc::channel();
-    let stdout = host.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let lines = lines_of(&mut host);
     let line = |within| lines.recv_timeout(within).expect("a line from the worker");
     assert!(line(Duration::from_secs(60)).starts_with("ready"));
     let id = root.gate_of(pid);
@@ -183,11 +195,10 @@ fn an_unprivileged_keeper_gets_its_worker_from_the_daemon() {
     let root = TestRoot::new();
     let images = root.dir.path().join("images");
     let dumps = has_cap_sys_resource();
-    let _d = root.daemon(&format!(
-        "criu_path = {:?}\nhibernate_dir = {:?}\n[defaults]\nidle_timeout = \"{}\"\nfrozen_hold = \"1h\"\nhibernate_after = \"1s\"\norphan_grace = \"never\"\nbusy_cpu_percent = 100.0\n",
-        criu.display().to_string(),
-        images.display().to_string(),
-        if dumps { "1s" } else { "1h" }
+    let _d = root.daemon(&hibernating(
+        &criu,
+        &images,
+        if dumps { "1s" } else { "1h" },
     ));
     let dir = root.dir.path().join("nobody");
     std::fs::create_dir(&dir).unwrap();
@@ -206,13 +217,7 @@ fn an_unprivileged_keeper_gets_its_worker_from_the_daemon() {
             .spawn()
             .unwrap(),
     );
-    let (tx, lines) = mpsc::channel();
-    let stdout = host.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
+    let lines = lines_of(&mut host);
     let line = |within| lines.recv_timeout(within).expect("a line from the worker");
     assert!(line(Duration::from_secs(60)).starts_with("ready"));
     let id = root.gate_of(host.id());
@@ -255,11 +260,7 @@ fn a_refused_hibernation_leaves_the_gate_suspended_and_says_why() {
     };
     let root = TestRoot::new();
     let images = root.dir.path().join("images");
-    let _d = root.daemon(&format!(
-        "criu_path = {:?}\nhibernate_dir = {:?}\n[defaults]\nidle_timeout = \"1s\"\nfrozen_hold = \"1h\"\nhibernate_after = \"1s\"\norphan_grace = \"never\"\nbusy_cpu_percent = 100.0\n",
-        criu.display().to_string(),
-        images.display().to_string()
-    ));
+    let _d = root.daemon(&hibernating(&criu, &images, "1s"));
     let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/uring-worker.py");
     let mut host = Kid::new(
         root.gov()
@@ -325,11 +326,7 @@ fn a_daemon_killed_during_a_dump_and_a_restore_recovers_the_gate() {
     };
     let root = TestRoot::new();
     let images = root.dir.path().join("images");
-    let policy = format!(
-        "criu_path = {:?}\nhibernate_dir = {:?}\n[defaults]\nidle_timeout = \"1s\"\nfrozen_hold = \"1h\"\nhibernate_after = \"1s\"\norphan_grace = \"never\"\nbusy_cpu_percent = 100.0\n",
-        criu.display().to_string(),
-        images.display().to_string()
-    );
+    let policy = hibernating(&criu, &images, "1s");
     let config = root.policy_file(&policy);
     let daemon = common::Daemon::start_with(&root, &config);
     let sock = root.dir.path().join("counter.sock");

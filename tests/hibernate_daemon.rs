@@ -422,3 +422,34 @@ fn a_daemon_killed_during_a_dump_and_a_restore_recovers_the_gate() {
     root.ok(&["kill", &id]);
     let _ = host.reap(Duration::from_secs(10));
 }
+
+/// Only a gate's keeper may have the daemon start a worker: anyone else's
+/// `start_worker` is refused and starts nothing.
+#[test]
+fn start_worker_is_refused_to_anyone_but_a_keeper() {
+    let root = TestRoot::new();
+    let _d = root.daemon("");
+    let kid = Kid::new(root.spawn_sh("/srv/plain", "sleep 600"));
+    let id = root.gate_of(kid.id());
+    let pids = || root.gate(&id).unwrap()["pids"].as_array().unwrap().len();
+    wait_until(Duration::from_secs(10), "the gate's processes", || {
+        pids() >= 1
+    });
+    let before = pids();
+    let reply = gov::client::request(
+        &root.socket,
+        gov::protocol::Request::StartWorker {
+            cmd: vec!["sh".into(), "-c".into(), "sleep 600".into()],
+        },
+    )
+    .unwrap()
+    .unwrap();
+    match reply {
+        gov::protocol::Response::Error { code, .. } => {
+            assert_eq!(code, gov::protocol::ErrorCode::Forbidden)
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pids(), before, "something was started");
+    root.ok(&["kill", &id]);
+}

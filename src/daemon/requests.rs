@@ -398,9 +398,14 @@ impl Daemon {
     /// An unprivileged keeper asks for its worker: started by the gate's
     /// owner, as the keeper's own user, in the gate's worker cgroup.
     async fn start_worker(&self, peer: &Peer, cmd: Vec<String>) -> Reply<Response> {
+        // The gate's main process, the very one (start time), and its user.
+        let start = proc::start_time(peer.pid);
         let mine = self.gates.handles().into_iter().find(|(_, h)| {
             h.peek(|g| {
-                g.tags.keeper && g.tags.main_pid == Some(peer.pid) && g.tags.owner_uid == peer.uid
+                g.tags.keeper
+                    && g.tags.main_pid == Some(peer.pid)
+                    && g.tags.main_start == start
+                    && g.tags.owner_uid == peer.uid
             })
         });
         let Some((id, handle)) = mine else {

@@ -345,13 +345,15 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             let req = Request::Adopt {
                 pid,
-                project,
-                session,
-                owner_pid: owner,
-                no_owner,
-                max_runtime,
-                pinned: pin,
-                stop_on_main_exit: on_main_exit.map(|w| w == "stop"),
+                gate: crate::protocol::GateSpec {
+                    project,
+                    session,
+                    owner_pid: owner,
+                    no_owner,
+                    max_runtime,
+                    pinned: pin,
+                    stop_on_main_exit: on_main_exit.map(|w| w == "stop"),
+                },
             };
             match daemon_call(req)? {
                 Response::Adopted {
@@ -867,13 +869,15 @@ fn spawn_cmd(
     };
     let path = client::socket_path();
     let spawn = Request::Spawn {
-        project: project.clone(),
-        session: session.clone(),
-        owner_pid: owner,
-        no_owner,
-        max_runtime,
-        pinned,
-        stop_on_main_exit,
+        gate: crate::protocol::GateSpec {
+            project: project.clone(),
+            session: session.clone(),
+            owner_pid: owner,
+            no_owner,
+            max_runtime,
+            pinned,
+            stop_on_main_exit,
+        },
         hibernate,
     };
     if let Some(reply) = client::request(&path, spawn)? {

@@ -31,24 +31,8 @@ pub enum Request {
     /// pid from the socket's peer credentials, never from the request.
     /// Reply: `spawned`.
     Spawn {
-        project: String,
-        #[serde(default)]
-        session: Option<String>,
-        /// The host whose exit orphans the gate; default: the caller's parent.
-        #[serde(default)]
-        owner_pid: Option<u32>,
-        /// No owner: the gate is never orphaned.
-        #[serde(default)]
-        no_owner: bool,
-        /// A deadline for this gate, e.g. "30m" (test runners).
-        #[serde(default)]
-        max_runtime: Option<String>,
-        #[serde(default)]
-        pinned: bool,
-        /// Stop what is left once the main process (the caller, after its
-        /// exec) exits; None: the policy's on_main_exit.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        stop_on_main_exit: Option<bool>,
+        #[serde(flatten)]
+        gate: GateSpec,
         /// The caller becomes a keeper (`gov keeper`) whose worker runs in
         /// `<gate>/w`, so the gate can be hibernated.
         #[serde(default, skip_serializing_if = "is_false")]
@@ -63,20 +47,8 @@ pub enum Request {
     /// uid); root any. Reply: `adopted`.
     Adopt {
         pid: u32,
-        project: String,
-        #[serde(default)]
-        session: Option<String>,
-        /// Default: the process's parent.
-        #[serde(default)]
-        owner_pid: Option<u32>,
-        #[serde(default)]
-        no_owner: bool,
-        #[serde(default)]
-        max_runtime: Option<String>,
-        #[serde(default)]
-        pinned: bool,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        stop_on_main_exit: Option<bool>,
+        #[serde(flatten)]
+        gate: GateSpec,
     },
     /// Reply: `gates`, the caller's own (all of them for root and admins).
     List,
@@ -112,6 +84,32 @@ pub enum Request {
     Metrics,
     /// Reply: `hello`.
     Hello,
+}
+
+/// What a new gate is to be, as `spawn` and `adopt` both ask it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateSpec {
+    /// An absolute path or a plain name.
+    pub project: String,
+    /// None: from the process's environment (policy session_env), else new.
+    #[serde(default)]
+    pub session: Option<String>,
+    /// The process whose exit orphans the gate; default: the gate's main
+    /// process's parent.
+    #[serde(default)]
+    pub owner_pid: Option<u32>,
+    /// No owner: the gate is never orphaned.
+    #[serde(default)]
+    pub no_owner: bool,
+    /// A deadline for this gate, e.g. "30m" (test runners).
+    #[serde(default)]
+    pub max_runtime: Option<String>,
+    #[serde(default)]
+    pub pinned: bool,
+    /// Stop what is left once the main process exits (an exec is not an
+    /// exit); None: the policy's on_main_exit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_on_main_exit: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -545,14 +543,28 @@ mod tests {
     fn requests_round_trip() {
         let reqs = [
             Request::Spawn {
-                project: "/p".into(),
-                session: Some("s1".into()),
-                owner_pid: None,
-                no_owner: false,
-                max_runtime: Some("30m".into()),
-                pinned: false,
-                stop_on_main_exit: Some(true),
-                hibernate: false,
+                gate: GateSpec {
+                    project: "/p".into(),
+                    session: Some("s1".into()),
+                    owner_pid: None,
+                    no_owner: false,
+                    max_runtime: Some("30m".into()),
+                    pinned: false,
+                    stop_on_main_exit: Some(true),
+                },
+                hibernate: true,
+            },
+            Request::Adopt {
+                pid: 42,
+                gate: GateSpec {
+                    project: "P".into(),
+                    session: None,
+                    owner_pid: Some(7),
+                    no_owner: false,
+                    max_runtime: None,
+                    pinned: true,
+                    stop_on_main_exit: None,
+                },
             },
             Request::List,
             Request::Touch {

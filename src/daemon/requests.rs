@@ -13,7 +13,7 @@ use crate::gate::{self, Tags};
 use crate::names;
 use crate::policy::{GateSettings, OnLimit};
 use crate::proc;
-use crate::protocol::{self, ErrorCode, GateInfo, GateState, Reason, Request, Response};
+use crate::protocol::{self, ErrorCode, GateInfo, GateSpec, GateState, Reason, Request, Response};
 use crate::reaper;
 use crate::spawn;
 
@@ -34,17 +34,6 @@ fn internal(e: impl std::fmt::Display) -> Failure {
         code: ErrorCode::Internal,
         message: e.to_string(),
     }
-}
-
-/// What a spawn or adopt request asks the new gate to be.
-struct GateRequest {
-    project: String,
-    session: Option<String>,
-    owner_pid: Option<u32>,
-    no_owner: bool,
-    max_runtime: Option<String>,
-    pinned: bool,
-    stop_on_main_exit: Option<bool>,
 }
 
 /// Who is on the other end of a connection, from the kernel's peer
@@ -98,49 +87,9 @@ impl Daemon {
                 pid: std::process::id(),
                 scans: self.scans(),
             }),
-            Request::Spawn {
-                project,
-                session,
-                owner_pid,
-                no_owner,
-                max_runtime,
-                pinned,
-                stop_on_main_exit,
-                hibernate,
-            } => {
-                let r = GateRequest {
-                    project,
-                    session,
-                    owner_pid,
-                    no_owner,
-                    max_runtime,
-                    pinned,
-                    stop_on_main_exit,
-                };
-                self.spawn_gate(peer, r, hibernate).await
-            }
+            Request::Spawn { gate, hibernate } => self.spawn_gate(peer, gate, hibernate).await,
             Request::StartWorker { cmd } => self.start_worker(peer, cmd).await,
-            Request::Adopt {
-                pid,
-                project,
-                session,
-                owner_pid,
-                no_owner,
-                max_runtime,
-                pinned,
-                stop_on_main_exit,
-            } => {
-                let r = GateRequest {
-                    project,
-                    session,
-                    owner_pid,
-                    no_owner,
-                    max_runtime,
-                    pinned,
-                    stop_on_main_exit,
-                };
-                self.adopt(peer, pid, r).await
-            }
+            Request::Adopt { pid, gate } => self.adopt(peer, pid, gate).await,
             // Reading every gate's files takes a while at thousands of
             // gates: off the thread that serves everyone else.
             Request::List => {
@@ -264,13 +213,7 @@ impl Daemon {
 
     /// What a new gate will be, from a spawn or adopt request: its tags
     /// (for process `pid` of user `uid`), checked, and its settings.
-    fn prepare(
-        &self,
-        peer: &Peer,
-        pid: u32,
-        uid: u32,
-        r: GateRequest,
-    ) -> Reply<(Tags, GateSettings)> {
+    fn prepare(&self, peer: &Peer, pid: u32, uid: u32, r: GateSpec) -> Reply<(Tags, GateSettings)> {
         let bad = |e: String| Failure {
             code: ErrorCode::BadRequest,
             message: e,
@@ -339,7 +282,7 @@ impl Daemon {
     async fn spawn_gate(
         self: &Arc<Self>,
         peer: &Peer,
-        r: GateRequest,
+        r: GateSpec,
         hibernate: bool,
     ) -> Reply<Response> {
         let bad = |e: &str| Failure {
@@ -425,7 +368,7 @@ impl Daemon {
     /// A running process and its descendants into a new gate: the process
     /// first (so what it forks from then on is born inside), then its
     /// children, theirs, and so on, until a pass finds no one new.
-    async fn adopt(self: &Arc<Self>, peer: &Peer, pid: u32, r: GateRequest) -> Reply<Response> {
+    async fn adopt(self: &Arc<Self>, peer: &Peer, pid: u32, r: GateSpec) -> Reply<Response> {
         let forbidden = |m: String| Failure {
             code: ErrorCode::Forbidden,
             message: m,

@@ -41,6 +41,94 @@ impl Limit {
     }
 }
 
+/// The kernel's default CFS period; `cpu_max = "150%"` is a quota over this period.
+pub const CPU_PERIOD_USEC: u64 = 100_000;
+
+/// A cpu.max value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuMax {
+    Max,
+    Quota { quota_usec: u64, period_usec: u64 },
+}
+
+impl CpuMax {
+    /// The text for cpu.max. "max" alone would keep whatever period the cgroup had;
+    /// naming the default period makes the write idempotent.
+    pub fn to_kernel(&self) -> String {
+        match *self {
+            CpuMax::Max => format!("max {CPU_PERIOD_USEC}"),
+            CpuMax::Quota {
+                quota_usec,
+                period_usec,
+            } => format!("{quota_usec} {period_usec}"),
+        }
+    }
+}
+
+/// "max", "150%" when exact over the default period, else "QUOTA PERIOD".
+impl std::fmt::Display for CpuMax {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            CpuMax::Max => f.write_str("max"),
+            CpuMax::Quota {
+                quota_usec: q,
+                period_usec: CPU_PERIOD_USEC,
+            } if q % 1000 == 0 => {
+                write!(f, "{}%", q / 1000)
+            }
+            CpuMax::Quota {
+                quota_usec: q,
+                period_usec: p,
+            } => write!(f, "{q} {p}"),
+        }
+    }
+}
+
+pub(crate) const CPU_FORM: &str =
+    "\"max\", a percent of one CPU like \"150%\", or \"QUOTA PERIOD\"";
+
+impl std::str::FromStr for CpuMax {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<CpuMax, String> {
+        parse_cpu_max(s)
+    }
+}
+
+/// `"max"`, a percent of one CPU (`"150%"`) over the default period, or the kernel's
+/// `"QUOTA PERIOD"` in microseconds. The kernel refuses a quota under 1 ms and a
+/// period outside 1 ms..1 s.
+pub fn parse_cpu_max(s: &str) -> std::result::Result<CpuMax, String> {
+    let words: Vec<&str> = s.split_whitespace().collect();
+    let (quota, period) = match words[..] {
+        ["max"] => return Ok(CpuMax::Max),
+        ["max", p] if p.parse::<u64>().is_ok() => return Ok(CpuMax::Max),
+        // 1% of a 100_000 us period is 1000 us.
+        [pct] if pct.ends_with('%') => {
+            match crate::units::scaled_decimal(&pct[..pct.len() - 1], 1000) {
+                Some(q) => (u64::try_from(q).map_err(|_| "too large")?, CPU_PERIOD_USEC),
+                None => return Err(format!("invalid percent {pct:?}")),
+            }
+        }
+        [q, p] => match (q.parse(), p.parse()) {
+            (Ok(q), Ok(p)) => (q, p),
+            _ => return Err("QUOTA and PERIOD must be whole microseconds".into()),
+        },
+        _ => return Err(format!("expected {CPU_FORM} in microseconds")),
+    };
+    if !(1_000..=1_000_000).contains(&period) {
+        return Err(format!("period must be 1000..=1000000 us, found {period}"));
+    }
+    if quota < 1_000 {
+        return Err(format!(
+            "quota must be at least 1000 us (1% of the default period), found {quota}"
+        ));
+    }
+    Ok(CpuMax::Quota {
+        quota_usec: quota,
+        period_usec: period,
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error(

@@ -861,7 +861,7 @@ fn spawn_cmd(
     }
     let max_runtime_ms = match &max_runtime {
         Some(d) => Some(
-            policy::parse_duration(d)
+            crate::units::parse_duration(d)
                 .map_err(|e| anyhow!("--max-runtime {d:?}: {e}"))?
                 .as_millis() as u64,
         ),

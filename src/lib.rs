@@ -18,4 +18,5 @@ pub mod protocol;
 pub mod reaper;
 pub mod spawn;
 pub mod target;
+pub mod units;
 pub mod watch;

@@ -65,7 +65,7 @@ pub fn gate_limits(s: &GateSettings) -> Vec<Wanted> {
     want(
         "cpu_max",
         "cpu.max",
-        (s.cpu_max != crate::policy::CpuMax::Max).then(|| s.cpu_max.to_kernel()),
+        (s.cpu_max != crate::cgroup::CpuMax::Max).then(|| s.cpu_max.to_kernel()),
     );
     want(
         "oom_group",

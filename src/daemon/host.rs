@@ -168,7 +168,7 @@ fn controllers_needed(policy: &Policy) -> Vec<&'static str> {
     if policy.any_settings(|s| s.pids_max != Limit::Max || s.project_pids_max != Limit::Max) {
         out.push("pids");
     }
-    if policy.any_settings(|s| s.cpu_max != crate::policy::CpuMax::Max) {
+    if policy.any_settings(|s| s.cpu_max != crate::cgroup::CpuMax::Max) {
         out.push("cpu");
     }
     out

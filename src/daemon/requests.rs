@@ -241,7 +241,7 @@ impl Daemon {
         names::check_session(&session).map_err(|e| bad(e.to_string()))?;
         let max_runtime_ms = match &r.max_runtime {
             Some(d) => Some(
-                crate::policy::parse_duration(d)
+                crate::units::parse_duration(d)
                     .map_err(|e| bad(format!("max_runtime {d:?}: {e}")))?
                     .as_millis()
                     .try_into()

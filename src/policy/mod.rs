@@ -21,16 +21,16 @@ use std::time::Duration;
 use glob::{MatchOptions, Pattern};
 use nix::sys::signal::Signal;
 use serde::{Serialize, Serializer};
+use strsim::levenshtein as edit_distance;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 use crate::cgroup::Limit;
+pub use crate::cgroup::{parse_cpu_max, CpuMax, CPU_PERIOD_USEC};
+pub use crate::units::{format_duration, parse_duration, parse_size, MAX_DURATION};
 pub use check::check_config;
 use values::*;
-pub use values::{
-    format_duration, parse_cgroup_root, parse_cpu_max, parse_duration, parse_project_glob,
-    parse_signal, parse_size, signal_name, CpuMax, CPU_PERIOD_USEC, MAX_DURATION,
-};
+pub use values::{parse_cgroup_root, parse_project_glob, parse_signal, signal_name};
 
 /// Where the daemon and `gov check-config` look when no path is given.
 pub const DEFAULT_PATH: &str = "/etc/gov.toml";
@@ -40,40 +40,7 @@ pub const DEFAULT_SOCKET: &str = "/run/gov/gov.sock";
 
 /// The built-in policy, parsed by the same code as a user's file. It sets every
 /// required key (a test holds it to that); optional keys it leaves out are off.
-pub const EMBEDDED: &str = r#"
-socket = "/run/gov/gov.sock"
-socket_mode = "0666"
-cgroup_root = "gov"
-scan_interval = "5s"
-event_history = 1000
-session_env = ["GOV_SESSION", "CLAUDE_CODE_SESSION_ID"]
-hibernate_dir = "/var/lib/gov/hibernate"
-criu_path = "criu"
-
-[defaults]
-idle_timeout = "30m"
-orphan_grace = "5m"
-max_runtime = "never"
-stop_signal = "SIGTERM"
-stop_grace = "10s"
-frozen_hold = "4h"
-busy_cpu_percent = 5.0
-memory_max = "max"
-memory_high = "max"
-pids_max = "max"
-cpu_max = "max"
-max_gates = 0
-on_limit = "refuse"
-pinned = false
-reclaim_when_frozen = false
-oom_group = false
-project_memory_max = "max"
-project_pids_max = "max"
-on_main_exit = "keep"
-main_exit_grace = "5s"
-hibernate_after = "never"
-hibernate_hold = "7d"
-"#;
+pub const EMBEDDED: &str = include_str!("embedded.toml");
 /// Origin named in errors about [`EMBEDDED`] (only a broken build could show it).
 const EMBEDDED_ORIGIN: &str = "<embedded>";
 
@@ -695,20 +662,4 @@ fn closest<'a>(key: &str, valid: &[&'a str]) -> Option<&'a str> {
     near.filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
         .map(|(_, v)| v)
-}
-
-/// Levenshtein distance over chars.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }

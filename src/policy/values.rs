@@ -1,10 +1,9 @@
-//! gov.toml's value grammars: pure `&str` parsers (the CLI and the daemon reuse
-//! them), readers taking a TOML value to a key's type, and [`Spell`], the way back.
+//! Readers taking a TOML value to a key's type (the `= reader` of the key lists),
+//! the grammars only gov.toml has, and [`Spell`], the way back to TOML.
+//! Durations and sizes are in `units`, cpu.max in `cgroup`.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use glob::Pattern;
@@ -12,231 +11,14 @@ use nix::sys::signal::Signal;
 use toml::de::DeValue;
 
 use super::{Host, OnLimit, OnMainExit, RootSpec};
-use crate::cgroup::Limit;
-
-/// The kernel's default CFS period; `cpu_max = "150%"` is a quota over this period.
-pub const CPU_PERIOD_USEC: u64 = 100_000;
-
-/// 200 years: past any useful timeout, and far inside what the daemon adds it to
-/// (u64 milliseconds since the epoch, `Instant`).
-pub const MAX_DURATION: Duration = Duration::from_secs(200 * 365 * 86_400);
+use crate::cgroup::{CpuMax, Limit, CPU_FORM};
+use crate::units::{format_duration, parse_duration, parse_size};
 
 /// A bound on the daemon's memory for events.
 const MAX_EVENT_HISTORY: u64 = 1_000_000;
 
 /// `sun_path` is 108 bytes including the terminating NUL.
 const MAX_SOCKET_PATH: usize = 107;
-
-/// Duration units in nanoseconds. Not humantime's: there `M` is a month, a trap
-/// beside sizes where `M` is a mebibyte.
-const DURATION_UNITS: [(&str, u128); 8] = {
-    const S: u128 = 1_000_000_000;
-    let (ns, us, ms) = (1, 1_000, 1_000_000);
-    [
-        ("ns", ns),
-        ("us", us),
-        ("ms", ms),
-        ("s", S),
-        ("m", 60 * S),
-        ("h", 3600 * S),
-        ("d", 86_400 * S),
-        ("w", 604_800 * S),
-    ]
-};
-
-const DURATION_FORM: &str =
-    "durations look like \"5m\", \"90s\", \"1h30m\" (units: ms, s, m, h, d, w)";
-
-/// `"30m"`, `"1h30m"`, `"1h 30m"`, `"1.5h"`, `"0"`, ... up to [`MAX_DURATION`]; no
-/// sign, no bare number but 0, no space inside a number-unit pair.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let bad = |what: String| Err(format!("{what}; {DURATION_FORM}"));
-    match t {
-        _ if t.starts_with('-') => return Err("negative durations are not allowed".into()),
-        "0" => return Ok(Duration::ZERO),
-        "" => return bad("empty".into()),
-        _ => {}
-    }
-    let (mut rest, mut nanos) = (t, 0u128);
-    while !rest.is_empty() {
-        let (num, after) = split_number(rest);
-        let unit_len = after.find(|c: char| !c.is_ascii_alphabetic());
-        let (unit, after) = after.split_at(unit_len.unwrap_or(after.len()));
-        let scale = DURATION_UNITS.iter().find(|(u, _)| *u == unit);
-        let n = match (num, unit, scale) {
-            ("", _, _) => return bad(format!("expected a number at {rest:?}")),
-            (_, "", _) => return bad(format!("missing unit after {num:?}")),
-            (_, _, None) => return bad(format!("unknown unit {unit:?}")),
-            (_, _, Some((_, scale))) => scaled_decimal(num, *scale),
-        };
-        let Some(n) = n else {
-            return bad(format!("invalid number {num:?}"));
-        };
-        nanos = nanos.saturating_add(n);
-        rest = after.trim_start();
-    }
-    if nanos > MAX_DURATION.as_nanos() {
-        return Err(format!("{t:?} is too long: at most 73000d (200 years)"));
-    }
-    Ok(Duration::from_nanos(nanos as u64)) // in range: MAX_DURATION < u64::MAX ns
-}
-
-/// The shortest spelling [`parse_duration`] reads back exactly: `"1h30m"`, `"0s"`.
-/// Days are the largest unit (weeks read worse in `gov ps`).
-pub fn format_duration(d: Duration) -> String {
-    let mut rest = d.as_nanos();
-    let mut out = String::new();
-    for (unit, scale) in DURATION_UNITS.iter().rev().skip(1) {
-        if rest >= *scale {
-            out += &format!("{}{unit}", rest / scale);
-            rest %= scale;
-        }
-    }
-    if out.is_empty() {
-        out += "0s";
-    }
-    out
-}
-
-const SIZE_FORM: &str = "write sizes like \"4G\", \"512M\", \"1.5G\" or \"4096\" (bytes)";
-
-/// A byte size: `"4G"`, `"1.5G"`, `"4096"`, `"4KiB"`. K..E in either case are powers
-/// of 1024, as in the kernel and systemd; `"4GB"` is refused as ambiguous.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let (num, unit) = split_number(s);
-    let bad = |what: &str| format!("{what}; {SIZE_FORM}");
-    let shift = match unit {
-        _ if num.is_empty() => return Err(bad("expected a number")),
-        "" | "B" if num.contains('.') => return Err(bad("fractional bytes")),
-        "" | "B" => 0,
-        _ if unit.starts_with(char::is_whitespace) => return Err(bad("unexpected space")),
-        _ => size_unit_shift(unit)?,
-    };
-    let bytes =
-        scaled_decimal(num, 1 << shift).ok_or_else(|| bad(&format!("invalid number {num:?}")))?;
-    u64::try_from(bytes).map_err(|_| "too large".to_string())
-}
-
-fn size_unit_shift(unit: &str) -> Result<u32, String> {
-    let mut chars = unit.chars();
-    let letter = chars.next().map(|c| c.to_ascii_uppercase()).unwrap_or('?');
-    match ("KMGTPE".find(letter), chars.as_str()) {
-        (Some(i), "" | "iB") => Ok(10 * (i as u32 + 1)),
-        (Some(_), "B" | "b") => Err(format!(
-            "{unit:?} is ambiguous (powers of 1000 or 1024?): write \"{letter}\" or \"{letter}iB\", both 1024-based"
-        )),
-        _ => Err(format!(
-            "unknown unit {unit:?} (units: K, M, G, T, P, E or KiB..EiB, 1024-based; none = bytes)"
-        )),
-    }
-}
-
-/// Splits off the leading `digits[.digits]` part.
-fn split_number(s: &str) -> (&str, &str) {
-    let end = s.find(|c: char| !(c.is_ascii_digit() || c == '.'));
-    s.split_at(end.unwrap_or(s.len()))
-}
-
-/// `digits[.digits]` times `scale`, rounded down; `None` if malformed or too large.
-fn scaled_decimal(num: &str, scale: u128) -> Option<u128> {
-    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-    let digits = |d: &str| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit());
-    if !digits(int) || (num.contains('.') && !digits(frac)) {
-        return None;
-    }
-    // Digits past the 18th cannot add a whole unit of any scale used here.
-    let frac = &frac[..frac.len().min(18)];
-    let part = frac
-        .parse::<u128>()
-        .map_or(0, |f| f * scale / 10u128.pow(frac.len() as u32));
-    int.parse::<u128>()
-        .ok()?
-        .checked_mul(scale)?
-        .checked_add(part)
-}
-
-/// A cgroup cpu.max value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CpuMax {
-    Max,
-    Quota { quota_usec: u64, period_usec: u64 },
-}
-
-impl CpuMax {
-    /// The text for cpu.max. "max" alone would keep whatever period the cgroup had;
-    /// naming the default period makes the write idempotent.
-    pub fn to_kernel(&self) -> String {
-        match self {
-            CpuMax::Max => format!("max {CPU_PERIOD_USEC}"),
-            CpuMax::Quota {
-                quota_usec: q,
-                period_usec: p,
-            } => format!("{q} {p}"),
-        }
-    }
-}
-
-/// "max", "150%" when exact over the default period, else "QUOTA PERIOD".
-impl fmt::Display for CpuMax {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            CpuMax::Max => f.write_str("max"),
-            CpuMax::Quota {
-                quota_usec: q,
-                period_usec: CPU_PERIOD_USEC,
-            } if q % 1000 == 0 => {
-                write!(f, "{}%", q / 1000)
-            }
-            CpuMax::Quota {
-                quota_usec: q,
-                period_usec: p,
-            } => write!(f, "{q} {p}"),
-        }
-    }
-}
-
-impl FromStr for CpuMax {
-    type Err = String;
-    fn from_str(s: &str) -> Result<CpuMax, String> {
-        parse_cpu_max(s)
-    }
-}
-
-/// `"max"`, a percent of one CPU (`"150%"`) over the default period, or the kernel's
-/// `"QUOTA PERIOD"` in microseconds. The kernel refuses a quota under 1 ms and a
-/// period outside 1 ms..1 s.
-pub fn parse_cpu_max(s: &str) -> Result<CpuMax, String> {
-    let words: Vec<&str> = s.split_whitespace().collect();
-    let (quota, period) = match words[..] {
-        ["max"] => return Ok(CpuMax::Max),
-        ["max", p] if p.parse::<u64>().is_ok() => return Ok(CpuMax::Max),
-        // 1% of a 100_000 us period is 1000 us.
-        [pct] if pct.ends_with('%') => match scaled_decimal(&pct[..pct.len() - 1], 1000) {
-            Some(q) => (u64::try_from(q).map_err(|_| "too large")?, CPU_PERIOD_USEC),
-            None => return Err(format!("invalid percent {pct:?}")),
-        },
-        [q, p] => match (q.parse(), p.parse()) {
-            (Ok(q), Ok(p)) => (q, p),
-            _ => return Err("QUOTA and PERIOD must be whole microseconds".into()),
-        },
-        _ => return Err(format!("expected {CPU_FORM} in microseconds")),
-    };
-    if !(1_000..=1_000_000).contains(&period) {
-        return Err(format!("period must be 1000..=1000000 us, found {period}"));
-    }
-    if quota < 1_000 {
-        return Err(format!(
-            "quota must be at least 1000 us (1% of the default period), found {quota}"
-        ));
-    }
-    Ok(CpuMax::Quota {
-        quota_usec: quota,
-        period_usec: period,
-    })
-}
-
-const CPU_FORM: &str = "\"max\", a percent of one CPU like \"150%\", or \"QUOTA PERIOD\"";
 
 /// Signals a stop may use. Numbers are refused: they differ across architectures.
 const SIGNALS: [Signal; 7] = {
@@ -249,13 +31,8 @@ fn find_signal(s: &str) -> Result<Signal, String> {
     let upper = s.to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
     let found = SIGNALS.into_iter().find(|sig| sig.as_str()[3..] == *bare);
-    found.ok_or_else(|| {
-        let names: Vec<&str> = SIGNALS.iter().map(|s| s.as_str()).collect();
-        format!(
-            "unknown signal {s:?} (expected one of: {})",
-            names.join(", ")
-        )
-    })
+    let names = || SIGNALS.map(|s| s.as_str()).join(", ");
+    found.ok_or_else(|| format!("unknown signal {s:?} (expected one of: {})", names()))
 }
 
 /// [`find_signal`] as a libc number.
@@ -265,53 +42,41 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
 
 /// `libc::SIGTERM` -> `"SIGTERM"`, for the signals [`parse_signal`] accepts.
 pub fn signal_name(sig: i32) -> Option<String> {
-    SIGNALS
-        .into_iter()
-        .find(|s| *s as i32 == sig)
-        .map(|s| s.as_str().to_string())
+    let found = SIGNALS.into_iter().find(|s| *s as i32 == sig);
+    found.map(|s| s.as_str().to_string())
 }
 
 /// `"delegated"`, a path relative to the cgroup2 mount (`"gov/test-42"`) or an
 /// absolute one. No empty, `.` or `..` parts and no control characters: this
 /// string becomes a directory path written as root.
 pub fn parse_cgroup_root(s: &str) -> Result<RootSpec, String> {
-    if s == "delegated" {
-        return Ok(RootSpec::Delegated);
-    }
     let rel = s.strip_prefix('/').unwrap_or(s);
     let bad_part = |c: &str| c.is_empty() || c == "." || c == "..";
-    if rel.is_empty() || s.chars().any(char::is_control) || rel.split('/').any(bad_part) {
-        return Err(format!(
-            "expected \"delegated\" or a cgroup path like \"gov\" (no empty, . or .. parts), found {s:?}"
-        ));
-    }
-    Ok(match s.starts_with('/') {
-        true => RootSpec::Absolute(PathBuf::from(s)),
-        false => RootSpec::UnderMount(PathBuf::from(s)),
+    Ok(match s {
+        "delegated" => RootSpec::Delegated,
+        _ if rel.is_empty() || s.chars().any(char::is_control) || rel.split('/').any(bad_part) => {
+            return Err(format!("expected \"delegated\" or a cgroup path like \"gov\" (no empty, . or .. parts), found {s:?}"));
+        }
+        _ if s.starts_with('/') => RootSpec::Absolute(s.into()),
+        _ => RootSpec::UnderMount(s.into()),
     })
 }
 
 /// A `[[project]]` path glob: absolute, as project paths are; `~` is refused since
 /// the daemon serves every user and has no one home to expand it to.
 pub fn parse_project_glob(s: &str) -> Result<Pattern, String> {
-    if s.starts_with('~') {
-        return Err(format!(
-            "~ is not expanded (the daemon serves every user): write e.g. \"/home/*/src/...\", found {s:?}"
-        ));
+    match s {
+        _ if s.starts_with('~') => Err(format!("~ is not expanded (the daemon serves every user): write e.g. \"/home/*/src/...\", found {s:?}")),
+        _ if !s.starts_with('/') => Err(format!("must be an absolute path glob (use \"/**/NAME\" for any depth), found {s:?}")),
+        _ => Pattern::new(s).map_err(|e| format!("invalid glob {s:?}: {} at character {}", e.msg, e.pos)),
     }
-    if !s.starts_with('/') {
-        return Err(format!(
-            "must be an absolute path glob (use \"/**/NAME\" for any depth), found {s:?}"
-        ));
-    }
-    Pattern::new(s).map_err(|e| format!("invalid glob {s:?}: {} at character {}", e.msg, e.pos))
 }
 
-// --- readers: a TOML value to a key's type (the `= reader` of the key lists) ---
+// --- readers -----------------------------------------------------------------------
 
-/// A value as a message shows it: `integer 5`, `string "5m"`, `a table`.
-fn describe(v: &DeValue<'_>) -> String {
-    match v {
+/// `expected {expected}, found {v}`: the message of a value of the wrong kind.
+pub(super) fn wrong(expected: &str, v: &DeValue<'_>) -> String {
+    let found = match v {
         DeValue::String(s) => format!("string {:?}", s.as_ref()),
         DeValue::Integer(i) => format!("integer {i}"),
         DeValue::Float(f) => format!("float {f}"),
@@ -319,15 +84,11 @@ fn describe(v: &DeValue<'_>) -> String {
         DeValue::Datetime(d) => format!("datetime {d}"),
         DeValue::Array(_) => "an array".to_string(),
         DeValue::Table(_) => "a table".to_string(),
-    }
+    };
+    format!("expected {expected}, found {found}")
 }
 
-/// `expected {expected}, found {v}`: the message of a value of the wrong kind.
-pub(super) fn wrong(expected: &str, v: &DeValue<'_>) -> String {
-    format!("expected {expected}, found {}", describe(v))
-}
-
-pub(super) fn text<'v>(v: &'v DeValue<'_>, expected: &str) -> Result<&'v str, String> {
+fn text<'v>(v: &'v DeValue<'_>, expected: &str) -> Result<&'v str, String> {
     match v {
         DeValue::String(s) => Ok(s.as_ref()),
         other => Err(wrong(expected, other)),
@@ -348,13 +109,14 @@ fn whole(v: &DeValue<'_>, expected: &str) -> Result<u64, String> {
 
 /// A string out of `options`, for the enum keys.
 pub(super) fn choice<T: Copy>(v: &DeValue<'_>, options: &[(&str, T)]) -> Result<T, String> {
-    let names: Vec<String> = options.iter().map(|(n, _)| format!("{n:?}")).collect();
-    let expected = names.join(" or ");
+    let expected = options
+        .iter()
+        .map(|(n, _)| format!("{n:?}"))
+        .collect::<Vec<_>>();
+    let expected = expected.join(" or ");
     let s = text(v, &expected)?;
-    let found = options.iter().find(|(n, _)| *n == s);
-    found
-        .map(|(_, t)| *t)
-        .ok_or_else(|| format!("expected {expected}, found {s:?}"))
+    let found = options.iter().find(|(n, _)| *n == s).map(|(_, t)| *t);
+    found.ok_or_else(|| format!("expected {expected}, found {s:?}"))
 }
 
 /// A duration; `never` allows "never" (`None`), `zero` allows "0s". Timeouts are
@@ -408,30 +170,27 @@ pub(super) fn busy(v: &DeValue<'_>, host: Host) -> Result<f64, String> {
 /// make every gate look idle, and a computing gate could be reaped.
 pub(super) fn check_busy_cpu_percent(x: f64, ncpu: u32) -> Result<f64, String> {
     let max = 100.0 * f64::from(ncpu);
-    if x > 0.0 && x <= max {
-        return Ok(x);
+    match x > 0.0 && x <= max {
+        true => Ok(x),
+        false => Err(format!(
+            "must be above 0 and at most {max} (100 per CPU, {ncpu} CPUs online), found {x}"
+        )),
     }
-    Err(format!(
-        "must be above 0 and at most {max} (100 per CPU, {ncpu} CPUs online), found {x}"
-    ))
 }
 
 /// `"max"`, a size (`bytes`) or count, or a TOML integer. Zero is refused: a zero
 /// memory or pids limit leaves a gate unable to run, and is always a slip for "max".
 pub(super) fn limit(v: &DeValue<'_>, bytes: bool) -> Result<Limit, String> {
-    let expected = if bytes {
-        "a size like \"4G\" or \"max\""
-    } else {
-        "a whole number or \"max\""
+    let expected = match bytes {
+        true => "a size like \"4G\" or \"max\"",
+        false => "a whole number or \"max\"",
     };
     let n = match v {
         DeValue::String(s) if s.as_ref() == "max" => return Ok(Limit::Max),
         DeValue::String(s) if bytes => {
             parse_size(s).map_err(|e| format!("invalid size {:?}: {e}", s.as_ref()))?
         }
-        DeValue::String(s) => s
-            .parse()
-            .map_err(|_| format!("expected {expected}, found string {:?}", s.as_ref()))?,
+        DeValue::String(s) => s.parse().map_err(|_| wrong(expected, v))?,
         _ => whole(v, expected)?,
     };
     match n {
@@ -464,7 +223,7 @@ pub(super) fn history(v: &DeValue<'_>) -> Result<usize, String> {
 
 pub(super) fn cpu_max(v: &DeValue<'_>) -> Result<CpuMax, String> {
     let s = text(v, &format!("{CPU_FORM} like \"50000 100000\""))?;
-    parse_cpu_max(s).map_err(|e| format!("invalid cpu_max {s:?}: {e}"))
+    s.parse().map_err(|e| format!("invalid cpu_max {s:?}: {e}"))
 }
 
 /// An absolute path without NUL (`hibernate_dir`).
@@ -500,19 +259,15 @@ pub(super) fn program(v: &DeValue<'_>) -> Result<PathBuf, String> {
 /// An octal string (`"0660"`) or a TOML octal integer (`0o660`). A decimal integer
 /// is refused: `socket_mode = 660` would silently mean 0o1224.
 pub(super) fn mode(v: &DeValue<'_>) -> Result<u32, String> {
+    let octal =
+        |d: &str| !d.is_empty() && d.len() <= 4 && d.bytes().all(|b| matches!(b, b'0'..=b'7'));
     let mode = match v {
-        DeValue::String(s) => {
-            let digits = s.strip_prefix("0o").unwrap_or(s);
-            let octal = !digits.is_empty() && digits.len() <= 4 && digits.bytes().all(|b| matches!(b, b'0'..=b'7'));
-            match octal {
-                true => u32::from_str_radix(digits, 8).map_err(|e| e.to_string())?,
-                false => return Err(format!("expected an octal mode like \"0660\", found {:?}", s.as_ref())),
-            }
-        }
+        DeValue::String(s) => match s.strip_prefix("0o").unwrap_or(s) {
+            d if octal(d) => u32::from_str_radix(d, 8).map_err(|e| e.to_string())?,
+            _ => return Err(format!("expected an octal mode like \"0660\", found {:?}", s.as_ref())),
+        },
         DeValue::Integer(i) if i.radix() == 8 => u32::from_str_radix(i.as_str(), 8).map_err(|_| format!("{i} is too large"))?,
-        DeValue::Integer(i) => {
-            return Err(format!("write the mode as an octal string like \"0660\" (integer {i} would be read as decimal)"))
-        }
+        DeValue::Integer(i) => return Err(format!("write the mode as an octal string like \"0660\" (integer {i} would be read as decimal)")),
         other => return Err(wrong("an octal string like \"0660\"", other)),
     };
     match mode {
@@ -579,7 +334,7 @@ pub(super) fn rule_glob(v: &DeValue<'_>) -> Result<Pattern, String> {
     parse_project_glob(text(v, "a path glob like \"/home/*/src/MyPkg*\"")?)
 }
 
-// --- spelling: a key's value back to TOML --------------------------------------
+// --- spelling: a key's value back to TOML ---------------------------------------
 
 /// A value as gov.toml spells it, which its reader reads back to the same value.
 /// `None`: an optional key that is not set (TOML has no null).

@@ -52,11 +52,10 @@ pub fn signal_name(sig: i32) -> Option<String> {
 pub fn parse_cgroup_root(s: &str) -> Result<RootSpec, String> {
     let rel = s.strip_prefix('/').unwrap_or(s);
     let bad_part = |c: &str| c.is_empty() || c == "." || c == "..";
+    let bad = rel.is_empty() || s.chars().any(char::is_control) || rel.split('/').any(bad_part);
     Ok(match s {
         "delegated" => RootSpec::Delegated,
-        _ if rel.is_empty() || s.chars().any(char::is_control) || rel.split('/').any(bad_part) => {
-            return Err(format!("expected \"delegated\" or a cgroup path like \"gov\" (no empty, . or .. parts), found {s:?}"));
-        }
+        _ if bad => return Err(format!("expected \"delegated\" or a cgroup path like \"gov\" (no empty, . or .. parts), found {s:?}")),
         _ if s.starts_with('/') => RootSpec::Absolute(s.into()),
         _ => RootSpec::UnderMount(s.into()),
     })
@@ -65,11 +64,19 @@ pub fn parse_cgroup_root(s: &str) -> Result<RootSpec, String> {
 /// A `[[project]]` path glob: absolute, as project paths are; `~` is refused since
 /// the daemon serves every user and has no one home to expand it to.
 pub fn parse_project_glob(s: &str) -> Result<Pattern, String> {
-    match s {
-        _ if s.starts_with('~') => Err(format!("~ is not expanded (the daemon serves every user): write e.g. \"/home/*/src/...\", found {s:?}")),
-        _ if !s.starts_with('/') => Err(format!("must be an absolute path glob (use \"/**/NAME\" for any depth), found {s:?}")),
-        _ => Pattern::new(s).map_err(|e| format!("invalid glob {s:?}: {} at character {}", e.msg, e.pos)),
-    }
+    let refused = match s {
+        _ if s.starts_with('~') => {
+            "~ is not expanded (the daemon serves every user): write e.g. \"/home/*/src/...\""
+        }
+        _ if !s.starts_with('/') => {
+            "must be an absolute path glob (use \"/**/NAME\" for any depth)"
+        }
+        _ => {
+            return Pattern::new(s)
+                .map_err(|e| format!("invalid glob {s:?}: {} at character {}", e.msg, e.pos))
+        }
+    };
+    Err(format!("{refused}, found {s:?}"))
 }
 
 // --- readers -----------------------------------------------------------------------
@@ -259,15 +266,27 @@ pub(super) fn program(v: &DeValue<'_>) -> Result<PathBuf, String> {
 /// An octal string (`"0660"`) or a TOML octal integer (`0o660`). A decimal integer
 /// is refused: `socket_mode = 660` would silently mean 0o1224.
 pub(super) fn mode(v: &DeValue<'_>) -> Result<u32, String> {
-    let octal =
-        |d: &str| !d.is_empty() && d.len() <= 4 && d.bytes().all(|b| matches!(b, b'0'..=b'7'));
+    let octal = |d: &str| {
+        d.bytes()
+            .all(|b| matches!(b, b'0'..=b'7'))
+            .then(|| u32::from_str_radix(d, 8).ok())
+            .flatten()
+    };
     let mode = match v {
         DeValue::String(s) => match s.strip_prefix("0o").unwrap_or(s) {
-            d if octal(d) => u32::from_str_radix(d, 8).map_err(|e| e.to_string())?,
-            _ => return Err(format!("expected an octal mode like \"0660\", found {:?}", s.as_ref())),
-        },
-        DeValue::Integer(i) if i.radix() == 8 => u32::from_str_radix(i.as_str(), 8).map_err(|_| format!("{i} is too large"))?,
-        DeValue::Integer(i) => return Err(format!("write the mode as an octal string like \"0660\" (integer {i} would be read as decimal)")),
+            d if d.len() <= 4 => octal(d),
+            _ => None,
+        }
+        .ok_or_else(|| wrong("an octal mode like \"0660\"", v))?,
+        DeValue::Integer(i) if i.radix() == 8 => {
+            octal(i.as_str()).ok_or(format!("{i} is too large"))?
+        }
+        DeValue::Integer(i) => {
+            let why = format!("integer {i} would be read as decimal");
+            return Err(format!(
+                "write the mode as an octal string like \"0660\" ({why})"
+            ));
+        }
         other => return Err(wrong("an octal string like \"0660\"", other)),
     };
     match mode {

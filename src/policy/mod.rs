@@ -3,9 +3,10 @@
 //! Layers, lowest first: [`EMBEDDED`], the file's top level and `[defaults]`, then
 //! each matching `[[project]]` in file order, key by key.
 //!
-//! Each key is declared once, in a `keys!` list (name, type, reader); `values` holds
-//! the grammars. The walker reads `toml::de::DeTable`, not serde derive, because its
-//! spans give every error a line and a key, and one pass finds every problem.
+//! Each key is declared once, in a `keys!` list below (name, type, reader); the
+//! readers are in `values`, durations and sizes in `units`. `walk` reads a file
+//! through `toml::de::DeTable`, not serde derive, because its spans give every
+//! error a line and a key, and one pass finds every problem.
 //! A new key also needs its default in [`EMBEDDED`] (unless `optional`) and a line
 //! in packaging/gov.toml and docs/configuration.md (a test holds you to both).
 
@@ -24,13 +25,15 @@ use nix::sys::signal::Signal;
 use serde::{Serialize, Serializer};
 use toml::de::DeValue;
 
-use crate::cgroup::Limit;
-pub use crate::cgroup::{parse_cpu_max, CpuMax, CPU_PERIOD_USEC};
-pub use crate::units::{format_duration, parse_duration, parse_size, MAX_DURATION};
+use crate::cgroup::{CpuMax, Limit};
 pub use check::check_config;
 use values::*;
-pub use values::{parse_cgroup_root, parse_project_glob, parse_signal, signal_name};
 use walk::*;
+// The tests (the spec) name the value grammars as the policy's.
+#[cfg(test)]
+use crate::cgroup::parse_cpu_max;
+#[cfg(test)]
+use crate::units::{format_duration, parse_duration, parse_size, MAX_DURATION};
 
 /// Where the daemon and `gov check-config` look when no path is given.
 pub const DEFAULT_PATH: &str = "/etc/gov.toml";

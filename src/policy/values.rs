@@ -35,13 +35,15 @@ fn find_signal(s: &str) -> Result<Signal, String> {
     found.ok_or_else(|| format!("unknown signal {s:?} (expected one of: {})", names()))
 }
 
-/// [`find_signal`] as a libc number.
-pub fn parse_signal(s: &str) -> Result<i32, String> {
+/// [`find_signal`] as a libc number (the tests' view of the grammar).
+#[cfg(test)]
+pub(super) fn parse_signal(s: &str) -> Result<i32, String> {
     find_signal(s).map(|sig| sig as i32)
 }
 
 /// `libc::SIGTERM` -> `"SIGTERM"`, for the signals [`parse_signal`] accepts.
-pub fn signal_name(sig: i32) -> Option<String> {
+#[cfg(test)]
+pub(super) fn signal_name(sig: i32) -> Option<String> {
     let found = SIGNALS.into_iter().find(|s| *s as i32 == sig);
     found.map(|s| s.as_str().to_string())
 }
@@ -49,7 +51,7 @@ pub fn signal_name(sig: i32) -> Option<String> {
 /// `"delegated"`, a path relative to the cgroup2 mount (`"gov/test-42"`) or an
 /// absolute one. No empty, `.` or `..` parts and no control characters: this
 /// string becomes a directory path written as root.
-pub fn parse_cgroup_root(s: &str) -> Result<RootSpec, String> {
+pub(super) fn parse_cgroup_root(s: &str) -> Result<RootSpec, String> {
     let rel = s.strip_prefix('/').unwrap_or(s);
     let bad_part = |c: &str| c.is_empty() || c == "." || c == "..";
     let bad = rel.is_empty() || s.chars().any(char::is_control) || rel.split('/').any(bad_part);
@@ -63,7 +65,7 @@ pub fn parse_cgroup_root(s: &str) -> Result<RootSpec, String> {
 
 /// A `[[project]]` path glob: absolute, as project paths are; `~` is refused since
 /// the daemon serves every user and has no one home to expand it to.
-pub fn parse_project_glob(s: &str) -> Result<Pattern, String> {
+pub(super) fn parse_project_glob(s: &str) -> Result<Pattern, String> {
     let refused = match s {
         _ if s.starts_with('~') => {
             "~ is not expanded (the daemon serves every user): write e.g. \"/home/*/src/...\""

@@ -8,12 +8,15 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use clap_complete::ArgValueCandidates;
 
 use crate::client::{self, Client};
 use crate::gate::{Tags, Tree};
 use crate::protocol::{ErrorCode, Event, GateInfo, Request, Response};
 use crate::target::{Candidate, Resolved, Sessions};
 use crate::{direct, names, policy, spawn};
+
+pub mod complete;
 
 /// The environment variables gov reads, for `gov --help` and the man page.
 pub const ENVIRONMENT: &[(&str, &str)] = &[
@@ -36,6 +39,11 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     (
         "GOV_GATE, GOV_PROJECT, GOV_SESSION",
         "Set by gov spawn for the command it runs.",
+    ),
+    (
+        complete::ENV,
+        "Set by the shell completion scripts: gov answers a TAB instead of running \
+         (bash, by hand: source <(GOV_COMPLETE=bash gov)).",
     ),
 ];
 
@@ -73,11 +81,12 @@ pub struct Target {
     #[arg(
         value_name = "GATE",
         required_unless_present = "session",
-        conflicts_with = "session"
+        conflicts_with = "session",
+        add = ArgValueCandidates::new(complete::gates)
     )]
     pub gate: Option<String>,
     /// Every gate of this session (the host's session id).
-    #[arg(long, short, value_name = "SESSION")]
+    #[arg(long, short, value_name = "SESSION", add = ArgValueCandidates::new(complete::sessions))]
     pub session: Option<String>,
 }
 
@@ -85,7 +94,7 @@ pub struct Target {
 #[derive(Args, Debug, Clone)]
 pub struct OneGate {
     /// A gate id or a unique prefix of one (g3fa).
-    #[arg(value_name = "GATE")]
+    #[arg(value_name = "GATE", add = ArgValueCandidates::new(complete::gates))]
     pub gate: String,
 }
 
@@ -171,10 +180,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Only gates of this project (a name or path, as given to spawn).
-        #[arg(long, short, value_name = "PROJECT")]
+        #[arg(long, short, value_name = "PROJECT", add = ArgValueCandidates::new(complete::projects))]
         project: Option<String>,
         /// Only gates of this session.
-        #[arg(long, short, value_name = "SESSION")]
+        #[arg(long, short, value_name = "SESSION", add = ArgValueCandidates::new(complete::sessions))]
         session: Option<String>,
         /// One line per `session` (per user): gates, processes, memory, the
         /// least idle time and the states, largest memory first.

@@ -62,7 +62,8 @@ fn main() {
         if shell == "zsh" {
             // zsh autoloads _gov from its fpath as the function _gov, on the
             // first TAB: the script then only defines and registers the real
-            // completer, so complete this TAB too (inert when sourced).
+            // completer (clap_complete 4.6 names it so), so complete this TAB
+            // too. Inert when the file is sourced.
             buf.extend_from_slice(
                 b"[[ ${funcstack[1]} = _gov ]] && _clap_dynamic_completer_gov \"$@\"\n",
             );

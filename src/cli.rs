@@ -86,7 +86,12 @@ pub struct Target {
     )]
     pub gate: Option<String>,
     /// Every gate of this session (the host's session id).
-    #[arg(long, short, value_name = "SESSION", add = ArgValueCandidates::new(complete::sessions))]
+    #[arg(
+        long,
+        short,
+        value_name = "SESSION",
+        add = ArgValueCandidates::new(complete::sessions)
+    )]
     pub session: Option<String>,
 }
 
@@ -180,10 +185,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Only gates of this project (a name or path, as given to spawn).
-        #[arg(long, short, value_name = "PROJECT", add = ArgValueCandidates::new(complete::projects))]
+        #[arg(
+            long,
+            short,
+            value_name = "PROJECT",
+            add = ArgValueCandidates::new(complete::projects)
+        )]
         project: Option<String>,
         /// Only gates of this session.
-        #[arg(long, short, value_name = "SESSION", add = ArgValueCandidates::new(complete::sessions))]
+        #[arg(
+            long,
+            short,
+            value_name = "SESSION",
+            add = ArgValueCandidates::new(complete::sessions)
+        )]
         session: Option<String>,
         /// One line per `session` (per user): gates, processes, memory, the
         /// least idle time and the states, largest memory first.

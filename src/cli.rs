@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueHint};
 use clap_complete::ArgValueCandidates;
 
 use crate::client::{self, Client};
@@ -114,7 +114,7 @@ pub enum Command {
         /// The project the gate works for: a name (MyPkg) or a path. Only
         /// `.`, `..` and words starting with ./ or ../ are relative paths,
         /// made absolute here; MyPkg is a name, not ./MyPkg.
-        #[arg(long, short, value_name = "PROJECT")]
+        #[arg(long, short, value_name = "PROJECT", value_hint = ValueHint::DirPath)]
         project: String,
         /// The host's session id (letters, digits, . _ - :); generated when not given.
         #[arg(long, short, value_name = "SESSION")]
@@ -146,7 +146,14 @@ pub enum Command {
         // trailing_var_arg without allow_hyphen_values: a word starting with
         // `-` before CMD is parsed as an option (so `--sesion` is refused
         // with a suggestion), and once CMD has begun everything is its own.
-        #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+        // Completed as paths: clap_complete's engine completes nothing for
+        // ValueHint::CommandWithArguments, and a path is what CMD often is.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            value_name = "CMD",
+            value_hint = ValueHint::AnyPath
+        )]
         cmd: Vec<OsString>,
     },
     /// Move a running process and all its current descendants into a new
@@ -157,7 +164,7 @@ pub enum Command {
         #[arg(value_name = "PID")]
         pid: u32,
         /// The project the gate works for: a name (MyPkg) or a path.
-        #[arg(long, short, value_name = "PROJECT")]
+        #[arg(long, short, value_name = "PROJECT", value_hint = ValueHint::DirPath)]
         project: String,
         /// The session id; else from the process's environment (policy
         /// session_env), else generated.

@@ -171,7 +171,21 @@ fn a_tab_offers_the_callers_gate_ids_sessions_and_projects_from_the_daemon() {
         assert_eq!(complete(words), ["sess-tab-1"], "{words:?}");
     }
     // gov ps --project: the projects of the caller's gates.
-    assert_eq!(complete(&["gov", "ps", "--project", ""]), [project]);
+    assert_eq!(
+        complete(&["gov", "ps", "--project", ""]),
+        [project.as_str()]
+    );
+    // spawn's --project and CMD complete as paths, as the static scripts did.
+    fs::create_dir(&project).unwrap();
+    let partial = &project[..project.len() - 2];
+    assert_eq!(
+        complete(&["gov", "spawn", "-p", partial]),
+        [project.clone() + "/"]
+    );
+    assert_eq!(
+        complete(&["gov", "spawn", "-p", "P", "--", partial]),
+        [project.clone() + "/"]
+    );
     // Subcommands and options still come from the clap definitions.
     assert_eq!(complete(&["gov", "tou"]), ["touch"]);
     assert_eq!(complete(&["gov", "ps", "--js"]), ["--json"]);

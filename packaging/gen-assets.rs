@@ -4,18 +4,17 @@
 //!     cargo run --release --example gen-assets -- OUT_DIR
 //!
 //! writes OUT_DIR/man/gov.1, gov-spawn.1, ... (one page per subcommand) and
-//! OUT_DIR/completions/{gov.bash,_gov,gov.fish}.
+//! OUT_DIR/completions/{gov.bash,_gov,gov.fish}: the scripts `GOV_COMPLETE=SHELL
+//! gov` prints, which ask gov itself at each TAB (src/cli/complete.rs).
 //!
 //! An example rather than build.rs: build.rs cannot use the crate it builds,
-//! and this keeps clap_mangen and clap_complete out of the shipped binary
-//! (they are dev-dependencies).
+//! and this keeps clap_mangen out of the shipped binary (a dev-dependency).
 
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
-use clap_complete::Shell;
 use clap_mangen::roff::{bold, italic, roman, Roff};
 use clap_mangen::Man;
 
@@ -57,14 +56,18 @@ fn main() {
         man_page(sub, &name, &man_dir, false);
     }
 
-    for (shell, file) in [
-        (Shell::Bash, "gov.bash"),
-        (Shell::Zsh, "_gov"),
-        (Shell::Fish, "gov.fish"),
-    ] {
+    for (shell, file) in [("bash", "gov.bash"), ("zsh", "_gov"), ("fish", "gov.fish")] {
         let path = comp_dir.join(file);
-        let mut buf = Vec::new();
-        clap_complete::generate(shell, &mut cmd.clone(), "gov", &mut buf);
+        let mut buf = gov::cli::complete::registration(shell).expect("a shell clap_complete knows");
+        if shell == "zsh" {
+            // zsh autoloads _gov from its fpath as the function _gov, on the
+            // first TAB: the script then only defines and registers the real
+            // completer (clap_complete 4.6 names it so), so complete this TAB
+            // too. Inert when the file is sourced.
+            buf.extend_from_slice(
+                b"[[ ${funcstack[1]} = _gov ]] && _clap_dynamic_completer_gov \"$@\"\n",
+            );
+        }
         fs::write(&path, buf).unwrap_or_else(|e| die(&path, e));
     }
     println!("{}", out.display());

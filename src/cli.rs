@@ -7,13 +7,16 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueHint};
+use clap_complete::ArgValueCandidates;
 
 use crate::client::{self, Client};
 use crate::gate::{Tags, Tree};
 use crate::protocol::{ErrorCode, Event, GateInfo, Request, Response};
 use crate::target::{Candidate, Resolved, Sessions};
 use crate::{direct, names, policy, spawn};
+
+pub mod complete;
 
 /// The environment variables gov reads, for `gov --help` and the man page.
 pub const ENVIRONMENT: &[(&str, &str)] = &[
@@ -36,6 +39,11 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     (
         "GOV_GATE, GOV_PROJECT, GOV_SESSION",
         "Set by gov spawn for the command it runs.",
+    ),
+    (
+        complete::ENV,
+        "Set by the shell completion scripts: gov answers a TAB instead of running \
+         (bash, by hand: source <(GOV_COMPLETE=bash gov)).",
     ),
 ];
 
@@ -73,11 +81,17 @@ pub struct Target {
     #[arg(
         value_name = "GATE",
         required_unless_present = "session",
-        conflicts_with = "session"
+        conflicts_with = "session",
+        add = ArgValueCandidates::new(complete::gates)
     )]
     pub gate: Option<String>,
     /// Every gate of this session (the host's session id).
-    #[arg(long, short, value_name = "SESSION")]
+    #[arg(
+        long,
+        short,
+        value_name = "SESSION",
+        add = ArgValueCandidates::new(complete::sessions)
+    )]
     pub session: Option<String>,
 }
 
@@ -85,7 +99,7 @@ pub struct Target {
 #[derive(Args, Debug, Clone)]
 pub struct OneGate {
     /// A gate id or a unique prefix of one (g3fa).
-    #[arg(value_name = "GATE")]
+    #[arg(value_name = "GATE", add = ArgValueCandidates::new(complete::gates))]
     pub gate: String,
 }
 
@@ -100,7 +114,7 @@ pub enum Command {
         /// The project the gate works for: a name (MyPkg) or a path. Only
         /// `.`, `..` and words starting with ./ or ../ are relative paths,
         /// made absolute here; MyPkg is a name, not ./MyPkg.
-        #[arg(long, short, value_name = "PROJECT")]
+        #[arg(long, short, value_name = "PROJECT", value_hint = ValueHint::DirPath)]
         project: String,
         /// The host's session id (letters, digits, . _ - :); generated when not given.
         #[arg(long, short, value_name = "SESSION")]
@@ -132,7 +146,14 @@ pub enum Command {
         // trailing_var_arg without allow_hyphen_values: a word starting with
         // `-` before CMD is parsed as an option (so `--sesion` is refused
         // with a suggestion), and once CMD has begun everything is its own.
-        #[arg(required = true, trailing_var_arg = true, value_name = "CMD")]
+        // Completed as paths: clap_complete's engine completes nothing for
+        // ValueHint::CommandWithArguments, and a path is what CMD often is.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            value_name = "CMD",
+            value_hint = ValueHint::AnyPath
+        )]
         cmd: Vec<OsString>,
     },
     /// Move a running process and all its current descendants into a new
@@ -143,7 +164,7 @@ pub enum Command {
         #[arg(value_name = "PID")]
         pid: u32,
         /// The project the gate works for: a name (MyPkg) or a path.
-        #[arg(long, short, value_name = "PROJECT")]
+        #[arg(long, short, value_name = "PROJECT", value_hint = ValueHint::DirPath)]
         project: String,
         /// The session id; else from the process's environment (policy
         /// session_env), else generated.
@@ -171,10 +192,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Only gates of this project (a name or path, as given to spawn).
-        #[arg(long, short, value_name = "PROJECT")]
+        #[arg(
+            long,
+            short,
+            value_name = "PROJECT",
+            add = ArgValueCandidates::new(complete::projects)
+        )]
         project: Option<String>,
         /// Only gates of this session.
-        #[arg(long, short, value_name = "SESSION")]
+        #[arg(
+            long,
+            short,
+            value_name = "SESSION",
+            add = ArgValueCandidates::new(complete::sessions)
+        )]
         session: Option<String>,
         /// One line per `session` (per user): gates, processes, memory, the
         /// least idle time and the states, largest memory first.

@@ -8,7 +8,6 @@
 mod common;
 
 use std::fs;
-use std::io::Write as _;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -20,11 +19,7 @@ use gov::cli::complete::{registration, DEADLINE};
 
 fn host_only(test: &str) -> bool {
     if std::env::var_os("GOV_VM").is_some() {
-        // Straight to fd 2, past libtest's capture: a skip must be seen.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP {test}: host-only (bash); the VM has busybox only"
-        );
+        common::skip(test, "host-only (bash); the VM has busybox only");
         return true;
     }
     false

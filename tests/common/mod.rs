@@ -54,12 +54,17 @@ pub fn needs_controllers(test: &str) -> bool {
         std::env::var_os("GOV_REQUIRE_CONTROLLERS").is_none(),
         "{test}: cgroup2 controllers are required here but missing"
     );
-    // Straight to fd 2, past libtest's capture: a skip must be seen.
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIP {test}: no cgroup2 controllers on this host; it runs in the VM suite (integration/vm-test)"
+    skip(
+        test,
+        "no cgroup2 controllers on this host; it runs in the VM suite (integration/vm-test)",
     );
     false
+}
+
+/// Says that `test` is skipped, and why: straight to fd 2, past libtest's
+/// capture (which takes only `eprintln!`), because a skip must be seen.
+pub fn skip(test: &str, why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
 }
 
 /// A cgroup root for one test: `<cgroup2>/gov-test-<pid>-<n>`, killed and

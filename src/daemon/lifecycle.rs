@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
 use crate::cgroup::{Cgroup, CgroupError};
@@ -29,6 +29,7 @@ use crate::proc;
 use crate::protocol::{ErrorCode, EventKind, Next, Reason, Spared};
 use crate::reaper::{self, Decision, Phase, View};
 
+use super::mailbox::{self, Receiver, Sender};
 use super::{lock, Daemon};
 
 /// How soon a failed kill or removal is tried again.
@@ -255,7 +256,7 @@ impl Cmd {
 /// The registry's way to a gate: its channel and a view of its state.
 #[derive(Clone)]
 pub struct Handle {
-    tx: mpsc::UnboundedSender<Cmd>,
+    tx: Sender<Cmd>,
     gate: Arc<Mutex<Gate>>,
     /// An observation waits in the channel: later scans' are coalesced
     /// into it rather than queued behind a slow action.
@@ -325,7 +326,7 @@ impl Pending {
 
 /// Starts the owner of a gate and returns the handle to register.
 pub fn start(d: &Arc<Daemon>, gate: Gate) -> Handle {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (tx, rx) = mailbox::mailbox();
     let id = gate.id().to_string();
     let t = &gate.tags;
     let watches = [
@@ -369,7 +370,7 @@ struct Owner {
     d: Arc<Daemon>,
     id: String,
     gate: Arc<Mutex<Gate>>,
-    rx: mpsc::UnboundedReceiver<Cmd>,
+    rx: Receiver<Cmd>,
     observing: Arc<AtomicBool>,
     /// The owner process's and the main process's exit watches.
     watches: [Option<AbortHandle>; 2],
@@ -432,7 +433,7 @@ impl Owner {
         // answer what came meanwhile.
         self.d.gates.remove(&self.id);
         self.rx.close();
-        while let Ok(cmd) = self.rx.try_recv() {
+        while let Some(cmd) = self.rx.try_recv() {
             cmd.gone(&self.id);
         }
     }

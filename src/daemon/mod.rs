@@ -18,6 +18,7 @@ mod admission;
 mod host;
 mod journal;
 mod lifecycle;
+mod mailbox;
 mod registry;
 mod requests;
 mod scan;

@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use tokio::task::AbortHandle;
 
 use crate::cgroup::{Cgroup, CgroupError};
 use crate::gate::{self, now_ms, GateDir, InfoExtra, Tag, Tags};
@@ -329,15 +328,9 @@ pub fn start(d: &Arc<Daemon>, gate: Gate) -> Handle {
     let (tx, rx) = mailbox::mailbox();
     let id = gate.id().to_string();
     let t = &gate.tags;
-    let watches = [
-        t.orphaned_ms
-            .is_none()
-            .then(|| watch_exit(d, &id, t.owner_pid, t.owner_start, || Cmd::Orphaned))
-            .flatten(),
-        t.main_exited_ms
-            .is_none()
-            .then(|| watch_exit(d, &id, t.main_pid, t.main_start, || Cmd::MainExited))
-            .flatten(),
+    let exits = [
+        Exit::watch(&id, t.orphaned_ms, t.owner_pid, t.owner_start),
+        Exit::watch(&id, t.main_exited_ms, t.main_pid, t.main_start),
     ];
     let shared = Arc::new(Mutex::new(gate));
     let observing = Arc::new(AtomicBool::new(false));
@@ -352,7 +345,7 @@ pub fn start(d: &Arc<Daemon>, gate: Gate) -> Handle {
         gate: shared,
         rx,
         observing,
-        watches,
+        exits,
     };
     tokio::spawn(owner.run());
     handle
@@ -372,16 +365,9 @@ struct Owner {
     gate: Arc<Mutex<Gate>>,
     rx: Receiver<Cmd>,
     observing: Arc<AtomicBool>,
-    /// The owner process's and the main process's exit watches.
-    watches: [Option<AbortHandle>; 2],
-}
-
-impl Drop for Owner {
-    fn drop(&mut self) {
-        for h in self.watches.iter().flatten() {
-            h.abort();
-        }
-    }
+    /// The owner process's and the main process's exits, watched here rather
+    /// than by tasks of their own (two tasks a gate were 5 MB at 5,000 gates).
+    exits: [Option<Exit>; 2],
 }
 
 impl Owner {
@@ -402,6 +388,10 @@ impl Owner {
                     measure_cpu: false,
                     policy: self.d.policy(),
                 }),
+                i = first_exit(&self.exits, self.d.policy().global.scan_interval) => {
+                    self.exits[i] = None;
+                    if i == 0 { Cmd::Orphaned } else { Cmd::MainExited }
+                }
             };
             if matches!(cmd, Cmd::Observe(_)) {
                 self.observing.store(false, Ordering::Release);
@@ -1223,56 +1213,80 @@ impl Action {
     }
 }
 
-/// Watches a process (the gate's owner, or its main process) through a
-/// pidfd, readable when it exits (an exec is not an exit), and then sends
-/// `cmd` to the gate's owner task. A pid that now names another process
-/// (start time differs) counts as gone.
-fn watch_exit(
-    d: &Arc<Daemon>,
-    id: &str,
-    pid: Option<u32>,
-    start: Option<u64>,
-    cmd: fn() -> Cmd,
-) -> Option<AbortHandle> {
-    let owner = pid?;
-    let same_process = move || start.is_none() || proc::start_time(owner) == start;
-    // ESRCH: gone already. Any other failure (EMFILE with thousands of
-    // gates) must not orphan a gate whose owner lives: fall back to
-    // checking the pid and its start time at every scan interval.
-    let pidfd = match proc::pidfd_open(owner) {
-        Ok(fd) if same_process() => Some(Ok(fd)),
-        Ok(_) => None,
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => None,
-        Err(e) => Some(Err(e)),
-    };
-    let d = d.clone();
-    let id = id.to_string();
-    let task = tokio::spawn(async move {
-        match pidfd {
-            Some(Ok(fd)) => {
-                // SAFETY: the AsyncFd owns the OwnedFd, which stays open
-                // and unchanged until the AsyncFd drops it.
-                let registered = unsafe {
-                    tokio::io::unix::AsyncFd::register_with_interest(
-                        fd,
-                        tokio::io::Interest::READABLE,
-                    )
-                };
-                if let Ok(afd) = registered {
-                    let _ = afd.readable().await;
+/// A watched process (the gate's owner, or its main process): a pidfd,
+/// readable once it has exited (an exec is not an exit).
+enum Exit {
+    /// It had exited before the watch began, or its pid now names another
+    /// process (the start time differs).
+    Gone,
+    Pidfd(tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>),
+    /// No pidfd could be had (EMFILE with thousands of gates): the pid and
+    /// its start time are checked at every scan interval instead, so a gate
+    /// whose owner lives is never taken for orphaned.
+    Poll {
+        pid: u32,
+        start: Option<u64>,
+    },
+}
+
+impl Exit {
+    /// A watch of `pid`, unless there is none to watch or its exit is already
+    /// recorded (`seen_ms`).
+    fn watch(id: &str, seen_ms: Option<u64>, pid: Option<u32>, start: Option<u64>) -> Option<Exit> {
+        let pid = pid.filter(|_| seen_ms.is_none())?;
+        let same = || start.is_none() || proc::start_time(pid) == start;
+        Some(match proc::pidfd_open(pid) {
+            // SAFETY: the AsyncFd owns the OwnedFd, which stays open and
+            // unchanged until the AsyncFd drops it.
+            Ok(fd) if same() => match unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            } {
+                Ok(afd) => Exit::Pidfd(afd),
+                Err(e) => {
+                    tracing::debug!(gate = %id, "cannot watch the pidfd of {pid} ({e}); polling it");
+                    Exit::Poll { pid, start }
+                }
+            },
+            Ok(_) => Exit::Gone,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Exit::Gone,
+            Err(e) => {
+                tracing::debug!(gate = %id, "no pidfd for {pid} ({e}); polling it");
+                Exit::Poll { pid, start }
+            }
+        })
+    }
+
+    /// Returns once the process has exited. Cancel-safe: a poll checks first,
+    /// so an owner woken more often than `interval` still checks each time.
+    async fn wait(&self, interval: Duration) {
+        match self {
+            Exit::Gone => {}
+            Exit::Pidfd(afd) => {
+                let _ = afd.readable().await;
+            }
+            Exit::Poll { pid, start } => {
+                let same = || start.is_none() || proc::start_time(*pid) == *start;
+                while proc::is_alive(*pid) && same() {
+                    tokio::time::sleep(interval).await;
                 }
             }
-            Some(Err(e)) => {
-                tracing::debug!(gate = %id, "no pidfd for owner {owner} ({e}); polling it");
-                while proc::is_alive(owner) && same_process() {
-                    tokio::time::sleep(d.policy().global.scan_interval).await;
-                }
-            }
-            None => {}
         }
-        d.gates.send(&id, cmd());
-    });
-    Some(task.abort_handle())
+    }
+}
+
+/// Which of a gate's watched processes exits first: 0 the owner, 1 the main
+/// process. Never returns while neither is watched.
+async fn first_exit(exits: &[Option<Exit>; 2], interval: Duration) -> usize {
+    let wait = |i: usize| async move {
+        match &exits[i] {
+            Some(exit) => exit.wait(interval).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = wait(0) => 0,
+        _ = wait(1) => 1,
+    }
 }
 
 fn is_traced(cg: &Cgroup) -> bool {

@@ -15,8 +15,12 @@
 //! and the scan read clones of it; only the owner changes it.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
@@ -397,7 +401,7 @@ impl Owner {
                 self.observing.store(false, Ordering::Release);
             }
             let name = cmd.name();
-            let action = tokio::spawn(act(self.d.clone(), self.gate.clone(), cmd));
+            let action = CatchUnwind(Box::pin(act(self.d.clone(), self.gate.clone(), cmd)));
             match action.await {
                 Ok(Flow::Go) => {}
                 Ok(Flow::Gone) => break,
@@ -447,14 +451,33 @@ async fn sleep_until_ms(at: Option<u64>) {
     }
 }
 
-fn panic_text(e: tokio::task::JoinError) -> String {
-    match e.try_into_panic() {
-        Ok(p) => p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "a panic".into()),
-        Err(e) => e.to_string(),
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
+/// An action run in the owner's own task, its panic caught as a task of its
+/// own would catch it, without a task per action: when a full scan pass
+/// observed 5,000 idle gates, their 5,000 action tasks were all alive at once
+/// (7 MB), although each finishes at its first poll. Boxed, so the owner's
+/// future stays small while it waits.
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn std::any::Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let action = self.0.as_mut();
+        // AssertUnwindSafe: after a panic the action is dropped, and the gate
+        // it changed is shared through a Mutex whose poison `lock` ignores, as
+        // it did when actions were tasks.
+        match std::panic::catch_unwind(AssertUnwindSafe(|| action.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(flow)) => Poll::Ready(Ok(flow)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
     }
 }
 

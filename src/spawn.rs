@@ -18,7 +18,8 @@ pub const ENV_PROJECT: &str = "GOV_PROJECT";
 pub const ENV_SESSION: &str = "GOV_SESSION";
 
 /// A new gate for process `pid`, as the daemon and root's direct spawn both
-/// make it: create and tag the cgroup, apply limits, then move the process.
+/// make it: create and tag the cgroup, apply its limits and its project's,
+/// then move the process, so no limit comes after its command has begun.
 /// Also returns the limits policy asks for that cannot apply here.
 pub fn create_gate_for(
     tree: &Tree,
@@ -27,6 +28,7 @@ pub fn create_gate_for(
     pid: u32,
 ) -> Result<(GateDir, Vec<NotApplied>), CgroupError> {
     let dir = tree.create_gate(tags)?;
+    apply_project_limits(tree, &tags.project, settings);
     let wanted = gate_limits(settings);
     let files: Vec<(&'static str, String)> =
         wanted.iter().map(|w| (w.file, w.value.clone())).collect();
@@ -37,6 +39,19 @@ pub fn create_gate_for(
         return Err(e);
     }
     Ok((dir, not_applied))
+}
+
+/// Project-level limits (the sum of a project's gates), written again by
+/// every spawn into the project, so the latest policy holds.
+fn apply_project_limits(tree: &Tree, project: &str, s: &GateSettings) {
+    let mut limits = Vec::new();
+    if let Some(v) = gate::limit_text(s.project_memory_max) {
+        limits.push(("memory.max", v));
+    }
+    if let Some(v) = gate::limit_text(s.project_pids_max) {
+        limits.push(("pids.max", v));
+    }
+    gate::apply_limits(&tree.project(project), &limits);
 }
 
 /// One per-gate limit that policy asks for: its key, its file, its value.

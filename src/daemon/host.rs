@@ -12,7 +12,7 @@ use tokio::net::UnixListener;
 use crate::cgroup;
 use crate::gate::{self, Tree};
 use crate::names;
-use crate::policy::{GateSettings, Policy};
+use crate::policy::Policy;
 use crate::protocol::{Request, Response};
 
 /// The daemon's own leaf under gov's root.
@@ -172,19 +172,6 @@ fn controllers_needed(policy: &Policy) -> Vec<&'static str> {
         out.push("cpu");
     }
     out
-}
-
-/// Project-level limits (the sum of a project's gates).
-pub fn apply_project_limits(tree: &Tree, project: &str, s: &GateSettings) {
-    let cg = tree.project(project);
-    let mut limits = Vec::new();
-    if let Some(v) = gate::limit_text(s.project_memory_max) {
-        limits.push(("memory.max", v));
-    }
-    if let Some(v) = gate::limit_text(s.project_pids_max) {
-        limits.push(("pids.max", v));
-    }
-    gate::apply_limits(&cg, &limits);
 }
 
 /// The socket, owned by root with the policy's mode and group. A stale file

@@ -18,7 +18,7 @@ use crate::reaper;
 use crate::spawn;
 
 use super::lifecycle::{self, Cmd, Failure, Gate, Handle};
-use super::{host, Daemon};
+use super::Daemon;
 
 type Reply<T> = std::result::Result<T, Failure>;
 
@@ -320,7 +320,6 @@ impl Daemon {
             let _ = dir.kill_and_remove();
             return Err(bad("caller exited while it was being moved"));
         }
-        host::apply_project_limits(&self.tree, &tags.project, &settings);
         let id = dir.id.clone();
         self.journal
             .record(&tags, &id, protocol::EventKind::Spawned, None, None);
@@ -441,7 +440,6 @@ impl Daemon {
                 format!("process {pid} exited while it was adopted"),
             );
         }
-        host::apply_project_limits(&self.tree, &tags.project, &settings);
         let id = dir.id.clone();
         self.journal.record(
             &tags,

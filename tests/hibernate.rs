@@ -727,6 +727,16 @@ fn a_jupyter_kernel_keeps_its_variables_through_hibernation() {
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     assert_eq!(cell("x = 6 * 7\nprint('set')"), "set");
+    // IPython's history thread writes the cell to its sqlite file after the
+    // answer, under a POSIX lock, and CRIU refuses to dump a tree that holds
+    // one (the daemon then keeps the gate suspended). An idle kernel, as the
+    // daemon would hibernate it, holds none: wait for that.
+    let worker = gate.w.read_procs().unwrap();
+    common::wait_until(
+        Duration::from_secs(10),
+        "the kernel's file locks to go",
+        || !holds_file_locks(&worker),
+    );
 
     gate.gate.freeze(Duration::from_secs(5)).unwrap();
     let dir = gate.images();
@@ -742,6 +752,19 @@ fn a_jupyter_kernel_keeps_its_variables_through_hibernation() {
     );
     assert_eq!(cell("print(x)"), "42");
     host.assert_running("kernel restored");
+}
+
+/// Whether any of `pids` holds a lock in /proc/locks (`N: POSIX ADVISORY
+/// WRITE PID MAJ:MIN:INODE START END`; a blocked waiter's line has `->`).
+fn holds_file_locks(pids: &[u32]) -> bool {
+    let locks = std::fs::read_to_string("/proc/locks").unwrap();
+    locks.lines().any(|l| {
+        let fields: Vec<&str> = l.split_whitespace().filter(|f| *f != "->").collect();
+        fields
+            .get(4)
+            .and_then(|p| p.parse::<u32>().ok())
+            .is_some_and(|p| pids.contains(&p))
+    })
 }
 
 // ---------------------------------------------------------------------------

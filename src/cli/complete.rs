@@ -34,6 +34,11 @@ pub const DEADLINE: Duration = Duration::from_millis(1000);
 /// returns, having read one environment variable (main calls it first, and
 /// `gov touch` on every tool call pays no more than that).
 pub fn answer_if_asked() {
+    // clap_complete reads the arguments and the working directory before it
+    // looks at the variable: not on every `gov touch`.
+    if std::env::var_os(ENV).is_none() {
+        return;
+    }
     CompleteEnv::with_factory(Cli::command)
         .var(ENV)
         .bin(BIN)

@@ -268,20 +268,18 @@ pub(super) fn program(v: &DeValue<'_>) -> Result<PathBuf, String> {
 /// An octal string (`"0660"`) or a TOML octal integer (`0o660`). A decimal integer
 /// is refused: `socket_mode = 660` would silently mean 0o1224.
 pub(super) fn mode(v: &DeValue<'_>) -> Result<u32, String> {
-    let octal = |d: &str| {
-        d.bytes()
-            .all(|b| matches!(b, b'0'..=b'7'))
-            .then(|| u32::from_str_radix(d, 8).ok())
-            .flatten()
-    };
     let mode = match v {
-        DeValue::String(s) => match s.strip_prefix("0o").unwrap_or(s) {
-            d if d.len() <= 4 => octal(d),
-            _ => None,
+        DeValue::String(s) => {
+            let digits = s.strip_prefix("0o").unwrap_or(s);
+            let octal =
+                (1..=4).contains(&digits.len()) && digits.bytes().all(|b| b"01234567".contains(&b));
+            if !octal {
+                return Err(wrong("an octal mode like \"0660\"", v));
+            }
+            u32::from_str_radix(digits, 8).expect("1 to 4 octal digits")
         }
-        .ok_or_else(|| wrong("an octal mode like \"0660\"", v))?,
         DeValue::Integer(i) if i.radix() == 8 => {
-            octal(i.as_str()).ok_or(format!("{i} is too large"))?
+            u32::from_str_radix(i.as_str(), 8).map_err(|_| format!("{i} is too large"))?
         }
         DeValue::Integer(i) => {
             let why = format!("integer {i} would be read as decimal");

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::cgroup::{Cgroup, CgroupError};
 use crate::criu::{self, Criu, CriuError, DumpRequest, ImageState, RestoreRequest};
-use crate::keeper::{self, KeeperError, WORKER_CGROUP};
+use crate::keeper::{self, Keeper, KeeperError, WORKER_CGROUP};
 
 /// The tag holding a gate's hibernation phase ([`Phase`]).
 pub const TAG: &str = "hibernate";
@@ -176,7 +176,7 @@ impl Default for Options {
 /// Dumps a gate's worker into `dir` and frees its memory.
 ///
 /// Before: the gate is suspended (frozen) or running, its keeper is
-/// `keeper_pid`, `<gate>/w` holds the worker, `dir` has no image. The
+/// `keeper`, `<gate>/w` holds the worker, `dir` has no image. The
 /// steps: tag `dumping`; freeze `w` by its own cgroup.freeze; tell the
 /// keeper to hold; thaw the gate (only the keeper runs: it keeps the
 /// host's pipes served); dump `w`.
@@ -191,7 +191,7 @@ impl Default for Options {
 pub fn hibernate(
     criu: &Criu,
     gate: &Cgroup,
-    keeper_pid: u32,
+    keeper: Keeper,
     dir: &Path,
     opts: &Options,
 ) -> Result<criu::DumpReport, HibernateError> {
@@ -206,7 +206,7 @@ pub fn hibernate(
         }
     }
     Phase::Dumping.write(gate)?;
-    let result = dump_steps(criu, gate, &w, init, keeper_pid, dir, opts);
+    let result = dump_steps(criu, gate, &w, init, keeper, dir, opts);
     match &result {
         Ok(report) => Phase::Hibernated {
             image_bytes: report.image_bytes,
@@ -216,7 +216,7 @@ pub fn hibernate(
         Err(e) => {
             // Suspended as before, and say why.
             let _ = gate.freeze(FREEZE_TIMEOUT);
-            let _ = keeper::release(keeper_pid);
+            let _ = keeper::release(keeper);
             let _ = criu::remove_image(dir);
             Phase::Refused { reason: e.reason() }.write(gate)?;
         }
@@ -229,13 +229,13 @@ fn dump_steps(
     gate: &Cgroup,
     w: &Cgroup,
     init: u32,
-    keeper_pid: u32,
+    keeper: Keeper,
     dir: &Path,
     opts: &Options,
 ) -> Result<criu::DumpReport, HibernateError> {
     w.freeze(FREEZE_TIMEOUT)?;
-    keeper::hold(keeper_pid).map_err(|error| HibernateError::Signal {
-        pid: keeper_pid,
+    keeper::hold(keeper).map_err(|error| HibernateError::Signal {
+        pid: keeper.pid,
         error,
     })?;
     gate.write_freeze(false)?;
@@ -264,16 +264,16 @@ fn dump_steps(
 pub fn wake(
     criu: &Criu,
     gate: &Cgroup,
-    keeper_pid: u32,
+    keeper: Keeper,
     dir: &Path,
     opts: &Options,
 ) -> Result<criu::RestoreReport, HibernateError> {
     let w = worker_cgroup(gate);
     let image_bytes = criu::image_bytes(dir).unwrap_or(0);
     Phase::Restoring.write(gate)?;
-    match restore_steps(criu, gate, &w, keeper_pid, dir, opts) {
+    match restore_steps(criu, gate, &w, keeper, dir, opts) {
         Ok(report) => {
-            let _ = keeper::release(keeper_pid);
+            let _ = keeper::release(keeper);
             criu::remove_image(dir)?;
             gate.remove_tag(TAG)?;
             Ok(report)
@@ -289,17 +289,17 @@ fn restore_steps(
     criu: &Criu,
     gate: &Cgroup,
     w: &Cgroup,
-    keeper_pid: u32,
+    keeper: Keeper,
     dir: &Path,
     opts: &Options,
 ) -> Result<criu::RestoreReport, HibernateError> {
-    keeper::hold(keeper_pid).map_err(|error| HibernateError::Signal {
-        pid: keeper_pid,
+    keeper::hold(keeper).map_err(|error| HibernateError::Signal {
+        pid: keeper.pid,
         error,
     })?;
     gate.thaw(FREEZE_TIMEOUT)?;
     w.thaw(FREEZE_TIMEOUT)?;
-    let inherit = keeper::inherit_fds(keeper_pid)?;
+    let inherit = keeper::inherit_fds(keeper)?;
     Ok(criu.restore(RestoreRequest {
         dir,
         cgroup: w,
@@ -364,14 +364,14 @@ pub fn recover(phase: &Phase, seen: Seen) -> Recovery {
     }
 }
 
-/// Carries out a [`Recovery`] for the gate whose keeper is `keeper_pid`
+/// Carries out a [`Recovery`] for the gate whose keeper is `keeper`
 /// and whose images live in `dir`. `Remove` deletes the image and kills the
 /// gate's tree; removing the cgroups and the registry entry is the
 /// daemon's part.
 pub fn apply(
     recovery: Recovery,
     gate: &Cgroup,
-    keeper_pid: u32,
+    keeper: Keeper,
     dir: &Path,
 ) -> Result<(), HibernateError> {
     match recovery {
@@ -387,12 +387,12 @@ pub fn apply(
         }
         Recovery::BackToSuspended => {
             criu::remove_image(dir)?;
-            let _ = keeper::release(keeper_pid);
+            let _ = keeper::release(keeper);
             gate.freeze(FREEZE_TIMEOUT)?;
             gate.remove_tag(TAG)?;
         }
         Recovery::RestoreDone => {
-            let _ = keeper::release(keeper_pid);
+            let _ = keeper::release(keeper);
             criu::remove_image(dir)?;
             gate.remove_tag(TAG)?;
         }
@@ -405,12 +405,14 @@ pub fn apply(
 }
 
 /// What a restarted daemon sees of a gate now (for [`recover`]).
-pub fn observe(gate: &Cgroup, keeper_pid: u32, dir: &Path) -> Result<Seen, HibernateError> {
+pub fn observe(gate: &Cgroup, keeper: Keeper, dir: &Path) -> Result<Seen, HibernateError> {
     Ok(Seen {
         image: criu::image_state(dir),
         worker_populated: worker_cgroup(gate).read_cgroup_events()?.populated,
         criu_running: criu_running_for(dir),
-        keeper_alive: crate::proc::is_alive(keeper_pid),
+        keeper_alive: keeper
+            .pidfd()
+            .is_ok_and(|_| crate::proc::is_alive(keeper.pid)),
     })
 }
 

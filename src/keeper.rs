@@ -113,30 +113,93 @@ pub fn hold_signal() -> i32 {
     libc::SIGRTMIN() + 4
 }
 
-fn send_hold(pid: u32, on: bool) -> io::Result<()> {
-    let value = libc::sigval {
-        sival_ptr: usize::from(on) as *mut libc::c_void,
+/// A keeper the daemon acts on: its pid and the start time that names it
+/// for good (a recycled pid gets a later one). Every signal, fd borrowed or
+/// procfs read goes through [`Keeper::pidfd`], never through the bare pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keeper {
+    pub pid: u32,
+    pub start: u64,
+}
+
+impl Keeper {
+    /// The process that has `pid` now (for tests and tools that just
+    /// started it).
+    pub fn now(pid: u32) -> Option<Keeper> {
+        Some(Keeper {
+            pid,
+            start: crate::proc::start_time(pid)?,
+        })
+    }
+
+    /// A pidfd on this very keeper. The pidfd is opened first and the
+    /// pid's start time checked after: had the keeper ended and its pid
+    /// been recycled before the open, the start time would differ.
+    pub fn pidfd(&self) -> io::Result<OwnedFd> {
+        let fd = crate::proc::pidfd_open(self.pid)?;
+        if crate::proc::start_time(self.pid) != Some(self.start) {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(fd)
+    }
+}
+
+/// The kernel's siginfo for a queued signal (SI_QUEUE), as sigqueue(3)
+/// fills it: libc's `siginfo_t` has no setters for the union's fields.
+#[repr(C)]
+struct QueuedInfo {
+    signo: i32,
+    errno: i32,
+    code: i32,
+    _align: i32,
+    pid: i32,
+    uid: u32,
+    value: usize,
+    _rest: [u8; 96],
+}
+
+fn send_hold(keeper: Keeper, on: bool) -> io::Result<()> {
+    let pidfd = keeper.pidfd()?;
+    let info = QueuedInfo {
+        signo: hold_signal(),
+        errno: 0,
+        code: libc::SI_QUEUE,
+        _align: 0,
+        pid: std::process::id() as i32,
+        uid: nix::unistd::getuid().as_raw(),
+        value: usize::from(on),
+        _rest: [0; 96],
     };
-    // SAFETY: sigqueue with a signal number and a plain value.
-    if unsafe { libc::sigqueue(pid as i32, hold_signal(), value) } != 0 {
+    // SAFETY: pidfd_send_signal with a valid pidfd and a 128-byte siginfo
+    // laid out as the kernel's (SI_QUEUE: pid, uid, value).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            hold_signal(),
+            &info as *const QueuedInfo,
+            0,
+        )
+    };
+    if r < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
 }
 
-/// Tells keeper `pid` to hold through the coming dump. Call it before
+/// Tells `keeper` to hold through the coming dump. Call it before
 /// [`crate::criu::Criu::dump`]; the signal is queued at once, so the keeper
 /// sees it before it can see its worker gone.
-pub fn hold(pid: u32) -> io::Result<()> {
-    send_hold(pid, true)
+pub fn hold(keeper: Keeper) -> io::Result<()> {
+    send_hold(keeper, true)
 }
 
 /// Ends a [`hold`]: call it after a dump that failed and after a restore
 /// that worked. (criu's restore runs inside the worker cgroup, so the keeper
 /// sees it populated before the restore is done; a failed restore empties
 /// it again, which a held keeper rides out.)
-pub fn release(pid: u32) -> io::Result<()> {
-    send_hold(pid, false)
+pub fn release(keeper: Keeper) -> io::Result<()> {
+    send_hold(keeper, false)
 }
 
 /// Everything the keeper takes through its signalfd.
@@ -215,8 +278,9 @@ impl Ended {
 /// The keeper's copies of the worker's pipe ends, taken from a running
 /// keeper (pidfd_getfd; needs root or ptrace rights over it), ready for
 /// `criu restore --inherit-fd`.
-pub fn inherit_fds(keeper_pid: u32) -> Result<Vec<InheritFd>, KeeperError> {
-    let pidfd = crate::proc::pidfd_open(keeper_pid).map_err(|e| KeeperError::Io {
+pub fn inherit_fds(keeper: Keeper) -> Result<Vec<InheritFd>, KeeperError> {
+    let keeper_pid = keeper.pid;
+    let pidfd = keeper.pidfd().map_err(|e| KeeperError::Io {
         op: "pidfd_open",
         path: PathBuf::from(format!("/proc/{keeper_pid}")),
         error: e,
@@ -337,19 +401,27 @@ pub fn run(worker_cgroup: &Path, cmd: &[OsString], start: Start) -> Result<i32, 
 }
 
 /// `gov keeper --init`'s entry, run by the daemon for an unprivileged
-/// keeper ([`start_worker`]): in a new pid namespace for its children
-/// (unshared before exec) and with the keeper's pipe ends at
-/// [`WORKER_FDS`], forks ns-init (which starts CMD as `creds`) and
-/// returns at once: ns-init's parent is then init, as
+/// keeper ([`start_worker`]) as root, with a fixed environment and `/` as
+/// its cwd: reads the keeper's environment from [`FD_ENVIRON`] as data,
+/// then, in a new pid namespace for its children (unshared before exec) and
+/// with the keeper's pipe ends at [`WORKER_FDS`], forks ns-init (which
+/// starts CMD as `creds`, in the keeper's cwd [`FD_CWD`], with that
+/// environment) and returns at once: ns-init's parent is then init, as
 /// after a restore.
 pub fn run_init(worker_cgroup: &Path, cmd: &[OsString], creds: &Creds) -> Result<i32, KeeperError> {
+    // SAFETY: the daemon placed the memfd at FD_ENVIRON for us alone.
+    let environ = unsafe { fs::File::from_raw_fd(FD_ENVIRON) };
+    let user = User {
+        creds: creds.clone(),
+        env: parse_environ(&read_capped(environ, "the keeper's environment")?),
+    };
     let mask = keeper_mask();
     mask.thread_block().map_err(sys("sigprocmask"))?;
     let procs = worker_cgroup.join("cgroup.procs");
     // SAFETY: `gov keeper --init` is single-threaded.
     match unsafe { nix::unistd::fork() }.map_err(sys("fork"))? {
         ForkResult::Child => {
-            let code = worker_init(&procs, cmd, mask, Some(creds));
+            let code = worker_init(&procs, cmd, mask, Some(&user));
             // SAFETY: leaving the child without running atexit handlers.
             unsafe { libc::_exit(code) }
         }
@@ -357,20 +429,91 @@ pub fn run_init(worker_cgroup: &Path, cmd: &[OsString], creds: &Creds) -> Result
     }
 }
 
+/// Where [`start_worker`] hands `gov keeper --init` the keeper's
+/// environment (a memfd of `/proc/PID/environ`'s bytes) and its working
+/// directory (an `O_PATH` fd of `/proc/PID/cwd`). Neither reaches a root
+/// process as environment or cwd: CMD's child applies both after it
+/// dropped to the user's credentials.
+pub const FD_ENVIRON: RawFd = 15;
+pub const FD_CWD: RawFd = 16;
+
+/// An environment over this is refused (the kernel caps what an exec
+/// passes at 6 MiB).
+const MAX_ENVIRON: u64 = 8 << 20;
+
+/// Who CMD runs as, when the daemon started ns-init for an unprivileged
+/// keeper: the keeper's credentials and environment (its cwd is at
+/// [`FD_CWD`]).
+#[derive(Debug, Clone)]
+pub struct User {
+    pub creds: Creds,
+    pub env: Vec<(OsString, OsString)>,
+}
+
+/// `/proc/PID/environ`'s shape: `K=V` entries, each ended by a NUL. An
+/// entry without `=` is dropped, as a shell would.
+pub fn parse_environ(bytes: &[u8]) -> Vec<(OsString, OsString)> {
+    use std::os::unix::ffi::OsStrExt;
+    bytes
+        .split(|&b| b == 0)
+        .filter_map(|kv| {
+            let i = kv.iter().position(|&b| b == b'=')?;
+            (i > 0).then(|| {
+                (
+                    OsStr::from_bytes(&kv[..i]).to_owned(),
+                    OsStr::from_bytes(&kv[i + 1..]).to_owned(),
+                )
+            })
+        })
+        .collect()
+}
+
+/// All of `f` from its start, refused past [`MAX_ENVIRON`].
+fn read_capped(mut f: fs::File, what: &'static str) -> Result<Vec<u8>, KeeperError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let err = |error: io::Error| KeeperError::Io {
+        op: "read",
+        path: PathBuf::from(what),
+        error,
+    };
+    f.seek(SeekFrom::Start(0)).map_err(err)?;
+    let mut buf = Vec::new();
+    f.take(MAX_ENVIRON + 1).read_to_end(&mut buf).map_err(err)?;
+    if buf.len() as u64 > MAX_ENVIRON {
+        return Err(err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("over {MAX_ENVIRON} bytes"),
+        )));
+    }
+    Ok(buf)
+}
+
 /// What the daemon needs to start an unprivileged keeper's worker as the
 /// keeper would have: its credentials, working directory and environment.
-#[derive(Debug, Clone)]
+/// Root only holds them: the directory as an fd it never enters, the
+/// environment as bytes it never exports.
+#[derive(Debug)]
 pub struct WorkerSpec {
     pub creds: Creds,
-    pub cwd: PathBuf,
-    pub env: Vec<(OsString, OsString)>,
+    /// The keeper's cwd, the directory itself (`O_PATH`, through the
+    /// `/proc/PID/cwd` link): never its path, which may have been deleted
+    /// and replaced by a link to someone else's directory.
+    pub cwd: OwnedFd,
+    /// `/proc/PID/environ`, as it is.
+    pub environ: Vec<u8>,
     pub cmd: Vec<OsString>,
 }
 
 impl WorkerSpec {
-    /// The keeper's own credentials, cwd and environment, from procfs.
-    pub fn of_keeper(pid: u32, cmd: Vec<OsString>) -> Result<WorkerSpec, KeeperError> {
-        use std::os::unix::ffi::OsStrExt;
+    /// The keeper's own credentials, cwd and environment, from procfs, for
+    /// a keeper of user `owner_uid`: a keeper whose real, effective, saved
+    /// and filesystem uids are not all that user is refused.
+    pub fn of_keeper(
+        keeper: Keeper,
+        owner_uid: u32,
+        cmd: Vec<OsString>,
+    ) -> Result<WorkerSpec, KeeperError> {
+        let pid = keeper.pid;
         let io = |op: &'static str, path: String| {
             move |error| KeeperError::Io {
                 op,
@@ -378,6 +521,9 @@ impl WorkerSpec {
                 error,
             }
         };
+        let pidfd = keeper
+            .pidfd()
+            .map_err(io("pidfd_open", format!("/proc/{pid}")))?;
         let status_path = format!("/proc/{pid}/status");
         let status = fs::read_to_string(&status_path).map_err(io("read", status_path.clone()))?;
         let field = |name: &str| -> Vec<u32> {
@@ -391,31 +537,32 @@ impl WorkerSpec {
                 })
                 .unwrap_or_default()
         };
-        // Uid:/Gid: list real, effective, saved, fs: the real one counts.
-        let (uid, gid) = match (field("Uid:").first(), field("Gid:").first()) {
-            (Some(&u), Some(&g)) => (u, g),
+        let (uids, gids) = (field("Uid:"), field("Gid:"));
+        let single =
+            |ids: &[u32]| (ids.len() == 4 && ids.iter().all(|&i| i == ids[0])).then(|| ids[0]);
+        let (uid, gid) = match (single(&uids), single(&gids)) {
+            (Some(u), Some(g)) if u == owner_uid => (u, g),
             _ => {
                 return Err(KeeperError::Io {
-                    op: "parse",
+                    op: "check",
                     path: PathBuf::from(status_path),
-                    error: io::Error::new(io::ErrorKind::InvalidData, "no Uid/Gid"),
+                    error: io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("uids {uids:?} gids {gids:?}: not all of user {owner_uid}"),
+                    ),
                 })
             }
         };
         let cwd_path = format!("/proc/{pid}/cwd");
-        let cwd = fs::read_link(&cwd_path).map_err(io("readlink", cwd_path))?;
+        let cwd = open_path_dir(&cwd_path).map_err(io("open", cwd_path))?;
         let env_path = format!("/proc/{pid}/environ");
-        let environ = fs::read(&env_path).map_err(io("read", env_path))?;
-        let env = environ
-            .split(|&b| b == 0)
-            .filter_map(|kv| {
-                let i = kv.iter().position(|&b| b == b'=')?;
-                Some((
-                    OsStr::from_bytes(&kv[..i]).to_owned(),
-                    OsStr::from_bytes(&kv[i + 1..]).to_owned(),
-                ))
-            })
-            .collect();
+        let environ = read_capped(
+            fs::File::open(&env_path).map_err(io("open", env_path.clone()))?,
+            "/proc/PID/environ",
+        )?;
+        // What was read came from the keeper itself if it is alive now:
+        // a pid is not reused before its process is reaped.
+        crate::proc::pidfd_send_signal(&pidfd, 0).map_err(io("pidfd_send_signal", env_path))?;
         Ok(WorkerSpec {
             creds: Creds {
                 uid,
@@ -423,27 +570,96 @@ impl WorkerSpec {
                 groups: field("Groups:"),
             },
             cwd,
-            env,
+            environ,
             cmd,
         })
     }
 }
 
-/// Starts the worker of keeper `keeper_pid` (running with
-/// [`Start::External`]) as the daemon must for an unprivileged host: runs
-/// `gov keeper --init` with the keeper's pipe ends at [`WORKER_FDS`], in a
-/// new pid namespace, and waits (up to `timeout`) for it to hand ns-init
-/// off. ns-init then joins `worker_cgroup` and starts CMD as `spec.creds`;
-/// the keeper sees the cgroup populated.
+/// An `O_PATH` descriptor of a directory (following a `/proc` magic link
+/// to the directory it stands for).
+fn open_path_dir(path: &str) -> io::Result<OwnedFd> {
+    let c = std::ffi::CString::new(path).map_err(io::Error::other)?;
+    // SAFETY: open(2) on a NUL-terminated path; returns a new fd or -1.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd the kernel just gave us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A sealed-off copy of `data` in memory, readable from its start through
+/// the descriptor (a memfd: no file a user could swap, no pipe to fill).
+fn memfd_with(data: &[u8]) -> Result<OwnedFd, KeeperError> {
+    // SAFETY: memfd_create with a static name; returns a new fd or -1.
+    let fd = unsafe { libc::memfd_create(c"gov-keeper-environ".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(KeeperError::Sys {
+            op: "memfd_create",
+            error: Errno::last(),
+        });
+    }
+    // SAFETY: a fresh fd the kernel just gave us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut f = fs::File::from(fd);
+    std::io::Write::write_all(&mut f, data).map_err(|error| KeeperError::Io {
+        op: "write",
+        path: PathBuf::from("memfd"),
+        error,
+    })?;
+    Ok(f.into())
+}
+
+/// The environment of the root part of a worker's start, whoever asked.
+const ROOT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// close_range(2)'s flag: mark the range close-on-exec rather than close
+/// it now (the std's exec-error pipe must stay open until the exec).
+const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+
+/// Marks every descriptor from `first` up close-on-exec.
+///
+/// # Safety
+/// Async-signal-safe: callable between fork and exec.
+unsafe fn cloexec_from(first: u32, last: u32) -> io::Result<()> {
+    if libc::syscall(libc::SYS_close_range, first, last, CLOSE_RANGE_CLOEXEC) != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Starts the worker of `keeper` (running with [`Start::External`]) as
+/// the daemon must for an unprivileged host: runs `gov keeper --init` as
+/// root with a fixed environment and `/` as its cwd, the keeper's pipe
+/// ends at [`WORKER_FDS`] and its environment and cwd at [`FD_ENVIRON`] and
+/// [`FD_CWD`], nothing else open, in a new pid namespace; and waits (up to
+/// `timeout`) for it to hand ns-init off. ns-init then joins
+/// `worker_cgroup` and starts CMD as `spec.creds`; the keeper sees the
+/// cgroup populated.
 pub fn start_worker(
     gov: &Path,
-    keeper_pid: u32,
+    keeper: Keeper,
     worker_cgroup: &Path,
     spec: &WorkerSpec,
     timeout: std::time::Duration,
 ) -> Result<(), KeeperError> {
-    let fds = inherit_fds(keeper_pid)?;
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.fd.as_raw_fd()).collect();
+    let fds = inherit_fds(keeper)?;
+    let environ = memfd_with(&spec.environ)?;
+    let mut raw: Vec<RawFd> = fds.iter().map(|f| f.fd.as_raw_fd()).collect();
+    raw.extend([environ.as_raw_fd(), spec.cwd.as_raw_fd()]);
+    let targets: Vec<RawFd> = WORKER_FDS
+        .iter()
+        .copied()
+        .chain([FD_ENVIRON, FD_CWD])
+        .collect();
+    debug_assert!(targets.windows(2).all(|w| w[1] == w[0] + 1));
+    let (lowest, highest) = (targets[0] as u32, targets[targets.len() - 1] as u32);
     let groups: Vec<String> = spec.creds.groups.iter().map(u32::to_string).collect();
     let mut c = std::process::Command::new(gov);
     c.arg("keeper")
@@ -462,29 +678,36 @@ pub fn start_worker(
         )
         .arg("--")
         .args(&spec.cmd)
-        .current_dir(&spec.cwd)
+        // Root's own: the dynamic loader of a root process honours
+        // LD_PRELOAD, LD_AUDIT, GCONV_PATH... (no setuid bit, so no
+        // secure-execution mode), and a user's cwd is theirs to swap.
+        .current_dir("/")
         .env_clear()
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env("PATH", ROOT_PATH)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit());
-    // SAFETY: between fork and exec only fcntl, dup2 and unshare, all
-    // async-signal-safe, on numbers prepared before the fork.
+    // SAFETY: between fork and exec only fcntl, dup2, close_range and
+    // unshare, all async-signal-safe, on numbers prepared before the fork.
     unsafe {
         c.pre_exec(move || {
-            // Out of the way first, so a source at 10-14 is not clobbered.
-            let mut high = [0; 5];
+            // Out of the way first, so a source at 10-16 is not clobbered;
+            // close-on-exec, so these copies end at the exec.
+            let mut high = [0; 7];
             for (h, &fd) in high.iter_mut().zip(&raw) {
-                *h = libc::fcntl(fd, libc::F_DUPFD, 64);
+                *h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64);
                 if *h < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }
-            for (&h, &at) in high.iter().zip(&WORKER_FDS) {
+            for (&h, &at) in high.iter().zip(&targets) {
                 if libc::dup2(h, at) < 0 {
                     return Err(io::Error::last_os_error());
                 }
             }
+            // Nothing else of the daemon's reaches the worker.
+            cloexec_from(3, lowest - 1)?;
+            cloexec_from(highest + 1, u32::MAX)?;
             if libc::unshare(libc::CLONE_NEWPID) != 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -496,7 +719,7 @@ pub fn start_worker(
         path: gov.to_path_buf(),
         error: e,
     })?;
-    drop(fds);
+    drop((fds, environ));
     let pidfd = crate::proc::pidfd_open(child.id()).map_err(|e| KeeperError::Io {
         op: "pidfd_open",
         path: gov.to_path_buf(),
@@ -575,10 +798,11 @@ struct Relay {
 
 /// Runs as pid 1 of the worker's pid namespace, with the worker's pipe ends
 /// at [`WORKER_FDS`] and `mask` blocked: joins the worker cgroup (its
-/// `cgroup.procs` is `procs`), starts CMD, forwards signals from the
-/// signal pipe, reaps, reports CMD's end on the status pipe. Returns the
-/// code to _exit with.
-pub fn worker_init(procs: &Path, cmd: &[OsString], mask: SigSet, creds: Option<&Creds>) -> i32 {
+/// `cgroup.procs` is `procs`), starts CMD (as `user`, in the cwd at
+/// [`FD_CWD`], when the daemon started us for an unprivileged keeper),
+/// forwards signals from the signal pipe, reaps, reports CMD's end on the
+/// status pipe. Returns the code to _exit with.
+pub fn worker_init(procs: &Path, cmd: &[OsString], mask: SigSet, user: Option<&User>) -> i32 {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         eprintln!("gov keeper: {what}: {e}");
         report(Ended::Exit(126));
@@ -616,7 +840,14 @@ pub fn worker_init(procs: &Path, cmd: &[OsString], mask: SigSet, creds: Option<&
         Ok(s) => s,
         Err(e) => return fail("signalfd", &e),
     };
-    let child = match start_cmd(cmd, creds) {
+    let started = start_cmd(cmd, user);
+    if user.is_some() {
+        // CMD has entered it (or failed to): ns-init holds nothing of the
+        // user's beyond its pipes.
+        // SAFETY: closing our own descriptor.
+        unsafe { libc::close(FD_CWD) };
+    }
+    let child = match started {
         Ok(pid) => pid,
         Err(e) => {
             let code = if e.kind() == io::ErrorKind::NotFound {
@@ -695,19 +926,24 @@ fn report(ended: Ended) {
     unsafe { libc::write(FD_STATUS, line.as_ptr().cast(), line.len()) };
 }
 
-/// Starts CMD as ns-init's child; as `creds` when the daemon started
+/// Starts CMD as ns-init's child; as `user` when the daemon started
 /// ns-init for an unprivileged keeper. ns-init itself stays root: CRIU's
 /// parasite in the namespace's init mounts a procfs of the namespace's own
 /// (this /proc belongs to the host's), which an unprivileged init cannot.
-fn start_cmd(cmd: &[OsString], creds: Option<&Creds>) -> io::Result<Pid> {
+/// The user's cwd and environment apply only in the child, after it gave
+/// up root: the cwd by fchdir once it is the user (so the kernel checks
+/// the user's right to enter it), the environment at the exec itself (the
+/// std sets `environ` just before execvp, after this pre_exec).
+fn start_cmd(cmd: &[OsString], user: Option<&User>) -> io::Result<Pid> {
     let mut c = std::process::Command::new(&cmd[0]);
     c.args(&cmd[1..]);
-    let creds = creds.map(|c| {
-        let groups: Vec<libc::gid_t> = c.groups.clone();
-        (c.uid, c.gid, groups)
-    });
+    if let Some(u) = user {
+        c.env_clear().envs(u.env.iter().map(|(k, v)| (k, v)));
+    }
+    let creds = user.map(|u| (u.creds.uid, u.creds.gid, u.creds.groups.clone()));
     // SAFETY: between fork and exec: only sigprocmask, signal, setgroups,
-    // setgid and setuid, all async-signal-safe, on data made before.
+    // setgid, setuid, fchdir and close_range, all async-signal-safe, on
+    // data made before.
     unsafe {
         c.pre_exec(move || {
             // Blocked signals and ignored dispositions survive exec: give
@@ -719,11 +955,13 @@ fn start_cmd(cmd: &[OsString], creds: Option<&Creds>) -> io::Result<Pid> {
                 if libc::setgroups(groups.len(), groups.as_ptr()) != 0
                     || libc::setgid(*gid) != 0
                     || libc::setuid(*uid) != 0
+                    || libc::fchdir(FD_CWD) != 0
                 {
                     return Err(io::Error::last_os_error());
                 }
             }
-            Ok(())
+            // CMD gets 0, 1 and 2, and nothing else of ours.
+            cloexec_from(3, u32::MAX)
         });
     }
     let child = c.spawn()?;

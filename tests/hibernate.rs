@@ -276,7 +276,7 @@ fn a_hibernated_worker_keeps_its_host_pid_pipe_and_state() {
     let dumped = loop {
         gate.gate.freeze(Duration::from_secs(5)).unwrap();
         let before = mem_available_kb();
-        let dumped = hibernate::hibernate(&criu, &gate.gate, keeper, &dir, &Default::default())
+        let dumped = hibernate::hibernate(&criu, &gate.gate, k(keeper), &dir, &Default::default())
             .unwrap_or_else(|e| panic!("hibernate: {e}"));
         let deadline = Instant::now() + Duration::from_secs(3);
         let mut rise = 0;
@@ -296,7 +296,7 @@ fn a_hibernated_worker_keeps_its_host_pid_pipe_and_state() {
             break dumped;
         }
         // Not a clean window: restore and measure again.
-        hibernate::wake(&criu, &gate.gate, keeper, &dir, &Default::default())
+        hibernate::wake(&criu, &gate.gate, k(keeper), &dir, &Default::default())
             .unwrap_or_else(|e| panic!("wake: {e}"));
         assert_eq!(ask_counter(&sock), next);
         assert_eq!(host.line(Duration::from_secs(10)), format!("count {next}"));
@@ -332,7 +332,7 @@ fn a_hibernated_worker_keeps_its_host_pid_pipe_and_state() {
     host.assert_running("hibernated");
     assert!(gov::proc::is_alive(keeper));
 
-    let restored = hibernate::wake(&criu, &gate.gate, keeper, &dir, &Default::default())
+    let restored = hibernate::wake(&criu, &gate.gate, k(keeper), &dir, &Default::default())
         .unwrap_or_else(|e| panic!("wake: {e}"));
     eprintln!("hibernate: restore {:?}", restored.elapsed);
     assert_eq!(criu::image_state(&dir), ImageState::None);
@@ -346,10 +346,10 @@ fn a_hibernated_worker_keeps_its_host_pid_pipe_and_state() {
 
     // A second cycle works the same (the keeper holds again).
     gate.gate.freeze(Duration::from_secs(5)).unwrap();
-    hibernate::hibernate(&criu, &gate.gate, keeper, &dir, &Default::default())
+    hibernate::hibernate(&criu, &gate.gate, k(keeper), &dir, &Default::default())
         .unwrap_or_else(|e| panic!("second hibernate: {e}"));
     host.assert_running("hibernated again");
-    hibernate::wake(&criu, &gate.gate, keeper, &dir, &Default::default())
+    hibernate::wake(&criu, &gate.gate, k(keeper), &dir, &Default::default())
         .unwrap_or_else(|e| panic!("second wake: {e}"));
     assert_eq!(ask_counter(&sock), next + 1);
     assert_eq!(
@@ -401,7 +401,7 @@ fn a_refused_dump_leaves_the_worker_frozen_and_intact() {
 
     gate.gate.freeze(Duration::from_secs(5)).unwrap();
     let dir = gate.images();
-    let err = hibernate::hibernate(&criu, &gate.gate, keeper, &dir, &Default::default())
+    let err = hibernate::hibernate(&criu, &gate.gate, k(keeper), &dir, &Default::default())
         .expect_err("a tree holding an io_uring cannot be dumped");
     eprintln!("refused as expected: {err}");
     assert!(
@@ -484,11 +484,12 @@ fn measure_dump_and_restore() {
         let (mut dumps, mut restores, mut bytes) = (Vec::new(), Vec::new(), 0);
         for n in 1..=reps {
             gate.gate.freeze(Duration::from_secs(5)).unwrap();
-            let d =
-                hibernate::hibernate(&criu, &gate.gate, keeper, &dir, &Default::default()).unwrap();
+            let d = hibernate::hibernate(&criu, &gate.gate, k(keeper), &dir, &Default::default())
+                .unwrap();
             // Touch latency as a host sees it: wake, then the first answer.
             let t = Instant::now();
-            let r = hibernate::wake(&criu, &gate.gate, keeper, &dir, &Default::default()).unwrap();
+            let r =
+                hibernate::wake(&criu, &gate.gate, k(keeper), &dir, &Default::default()).unwrap();
             assert_eq!(ask_counter(&sock), n);
             let touched = t.elapsed();
             assert_eq!(host.line(Duration::from_secs(10)), format!("count {n}"));
@@ -565,7 +566,7 @@ fn a_dump_cut_short_before_its_rename_is_recovered() {
     assert_eq!(host.line(Duration::from_secs(10)), "count 1");
     gate.gate.freeze(Duration::from_secs(5)).unwrap();
     let dir = gate.images();
-    hibernate::hibernate(&criu, &gate.gate, keeper, &dir, &Default::default()).unwrap();
+    hibernate::hibernate(&criu, &gate.gate, k(keeper), &dir, &Default::default()).unwrap();
     // As if the daemon died after criu finished and before the rename:
     // the image is still `<dir>.partial`, the tag still `dumping`.
     let mut partial = dir.clone().into_os_string();
@@ -588,7 +589,7 @@ fn a_dump_cut_short_before_its_rename_is_recovered() {
     criu::promote_partial(&dir).unwrap();
     assert_eq!(criu::image_state(&dir), ImageState::Complete);
     host.assert_running("during recovery");
-    hibernate::wake(&criu, &gate.gate, keeper, &dir, &Default::default()).unwrap();
+    hibernate::wake(&criu, &gate.gate, k(keeper), &dir, &Default::default()).unwrap();
     assert_eq!(ask_counter(&sock), 2);
     assert_eq!(host.line(Duration::from_secs(10)), "count 2");
 }
@@ -622,10 +623,10 @@ fn an_established_tcp_connection_survives_hibernation() {
     gate.gate.freeze(Duration::from_secs(5)).unwrap();
     let dir = gate.images();
     let opts = hibernate::Options::default();
-    hibernate::hibernate(&criu, &gate.gate, keeper, &dir, &opts)
+    hibernate::hibernate(&criu, &gate.gate, k(keeper), &dir, &opts)
         .unwrap_or_else(|e| panic!("hibernate ({:?} lock): {e}", opts.network_lock));
     assert!(!gate.w.read_cgroup_events().unwrap().populated);
-    hibernate::wake(&criu, &gate.gate, keeper, &dir, &opts).unwrap();
+    hibernate::wake(&criu, &gate.gate, k(keeper), &dir, &opts).unwrap();
     // The same connection, its state intact on both sides.
     assert_eq!(ask("b"), "2 b");
     host.assert_running("restored");
@@ -740,11 +741,11 @@ fn a_jupyter_kernel_keeps_its_variables_through_hibernation() {
 
     gate.gate.freeze(Duration::from_secs(5)).unwrap();
     let dir = gate.images();
-    let d = hibernate::hibernate(&criu, &gate.gate, keeper, &dir, &Default::default())
+    let d = hibernate::hibernate(&criu, &gate.gate, k(keeper), &dir, &Default::default())
         .unwrap_or_else(|e| panic!("hibernate: {e}"));
     assert!(!gate.w.read_cgroup_events().unwrap().populated);
     host.assert_running("kernel hibernated");
-    let r = hibernate::wake(&criu, &gate.gate, keeper, &dir, &Default::default())
+    let r = hibernate::wake(&criu, &gate.gate, k(keeper), &dir, &Default::default())
         .unwrap_or_else(|e| panic!("wake: {e}"));
     eprintln!(
         "{test}: dump {:?}, image {} B, restore {:?}",
@@ -785,8 +786,8 @@ fn hibernate_step_child() {
     let dir = PathBuf::from(var("GOV_HIB_DIR"));
     let opts = hibernate::Options::default();
     match step.as_str() {
-        "dump" => drop(hibernate::hibernate(&criu, &gate, keeper, &dir, &opts).unwrap()),
-        "restore" => drop(hibernate::wake(&criu, &gate, keeper, &dir, &opts).unwrap()),
+        "dump" => drop(hibernate::hibernate(&criu, &gate, k(keeper), &dir, &opts).unwrap()),
+        "restore" => drop(hibernate::wake(&criu, &gate, k(keeper), &dir, &opts).unwrap()),
         other => panic!("step {other}?"),
     }
 }
@@ -867,10 +868,10 @@ fn a_daemon_killed_during_a_dump_and_a_restore_is_recovered() {
     kill_mid_step(step_child("dump", &criu, &gate, keeper, &dir), &dir);
     let phase = Phase::read(&gate.gate).unwrap().unwrap();
     assert_eq!(phase, Phase::Dumping);
-    let seen = hibernate::observe(&gate.gate, keeper, &dir).unwrap();
+    let seen = hibernate::observe(&gate.gate, k(keeper), &dir).unwrap();
     let r = hibernate::recover(&phase, seen);
     assert_eq!(r, hibernate::Recovery::PromoteImage, "{seen:?}");
-    hibernate::apply(r, &gate.gate, keeper, &dir).unwrap();
+    hibernate::apply(r, &gate.gate, k(keeper), &dir).unwrap();
     assert_eq!(criu::image_state(&dir), ImageState::Complete);
     assert!(matches!(
         Phase::read(&gate.gate).unwrap(),
@@ -882,10 +883,10 @@ fn a_daemon_killed_during_a_dump_and_a_restore_is_recovered() {
     kill_mid_step(step_child("restore", &criu, &gate, keeper, &dir), &dir);
     let phase = Phase::read(&gate.gate).unwrap().unwrap();
     assert_eq!(phase, Phase::Restoring);
-    let seen = hibernate::observe(&gate.gate, keeper, &dir).unwrap();
+    let seen = hibernate::observe(&gate.gate, k(keeper), &dir).unwrap();
     let r = hibernate::recover(&phase, seen);
     assert_eq!(r, hibernate::Recovery::RestoreDone, "{seen:?}");
-    hibernate::apply(r, &gate.gate, keeper, &dir).unwrap();
+    hibernate::apply(r, &gate.gate, k(keeper), &dir).unwrap();
     assert_eq!(criu::image_state(&dir), ImageState::None);
     assert_eq!(Phase::read(&gate.gate).unwrap(), None);
     assert_eq!(ask_counter(&sock), 2);
@@ -929,7 +930,7 @@ fn a_dump_over_the_disk_budget_is_refused_before_it_starts() {
         max_image_bytes: Some(estimate / 2),
         ..Default::default()
     };
-    let err = hibernate::hibernate(&criu, &gate.gate, keeper, &dir, &opts).unwrap_err();
+    let err = hibernate::hibernate(&criu, &gate.gate, k(keeper), &dir, &opts).unwrap_err();
     assert!(
         matches!(err, hibernate::HibernateError::OverBudget { .. }),
         "{err}"
@@ -945,4 +946,9 @@ fn a_dump_over_the_disk_budget_is_refused_before_it_starts() {
     assert_eq!(ask_counter(&sock), 1);
     assert_eq!(host.line(Duration::from_secs(10)), "count 1");
     host.assert_running("after a refused dump");
+}
+
+/// The keeper with pid `pid`, as the daemon names it (pid and start time).
+fn k(pid: u32) -> gov::keeper::Keeper {
+    gov::keeper::Keeper::now(pid).expect("the keeper runs")
 }

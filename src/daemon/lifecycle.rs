@@ -106,6 +106,16 @@ impl Gate {
         }
     }
 
+    /// The gate's keeper (its main process, as tagged at spawn). A gate
+    /// with no main pid or start time gets one that matches no process, so
+    /// every step on it fails instead of signalling whoever has pid 0.
+    pub fn keeper(&self) -> crate::keeper::Keeper {
+        crate::keeper::Keeper {
+            pid: self.tags.main_pid.unwrap_or(0),
+            start: self.tags.main_start.unwrap_or(u64::MAX),
+        }
+    }
+
     pub fn id(&self) -> &str {
         &self.dir.id
     }
@@ -987,7 +997,8 @@ impl Action {
     }
 
     async fn start_worker(&self, cmd: Vec<std::ffi::OsString>) -> Result<(), Failure> {
-        let (cg, keeper) = self.with(|g| (g.dir.cgroup.clone(), g.tags.main_pid.unwrap_or(0)));
+        let (cg, keeper, owner) =
+            self.with(|g| (g.dir.cgroup.clone(), g.keeper(), g.tags.owner_uid));
         let w = cg.child(crate::keeper::WORKER_CGROUP);
         if w.read_cgroup_events().map_err(Failure::internal)?.populated {
             return Err(Failure::new(
@@ -997,7 +1008,7 @@ impl Action {
         }
         let gov = std::env::current_exe().map_err(Failure::internal)?;
         blocking_any(move || {
-            let spec = crate::keeper::WorkerSpec::of_keeper(keeper, cmd)?;
+            let spec = crate::keeper::WorkerSpec::of_keeper(keeper, owner, cmd)?;
             crate::keeper::start_worker(&gov, keeper, w.path(), &spec, Duration::from_secs(10))?;
             // Started: from now on an empty worker cgroup is a real exit.
             crate::keeper::release(keeper).map_err(|e| e.to_string())?;
@@ -1040,8 +1051,7 @@ impl Action {
         let Some(criu) = self.d.criu.clone() else {
             return;
         };
-        let (cg, keeper) = self.with(|g| (g.dir.cgroup.clone(), g.tags.main_pid));
-        let Some(keeper) = keeper else { return };
+        let (cg, keeper) = self.with(|g| (g.dir.cgroup.clone(), g.keeper()));
         let dir = self.image_dir();
         if let Err(e) = images_dir(dir.parent().unwrap_or(&dir)) {
             self.refuse(format!("{}: {e}", dir.display()));
@@ -1100,7 +1110,7 @@ impl Action {
                 "the gate is hibernated but this daemon found no criu to restore it",
             ));
         };
-        let (cg, keeper) = self.with(|g| (g.dir.cgroup.clone(), g.tags.main_pid.unwrap_or(0)));
+        let (cg, keeper) = self.with(|g| (g.dir.cgroup.clone(), g.keeper()));
         let (dir, opts) = (self.image_dir(), self.hibernate_options());
         let c = cg.clone();
         let r = blocking_any(move || crate::hibernate::wake(&criu, &c, keeper, &dir, &opts)).await;
@@ -1126,13 +1136,7 @@ impl Action {
     /// A daemon died during this gate's dump or restore: finish or undo it.
     async fn recover(&mut self) {
         use crate::hibernate::{self as h, Recovery};
-        let (cg, keeper, tags) = self.with(|g| {
-            (
-                g.dir.cgroup.clone(),
-                g.tags.main_pid.unwrap_or(0),
-                g.tags.clone(),
-            )
-        });
+        let (cg, keeper, tags) = self.with(|g| (g.dir.cgroup.clone(), g.keeper(), g.tags.clone()));
         let Some(phase) = tags.hibernation() else {
             self.with(|g| g.recovering = false);
             return;

@@ -369,8 +369,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             no_owner,
             on_main_exit,
         } => {
-            let cwd = std::env::current_dir().context("reading the current directory")?;
-            let project = names::normalize_project(&project, &cwd)?;
+            let project = project_arg(&project)?;
             if let Some(s) = &session {
                 names::check_session(s)?;
             }
@@ -419,13 +418,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             watch,
         } => {
             let tty = std::io::stdout().is_terminal();
-            let project = match project {
-                Some(p) => {
-                    let cwd = std::env::current_dir().context("reading the current directory")?;
-                    Some(names::normalize_project(&p, &cwd)?)
-                }
-                None => None,
-            };
+            let project = project.as_deref().map(project_arg).transpose()?;
             loop {
                 let mut gates = Backend::connect()?.list()?;
                 gates.retain(|g| {
@@ -865,6 +858,18 @@ fn status_cmd(pid_only: bool, wait: Option<f64>) -> Result<i32> {
 }
 
 /// Root's view of gov's tree without a daemon: policy file for the root
+/// A --project as the daemon takes it: a relative path resolved against
+/// our cwd, which is read only then (so a spawn from a deleted directory
+/// works, as the exec it stands for would).
+fn project_arg(project: &str) -> Result<String> {
+    let cwd = if names::is_relative_project(project) {
+        std::env::current_dir().context("reading the current directory")?
+    } else {
+        PathBuf::from("/")
+    };
+    Ok(names::normalize_project(project, &cwd)?)
+}
+
 /// setting (GOV_CGROUP_ROOT overrides), embedded defaults when absent.
 fn direct_tree() -> Result<Tree> {
     let (policy, _) = policy::Policy::load_or_embedded(std::path::Path::new(policy::DEFAULT_PATH))?;
@@ -883,8 +888,7 @@ fn spawn_cmd(
     hibernate: bool,
     cmd: Vec<OsString>,
 ) -> Result<i32> {
-    let cwd = std::env::current_dir().context("reading the current directory")?;
-    let project = names::normalize_project(&project, &cwd)?;
+    let project = project_arg(&project)?;
     // Without --session the daemon takes it from our environment (policy
     // session_env: what the agent passed on), or makes one.
     if let Some(s) = &session {

@@ -54,11 +54,7 @@ fn check_text(what: &'static str, s: &str, max: usize) -> Result<(), NameError> 
 /// else. Any other string is kept as given: a project may be a plain name.
 pub fn normalize_project(project: &str, cwd: &Path) -> Result<String, NameError> {
     check_text("project", project, MAX_PROJECT_LEN)?;
-    let is_relative_path = project == "."
-        || project == ".."
-        || project.starts_with("./")
-        || project.starts_with("../");
-    if !is_relative_path {
+    if !is_relative_project(project) {
         return Ok(project.to_string());
     }
     let mut out = PathBuf::new();
@@ -74,6 +70,12 @@ pub fn normalize_project(project: &str, cwd: &Path) -> Result<String, NameError>
     let s = out.to_string_lossy().into_owned();
     check_text("project", &s, MAX_PROJECT_LEN)?;
     Ok(s)
+}
+
+/// Does this project name a path relative to the cwd (`.`, `..`, `./x`,
+/// `../x`)? Only those need [`normalize_project`]'s `cwd`.
+pub fn is_relative_project(project: &str) -> bool {
+    project == "." || project == ".." || project.starts_with("./") || project.starts_with("../")
 }
 
 /// A session id as hosts hand them out (UUIDs, hex, "name:3").

@@ -475,3 +475,26 @@ fn a_hostile_worker_gains_nothing_from_the_root_ns_init() {
     host.stdin.take().unwrap().write_all(b"done\n").unwrap();
     assert_eq!(host.reap(Duration::from_secs(10)), Some(0));
 }
+
+/// A socket in a directory another user may write could be replaced by
+/// theirs (a daemon of their own in front of every client), or swapped for
+/// a link between bind and a chmod by path: the daemon refuses to start.
+#[test]
+fn a_socket_directory_others_can_write_is_refused() {
+    let root = TestRoot::new();
+    let open = dir(&root, "open", 0o777, None);
+    let config = root.dir.path().join("open.toml");
+    common::write_policy(&config, &open.join("gov.sock"), "");
+    let out = Command::new(common::gov_bin())
+        .args(["daemon", "--config"])
+        .arg(&config)
+        .env("GOV_CGROUP_ROOT", &root.path)
+        .env_remove("GOV_SOCKET")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = common::text(&out.stderr);
+    assert!(!out.status.success(), "the daemon started: {err}");
+    assert!(err.contains("is not root's alone"), "{err}");
+    assert!(!open.join("gov.sock").exists());
+}

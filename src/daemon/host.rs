@@ -3,7 +3,7 @@
 //! and the socket.
 
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -176,26 +176,64 @@ fn controllers_needed(policy: &Policy) -> Vec<&'static str> {
 
 /// The socket, owned by root with the policy's mode and group. A stale file
 /// from a killed daemon is replaced (check_socket_free ran first).
+///
+/// The mode is given at bind (through the umask), never by a chmod of the
+/// path afterwards, and the group by lchown: a chmod or chown by path
+/// follows a link that someone swapped in between. The directory and every
+/// one above it must be root's and writable by nobody else (or sticky, as
+/// /tmp is, where only root may replace root's entries): whoever could write
+/// there could put a socket of their own in front of every client.
 pub fn bind_socket(policy: &Policy) -> Result<UnixListener> {
     let path = &policy.global.socket;
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+                .with_context(|| format!("creating {}", dir.display()))?;
+        }
+        check_root_only(dir)?;
     }
     let _ = std::fs::remove_file(path);
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(
-        path,
-        std::fs::Permissions::from_mode(policy.global.socket_mode),
-    )
-    .with_context(|| format!("chmod {}", path.display()))?;
+    let mode = policy.global.socket_mode & 0o777;
+    let umask = nix::sys::stat::Mode::from_bits_truncate(!mode & 0o777);
+    let before = nix::sys::stat::umask(umask);
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(before);
+    let listener = bound.with_context(|| format!("binding {}", path.display()))?;
     if let Some(group) = &policy.global.socket_group {
         let gid = resolve_group(Some(group))
             .with_context(|| format!("socket_group {group:?} does not exist"))?;
-        nix::unistd::chown(path, None, Some(gid.into()))
+        std::os::unix::fs::lchown(path, None, Some(gid))
             .with_context(|| format!("chown {}", path.display()))?;
     }
     Ok(listener)
+}
+
+/// Refuses a socket directory that anyone but root could change: it and
+/// each directory above it must be root's, and not writable by group or
+/// others unless sticky.
+fn check_root_only(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    for d in dir.ancestors() {
+        let m = std::fs::metadata(d).with_context(|| format!("stat {}", d.display()))?;
+        let others_write = m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0;
+        if m.uid() != 0 || others_write {
+            bail!(
+                "the socket's directory {} is not root's alone ({} owns {}, mode {:o}): \
+                 another user could replace the socket; choose a directory only root can write",
+                dir.display(),
+                crate::proc::user_name(m.uid()),
+                d.display(),
+                m.mode() & 0o7777
+            );
+        }
+    }
+    Ok(())
 }
 
 /// CRIU for hibernation: the policy's criu_path (a bare name: PATH), at

@@ -7,7 +7,7 @@
 //! because a freeze loses nothing; orphans past their grace, deadlines and
 //! evictions go straight to stopping, since they need the memory now.
 
-use crate::policy::GateSettings;
+use crate::policy::{GateSettings, OnLimit};
 pub use crate::protocol::{GateState, Next, NextAction, Reason, Spared};
 
 /// Where a gate is in its life. This is the truth the daemon's per-gate
@@ -276,11 +276,13 @@ fn keep_spared(s: Spared) -> Decision {
     }
 }
 
-/// A gate that an eviction (a project's gate cap, the memory budget) could
-/// take: neither busy, traced, pinned, nor already being torn down.
+/// A gate that an eviction (a project's gate cap, the memory budget) weighs:
+/// whose it is, and whether it may be taken (`evictable`: neither busy,
+/// traced, pinned, nor already being torn down).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     pub id: String,
+    pub uid: u32,
     pub last_active_ms: u64,
     pub memory_bytes: u64,
     pub evictable: bool,
@@ -289,11 +291,9 @@ pub struct Candidate {
 /// The least recently active evictable gates whose memory together covers
 /// `need_bytes` (at least one gate when `need_bytes` is 0, for a gate cap).
 pub fn pick_victims(candidates: &[Candidate], need_bytes: u64) -> Vec<String> {
-    let mut pool: Vec<&Candidate> = candidates.iter().filter(|c| c.evictable).collect();
-    pool.sort_by_key(|c| (c.last_active_ms, c.id.clone()));
     let mut freed = 0u64;
     let mut out = Vec::new();
-    for c in pool {
+    for c in evictable_idlest_first(candidates) {
         if !out.is_empty() && freed >= need_bytes {
             break;
         }
@@ -301,6 +301,54 @@ pub fn pick_victims(candidates: &[Candidate], need_bytes: u64) -> Vec<String> {
         out.push(c.id.clone());
     }
     out
+}
+
+fn evictable_idlest_first(candidates: &[Candidate]) -> Vec<&Candidate> {
+    let mut pool: Vec<&Candidate> = candidates.iter().filter(|c| c.evictable).collect();
+    pool.sort_by_key(|c| (c.last_active_ms, c.id.clone()));
+    pool
+}
+
+/// What a spawn by user `uid` does about a project's `max_gates`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CapVerdict {
+    /// There is room once these gates are stopped (none: room already).
+    Room(Vec<String>),
+    /// No room: the user has this many gates of the project and cannot
+    /// (or may not) evict enough of them.
+    Full { gates: usize },
+}
+
+/// The cap of a project at `max` gates, for a spawn by user `uid`, given
+/// the project's gates of every user. A project string is anyone's to
+/// name, so the cap counts the spawning user's gates only, and evicts only
+/// theirs, least recently active first: another user's gates of the same
+/// project neither fill nor free this user's room.
+pub fn cap_verdict(candidates: &[Candidate], uid: u32, max: u32, on_limit: OnLimit) -> CapVerdict {
+    let mine: Vec<Candidate> = candidates
+        .iter()
+        .filter(|c| c.uid == uid)
+        .cloned()
+        .collect();
+    let Some(excess) = (mine.len() + 1)
+        .checked_sub(max as usize)
+        .filter(|&e| e > 0)
+    else {
+        return CapVerdict::Room(Vec::new());
+    };
+    let victims: Vec<String> = match on_limit {
+        OnLimit::Refuse => Vec::new(),
+        OnLimit::EvictIdlest => evictable_idlest_first(&mine)
+            .into_iter()
+            .take(excess)
+            .map(|c| c.id.clone())
+            .collect(),
+    };
+    if victims.len() < excess {
+        CapVerdict::Full { gates: mine.len() }
+    } else {
+        CapVerdict::Room(victims)
+    }
 }
 
 #[cfg(test)]
@@ -683,6 +731,7 @@ mod tests {
     fn victims_are_the_least_recently_active_evictable_gates() {
         let c = |id: &str, t: u64, m: u64, e: bool| Candidate {
             id: id.into(),
+            uid: 1000,
             last_active_ms: t,
             memory_bytes: m,
             evictable: e,
@@ -697,5 +746,60 @@ mod tests {
         assert_eq!(pick_victims(&gates, 55), ["old", "mid"]);
         assert_eq!(pick_victims(&gates, 1000), ["old", "mid", "new"]);
         assert!(pick_victims(&[c("pinned", 0, 1, false)], 0).is_empty());
+    }
+
+    #[test]
+    fn a_cap_counts_and_evicts_the_spawning_users_gates_only() {
+        let c = |id: &str, uid: u32, t: u64, e: bool| Candidate {
+            id: id.into(),
+            uid,
+            last_active_ms: t,
+            memory_bytes: 0,
+            evictable: e,
+        };
+        let (a, b) = (1000, 1001);
+        let evict = OnLimit::EvictIdlest;
+        // The case: B's two pinned gates of A's project.
+        let gates = [
+            c("a-idle", a, 0, true),
+            c("b-pin-1", b, 1, false),
+            c("b-pin-2", b, 2, false),
+        ];
+        assert_eq!(cap_verdict(&gates, a, 2, evict), CapVerdict::Room(vec![]));
+        assert_eq!(
+            cap_verdict(&gates[..2], b, 2, evict),
+            CapVerdict::Room(vec![])
+        );
+        assert_eq!(
+            cap_verdict(&gates, b, 2, evict),
+            CapVerdict::Full { gates: 2 }
+        );
+        // Full: A's own idlest goes, never B's, older or not.
+        let gates = [
+            c("b-old", b, 0, true),
+            c("a-busy", a, 1, false),
+            c("a-old", a, 2, true),
+            c("a-new", a, 3, true),
+        ];
+        assert_eq!(
+            cap_verdict(&gates, a, 3, evict),
+            CapVerdict::Room(vec!["a-old".into()])
+        );
+        assert_eq!(
+            cap_verdict(&gates, a, 2, evict),
+            CapVerdict::Room(vec!["a-old".into(), "a-new".into()])
+        );
+        assert_eq!(
+            cap_verdict(&gates, a, 1, evict),
+            CapVerdict::Full { gates: 3 }
+        );
+        assert_eq!(
+            cap_verdict(&gates, a, 3, OnLimit::Refuse),
+            CapVerdict::Full { gates: 3 }
+        );
+        assert_eq!(
+            cap_verdict(&gates, a, 4, OnLimit::Refuse),
+            CapVerdict::Room(vec![])
+        );
     }
 }

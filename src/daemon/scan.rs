@@ -171,6 +171,7 @@ impl Daemon {
                 let pids = g.dir.pids().unwrap_or_default();
                 reaper::Candidate {
                     id: g.id().to_string(),
+                    uid: g.tags.owner_uid,
                     last_active_ms: g.last_active_ms,
                     memory_bytes: gate::memory_of(&g.dir.cgroup, &pids).0,
                     evictable: !g.busy && !g.pinned() && g.spared.is_none(),

@@ -613,6 +613,41 @@ fn another_users_gates_of_the_same_project_neither_evict_nor_cap_mine() {
     }
 }
 
+/// memory_budget: a pinned gate, which the budget can never evict, counts
+/// against its own user's share of the budget, never against another user's
+/// idle gate.
+#[test]
+fn a_pinned_gate_does_not_make_the_budget_evict_another_users_gate() {
+    let root = TestRoot::new();
+    let _d = root
+        .daemon("memory_budget = \"8M\"\n[defaults]\nidle_timeout = \"1h\"\nstop_grace = \"1s\"\n");
+    let idle = spawn_as(&root, NOBODY, "/src/a", false, "sleep 300 & wait");
+    let idle_id = root.gate_of(idle.id());
+    // 16 MiB of shell heap, twice the budget, in a pinned gate.
+    let pinned = spawn_as(
+        &root,
+        OTHER_USER,
+        "/src/b",
+        true,
+        "x=x; while [ ${#x} -lt 16777216 ]; do x=\"$x$x\"; done; sleep 300 & wait",
+    );
+    let pinned_id = root.gate_of(pinned.id());
+    wait_until(Duration::from_secs(60), "the pinned gate's 16 MiB", || {
+        root.gate(&pinned_id)
+            .is_some_and(|g| g["memory_bytes"].as_u64().unwrap_or(0) >= 16 << 20)
+    });
+    root.wait_scans(3);
+    assert!(
+        !has_event(&root, &idle_id, "stopping") && root.gate(&idle_id).is_some(),
+        "another user's pinned gate made the budget evict my idle gate"
+    );
+    for id in [&idle_id, &pinned_id] {
+        root.ok(&["kill", id]);
+    }
+    idle.reap(Duration::from_secs(5));
+    pinned.reap(Duration::from_secs(5));
+}
+
 #[test]
 fn a_deadline_reaps_a_busy_gate_and_show_says_where_memory_comes_from() {
     let root = TestRoot::new();

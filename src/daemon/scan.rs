@@ -156,8 +156,8 @@ impl Daemon {
             .collect()
     }
 
-    /// Evicts the least recently active idle gate while all gates together
-    /// use more than memory_budget.
+    /// While all gates together use more than memory_budget, evicts an idle
+    /// gate of a user over their fair share of it (`reaper::budget_victim`).
     fn enforce_memory_budget(&self, policy: &Policy) {
         let Some(budget) = policy.global.memory_budget else {
             return;
@@ -178,15 +178,11 @@ impl Daemon {
                 }
             })
             .collect();
-        let total: u64 = candidates.iter().map(|c| c.memory_bytes).sum();
-        if total <= budget {
-            return;
-        }
-        // One victim a pass, the least recently active first: a gate being
-        // stopped no longer counts, so the next pass sees whether the budget
-        // still needs more, and victims go strictly in order.
-        if let Some(id) = reaper::pick_victims(&candidates, total - budget).first() {
-            self.gates.send(id, Cmd::Evict(Reason::MemoryBudget));
+        // One victim a pass: a gate being stopped no longer counts, so the
+        // next pass sees whether the budget still needs more, and victims go
+        // strictly in order.
+        if let Some(id) = reaper::budget_victim(&candidates, budget) {
+            self.gates.send(&id, Cmd::Evict(Reason::MemoryBudget));
         }
     }
 }

@@ -1141,21 +1141,22 @@ fn cpu_text(usec: u64) -> String {
     }
 }
 
-/// `gov ps`: gates grouped by project, with a total line per project that
-/// has more than one gate.
+/// `gov ps`: gates grouped by project and user (two users' gates of one
+/// project are apart in caps and cgroups, so in totals too), with a total
+/// line per group that has more than one gate.
 pub fn render_table(gates: &[GateInfo]) -> String {
     let mut gates: Vec<&GateInfo> = gates.iter().collect();
-    gates.sort_by(|a, b| (&a.project, a.created_ms).cmp(&(&b.project, b.created_ms)));
+    gates.sort_by_key(|g| (&g.project, g.uid, g.created_ms));
     let header = [
         "GATE", "PROJECT", "SESSION", "USER", "PIDS", "MEM", "CPU", "AGE", "IDLE", "STATE",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     let mut i = 0;
     while i < gates.len() {
-        let project = &gates[i].project;
+        let (project, uid) = (&gates[i].project, gates[i].uid);
         let group: Vec<&GateInfo> = gates[i..]
             .iter()
-            .take_while(|g| &g.project == project)
+            .take_while(|g| &g.project == project && g.uid == uid)
             .copied()
             .collect();
         for g in &group {
@@ -1417,6 +1418,21 @@ mod tests {
             text.lines().nth(2).unwrap().contains("/p (+1 more)"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn ps_totals_one_users_gates_of_a_project() {
+        let other = GateInfo {
+            uid: 1001,
+            user: "bob".into(),
+            ..gate("c", "/p", 5, 1)
+        };
+        let gates = [gate("a", "/p", 10, 50), other, gate("b", "/p", 20, 9)];
+        let text = render_table(&gates);
+        let totals: Vec<&str> = text.lines().filter(|l| l.contains("total")).collect();
+        assert_eq!(totals.len(), 1, "{text}");
+        assert!(totals[0].contains("total (2 gates)"), "{text}");
+        assert!(totals[0].contains("30B"), "{text}");
     }
 
     #[test]

@@ -109,14 +109,15 @@ impl Tree {
         Ok(self.gates()?.into_iter().find(|g| g.id == id))
     }
 
-    pub fn project(&self, project: &str) -> Cgroup {
-        self.root.child(&names::project_key(project))
+    /// The project cgroup of user `uid`'s gates of `project`.
+    pub fn project(&self, uid: u32, project: &str) -> Cgroup {
+        self.root.child(&names::project_key(uid, project))
     }
 
     /// Creates a new, empty, tagged gate cgroup. Tags are written before any
     /// process enters, so a gate is never seen without its owner.
     pub fn create_gate(&self, tags: &Tags) -> Result<GateDir, CgroupError> {
-        let project_key = names::project_key(&tags.project);
+        let project_key = names::project_key(tags.owner_uid, &tags.project);
         let id = names::new_gate_id();
         // The project directory may be removed by a reap of its last gate
         // between our two mkdirs; try again in that case.

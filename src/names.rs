@@ -88,10 +88,13 @@ pub fn check_session(session: &str) -> Result<(), NameError> {
     Ok(())
 }
 
-/// The cgroup directory name of a project: a readable slug of its last path
-/// component plus 12 hex digits of its SHA-256, e.g. `mypkg-3fa2c1d05b7e`.
-/// The slug is only for people; the hash keeps distinct projects apart.
-pub fn project_key(project: &str) -> String {
+/// The cgroup directory name of user `uid`'s gates of a project: the uid, a
+/// readable slug of the project's last path component and 12 hex digits of
+/// its SHA-256, e.g. `u1000-mypkg-3fa2c1d05b7e`. The slug is only for
+/// people; the hash keeps distinct projects apart, and the uid distinct
+/// users: anyone may name any project, so two users' gates of the same
+/// project never share a cgroup (nor its limits).
+pub fn project_key(uid: u32, project: &str) -> String {
     let last = project
         .trim_end_matches('/')
         .rsplit('/')
@@ -108,7 +111,7 @@ pub fn project_key(project: &str) -> String {
         slug = "project".to_string();
     }
     let digest = Sha256::digest(project.as_bytes());
-    format!("{slug}-{}", hex(&digest[..6]))
+    format!("u{uid}-{slug}-{}", hex(&digest[..6]))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -145,7 +148,11 @@ pub fn check_gate_id(id: &str) -> Result<(), NameError> {
     }
 }
 
-/// Is this directory name one of our project keys?
+/// Is this directory name one of our project keys? Also true of the older
+/// layout's keys without the uid (`mypkg-3fa2c1d05b7e`): gates a daemon
+/// before per-user projects made are still found, managed and reaped where
+/// they are, sharing that project cgroup as they did, and the directory
+/// goes with the last of them; new gates go to the per-user key.
 pub fn is_project_key(name: &str) -> bool {
     match name.rsplit_once('-') {
         Some((slug, hash)) => {
@@ -174,14 +181,22 @@ mod tests {
             "ünïcödé/项目",
             &"x".repeat(5000),
         ] {
-            let key = project_key(p);
+            let key = project_key(u32::MAX, p);
             assert!(!key.contains('/') && !key.contains(".."), "{p:?} -> {key}");
-            assert!(key.len() <= SLUG_LEN + 13, "{key}");
+            assert!(key.len() <= 12 + SLUG_LEN + 13, "{key}");
             assert!(is_project_key(&key), "{key}");
         }
-        assert!(project_key("/home/ann/src/MyPkg").starts_with("mypkg-"));
-        assert_ne!(project_key("/a/MyPkg"), project_key("/b/MyPkg"));
-        assert_eq!(project_key("/a/MyPkg"), project_key("/a/MyPkg"));
+        assert!(project_key(1000, "/home/ann/src/MyPkg").starts_with("u1000-mypkg-"));
+        assert_ne!(project_key(1000, "/a/MyPkg"), project_key(1000, "/b/MyPkg"));
+        assert_eq!(project_key(1000, "/a/MyPkg"), project_key(1000, "/a/MyPkg"));
+    }
+
+    #[test]
+    fn each_user_has_a_project_key_of_their_own() {
+        assert_ne!(project_key(1000, "/a/MyPkg"), project_key(1001, "/a/MyPkg"));
+        // The older layout, without the uid, is still ours.
+        assert!(is_project_key("mypkg-3fa2c1d05b7e"));
+        assert!(!is_project_key("daemon"));
     }
 
     #[test]

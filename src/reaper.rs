@@ -7,7 +7,9 @@
 //! because a freeze loses nothing; orphans past their grace, deadlines and
 //! evictions go straight to stopping, since they need the memory now.
 
-use crate::policy::GateSettings;
+use std::collections::BTreeMap;
+
+use crate::policy::{GateSettings, OnLimit};
 pub use crate::protocol::{GateState, Next, NextAction, Reason, Spared};
 
 /// Where a gate is in its life. This is the truth the daemon's per-gate
@@ -276,11 +278,13 @@ fn keep_spared(s: Spared) -> Decision {
     }
 }
 
-/// A gate that an eviction (a project's gate cap, the memory budget) could
-/// take: neither busy, traced, pinned, nor already being torn down.
+/// A gate that an eviction (a project's gate cap, the memory budget) weighs:
+/// whose it is, and whether it may be taken (`evictable`: neither busy,
+/// traced, pinned, nor already being torn down).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Candidate {
     pub id: String,
+    pub uid: u32,
     pub last_active_ms: u64,
     pub memory_bytes: u64,
     pub evictable: bool,
@@ -289,11 +293,9 @@ pub struct Candidate {
 /// The least recently active evictable gates whose memory together covers
 /// `need_bytes` (at least one gate when `need_bytes` is 0, for a gate cap).
 pub fn pick_victims(candidates: &[Candidate], need_bytes: u64) -> Vec<String> {
-    let mut pool: Vec<&Candidate> = candidates.iter().filter(|c| c.evictable).collect();
-    pool.sort_by_key(|c| (c.last_active_ms, c.id.clone()));
     let mut freed = 0u64;
     let mut out = Vec::new();
-    for c in pool {
+    for c in evictable_idlest_first(candidates) {
         if !out.is_empty() && freed >= need_bytes {
             break;
         }
@@ -301,6 +303,104 @@ pub fn pick_victims(candidates: &[Candidate], need_bytes: u64) -> Vec<String> {
         out.push(c.id.clone());
     }
     out
+}
+
+fn evictable_idlest_first(candidates: &[Candidate]) -> Vec<&Candidate> {
+    let mut pool: Vec<&Candidate> = candidates.iter().filter(|c| c.evictable).collect();
+    pool.sort_by_key(|c| (c.last_active_ms, c.id.clone()));
+    pool
+}
+
+/// What a spawn by user `uid` does about a project's `max_gates`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CapVerdict {
+    /// There is room once these gates are stopped (none: room already).
+    Room(Vec<String>),
+    /// No room: the user has this many gates of the project and cannot
+    /// (or may not) evict enough of them.
+    Full { gates: usize },
+}
+
+/// The cap of a project at `max` gates, for a spawn by user `uid`, given
+/// the project's gates of every user. A project string is anyone's to
+/// name, so the cap counts the spawning user's gates only, and evicts only
+/// theirs, least recently active first: another user's gates of the same
+/// project neither fill nor free this user's room.
+pub fn cap_verdict(candidates: &[Candidate], uid: u32, max: u32, on_limit: OnLimit) -> CapVerdict {
+    let mine: Vec<Candidate> = candidates
+        .iter()
+        .filter(|c| c.uid == uid)
+        .cloned()
+        .collect();
+    let Some(excess) = (mine.len() + 1)
+        .checked_sub(max as usize)
+        .filter(|&e| e > 0)
+    else {
+        return CapVerdict::Room(Vec::new());
+    };
+    let victims: Vec<String> = match on_limit {
+        OnLimit::Refuse => Vec::new(),
+        OnLimit::EvictIdlest => evictable_idlest_first(&mine)
+            .into_iter()
+            .take(excess)
+            .map(|c| c.id.clone())
+            .collect(),
+    };
+    if victims.len() < excess {
+        CapVerdict::Full { gates: mine.len() }
+    } else {
+        CapVerdict::Room(victims)
+    }
+}
+
+/// Each user's fair share of `budget`, given what each user's gates use
+/// (one entry a user), when together they use more (None when they fit).
+/// Max-min fair, as a water level: a user below the level keeps all they
+/// use, and what they leave is shared equally by the rest.
+pub fn fair_share(usage: &[u64], budget: u64) -> Option<u64> {
+    let total = usage.iter().fold(0u64, |a, &u| a.saturating_add(u));
+    if total <= budget {
+        return None;
+    }
+    let mut sorted = usage.to_vec();
+    sorted.sort_unstable();
+    let mut left = budget;
+    for (i, &u) in sorted.iter().enumerate() {
+        let level = left / (sorted.len() - i) as u64;
+        if u > level {
+            return Some(level);
+        }
+        left -= u;
+    }
+    // Not reached: had every user fit under the level, the total would fit.
+    Some(left)
+}
+
+/// The gate the memory budget stops next (one a pass), when all gates
+/// together use more than `budget`. Only a user over their fair share
+/// (`fair_share`) gives up a gate, the one holding the most memory first:
+/// their least recently active evictable gate. A user whose memory sits in
+/// gates that cannot be evicted (pinned, busy, traced) keeps it, and the
+/// next user over their share gives a gate up; a user within their share
+/// never loses one, so what one user pins never costs another user a gate.
+pub fn budget_victim(candidates: &[Candidate], budget: u64) -> Option<String> {
+    let mut by_user: BTreeMap<u32, u64> = BTreeMap::new();
+    for c in candidates {
+        let used = by_user.entry(c.uid).or_default();
+        *used = used.saturating_add(c.memory_bytes);
+    }
+    let usage: Vec<u64> = by_user.values().copied().collect();
+    let share = fair_share(&usage, budget)?;
+    let mut over: Vec<(u32, u64)> = by_user.into_iter().filter(|&(_, u)| u > share).collect();
+    over.sort_by_key(|&(uid, used)| (std::cmp::Reverse(used), uid));
+    over.into_iter().find_map(|(uid, _)| {
+        let theirs: Vec<Candidate> = candidates
+            .iter()
+            .filter(|c| c.uid == uid)
+            .cloned()
+            .collect();
+        pick_victims(&theirs, 0).into_iter().next()
+    })
 }
 
 #[cfg(test)]
@@ -683,6 +783,7 @@ mod tests {
     fn victims_are_the_least_recently_active_evictable_gates() {
         let c = |id: &str, t: u64, m: u64, e: bool| Candidate {
             id: id.into(),
+            uid: 1000,
             last_active_ms: t,
             memory_bytes: m,
             evictable: e,
@@ -697,5 +798,124 @@ mod tests {
         assert_eq!(pick_victims(&gates, 55), ["old", "mid"]);
         assert_eq!(pick_victims(&gates, 1000), ["old", "mid", "new"]);
         assert!(pick_victims(&[c("pinned", 0, 1, false)], 0).is_empty());
+    }
+
+    #[test]
+    fn a_cap_counts_and_evicts_the_spawning_users_gates_only() {
+        let c = |id: &str, uid: u32, t: u64, e: bool| Candidate {
+            id: id.into(),
+            uid,
+            last_active_ms: t,
+            memory_bytes: 0,
+            evictable: e,
+        };
+        let (a, b) = (1000, 1001);
+        let evict = OnLimit::EvictIdlest;
+        // The issue's case: B's two pinned gates of A's project.
+        let gates = [
+            c("a-idle", a, 0, true),
+            c("b-pin-1", b, 1, false),
+            c("b-pin-2", b, 2, false),
+        ];
+        assert_eq!(cap_verdict(&gates, a, 2, evict), CapVerdict::Room(vec![]));
+        assert_eq!(
+            cap_verdict(&gates[..2], b, 2, evict),
+            CapVerdict::Room(vec![])
+        );
+        assert_eq!(
+            cap_verdict(&gates, b, 2, evict),
+            CapVerdict::Full { gates: 2 }
+        );
+        // Full: A's own idlest goes, never B's, older or not.
+        let gates = [
+            c("b-old", b, 0, true),
+            c("a-busy", a, 1, false),
+            c("a-old", a, 2, true),
+            c("a-new", a, 3, true),
+        ];
+        assert_eq!(
+            cap_verdict(&gates, a, 3, evict),
+            CapVerdict::Room(vec!["a-old".into()])
+        );
+        assert_eq!(
+            cap_verdict(&gates, a, 2, evict),
+            CapVerdict::Room(vec!["a-old".into(), "a-new".into()])
+        );
+        assert_eq!(
+            cap_verdict(&gates, a, 1, evict),
+            CapVerdict::Full { gates: 3 }
+        );
+        assert_eq!(
+            cap_verdict(&gates, a, 3, OnLimit::Refuse),
+            CapVerdict::Full { gates: 3 }
+        );
+        assert_eq!(
+            cap_verdict(&gates, a, 4, OnLimit::Refuse),
+            CapVerdict::Room(vec![])
+        );
+    }
+
+    #[test]
+    fn the_fair_share_is_a_water_level() {
+        assert_eq!(fair_share(&[100, 100], 250), None);
+        assert_eq!(fair_share(&[], 0), None);
+        assert_eq!(fair_share(&[200, 100], 250), Some(150));
+        assert_eq!(fair_share(&[300, 200], 250), Some(125));
+        // The small user keeps all 50; the others share the other 300.
+        assert_eq!(fair_share(&[300, 50, 300], 350), Some(150));
+        assert_eq!(fair_share(&[u64::MAX, u64::MAX], 10), Some(5));
+        assert_eq!(fair_share(&[7], 5), Some(5));
+    }
+
+    #[test]
+    fn the_budget_takes_gates_only_from_users_over_their_share() {
+        // (id, uid, last active, bytes, evictable)
+        let c = |id: &str, uid: u32, t: u64, m: u64, e: bool| Candidate {
+            id: id.into(),
+            uid,
+            last_active_ms: t,
+            memory_bytes: m,
+            evictable: e,
+        };
+        let (a, b) = (1000, 1001);
+        // The issue's case: B's pinned gate is over the budget on its own; A's
+        // idle gate is within A's share and stays.
+        let issue = [
+            c("a-idle", a, 5, 100, true),
+            c("b-pinned", b, 0, 200, false),
+        ];
+        assert_eq!(budget_victim(&issue, 250), None);
+        // Under the budget: nothing.
+        assert_eq!(budget_victim(&issue[..1], 250), None);
+        // One user alone: their least recently active evictable gate.
+        let one = [
+            c("busy", a, 0, 400, false),
+            c("old", a, 1, 10, true),
+            c("new", a, 2, 10, true),
+        ];
+        assert_eq!(budget_victim(&one, 100).as_deref(), Some("old"));
+        // Both over their share (125): the heavier user gives a gate up
+        // first, though the lighter one's gate is older.
+        let both = [
+            c("a-old", a, 0, 150, true),
+            c("b-1", b, 5, 150, true),
+            c("b-2", b, 6, 150, true),
+        ];
+        assert_eq!(budget_victim(&both, 250).as_deref(), Some("b-1"));
+        // The heaviest user can give nothing up: the next one over their
+        // share does, never one within it.
+        let stuck = [
+            c("b-pinned", b, 0, 300, false),
+            c("a-1", a, 1, 100, true),
+            c("a-2", a, 2, 100, true),
+            c("small", 1002, 0, 10, true),
+        ];
+        assert_eq!(budget_victim(&stuck, 250).as_deref(), Some("a-1"));
+        let stuck = [
+            c("b-pinned", b, 0, 300, false),
+            c("a-1", a, 1, 100, true),
+            c("small", 1002, 0, 10, true),
+        ];
+        assert_eq!(budget_victim(&stuck, 250), None);
     }
 }

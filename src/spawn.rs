@@ -28,7 +28,7 @@ pub fn create_gate_for(
     pid: u32,
 ) -> Result<(GateDir, Vec<NotApplied>), CgroupError> {
     let dir = tree.create_gate(tags)?;
-    apply_project_limits(tree, &tags.project, settings);
+    apply_project_limits(tree, tags, settings);
     let wanted = gate_limits(settings);
     let files: Vec<(&'static str, String)> =
         wanted.iter().map(|w| (w.file, w.value.clone())).collect();
@@ -41,9 +41,9 @@ pub fn create_gate_for(
     Ok((dir, not_applied))
 }
 
-/// Project-level limits (the sum of a project's gates), written again by
-/// every spawn into the project, so the latest policy holds.
-fn apply_project_limits(tree: &Tree, project: &str, s: &GateSettings) {
+/// Project-level limits (the sum of one user's gates of a project), written
+/// again by every spawn into it, so the latest policy holds.
+fn apply_project_limits(tree: &Tree, tags: &Tags, s: &GateSettings) {
     let mut limits = Vec::new();
     if let Some(v) = gate::limit_text(s.project_memory_max) {
         limits.push(("memory.max", v));
@@ -51,7 +51,7 @@ fn apply_project_limits(tree: &Tree, project: &str, s: &GateSettings) {
     if let Some(v) = gate::limit_text(s.project_pids_max) {
         limits.push(("pids.max", v));
     }
-    gate::apply_limits(&tree.project(project), &limits);
+    gate::apply_limits(&tree.project(tags.owner_uid, &tags.project), &limits);
 }
 
 /// One per-gate limit that policy asks for: its key, its file, its value.

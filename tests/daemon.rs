@@ -835,6 +835,58 @@ fn a_sigkilled_daemon_restarts_and_adopts_every_gate_untouched() {
     assert_eq!(root.gate(&ids[0]).unwrap()["state"], "running");
 }
 
+/// A gate of the layout before project keys carried the uid
+/// (`<slug>-<hash>`) is found by a new daemon and managed where it lies;
+/// when it goes, its old project directory goes with it. A new gate of the
+/// same project goes to the per-user key.
+#[test]
+fn a_gate_of_the_older_layout_is_managed_where_it_lies() {
+    let root = TestRoot::new();
+    let project = "/src/OldLayout";
+    let old_key = "oldlayout-0123456789ab";
+    assert!(gov::names::is_project_key(old_key));
+    gov::cgroup::Cgroup::new(&root.path)
+        .create_if_missing()
+        .unwrap();
+    let old_project = gov::cgroup::Cgroup::new(root.path.join(old_key));
+    old_project.create_if_missing().unwrap();
+    let (id, gate) = ("g0123456789", old_project.child("g0123456789"));
+    gate.create().unwrap();
+    let sleeper = Kid::new(Command::new("sleep").arg("300").spawn().unwrap());
+    let pid = sleeper.id();
+    gov::gate::Tags {
+        project: project.into(),
+        session: "old-1".into(),
+        main_pid: Some(pid),
+        main_start: gov::proc::start_time(pid),
+        created_ms: gov::gate::now_ms(),
+        ..Default::default()
+    }
+    .write(&gate)
+    .unwrap();
+    gate.write_procs(pid).unwrap();
+
+    let _d = root.daemon("");
+    wait_until(Duration::from_secs(10), "the old gate managed", || {
+        root.gate(id).is_some_and(|g| g["project"] == project)
+    });
+    let new = Kid::new(root.spawn_sh(project, "sleep 300 & wait"));
+    let new_id = root.gate_of(new.id());
+    let new_project = common::cgroup_parent(&root.gate_cgroup(&new_id));
+    assert_eq!(
+        new_project.path(),
+        root.path.join(gov::names::project_key(0, project))
+    );
+    root.ok(&["kill", id]);
+    wait_until(Duration::from_secs(10), "the old project removed", || {
+        !old_project.exists()
+    });
+    assert!(!alive(pid));
+    root.ok(&["kill", &new_id]);
+    new.reap(Duration::from_secs(5));
+    sleeper.reap(Duration::from_secs(5));
+}
+
 /// SIGTERM stops the daemon; its gates keep running, unfrozen, tagged, in
 /// their cgroups, and root's direct ps still lists them.
 #[test]

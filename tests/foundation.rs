@@ -304,7 +304,7 @@ fn spawn_keeps_pid_cwd_env_and_exit_status_and_tells_the_gate() {
         format!(
             "0::{}/{}/{}",
             root_rel(&root),
-            names::project_key(&f["project"]),
+            names::project_key(0, &f["project"]),
             f["gate"]
         ),
         "CMD runs inside its gate"
@@ -547,7 +547,7 @@ fn hostile_project_and_session_names_never_reach_a_path() {
         let want = format!(
             "{}/{}/{}",
             root_rel(&root),
-            names::project_key(expect),
+            names::project_key(0, expect),
             f["gate"]
         );
         assert_eq!(cg, want, "project {given:?} lands strictly under the root");

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{alive, read_pids, reap, wait_until, TestRoot};
+use common::{alive, read_pids, reap, wait_until, Kid, TestRoot, NOBODY, OTHER_USER};
 
 const FAST: &str = "\
 [defaults]
@@ -532,6 +532,120 @@ fn memory_budget_evicts_the_least_recently_active_idle_gate_first() {
         let _ = root.run(&["kill", id]);
         reap(child, Duration::from_secs(5));
     }
+}
+
+/// `gov spawn --project P [--pin] -- sh -c SCRIPT` as user `uid`, in the
+/// background.
+fn spawn_as(root: &TestRoot, uid: u32, project: &str, pin: bool, script: &str) -> Kid {
+    let mut c = common::gov_as(root, uid);
+    c.args(["spawn", "--project", project]);
+    if pin {
+        c.arg("--pin");
+    }
+    c.args(["--", "sh", "-c", script]).stdin(Stdio::null());
+    Kid::new(c.spawn().expect("gov spawn starts"))
+}
+
+/// The directory name of a gate's project cgroup.
+fn project_dir(root: &TestRoot, gate: &str) -> String {
+    let cg = common::cgroup_parent(&root.gate_cgroup(gate));
+    let name = cg.path().file_name().unwrap().to_str().unwrap();
+    name.to_string()
+}
+
+/// max_gates and evict-idlest count one user's gates of a project: another
+/// user naming the same project, with pinned gates, neither evicts the
+/// owner's gate nor refuses the owner's spawns. Each user's gates of it
+/// live in a project cgroup of their own, so its limits do not bind the two
+/// together either. The owner's own cap still holds.
+#[test]
+fn another_users_gates_of_the_same_project_neither_evict_nor_cap_mine() {
+    let root = TestRoot::new();
+    let _d = root.daemon(
+        "[defaults]\nidle_timeout = \"1h\"\nstop_grace = \"1s\"\n[[project]]\npath = \"/home/*/src/BigModel*\"\nmax_gates = 2\non_limit = \"evict-idlest\"\n",
+    );
+    let project = "/home/a/src/BigModel";
+    let idle = "sleep 300 & wait";
+    let a1 = spawn_as(&root, NOBODY, project, false, idle);
+    let a1_id = root.gate_of(a1.id());
+    let b1 = spawn_as(&root, OTHER_USER, project, true, idle);
+    let b1_id = root.gate_of(b1.id());
+    let b2 = spawn_as(&root, OTHER_USER, project, true, idle);
+    let b2_id = root.gate_of(b2.id());
+    // An eviction would have been sent by b2's spawn, before its reply.
+    root.wait_scans(2);
+    assert!(
+        !has_event(&root, &a1_id, "stopping") && root.gate(&a1_id).is_some(),
+        "another user's spawns evicted my gate"
+    );
+    let a2 = spawn_as(&root, NOBODY, project, false, idle);
+    let a2_id = root.gate_of(a2.id());
+
+    let a_dir = project_dir(&root, &a1_id);
+    let b_dir = project_dir(&root, &b1_id);
+    assert_ne!(a_dir, b_dir, "one project cgroup per user");
+    assert_eq!(a_dir, project_dir(&root, &a2_id));
+    assert_eq!(b_dir, project_dir(&root, &b2_id));
+    assert!(
+        a_dir.starts_with(&format!("u{NOBODY}-bigmodel-")),
+        "{a_dir}"
+    );
+    assert!(
+        b_dir.starts_with(&format!("u{OTHER_USER}-bigmodel-")),
+        "{b_dir}"
+    );
+
+    // My third gate evicts my idlest, never theirs.
+    root.ok(&["touch", &a2_id]);
+    let a3 = spawn_as(&root, NOBODY, project, false, idle);
+    let a3_id = root.gate_of(a3.id());
+    wait_until(Duration::from_secs(10), "my idlest gate evicted", || {
+        removed(&root, &a1_id)
+    });
+    for id in [&a2_id, &a3_id, &b1_id, &b2_id] {
+        assert!(root.gate(id).is_some(), "{id} kept");
+    }
+    for id in [&a2_id, &a3_id, &b1_id, &b2_id] {
+        root.ok(&["kill", id]);
+    }
+    for kid in [a1, a2, a3, b1, b2] {
+        kid.reap(Duration::from_secs(5));
+    }
+}
+
+/// memory_budget: a pinned gate, which the budget can never evict, counts
+/// against its own user's share of the budget, never against another user's
+/// idle gate.
+#[test]
+fn a_pinned_gate_does_not_make_the_budget_evict_another_users_gate() {
+    let root = TestRoot::new();
+    let _d = root
+        .daemon("memory_budget = \"8M\"\n[defaults]\nidle_timeout = \"1h\"\nstop_grace = \"1s\"\n");
+    let idle = spawn_as(&root, NOBODY, "/src/a", false, "sleep 300 & wait");
+    let idle_id = root.gate_of(idle.id());
+    // 16 MiB of shell heap, twice the budget, in a pinned gate.
+    let pinned = spawn_as(
+        &root,
+        OTHER_USER,
+        "/src/b",
+        true,
+        "x=x; while [ ${#x} -lt 16777216 ]; do x=\"$x$x\"; done; sleep 300 & wait",
+    );
+    let pinned_id = root.gate_of(pinned.id());
+    wait_until(Duration::from_secs(60), "the pinned gate's 16 MiB", || {
+        root.gate(&pinned_id)
+            .is_some_and(|g| g["memory_bytes"].as_u64().unwrap_or(0) >= 16 << 20)
+    });
+    root.wait_scans(3);
+    assert!(
+        !has_event(&root, &idle_id, "stopping") && root.gate(&idle_id).is_some(),
+        "another user's pinned gate made the budget evict my idle gate"
+    );
+    for id in [&idle_id, &pinned_id] {
+        root.ok(&["kill", id]);
+    }
+    idle.reap(Duration::from_secs(5));
+    pinned.reap(Duration::from_secs(5));
 }
 
 #[test]

@@ -114,12 +114,12 @@ impl Journal {
         mine.into_iter().skip(skip).cloned().collect()
     }
 
-    /// Prometheus text: gates by state and memory by project (of the gates
-    /// the caller may see), then the counters.
+    /// Prometheus text: gates by state and memory by project and user (of
+    /// the gates the caller may see), then the counters.
     pub fn metrics(
         &self,
         by_state: &BTreeMap<GateState, u64>,
-        mem_by_project: &BTreeMap<String, u64>,
+        mem_by_project: &BTreeMap<(String, u32), u64>,
     ) -> String {
         let c = lock(&self.counters);
         let mut out = String::new();
@@ -137,10 +137,10 @@ impl Journal {
                 by_state.get(&state).unwrap_or(&0)
             );
         }
-        out += "# HELP gov_project_memory_bytes Memory of a project's gates (memory.current; where the memory controller is off, the sum of PSS, as gov ps shows it).\n# TYPE gov_project_memory_bytes gauge\n";
-        for (p, m) in mem_by_project {
+        out += "# HELP gov_project_memory_bytes Memory of one user's gates of a project (memory.current; where the memory controller is off, the sum of PSS, as gov ps shows it).\n# TYPE gov_project_memory_bytes gauge\n";
+        for ((p, uid), m) in mem_by_project {
             out += &format!(
-                "gov_project_memory_bytes{{project=\"{}\"}} {m}\n",
+                "gov_project_memory_bytes{{project=\"{}\",uid=\"{uid}\"}} {m}\n",
                 prom_escape(p)
             );
         }

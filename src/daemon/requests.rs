@@ -466,8 +466,9 @@ impl Daemon {
         })
     }
 
-    /// Per-user and per-project gate caps. Evicting makes room by stopping
-    /// the least recently active idle gate of the project.
+    /// Per-user and per-project gate caps. A project's cap counts the
+    /// spawning user's gates of it, and evicting makes room by stopping that
+    /// user's least recently active idle gate of it (`reaper::cap_verdict`).
     fn check_caps(&self, uid: u32, project: &str, settings: &GateSettings) -> Reply<()> {
         let policy = self.policy();
         let mut user_count = 0;
@@ -482,6 +483,7 @@ impl Daemon {
             if g.tags.project == project {
                 candidates.push(reaper::Candidate {
                     id: g.id().to_string(),
+                    uid: g.tags.owner_uid,
                     last_active_ms: g.last_active_ms,
                     memory_bytes: 0,
                     evictable: !g.busy && !g.pinned(),
@@ -500,44 +502,28 @@ impl Daemon {
         let Some(max) = settings.max_gates else {
             return Ok(());
         };
-        if candidates.len() < max as usize {
-            return Ok(());
-        }
-        let excess = candidates.len() + 1 - max as usize;
-        let victims: Vec<String> = match settings.on_limit {
-            OnLimit::Refuse => vec![],
-            OnLimit::EvictIdlest => {
-                let mut pool = candidates.clone();
-                let mut out = Vec::new();
-                while out.len() < excess {
-                    let Some(v) = reaper::pick_victims(&pool, 0).into_iter().next() else {
-                        break;
-                    };
-                    pool.retain(|c| c.id != v);
-                    out.push(v);
+        match reaper::cap_verdict(&candidates, uid, max, settings.on_limit) {
+            reaper::CapVerdict::Room(victims) => {
+                for v in victims {
+                    self.gates.send(&v, Cmd::Evict(Reason::Evicted));
                 }
-                out
+                Ok(())
             }
-        };
-        if victims.len() < excess {
-            self.journal.count_refused();
-            let none_idle = if settings.on_limit == OnLimit::EvictIdlest {
-                " and none is idle enough to evict"
-            } else {
-                ""
-            };
-            return fail(
-                ErrorCode::Limit,
-                format!(
-                    "project {project} has {} gates; max_gates is {max}{none_idle}",
-                    candidates.len()
-                ),
-            );
+            reaper::CapVerdict::Full { gates } => {
+                self.journal.count_refused();
+                let none_idle = if settings.on_limit == OnLimit::EvictIdlest {
+                    " and none is idle enough to evict"
+                } else {
+                    ""
+                };
+                fail(
+                    ErrorCode::Limit,
+                    format!(
+                        "you have {gates} gates in project {project}; max_gates is {max}{none_idle}"
+                    ),
+                )
+            }
         }
-        for v in victims {
-            self.gates.send(&v, Cmd::Evict(Reason::Evicted));
-        }
-        Ok(())
     }
 
     /// Prometheus text. Through the socket a user sees gauges of their own
@@ -545,12 +531,15 @@ impl Daemon {
     /// an admin chose to open, and root see all.
     pub(super) fn metrics(&self, peer: Option<&Peer>) -> String {
         let mut by_state: BTreeMap<GateState, u64> = BTreeMap::new();
-        let mut mem_by_project: BTreeMap<String, u64> = BTreeMap::new();
+        // By (project, uid): two users' gates of one project are two
+        // projects, as their caps and cgroups are.
+        let mut mem_by_project: BTreeMap<(String, u32), u64> = BTreeMap::new();
         let mut visible = Vec::new();
         self.gates.each(|_, g| {
             if peer.is_none_or(|p| p.may_see(g.tags.owner_uid)) {
                 *by_state.entry(g.phase.state(g.populated)).or_default() += 1;
-                visible.push((g.tags.project.clone(), g.dir.clone()));
+                let project = (g.tags.project.clone(), g.tags.owner_uid);
+                visible.push((project, g.dir.clone()));
             }
         });
         // File reads outside the registry's lock.

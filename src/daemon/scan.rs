@@ -156,8 +156,8 @@ impl Daemon {
             .collect()
     }
 
-    /// Evicts the least recently active idle gate while all gates together
-    /// use more than memory_budget.
+    /// While all gates together use more than memory_budget, evicts an idle
+    /// gate of a user over their fair share of it (`reaper::budget_victim`).
     fn enforce_memory_budget(&self, policy: &Policy) {
         let Some(budget) = policy.global.memory_budget else {
             return;
@@ -171,21 +171,18 @@ impl Daemon {
                 let pids = g.dir.pids().unwrap_or_default();
                 reaper::Candidate {
                     id: g.id().to_string(),
+                    uid: g.tags.owner_uid,
                     last_active_ms: g.last_active_ms,
                     memory_bytes: gate::memory_of(&g.dir.cgroup, &pids).0,
                     evictable: !g.busy && !g.pinned() && g.spared.is_none(),
                 }
             })
             .collect();
-        let total: u64 = candidates.iter().map(|c| c.memory_bytes).sum();
-        if total <= budget {
-            return;
-        }
-        // One victim a pass, the least recently active first: a gate being
-        // stopped no longer counts, so the next pass sees whether the budget
-        // still needs more, and victims go strictly in order.
-        if let Some(id) = reaper::pick_victims(&candidates, total - budget).first() {
-            self.gates.send(id, Cmd::Evict(Reason::MemoryBudget));
+        // One victim a pass: a gate being stopped no longer counts, so the
+        // next pass sees whether the budget still needs more, and victims go
+        // strictly in order.
+        if let Some(id) = reaper::budget_victim(&candidates, budget) {
+            self.gates.send(&id, Cmd::Evict(Reason::MemoryBudget));
         }
     }
 }

@@ -187,10 +187,12 @@ macro_rules! choices {
 }
 
 choices! {
-    /// What `gov spawn` does when a project already has `max_gates` gates.
+    /// What `gov spawn` does when its user already has `max_gates` gates of
+    /// the project.
     OnLimit {
         Refuse = "refuse",
-        /// Reap the project's least recently active idle gate; refuse if none is idle.
+        /// Reap that user's least recently active idle gate of the project;
+        /// refuse if none is idle.
         EvictIdlest = "evict-idlest",
     }
 }

@@ -513,12 +513,22 @@ pub fn gov_for_others(root: &TestRoot) -> PathBuf {
 
 /// `gov` as user nobody, with this root and socket.
 pub fn gov_as_nobody(root: &TestRoot) -> Command {
+    gov_as(root, NOBODY)
+}
+
+/// A second unprivileged user, with no entry in /etc/passwd needed: the
+/// daemon knows clients by uid only.
+pub const OTHER_USER: u32 = 65533;
+
+/// `gov` as user `uid` (and group of the same number), with this root and
+/// socket.
+pub fn gov_as(root: &TestRoot, uid: u32) -> Command {
     let mut c = Command::new(gov_for_others(root));
     c.env("GOV_CGROUP_ROOT", &root.path)
         .env("GOV_SOCKET", &root.socket)
         .env_remove("GOV_LOG")
         .current_dir(root.dir.path())
-        .uid(NOBODY)
-        .gid(NOBODY);
+        .uid(uid)
+        .gid(uid);
     c
 }

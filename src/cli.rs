@@ -403,7 +403,9 @@ pub fn run(cli: Cli) -> Result<i32> {
                         if skipped.is_empty() {
                             String::new()
                         } else {
-                            format!("; left {skipped:?} where they were (not yours)")
+                            format!(
+                                "; left {skipped:?} where they were (not yours, or in a gate or a cgroup you could not leave)"
+                            )
                         }
                     );
                     Ok(0)

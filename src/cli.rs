@@ -962,6 +962,10 @@ fn spawn_cmd(
         .unwrap_or_else(names::new_session_id);
     let tree = Tree::resolve(&policy.global.cgroup_root)?;
     let me = std::process::id();
+    // A gate's processes stay in it, as through the daemon.
+    if let Some(part) = tree.part_holding(&crate::cgroup::cgroup_of(&tree.mount, me)?) {
+        bail!("already in {part}: a gate's processes cannot leave it");
+    }
     let owner_pid = if no_owner {
         None
     } else {

@@ -1,14 +1,15 @@
 //! No way out of a gate, and none out of a cgroup the caller could not
-//! leave: adopt leaves a child that sits in another gate where it is and
-//! refuses a process in a cgroup its caller could not leave. Against a real
-//! daemon and the real cgroupfs.
+//! leave: a spawn from inside a gate is refused (root's gate too), adopt
+//! leaves a child that sits in another gate where it is and refuses a
+//! process in a cgroup its caller could not leave. Against a real daemon
+//! and the real cgroupfs.
 
 mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -29,6 +30,98 @@ fn open_dir(root: &TestRoot, name: &str) -> PathBuf {
     fs::create_dir(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
     dir
+}
+
+/// Waits for a script's `out` file (written whole by a rename) and reads it.
+fn output_of(out: &Path) -> String {
+    wait_until(Duration::from_secs(15), "the script's output", || {
+        out.exists()
+    });
+    fs::read_to_string(out).unwrap()
+}
+
+/// A gate's script tries `gov spawn` (no owner, pinned: as far away as a
+/// request can ask) and then `gov touch` of its own gate, writes both exit
+/// statuses, and stays. Returns the gate's main process, its gate, and what
+/// the script wrote.
+fn spawn_out_of_a_gate(root: &TestRoot, gov: Command, dir: &Path) -> (Kid, String, String) {
+    let (out, err) = (dir.join("out"), dir.join("err"));
+    let script = format!(
+        "{{ \"$GOV\" spawn --no-owner --pin -p /srv/out -- sleep 600 2>{err}; echo \"spawn=$?\"; \
+         \"$GOV\" touch \"$GOV_GATE\" 2>>{err}; echo \"touch=$?\"; }} >{out}.tmp; mv {out}.tmp {out}; exec sleep 600",
+        err = err.display(),
+        out = out.display(),
+    );
+    let mut gov = gov;
+    let program = gov.get_program().to_owned();
+    let kid = Kid::new(
+        gov.env("GOV", program)
+            .args(["spawn", "-p", "/srv/in", "--", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let gate = root.gate_of(kid.id());
+    let said = output_of(&out) + &fs::read_to_string(&err).unwrap();
+    (kid, gate, said)
+}
+
+/// A gate's process cannot move itself out with a spawn of its own, as
+/// root or as a user; it can still touch its gate. Nothing else is made.
+#[test]
+fn a_process_in_a_gate_cannot_spawn_its_way_out() {
+    let root = TestRoot::new();
+    let _d = root.daemon(POLICY);
+    let as_root = open_dir(&root, "root");
+    let as_nobody = open_dir(&root, "nobody");
+    for (who, gov, dir) in [
+        ("root", root.gov(), as_root),
+        ("nobody", gov_as_nobody(&root), as_nobody),
+    ] {
+        let (kid, gate, said) = spawn_out_of_a_gate(&root, gov, &dir);
+        assert!(said.contains("spawn=1"), "{who}: {said}");
+        assert!(
+            said.contains(&format!(
+                "already in gate {gate}: a gate's processes cannot leave it"
+            )),
+            "{who}: {said}"
+        );
+        assert!(
+            said.contains("touch=0"),
+            "{who}: a gate may touch itself: {said}"
+        );
+        assert_eq!(
+            root.gate_of(kid.id()),
+            gate,
+            "{who}: the process left its gate"
+        );
+        let projects: Vec<_> = root
+            .ps()
+            .into_iter()
+            .map(|g| g["project"].clone())
+            .collect();
+        assert!(
+            !projects.iter().any(|p| p == "/srv/out"),
+            "{who}: a gate was made: {projects:?}"
+        );
+    }
+}
+
+/// Root's direct spawn, with no daemon, keeps the same rule.
+#[test]
+fn roots_direct_spawn_from_a_gate_is_refused_too() {
+    let root = TestRoot::new();
+    let dir = open_dir(&root, "direct");
+    let (kid, gate, said) = spawn_out_of_a_gate(&root, root.gov(), &dir);
+    assert!(said.contains("spawn=1"), "{said}");
+    assert!(
+        said.contains(&format!(
+            "already in gate {gate}: a gate's processes cannot leave it"
+        )),
+        "{said}"
+    );
+    assert_eq!(root.gate_of(kid.id()), gate, "the process left its gate");
+    assert_eq!(root.gate_dirs().len(), 1, "{:?}", root.gate_dirs());
 }
 
 /// Root adopts a process whose child already sits in a gate of its own:

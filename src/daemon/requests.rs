@@ -291,6 +291,17 @@ impl Daemon {
             code: ErrorCode::BadRequest,
             message: e.to_string(),
         };
+        // A gate's processes stay in it, root's too: a spawn from inside
+        // would move the caller out, past the gate's deadline and orphan
+        // rule, into a gate of its own choosing (no owner, pinned).
+        let mount = cgroup::cgroup2_mount().map_err(internal)?;
+        let here = cgroup::cgroup_of(&mount, peer.pid).map_err(|_| bad("caller is gone"))?;
+        if let Some(part) = self.tree.part_holding(&here) {
+            return fail(
+                ErrorCode::Forbidden,
+                format!("already in {part}: a gate's processes cannot leave it"),
+            );
+        }
         let (mut tags, settings) = self.prepare(peer, peer.pid, peer.uid, r)?;
         tags.keeper = hibernate;
         self.check_caps(peer.uid, &tags.project, &settings)?;

@@ -1,8 +1,8 @@
 //! No way out of a gate, and none out of a cgroup the caller could not
 //! leave: a spawn from inside a gate is refused (root's gate too), adopt
 //! leaves a child that sits in another gate where it is and refuses a
-//! process in a cgroup its caller could not leave. Against a real daemon
-//! and the real cgroupfs.
+//! process in a cgroup its caller could not leave, and a debugger does not
+//! spare a gate its deadline. Against a real daemon and the real cgroupfs.
 
 mod common;
 
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{gov_as_nobody, gov_for_others, text, wait_until, Kid, TestRoot, NOBODY};
+use common::{alive, gov_as_nobody, gov_for_others, text, wait_until, Kid, TestRoot, NOBODY};
 use gov::cgroup::{self, Cgroup};
 
 const POLICY: &str =
@@ -265,4 +265,45 @@ fn adopt_takes_only_from_a_cgroup_the_user_could_leave() {
     let other = fence.sleeper();
     let id = root.ok(&["adopt", &other.id().to_string(), "-p", "/srv/root"]);
     assert_eq!(root.gate_of(other.id()), id.trim());
+}
+
+/// A debugger attached to a gate's process does not spare the gate its
+/// deadline: it is stopped at max_runtime like any other.
+#[test]
+fn a_traced_gate_is_stopped_at_its_deadline() {
+    let root = TestRoot::new();
+    let _d = root.daemon(POLICY);
+    let kid = Kid::new(
+        root.gov()
+            .args(["spawn", "-p", "/srv/traced", "--max-runtime", "2s", "--"])
+            .args(["sleep", "600"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let gate = root.gate_of(kid.id());
+    let _strace = Kid::new(
+        Command::new("strace")
+            .args(["-o", "/dev/null", "-p", &kid.id().to_string()])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_until(Duration::from_secs(10), "strace to attach", || {
+        gov::proc::tracer_pid(kid.id()).is_some()
+    });
+    wait_until(Duration::from_secs(20), "the traced gate to go", || {
+        root.gate(&gate).is_none()
+    });
+    assert!(!alive(kid.id()), "the traced process outlived its gate");
+    let removed = root
+        .events()
+        .into_iter()
+        .find(|e| e["gate"] == gate.as_str() && e["kind"] == "removed")
+        .expect("a removed event");
+    assert!(
+        removed["reason"].as_str().unwrap().starts_with("deadline"),
+        "{removed}"
+    );
 }

@@ -158,9 +158,11 @@ pub enum Command {
     },
     /// Move a running process and all its current descendants into a new
     /// gate (a REPL started by hand, a leak from before gov). Descendants
-    /// that already left its tree (double-forked away) cannot be found.
+    /// that already left its tree (double-forked away) cannot be found;
+    /// those in a gate, or in a cgroup you could not leave, stay.
     Adopt {
-        /// The process to adopt: yours (every uid of it), or any as root.
+        /// The process to adopt: yours (every uid of it), in your own cgroup
+        /// or one delegated to you; or any outside a gate as root.
         #[arg(value_name = "PID")]
         pid: u32,
         /// The project the gate works for: a name (MyPkg) or a path.

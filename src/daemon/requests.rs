@@ -409,7 +409,13 @@ impl Daemon {
             code: ErrorCode::NotFound,
             message: format!("no process {pid}"),
         })?;
-        let caller_cg = cgroup::cgroup_of(&mount, peer.pid).ok();
+        // The caller's own cgroup, read while its pidfd shows the pid still
+        // names the caller: a recycled pid must not lend its cgroup.
+        let caller_cg = cgroup::cgroup_of(&mount, peer.pid).ok().filter(|_| {
+            peer.pidfd
+                .as_ref()
+                .is_some_and(|fd| proc::pidfd_send_signal(fd, 0).is_ok())
+        });
         let peer_uid = peer.uid;
         may_take_from(&self.tree, peer_uid, caller_cg.as_deref(), &from)
             .map_err(|why| forbidden(format!("process {pid} is {why}")))?;

@@ -158,9 +158,11 @@ pub enum Command {
     },
     /// Move a running process and all its current descendants into a new
     /// gate (a REPL started by hand, a leak from before gov). Descendants
-    /// that already left its tree (double-forked away) cannot be found.
+    /// that already left its tree (double-forked away) cannot be found;
+    /// those in a gate, or in a cgroup you could not leave, stay.
     Adopt {
-        /// The process to adopt: yours (every uid of it), or any as root.
+        /// The process to adopt: yours (every uid of it), in your own cgroup
+        /// or one delegated to you; or any outside a gate as root.
         #[arg(value_name = "PID")]
         pid: u32,
         /// The project the gate works for: a name (MyPkg) or a path.
@@ -402,7 +404,9 @@ pub fn run(cli: Cli) -> Result<i32> {
                         if skipped.is_empty() {
                             String::new()
                         } else {
-                            format!("; left {skipped:?} where they were (not yours)")
+                            format!(
+                                "; left {skipped:?} where they were (not yours, or in a gate or a cgroup you could not leave)"
+                            )
                         }
                     );
                     Ok(0)
@@ -964,6 +968,10 @@ fn spawn_cmd(
         .unwrap_or_else(names::new_session_id);
     let tree = Tree::resolve(&policy.global.cgroup_root)?;
     let me = std::process::id();
+    // A gate's processes stay in it, as through the daemon.
+    if let Some(part) = tree.part_holding(&crate::cgroup::cgroup_of(&tree.mount, me)?) {
+        bail!("already in {part}: a gate's processes cannot leave it");
+    }
     let owner_pid = if no_owner {
         None
     } else {

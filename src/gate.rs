@@ -109,6 +109,17 @@ impl Tree {
         Ok(self.gates()?.into_iter().find(|g| g.id == id))
     }
 
+    /// What part of gov's tree cgroup `cg` lies in, for a refusal: "gate G"
+    /// (its worker cgroup too), else "gov's own cgroup" (the daemon's leaf,
+    /// a project directory). None outside the tree.
+    pub fn part_holding(&self, cg: &Path) -> Option<String> {
+        let rel = cg.strip_prefix(self.root.path()).ok()?;
+        Some(match rel.iter().nth(1).and_then(|c| c.to_str()) {
+            Some(id) if names::check_gate_id(id).is_ok() => format!("gate {id}"),
+            _ => "gov's own cgroup".to_string(),
+        })
+    }
+
     /// The project cgroup of user `uid`'s gates of `project`.
     pub fn project(&self, uid: u32, project: &str) -> Cgroup {
         self.root.child(&names::project_key(uid, project))
@@ -621,5 +632,23 @@ mod tests {
         for bad in ["/", "/tmp/x", "../x", "/sys/fs/cgroup/unified", "a/../../x"] {
             assert!(Tree::at(mount.clone(), bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn a_cgroup_is_placed_in_a_gate_gov_or_outside() {
+        let tree = Tree::at(PathBuf::from("/cg"), "gov").unwrap();
+        let part = |p: &str| tree.part_holding(Path::new(p));
+        assert_eq!(
+            part("/cg/gov/p-1/g0123456789").as_deref(),
+            Some("gate g0123456789")
+        );
+        assert_eq!(
+            part("/cg/gov/p-1/g0123456789/w").as_deref(),
+            Some("gate g0123456789")
+        );
+        assert_eq!(part("/cg/gov/daemon").as_deref(), Some("gov's own cgroup"));
+        assert_eq!(part("/cg/gov").as_deref(), Some("gov's own cgroup"));
+        assert_eq!(part("/cg/gov2/p-1/g0123456789"), None);
+        assert_eq!(part("/cg/user.slice"), None);
     }
 }

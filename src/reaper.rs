@@ -186,11 +186,10 @@ pub fn step(v: &View, s: &GateSettings, now: u64) -> Decision {
         }
         Phase::Running | Phase::Suspended { .. } | Phase::Hibernated { .. } => {}
     }
+    // A pin is the owner's own word (only they, an admin or root may pin a
+    // gate), so it spares the gate from every rule.
     if v.pinned {
         return keep_spared(Spared::Pinned);
-    }
-    if v.traced {
-        return keep_spared(Spared::Traced);
     }
     let deadline = v.max_runtime_ms.map(|m| v.created_ms.saturating_add(m));
     let orphan_at = v
@@ -213,6 +212,15 @@ pub fn step(v: &View, s: &GateSettings, now: u64) -> Decision {
     soonest.extend(deadline.map(|d| next(NextAction::StopDeadline, d)));
     soonest.extend(orphan_at.map(|o| next(NextAction::StopOrphaned, o)));
     soonest.extend(main_exit_at.map(|t| next(NextAction::StopMainExited, t)));
+    // A debugger holds off the idle rules only. Anyone who may ptrace one
+    // process of a gate (a user's own process inside root's gate) could
+    // otherwise keep the whole gate past its deadline or its owner's exit.
+    if v.traced {
+        return Decision::Keep {
+            spared: Some(Spared::Traced),
+            next: soonest.into_iter().min_by_key(|n| n.at_ms),
+        };
+    }
     let mut spared = None;
     match v.phase {
         Phase::Suspended { since_ms, .. } => {
@@ -511,7 +519,6 @@ mod tests {
         assert_eq!(step(&pinned, &s, late), keep_spared(Spared::Pinned));
         let traced = View {
             traced: true,
-            orphaned_ms: Some(0),
             ..view()
         };
         assert_eq!(step(&traced, &s, late), keep_spared(Spared::Traced));
@@ -525,6 +532,94 @@ mod tests {
             ..view()
         };
         assert_eq!(step(&frozen, &s, late), keep_spared(Spared::Pinned));
+    }
+
+    /// Every phase the rules apply in, against every rule: a debugger
+    /// spares a gate from the idle rules only; a pin from all of them.
+    #[test]
+    fn tracing_spares_only_from_the_idle_rules_and_a_pin_from_all() {
+        let mut s = settings();
+        s.main_exit_grace = std::time::Duration::ZERO;
+        s.hibernate_after = Some(std::time::Duration::from_secs(60));
+        s.hibernate_hold = Some(std::time::Duration::from_secs(60));
+        let late = 1000 * MIN;
+        let phases = [
+            Phase::Running,
+            Phase::Suspended {
+                since_ms: 0,
+                manual: false,
+            },
+            Phase::Suspended {
+                since_ms: 0,
+                manual: true,
+            },
+            Phase::Hibernated {
+                since_ms: 0,
+                image_bytes: 1,
+            },
+        ];
+        for phase in phases {
+            let base = View {
+                phase,
+                traced: true,
+                hibernatable: true,
+                ..view()
+            };
+            // Idle for ages: the idle, frozen-hold and hibernation rules wait.
+            assert_eq!(
+                step(&base, &s, late),
+                keep_spared(Spared::Traced),
+                "{phase:?}"
+            );
+            let rules = [
+                (
+                    View {
+                        max_runtime_ms: Some(5 * MIN),
+                        ..base
+                    },
+                    Reason::Deadline,
+                    NextAction::StopDeadline,
+                ),
+                (
+                    View {
+                        orphaned_ms: Some(0),
+                        ..base
+                    },
+                    Reason::Orphan,
+                    NextAction::StopOrphaned,
+                ),
+                (
+                    View {
+                        main_exit_stop_ms: Some(5 * MIN),
+                        ..base
+                    },
+                    Reason::MainExit,
+                    NextAction::StopMainExited,
+                ),
+            ];
+            for (v, reason, action) in rules {
+                // Each rule is due at 5 min (orphan_grace is 5 min).
+                let at = 5 * MIN;
+                assert_eq!(
+                    step(&v, &s, at - 1),
+                    Decision::Keep {
+                        spared: Some(Spared::Traced),
+                        next: Some(next(action, at)),
+                    },
+                    "{phase:?} {reason:?}"
+                );
+                assert_eq!(step(&v, &s, at), Decision::Stop(reason), "{phase:?}");
+                assert_eq!(step(&v, &s, late), Decision::Stop(reason), "{phase:?}");
+                let untraced = View { traced: false, ..v };
+                assert_eq!(step(&untraced, &s, late), Decision::Stop(reason));
+                let pinned = View { pinned: true, ..v };
+                assert_eq!(
+                    step(&pinned, &s, late),
+                    keep_spared(Spared::Pinned),
+                    "{phase:?} {reason:?}"
+                );
+            }
+        }
     }
 
     #[test]

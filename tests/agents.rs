@@ -1119,9 +1119,10 @@ fn a_short_command_through_the_shell_prefix_keeps_its_output_and_status() {
 }
 
 /// An MCP entry that is itself a `gov spawn`, run through the prefix as
-/// Claude Code runs stdio servers: with `GOV_MAX_RUNTIME=never` the
-/// prefix's gate has no deadline, and the inner spawn moves the server into
-/// a gate of its own, which outlives the prefix's emptied gate.
+/// Claude Code runs stdio servers: inside the prefix's gate its spawn is
+/// refused (a gate's processes cannot leave it); with `GOV_PREFIX=off` the
+/// prefix makes no gate and the inner spawn moves the server into a gate of
+/// its own, with no deadline.
 #[test]
 fn a_gov_spawn_through_the_shell_prefix_moves_into_its_own_gate() {
     let test = "a_gov_spawn_through_the_shell_prefix_moves_into_its_own_gate";
@@ -1138,11 +1139,23 @@ fn a_gov_spawn_through_the_shell_prefix_moves_into_its_own_gate() {
         project.display(),
         fifo.display()
     );
-    let child = prefixed(
+    let refused = prefixed(
         &root,
         &project,
         &[&command],
         &[("GOV_SESSION", "outer"), ("GOV_MAX_RUNTIME", "never")],
+    )
+    .output()
+    .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("a gate's processes cannot leave it"), "{err}");
+    assert!(gates_of_session(&root, "inner").is_empty());
+    let child = prefixed(
+        &root,
+        &project,
+        &[&command],
+        &[("GOV_SESSION", "outer"), ("GOV_PREFIX", "off")],
     )
     .spawn()
     .unwrap();
@@ -1159,14 +1172,9 @@ fn a_gov_spawn_through_the_shell_prefix_moves_into_its_own_gate() {
     );
     wait_until(
         Duration::from_secs(10),
-        "the prefix's empty gate to go",
+        "the refused prefix's gate to go",
         || gates_of_session(&root, "outer").is_empty(),
     );
-    let outer = root
-        .events()
-        .into_iter()
-        .find(|e| e["session"] == "outer" && e["kind"] == "exited");
-    assert!(outer.is_some(), "the prefix's gate ended empty");
     fs::write(&fifo, "go\n").unwrap();
     assert_eq!(server.reap(Duration::from_secs(10)), Some(0));
 }

@@ -191,7 +191,7 @@ fn adopt_takes_only_what_is_yours() {
     let id = root.ok(&["adopt", &pid, "--project", "/srv/mine"]);
     let out = root.run(&["adopt", &pid, "--project", "/srv/again"]);
     assert!(
-        text(&out.stderr).contains("already in a gate"),
+        text(&out.stderr).contains("already in gate"),
         "{}",
         text(&out.stderr)
     );

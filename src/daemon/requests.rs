@@ -3,13 +3,15 @@
 //! error is a reply; nothing here acts on a gate itself.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio::net::UnixStream;
 
-use crate::gate::{self, Tags};
+use crate::cgroup;
+use crate::gate::{self, Tags, Tree};
 use crate::names;
 use crate::policy::{GateSettings, OnLimit};
 use crate::proc;
@@ -289,6 +291,17 @@ impl Daemon {
             code: ErrorCode::BadRequest,
             message: e.to_string(),
         };
+        // A gate's processes stay in it, root's too: a spawn from inside
+        // would move the caller out, past the gate's deadline and orphan
+        // rule, into a gate of its own choosing (no owner, pinned).
+        let mount = cgroup::cgroup2_mount().map_err(internal)?;
+        let here = cgroup::cgroup_of(&mount, peer.pid).map_err(|_| bad("caller is gone"))?;
+        if let Some(part) = self.tree.part_holding(&here) {
+            return fail(
+                ErrorCode::Forbidden,
+                format!("already in {part}: a gate's processes cannot leave it"),
+            );
+        }
         let (mut tags, settings) = self.prepare(peer, peer.pid, peer.uid, r)?;
         tags.keeper = hibernate;
         self.check_caps(peer.uid, &tags.project, &settings)?;
@@ -391,14 +404,21 @@ impl Daemon {
                 return fail(ErrorCode::NotFound, format!("no process {pid} of yours"));
             }
         };
-        let mount = crate::cgroup::cgroup2_mount().map_err(internal)?;
-        if crate::cgroup::cgroup_of(&mount, pid)
-            .is_ok_and(|cg| cg.starts_with(self.tree.root.path()))
-        {
-            return Err(forbidden(format!(
-                "process {pid} is already in a gate (or is gov)"
-            )));
-        }
+        let mount = cgroup::cgroup2_mount().map_err(internal)?;
+        let from = cgroup::cgroup_of(&mount, pid).map_err(|_| Failure {
+            code: ErrorCode::NotFound,
+            message: format!("no process {pid}"),
+        })?;
+        // The caller's own cgroup, read while its pidfd shows the pid still
+        // names the caller: a recycled pid must not lend its cgroup.
+        let caller_cg = cgroup::cgroup_of(&mount, peer.pid).ok().filter(|_| {
+            peer.pidfd
+                .as_ref()
+                .is_some_and(|fd| proc::pidfd_send_signal(fd, 0).is_ok())
+        });
+        let peer_uid = peer.uid;
+        may_take_from(&self.tree, peer_uid, caller_cg.as_deref(), &from)
+            .map_err(|why| forbidden(format!("process {pid} is {why}")))?;
         let (tags, settings) = self.prepare(peer, pid, uid, r)?;
         self.check_caps(uid, &tags.project, &settings)?;
         let (tree, t, s) = (self.tree.clone(), tags.clone(), settings.clone());
@@ -413,7 +433,23 @@ impl Daemon {
                             if moved.contains(&child) || skipped.contains(&child) {
                                 continue;
                             }
-                            if uid != 0 && !wholly(child, uid) {
+                            // Gone meanwhile.
+                            let Ok(cg) = cgroup::cgroup_of(&mount, child) else {
+                                continue;
+                            };
+                            // Forked after its parent moved: born inside.
+                            if cg == dir.cgroup.path() {
+                                moved.push(child);
+                                new = true;
+                                continue;
+                            }
+                            // The rule for the process itself holds for each
+                            // descendant: one in another gate, or in a
+                            // cgroup the caller could not leave, stays.
+                            if (uid != 0 && !wholly(child, uid))
+                                || may_take_from(&tree, peer_uid, caller_cg.as_deref(), &cg)
+                                    .is_err()
+                            {
                                 skipped.push(child);
                                 continue;
                             }
@@ -549,4 +585,40 @@ impl Daemon {
         }
         self.journal.metrics(&by_state, &mem_by_project)
     }
+}
+
+/// Whether a process in cgroup `cg` may be moved into a new gate for a
+/// caller of `caller_uid` who runs in `caller_cg`; else why not ("already in gate
+/// G: ..."). Never out of gov's tree: a gate's processes stay in it. Root
+/// takes from anywhere else. A user takes only from the cgroup the caller
+/// itself runs in (it could `gov spawn` out of it just as well) or from one
+/// whose cgroup.procs is theirs to write (delegated to them, as systemd does
+/// with user@UID.service and what lies below it): the kernel lets an
+/// unprivileged user move a process only between cgroups whose cgroup.procs
+/// they may write, and a cgroup the user could not leave by themselves (an
+/// admin's, a service's, another login session's) is not left through gov.
+fn may_take_from(
+    tree: &Tree,
+    caller_uid: u32,
+    caller_cg: Option<&Path>,
+    cg: &Path,
+) -> std::result::Result<(), String> {
+    if let Some(part) = tree.part_holding(cg) {
+        return Err(format!(
+            "already in {part}: a gate's processes cannot leave it"
+        ));
+    }
+    if caller_uid == 0 || caller_cg == Some(cg) {
+        return Ok(());
+    }
+    let delegated = std::fs::metadata(cg.join("cgroup.procs"))
+        .is_ok_and(|m| m.uid() == caller_uid && m.mode() & 0o200 != 0);
+    if delegated {
+        return Ok(());
+    }
+    let shown = cg.strip_prefix(&tree.mount).unwrap_or(cg);
+    Err(format!(
+        "in cgroup /{}, which you could not leave yourself",
+        shown.display()
+    ))
 }

@@ -27,6 +27,15 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The mode of gov's root and project directories: others may pass
+/// through (a user's keeper reads its own gate's `w/cgroup.events`), but
+/// not list them: which projects and gates exist, and whose, is nobody
+/// else's business. Gate directories keep 0755: a gate's path is in the
+/// world-readable /proc/PID/cgroup of its processes anyway, and its files
+/// (pids, CPU and memory use) say no more than /proc/PID does; its tags are
+/// trusted.* xattrs, which only CAP_SYS_ADMIN reads.
+pub const PASS_THROUGH: u32 = 0o711;
+
 /// gov's own subtree of the cgroup2 hierarchy.
 #[derive(Debug, Clone)]
 pub struct Tree {
@@ -70,8 +79,22 @@ impl Tree {
         })
     }
 
+    /// Creates gov's root if missing; others may pass through it, not list it.
     pub fn ensure(&self) -> Result<(), CgroupError> {
-        self.root.create_if_missing()
+        self.root.create_if_missing_with_mode(PASS_THROUGH)
+    }
+
+    /// Makes the root and every project directory pass-through only
+    /// ([`PASS_THROUGH`]), also those an earlier gov made listable.
+    pub fn close_listings(&self) -> Result<(), CgroupError> {
+        self.root.set_mode(PASS_THROUGH)?;
+        for project in self.root.children()? {
+            if names::is_project_key(&project) {
+                // A project removed under us (its last gate reaped) is normal.
+                let _ = self.root.child(&project).set_mode(PASS_THROUGH);
+            }
+        }
+        Ok(())
     }
 
     /// Every gate under the root, found by walking `<root>/<project>/<gate>`.
@@ -125,7 +148,7 @@ impl Tree {
             self.ensure()?;
             let project = self.root.child(&project_key);
             if !project.exists() {
-                project.create_if_missing()?;
+                project.create_if_missing_with_mode(PASS_THROUGH)?;
                 // Gates get the controllers gov's root hands down, so their
                 // limits and memory.current work (pure cgroup2 only).
                 let enabled = self.root.read_subtree_control().unwrap_or_default();

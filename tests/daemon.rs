@@ -948,3 +948,37 @@ fn a_freeze_asked_by_a_person_shows_frozen_and_thaw_resumes() {
     assert_eq!(root.gate(&id).unwrap()["state"], "running");
     assert!(alive(a.id()));
 }
+
+/// A user cannot list gov's root or a project's directory (which projects
+/// and gates exist, and whose), though a path through them still works: a
+/// keeper reads its own gate's files.
+#[test]
+fn others_cannot_list_gov_s_cgroup_tree() {
+    let root = TestRoot::new();
+    let _d = root.daemon("");
+    let a = spawn_gate(&root, "/srv/secret", None, "exec sleep 300");
+    let id = root.gate_of(a.id());
+    let gate_dir = root.gate_cgroup(&id).path().to_path_buf();
+    let project_dir = gate_dir.parent().unwrap().to_path_buf();
+    for dir in [&root.path, &project_dir] {
+        let out = common::as_user(NOBODY, Command::new("ls").arg(dir));
+        assert!(!out.status.success(), "nobody listed {}", dir.display());
+        assert!(
+            text(&out.stderr).contains("Permission denied"),
+            "{}",
+            text(&out.stderr)
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o711, "{}", dir.display());
+    }
+    let out = common::as_user(
+        NOBODY,
+        Command::new("cat").arg(gate_dir.join("cgroup.events")),
+    );
+    assert!(
+        out.status.success(),
+        "a known path still passes: {}",
+        text(&out.stderr)
+    );
+}

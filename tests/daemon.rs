@@ -982,3 +982,102 @@ fn others_cannot_list_gov_s_cgroup_tree() {
         text(&out.stderr)
     );
 }
+
+/// One line of the metrics text, summed over its labels (0 when absent).
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn metrics_as_root(root: &TestRoot) -> String {
+    match gov::client::request(&root.socket, gov::protocol::Request::Metrics) {
+        Ok(Some(gov::protocol::Response::Metrics { text })) => text,
+        other => panic!("metrics: {other:?}"),
+    }
+}
+
+/// The event history is kept per user: root's thousand-odd pins and unpins
+/// push out root's own older events, never nobody's spawn.
+#[test]
+fn one_users_flood_of_events_keeps_anothers_history() {
+    let root = TestRoot::new();
+    let _d = root.daemon("event_history = 100\n");
+    let theirs = Kid::new(
+        gov_as_nobody(&root)
+            .args(["spawn", "--project", "/srv/theirs", "--", "sleep", "300"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let their_id = root.gate_of(theirs.id());
+    let mine = spawn_gate(&root, "/srv/mine", None, "exec sleep 300");
+    let my_id = root.gate_of(mine.id());
+    let spawned = |events: &[Value]| {
+        events
+            .iter()
+            .any(|e| e["gate"] == their_id.as_str() && e["kind"] == "spawned")
+    };
+    wait_until(Duration::from_secs(5), "nobody's spawn event", || {
+        spawned(&root.events())
+    });
+    for i in 0..300 {
+        let req = if i % 2 == 0 {
+            gov::protocol::Request::Pin {
+                gate: my_id.clone(),
+            }
+        } else {
+            gov::protocol::Request::Unpin {
+                gate: my_id.clone(),
+            }
+        };
+        match gov::client::request(&root.socket, req) {
+            Ok(Some(gov::protocol::Response::Done { .. })) => {}
+            other => panic!("pin/unpin: {other:?}"),
+        }
+    }
+    let all = root.events();
+    assert_eq!(all.len(), 100, "the history holds event_history events");
+    assert!(spawned(&all), "root sees nobody's spawn in the merge");
+    let out = nobody_run(&root, &["events", "--json", "-n", "1000"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let theirs_seen: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        spawned(&theirs_seen),
+        "nobody's spawn survived: {theirs_seen:?}"
+    );
+    let times: Vec<u64> = all.iter().map(|e| e["time_ms"].as_u64().unwrap()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "merged in time order"
+    );
+}
+
+/// A user with no gates sees none of root's spawns, touches and reaps in
+/// metrics; root sees them all.
+#[test]
+fn a_user_with_no_gates_sees_no_counts_in_metrics() {
+    let root = TestRoot::new();
+    let _d = root.daemon("");
+    let a = spawn_gate(&root, "/srv/secret", None, "exec sleep 300");
+    let id = root.gate_of(a.id());
+    root.ok(&["touch", &id]);
+    root.ok(&["kill", &id]);
+    let all = metrics_as_root(&root);
+    assert!(metric(&all, "gov_spawns_total") >= 1, "{all}");
+    assert!(metric(&all, "gov_touches_total") >= 1, "{all}");
+    assert!(metric(&all, "gov_reaps_total") >= 1, "{all}");
+    let out = nobody_run(&root, &["metrics"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let theirs = text(&out.stdout);
+    for name in [
+        "gov_spawns_total",
+        "gov_touches_total",
+        "gov_reaps_total",
+        "gov_gates",
+        "gov_memory_reads_total",
+    ] {
+        assert_eq!(metric(&theirs, name), 0, "{name} shown to nobody: {theirs}");
+    }
+}

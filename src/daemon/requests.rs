@@ -2,7 +2,6 @@
 //! the client says), whether they may, and which gate owner acts. Every
 //! error is a reply; nothing here acts on a gate itself.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -13,10 +12,11 @@ use crate::gate::{self, Tags};
 use crate::names;
 use crate::policy::{GateSettings, OnLimit};
 use crate::proc;
-use crate::protocol::{self, ErrorCode, GateInfo, GateSpec, GateState, Reason, Request, Response};
+use crate::protocol::{self, ErrorCode, GateInfo, GateSpec, Reason, Request, Response};
 use crate::reaper;
 use crate::spawn;
 
+use super::journal::Gauges;
 use super::lifecycle::{self, Cmd, Failure, Gate, Handle};
 use super::Daemon;
 
@@ -122,7 +122,7 @@ impl Daemon {
                 Err(e) => fail(ErrorCode::BadRequest, e.to_string()),
             },
             Request::Events { limit } => Ok(Response::Events {
-                events: self.journal.recent(|e| peer.may_see(e.uid), limit),
+                events: self.journal.recent(|uid| peer.may_see(uid), limit),
             }),
             Request::Metrics => Ok(Response::Metrics {
                 text: self.metrics(Some(peer)),
@@ -197,7 +197,7 @@ impl Daemon {
         if targets.is_empty() {
             return fail(ErrorCode::NotFound, "no gate with that session");
         }
-        self.journal.count_touches(targets.len() as u64);
+        self.journal.count_touches(peer.uid, targets.len() as u64);
         // All owners at once; the reply waits for the slowest.
         let pending: Vec<_> = targets
             .iter()
@@ -323,7 +323,7 @@ impl Daemon {
         let id = dir.id.clone();
         self.journal
             .record(&tags, &id, protocol::EventKind::Spawned, None, None);
-        self.journal.count_spawn();
+        self.journal.count_spawn(tags.owner_uid);
         let (project, session) = (tags.project.clone(), tags.session.clone());
         let never_orphaned = tags.owner_pid == Some(1);
         self.manage(Gate::new(dir, tags, self.policy()));
@@ -451,7 +451,7 @@ impl Daemon {
             )),
             None,
         );
-        self.journal.count_spawn();
+        self.journal.count_spawn(tags.owner_uid);
         let (project, session) = (tags.project.clone(), tags.session.clone());
         let never_orphaned = tags.owner_pid == Some(1);
         self.manage(Gate::new(dir, tags, self.policy()));
@@ -490,7 +490,7 @@ impl Daemon {
         });
         if let Some(max) = policy.global.max_gates_per_user {
             if user_count >= max as usize {
-                self.journal.count_refused();
+                self.journal.count_refused(uid);
                 return fail(
                     ErrorCode::Limit,
                     format!("you have {user_count} gates; max_gates_per_user is {max}"),
@@ -520,7 +520,7 @@ impl Daemon {
             }
         };
         if victims.len() < excess {
-            self.journal.count_refused();
+            self.journal.count_refused(uid);
             let none_idle = if settings.on_limit == OnLimit::EvictIdlest {
                 " and none is idle enough to evict"
             } else {
@@ -541,23 +541,28 @@ impl Daemon {
     }
 
     /// Prometheus text. Through the socket a user sees gauges of their own
-    /// gates only (no other project's name leaks); the scrape endpoint, which
-    /// an admin chose to open, and root see all.
+    /// gates only (no other project's name leaks) and counters of their own
+    /// doing; the scrape endpoint, which an admin chose to open, and admins
+    /// see all.
     pub(super) fn metrics(&self, peer: Option<&Peer>) -> String {
-        let mut by_state: BTreeMap<GateState, u64> = BTreeMap::new();
-        let mut mem_by_project: BTreeMap<String, u64> = BTreeMap::new();
+        let mut gauges = Gauges::default();
         let mut visible = Vec::new();
         self.gates.each(|_, g| {
             if peer.is_none_or(|p| p.may_see(g.tags.owner_uid)) {
-                *by_state.entry(g.phase.state(g.populated)).or_default() += 1;
+                *gauges
+                    .by_state
+                    .entry(g.phase.state(g.populated))
+                    .or_default() += 1;
                 visible.push((g.tags.project.clone(), g.dir.clone()));
             }
         });
         // File reads outside the registry's lock.
         for (project, dir) in visible {
             let pids = dir.pids().unwrap_or_default();
-            *mem_by_project.entry(project).or_default() += gate::memory_of(&dir.cgroup, &pids).0;
+            *gauges.mem_by_project.entry(project).or_default() +=
+                gate::memory_of(&dir.cgroup, &pids).0;
         }
-        self.journal.metrics(&by_state, &mem_by_project)
+        let uid = peer.filter(|p| !p.admin).map(|p| p.uid);
+        self.journal.metrics(uid, &gauges)
     }
 }

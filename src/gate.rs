@@ -432,16 +432,74 @@ impl Tags {
     }
 }
 
+/// How long one gate's PSS may take to read. smaps_rollup walks a
+/// process's page tables: ~9 ms for a process mapping 512 MB here, so a gate
+/// of a thousand such processes would take seconds.
+pub const MEMORY_READ_BOUND: Duration = Duration::from_millis(250);
+
+static MEMORY_READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// memory.current and smaps_rollup reads made so far by this process (the
+/// daemon's metrics show it, so a test can tell where figures came from).
+pub fn memory_reads() -> u64 {
+    MEMORY_READS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Memory of a gate in bytes, and where the number came from: the one
 /// figure `ps`, `show`, the memory budget, metrics and the `freed` of
 /// events all use, so what a gate freed is what it was shown holding.
+/// Bounded by [`MEMORY_READ_BOUND`]: the processes not read by then count
+/// as the mean of those that were.
 pub fn memory_of(cg: &Cgroup, pids: &[u32]) -> (u64, MemorySource) {
-    match cg.read_memory_current() {
-        Ok(Some(bytes)) => (bytes, MemorySource::MemoryCurrent),
-        _ => (
-            pids.iter().filter_map(|&p| crate::proc::pss_bytes(p)).sum(),
-            MemorySource::ProcPss,
-        ),
+    memory_until(cg, pids, std::time::Instant::now() + MEMORY_READ_BOUND)
+}
+
+/// [`memory_of`], reading PSS until `deadline` at the latest.
+pub fn memory_until(
+    cg: &Cgroup,
+    pids: &[u32],
+    deadline: std::time::Instant,
+) -> (u64, MemorySource) {
+    use std::sync::atomic::Ordering::Relaxed;
+    MEMORY_READS.fetch_add(1, Relaxed);
+    if let Ok(Some(bytes)) = cg.read_memory_current() {
+        return (bytes, MemorySource::MemoryCurrent);
+    }
+    let (mut sum, mut read) = (0u64, 0u64);
+    for &p in pids {
+        if std::time::Instant::now() >= deadline {
+            break;
+        }
+        MEMORY_READS.fetch_add(1, Relaxed);
+        sum += crate::proc::pss_bytes(p).unwrap_or(0);
+        read += 1;
+    }
+    let total = match read {
+        0 => 0,
+        n => sum.saturating_add(sum / n * (pids.len() as u64 - n)),
+    };
+    (total, MemorySource::ProcPss)
+}
+
+/// A gate's memory as measured at one moment, kept so that metrics, the
+/// budget and a teardown's `freed` need not read it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Measured {
+    pub bytes: u64,
+    pub source: MemorySource,
+    pub at_ms: u64,
+}
+
+impl Measured {
+    /// Reads a gate's memory now (bounded by `deadline`).
+    pub fn now(dir: &GateDir, deadline: std::time::Instant) -> Measured {
+        let pids = dir.pids().unwrap_or_default();
+        let (bytes, source) = memory_until(&dir.cgroup, &pids, deadline);
+        Measured {
+            bytes,
+            source,
+            at_ms: now_ms(),
+        }
     }
 }
 

@@ -998,6 +998,61 @@ fn metrics_as_root(root: &TestRoot) -> String {
     }
 }
 
+/// A metrics request reads no memory file: the figures are the scan's,
+/// measured off the daemon's thread and kept with the gate. Scans are an
+/// hour apart here, so none happens while 60 requests (root's and
+/// nobody's, several at once) are served, and the daemon's count of memory
+/// reads must not move. (Before, each request read every gate's
+/// memory.current or every process's smaps_rollup on the daemon's only
+/// thread.)
+#[test]
+fn metrics_requests_read_no_memory_files() {
+    let root = TestRoot::new();
+    // Made before the daemon (root's direct spawn), so its first scan finds
+    // them; the budget, far above what they hold, keeps that scan measuring.
+    let kids: Vec<Kid> = (0..3)
+        .map(|_| Kid::new(root.spawn_sh("/srv/mem", "sleep 300 & sleep 300 & wait")))
+        .collect();
+    for k in &kids {
+        root.gate_of(k.id());
+    }
+    let _d = root.daemon("scan_interval = \"1h\"\nmemory_budget = \"1T\"\n");
+    wait_until(Duration::from_secs(20), "the scan's memory figures", || {
+        metric(&metrics_as_root(&root), "gov_project_memory_bytes") > 0
+    });
+    let before = metrics_as_root(&root);
+    let (reads, scans) = (metric(&before, "gov_memory_reads_total"), root.scans());
+    assert!(reads > 0, "{before}");
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..10 {
+                    metrics_as_root(&root);
+                }
+            });
+        }
+        for _ in 0..2 {
+            s.spawn(|| {
+                for _ in 0..10 {
+                    assert!(nobody_run(&root, &["metrics"]).status.success());
+                }
+            });
+        }
+    });
+    let after = metrics_as_root(&root);
+    assert_eq!(root.scans(), scans, "no scan ran meanwhile");
+    assert_eq!(
+        metric(&after, "gov_memory_reads_total"),
+        reads,
+        "metrics requests read memory files"
+    );
+    assert_eq!(
+        metric(&after, "gov_project_memory_bytes"),
+        metric(&before, "gov_project_memory_bytes")
+    );
+    assert!(after.contains("gov_memory_age_seconds "), "{after}");
+}
+
 /// The event history is kept per user: root's thousand-odd pins and unpins
 /// push out root's own older events, never nobody's spawn.
 #[test]

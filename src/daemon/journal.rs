@@ -85,6 +85,10 @@ impl History {
 pub struct Gauges {
     pub by_state: BTreeMap<GateState, u64>,
     pub mem_by_project: BTreeMap<String, u64>,
+    /// How old the oldest memory figure in `mem_by_project` is.
+    pub memory_age_ms: Option<u64>,
+    /// The daemon's memory reads so far (admins and the scrape only).
+    pub memory_reads: Option<u64>,
 }
 
 pub struct Journal {
@@ -221,12 +225,18 @@ impl Journal {
                 by_state.get(&state).unwrap_or(&0)
             );
         }
-        out += "# HELP gov_project_memory_bytes Memory of a project's gates (memory.current; where the memory controller is off, the sum of PSS, as gov ps shows it).\n# TYPE gov_project_memory_bytes gauge\n";
+        out += "# HELP gov_project_memory_bytes Memory of a project's gates as the scan last measured it (memory.current; where the memory controller is off, the sum of PSS).\n# TYPE gov_project_memory_bytes gauge\n";
         for (p, m) in mem_by_project {
             out += &format!(
                 "gov_project_memory_bytes{{project=\"{}\"}} {m}\n",
                 prom_escape(p)
             );
+        }
+        if let Some(age) = gauges.memory_age_ms {
+            out += &format!("# HELP gov_memory_age_seconds Age of the oldest memory figure above.\n# TYPE gov_memory_age_seconds gauge\ngov_memory_age_seconds {:.3}\n", age as f64 / 1000.0);
+        }
+        if let Some(n) = gauges.memory_reads {
+            out += &format!("# HELP gov_memory_reads_total Memory figures read from cgroupfs or procfs (a memory.current, or one process's smaps_rollup).\n# TYPE gov_memory_reads_total counter\ngov_memory_reads_total {n}\n");
         }
         out += "# HELP gov_reaps_total Gates reaped, by reason.\n# TYPE gov_reaps_total counter\n";
         for (r, n) in &c.reaps {

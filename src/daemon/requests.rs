@@ -3,6 +3,7 @@
 //! error is a reply; nothing here acts on a gate itself.
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -543,26 +544,34 @@ impl Daemon {
     /// Prometheus text. Through the socket a user sees gauges of their own
     /// gates only (no other project's name leaks) and counters of their own
     /// doing; the scrape endpoint, which an admin chose to open, and admins
-    /// see all.
+    /// see all. Memory figures are the scan's, with their age: a request
+    /// reads no file, however many gates and processes there are.
     pub(super) fn metrics(&self, peer: Option<&Peer>) -> String {
+        let now = gate::now_ms();
+        if peer.is_some() {
+            self.metrics_asked_ms.store(now, Ordering::Relaxed);
+        }
         let mut gauges = Gauges::default();
-        let mut visible = Vec::new();
         self.gates.each(|_, g| {
             if peer.is_none_or(|p| p.may_see(g.tags.owner_uid)) {
                 *gauges
                     .by_state
                     .entry(g.phase.state(g.populated))
                     .or_default() += 1;
-                visible.push((g.tags.project.clone(), g.dir.clone()));
+                if let Some(m) = g.memory {
+                    *gauges
+                        .mem_by_project
+                        .entry(g.tags.project.clone())
+                        .or_default() += m.bytes;
+                    let age = now.saturating_sub(m.at_ms);
+                    gauges.memory_age_ms = Some(gauges.memory_age_ms.unwrap_or(0).max(age));
+                }
             }
         });
-        // File reads outside the registry's lock.
-        for (project, dir) in visible {
-            let pids = dir.pids().unwrap_or_default();
-            *gauges.mem_by_project.entry(project).or_default() +=
-                gate::memory_of(&dir.cgroup, &pids).0;
-        }
         let uid = peer.filter(|p| !p.admin).map(|p| p.uid);
+        if uid.is_none() {
+            gauges.memory_reads = Some(gate::memory_reads());
+        }
         self.journal.metrics(uid, &gauges)
     }
 }

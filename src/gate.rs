@@ -474,11 +474,19 @@ pub fn memory_until(
         sum += crate::proc::pss_bytes(p).unwrap_or(0);
         read += 1;
     }
-    let total = match read {
+    (
+        estimate(sum, read, pids.len() as u64),
+        MemorySource::ProcPss,
+    )
+}
+
+/// The PSS of `total` processes when `read` of them came to `sum`: the
+/// rest count as the mean of those read.
+fn estimate(sum: u64, read: u64, total: u64) -> u64 {
+    match read {
         0 => 0,
-        n => sum.saturating_add(sum / n * (pids.len() as u64 - n)),
-    };
-    (total, MemorySource::ProcPss)
+        n => sum.saturating_add(sum / n * total.saturating_sub(n)),
+    }
 }
 
 /// A gate's memory as measured at one moment, kept so that metrics, the
@@ -688,6 +696,24 @@ mod tests {
             .collect();
         assert_eq!(Tags::from_map(&m), Some(tags));
         assert_eq!(Tags::from_map(&BTreeMap::new()), None);
+    }
+
+    #[test]
+    fn memory_reads_stop_at_their_deadline() {
+        // No memory.current here: PSS of the processes.
+        let dir = tempfile::tempdir().unwrap();
+        let cg = Cgroup::new(dir.path());
+        let me = std::process::id();
+        let later = std::time::Instant::now() + Duration::from_secs(10);
+        let (mine, source) = memory_until(&cg, &[me], later);
+        assert_eq!(source, MemorySource::ProcPss);
+        assert!(mine > 0);
+        let past = std::time::Instant::now();
+        assert_eq!(memory_until(&cg, &[me, me], past).0, 0);
+        // Past the deadline, the processes not read count as the mean.
+        assert_eq!(estimate(300, 3, 10), 1000);
+        assert_eq!(estimate(300, 3, 3), 300);
+        assert_eq!(estimate(0, 0, 10), 0);
     }
 
     #[test]

@@ -184,14 +184,16 @@ impl Journal {
     /// first.
     pub fn recent(&self, visible: impl Fn(u32) -> bool, limit: Option<usize>) -> Vec<Event> {
         let history = lock(&self.events);
+        let limit = limit.unwrap_or(usize::MAX);
+        // At most `limit` of each ring can be among the last `limit`.
         let mut mine: Vec<&(u64, Event)> = history
             .rings
             .iter()
             .filter(|(&uid, _)| visible(uid))
-            .flat_map(|(_, ring)| ring.iter())
+            .flat_map(|(_, ring)| ring.iter().skip(ring.len().saturating_sub(limit)))
             .collect();
         mine.sort_unstable_by_key(|e| e.0);
-        let skip = mine.len().saturating_sub(limit.unwrap_or(usize::MAX));
+        let skip = mine.len().saturating_sub(limit);
         mine.into_iter().skip(skip).map(|e| e.1.clone()).collect()
     }
 
@@ -294,7 +296,9 @@ mod tests {
         let all = j.recent(|_| true, None);
         assert_eq!(all.len(), 1000);
         assert_eq!(all[0].gate, "ga");
-        assert_eq!(j.recent(|_| true, Some(3)).len(), 3);
+        let last = j.recent(|_| true, Some(3));
+        assert_eq!(last.len(), 3);
+        assert!(last.iter().all(|e| e.gate == "gb"), "the newest: B's");
     }
 
     #[test]

@@ -352,10 +352,24 @@ impl Cgroup {
 
     /// mkdir unless it exists (for the shared base and project directories).
     pub fn create_if_missing(&self) -> Result<()> {
-        match fs::create_dir(&self.path) {
+        self.create_if_missing_with_mode(0o755)
+    }
+
+    /// mkdir with `mode` (less the umask) unless it exists: the mode holds
+    /// from the first moment, with no window before a chmod.
+    pub fn create_if_missing_with_mode(&self, mode: u32) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        match fs::DirBuilder::new().mode(mode).create(&self.path) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
             r => r.map_err(io_err("mkdir", &self.path)),
         }
+    }
+
+    /// chmod of the cgroup's directory (kernfs keeps the mode it is given).
+    pub fn set_mode(&self, mode: u32) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&self.path, fs::Permissions::from_mode(mode))
+            .map_err(io_err("chmod", &self.path))
     }
 
     /// rmdir. The kernel refuses (EBUSY) while processes or children remain.

@@ -27,6 +27,15 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The mode of gov's root and project directories: others may pass
+/// through (a user's keeper reads its own gate's `w/cgroup.events`), but
+/// not list them: which projects and gates exist, and whose, is nobody
+/// else's business. Gate directories keep 0755: a gate's path is in the
+/// world-readable /proc/PID/cgroup of its processes anyway, and its files
+/// (pids, CPU and memory use) say no more than /proc/PID does; its tags are
+/// trusted.* xattrs, which only CAP_SYS_ADMIN reads.
+pub const PASS_THROUGH: u32 = 0o711;
+
 /// gov's own subtree of the cgroup2 hierarchy.
 #[derive(Debug, Clone)]
 pub struct Tree {
@@ -70,8 +79,22 @@ impl Tree {
         })
     }
 
+    /// Creates gov's root if missing; others may pass through it, not list it.
     pub fn ensure(&self) -> Result<(), CgroupError> {
-        self.root.create_if_missing()
+        self.root.create_if_missing_with_mode(PASS_THROUGH)
+    }
+
+    /// Makes the root and every project directory pass-through only
+    /// ([`PASS_THROUGH`]), also those an earlier gov made listable.
+    pub fn close_listings(&self) -> Result<(), CgroupError> {
+        self.root.set_mode(PASS_THROUGH)?;
+        for project in self.root.children()? {
+            if names::is_project_key(&project) {
+                // A project removed under us (its last gate reaped) is normal.
+                let _ = self.root.child(&project).set_mode(PASS_THROUGH);
+            }
+        }
+        Ok(())
     }
 
     /// Every gate under the root, found by walking `<root>/<project>/<gate>`.
@@ -137,7 +160,7 @@ impl Tree {
             self.ensure()?;
             let project = self.root.child(&project_key);
             if !project.exists() {
-                project.create_if_missing()?;
+                project.create_if_missing_with_mode(PASS_THROUGH)?;
                 // Gates get the controllers gov's root hands down, so their
                 // limits and memory.current work (pure cgroup2 only).
                 let enabled = self.root.read_subtree_control().unwrap_or_default();
@@ -421,16 +444,82 @@ impl Tags {
     }
 }
 
+/// How long one gate's PSS may take to read. smaps_rollup walks a
+/// process's page tables: ~9 ms for a process mapping 512 MB here, so a gate
+/// of a thousand such processes would take seconds.
+pub const MEMORY_READ_BOUND: Duration = Duration::from_millis(250);
+
+static MEMORY_READS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// memory.current and smaps_rollup reads made so far by this process (the
+/// daemon's metrics show it, so a test can tell where figures came from).
+pub fn memory_reads() -> u64 {
+    MEMORY_READS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Memory of a gate in bytes, and where the number came from: the one
 /// figure `ps`, `show`, the memory budget, metrics and the `freed` of
 /// events all use, so what a gate freed is what it was shown holding.
+/// Bounded by [`MEMORY_READ_BOUND`]: the processes not read by then count
+/// as the mean of those that were.
 pub fn memory_of(cg: &Cgroup, pids: &[u32]) -> (u64, MemorySource) {
-    match cg.read_memory_current() {
-        Ok(Some(bytes)) => (bytes, MemorySource::MemoryCurrent),
-        _ => (
-            pids.iter().filter_map(|&p| crate::proc::pss_bytes(p)).sum(),
-            MemorySource::ProcPss,
-        ),
+    memory_until(cg, pids, std::time::Instant::now() + MEMORY_READ_BOUND)
+}
+
+/// [`memory_of`], reading PSS until `deadline` at the latest.
+pub fn memory_until(
+    cg: &Cgroup,
+    pids: &[u32],
+    deadline: std::time::Instant,
+) -> (u64, MemorySource) {
+    use std::sync::atomic::Ordering::Relaxed;
+    MEMORY_READS.fetch_add(1, Relaxed);
+    if let Ok(Some(bytes)) = cg.read_memory_current() {
+        return (bytes, MemorySource::MemoryCurrent);
+    }
+    let (mut sum, mut read) = (0u64, 0u64);
+    for &p in pids {
+        if std::time::Instant::now() >= deadline {
+            break;
+        }
+        MEMORY_READS.fetch_add(1, Relaxed);
+        sum += crate::proc::pss_bytes(p).unwrap_or(0);
+        read += 1;
+    }
+    (
+        estimate(sum, read, pids.len() as u64),
+        MemorySource::ProcPss,
+    )
+}
+
+/// The PSS of `total` processes when `read` of them came to `sum`: the
+/// rest count as the mean of those read.
+fn estimate(sum: u64, read: u64, total: u64) -> u64 {
+    match read {
+        0 => 0,
+        n => sum.saturating_add(sum / n * total.saturating_sub(n)),
+    }
+}
+
+/// A gate's memory as measured at one moment, kept so that metrics, the
+/// budget and a teardown's `freed` need not read it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Measured {
+    pub bytes: u64,
+    pub source: MemorySource,
+    pub at_ms: u64,
+}
+
+impl Measured {
+    /// Reads a gate's memory now (bounded by `deadline`).
+    pub fn now(dir: &GateDir, deadline: std::time::Instant) -> Measured {
+        let pids = dir.pids().unwrap_or_default();
+        let (bytes, source) = memory_until(&dir.cgroup, &pids, deadline);
+        Measured {
+            bytes,
+            source,
+            at_ms: now_ms(),
+        }
     }
 }
 
@@ -619,6 +708,24 @@ mod tests {
             .collect();
         assert_eq!(Tags::from_map(&m), Some(tags));
         assert_eq!(Tags::from_map(&BTreeMap::new()), None);
+    }
+
+    #[test]
+    fn memory_reads_stop_at_their_deadline() {
+        // No memory.current here: PSS of the processes.
+        let dir = tempfile::tempdir().unwrap();
+        let cg = Cgroup::new(dir.path());
+        let me = std::process::id();
+        let later = std::time::Instant::now() + Duration::from_secs(10);
+        let (mine, source) = memory_until(&cg, &[me], later);
+        assert_eq!(source, MemorySource::ProcPss);
+        assert!(mine > 0);
+        let past = std::time::Instant::now();
+        assert_eq!(memory_until(&cg, &[me, me], past).0, 0);
+        // Past the deadline, the processes not read count as the mean.
+        assert_eq!(estimate(300, 3, 10), 1000);
+        assert_eq!(estimate(300, 3, 3), 300);
+        assert_eq!(estimate(0, 0, 10), 0);
     }
 
     #[test]

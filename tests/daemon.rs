@@ -1000,3 +1000,191 @@ fn a_freeze_asked_by_a_person_shows_frozen_and_thaw_resumes() {
     assert_eq!(root.gate(&id).unwrap()["state"], "running");
     assert!(alive(a.id()));
 }
+
+/// A user cannot list gov's root or a project's directory (which projects
+/// and gates exist, and whose), though a path through them still works: a
+/// keeper reads its own gate's files.
+#[test]
+fn others_cannot_list_gov_s_cgroup_tree() {
+    let root = TestRoot::new();
+    let _d = root.daemon("");
+    let a = spawn_gate(&root, "/srv/secret", None, "exec sleep 300");
+    let id = root.gate_of(a.id());
+    let gate_dir = root.gate_cgroup(&id).path().to_path_buf();
+    let project_dir = gate_dir.parent().unwrap().to_path_buf();
+    for dir in [&root.path, &project_dir] {
+        let out = common::as_user(NOBODY, Command::new("ls").arg(dir));
+        assert!(!out.status.success(), "nobody listed {}", dir.display());
+        assert!(
+            text(&out.stderr).contains("Permission denied"),
+            "{}",
+            text(&out.stderr)
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o711, "{}", dir.display());
+    }
+    let out = common::as_user(
+        NOBODY,
+        Command::new("cat").arg(gate_dir.join("cgroup.events")),
+    );
+    assert!(
+        out.status.success(),
+        "a known path still passes: {}",
+        text(&out.stderr)
+    );
+}
+
+/// One line of the metrics text, summed over its labels (0 when absent).
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn metrics_as_root(root: &TestRoot) -> String {
+    match gov::client::request(&root.socket, gov::protocol::Request::Metrics) {
+        Ok(Some(gov::protocol::Response::Metrics { text })) => text,
+        other => panic!("metrics: {other:?}"),
+    }
+}
+
+/// A metrics request reads no memory file: the figures are the scan's,
+/// measured off the daemon's thread and kept with the gate. Scans are an
+/// hour apart here, so none happens while 60 requests (root's and
+/// nobody's, several at once) are served, and the daemon's count of memory
+/// reads must not move. (Before, each request read every gate's
+/// memory.current or every process's smaps_rollup on the daemon's only
+/// thread.)
+#[test]
+fn metrics_requests_read_no_memory_files() {
+    let root = TestRoot::new();
+    // Made before the daemon (root's direct spawn), so its first scan finds
+    // them; the budget, far above what they hold, keeps that scan measuring.
+    let kids: Vec<Kid> = (0..3)
+        .map(|_| Kid::new(root.spawn_sh("/srv/mem", "sleep 300 & sleep 300 & wait")))
+        .collect();
+    for k in &kids {
+        root.gate_of(k.id());
+    }
+    let _d = root.daemon("scan_interval = \"1h\"\nmemory_budget = \"1T\"\n");
+    wait_until(Duration::from_secs(20), "the scan's memory figures", || {
+        metric(&metrics_as_root(&root), "gov_project_memory_bytes") > 0
+    });
+    let before = metrics_as_root(&root);
+    let (reads, scans) = (metric(&before, "gov_memory_reads_total"), root.scans());
+    assert!(reads > 0, "{before}");
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..10 {
+                    metrics_as_root(&root);
+                }
+            });
+        }
+        for _ in 0..2 {
+            s.spawn(|| {
+                for _ in 0..10 {
+                    assert!(nobody_run(&root, &["metrics"]).status.success());
+                }
+            });
+        }
+    });
+    let after = metrics_as_root(&root);
+    assert_eq!(root.scans(), scans, "no scan ran meanwhile");
+    assert_eq!(
+        metric(&after, "gov_memory_reads_total"),
+        reads,
+        "metrics requests read memory files"
+    );
+    assert_eq!(
+        metric(&after, "gov_project_memory_bytes"),
+        metric(&before, "gov_project_memory_bytes")
+    );
+    assert!(after.contains("gov_memory_age_seconds "), "{after}");
+}
+
+/// The event history is kept per user: root's thousand-odd pins and unpins
+/// push out root's own older events, never nobody's spawn.
+#[test]
+fn one_users_flood_of_events_keeps_anothers_history() {
+    let root = TestRoot::new();
+    let _d = root.daemon("event_history = 100\n");
+    let theirs = Kid::new(
+        gov_as_nobody(&root)
+            .args(["spawn", "--project", "/srv/theirs", "--", "sleep", "300"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let their_id = root.gate_of(theirs.id());
+    let mine = spawn_gate(&root, "/srv/mine", None, "exec sleep 300");
+    let my_id = root.gate_of(mine.id());
+    let spawned = |events: &[Value]| {
+        events
+            .iter()
+            .any(|e| e["gate"] == their_id.as_str() && e["kind"] == "spawned")
+    };
+    wait_until(Duration::from_secs(5), "nobody's spawn event", || {
+        spawned(&root.events())
+    });
+    for i in 0..300 {
+        let req = if i % 2 == 0 {
+            gov::protocol::Request::Pin {
+                gate: my_id.clone(),
+            }
+        } else {
+            gov::protocol::Request::Unpin {
+                gate: my_id.clone(),
+            }
+        };
+        match gov::client::request(&root.socket, req) {
+            Ok(Some(gov::protocol::Response::Done { .. })) => {}
+            other => panic!("pin/unpin: {other:?}"),
+        }
+    }
+    let all = root.events();
+    assert_eq!(all.len(), 100, "the history holds event_history events");
+    assert!(spawned(&all), "root sees nobody's spawn in the merge");
+    let out = nobody_run(&root, &["events", "--json", "-n", "1000"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let theirs_seen: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        spawned(&theirs_seen),
+        "nobody's spawn survived: {theirs_seen:?}"
+    );
+    let times: Vec<u64> = all.iter().map(|e| e["time_ms"].as_u64().unwrap()).collect();
+    assert!(
+        times.windows(2).all(|w| w[0] <= w[1]),
+        "merged in time order"
+    );
+}
+
+/// A user with no gates sees none of root's spawns, touches and reaps in
+/// metrics; root sees them all.
+#[test]
+fn a_user_with_no_gates_sees_no_counts_in_metrics() {
+    let root = TestRoot::new();
+    let _d = root.daemon("");
+    let a = spawn_gate(&root, "/srv/secret", None, "exec sleep 300");
+    let id = root.gate_of(a.id());
+    root.ok(&["touch", &id]);
+    root.ok(&["kill", &id]);
+    let all = metrics_as_root(&root);
+    assert!(metric(&all, "gov_spawns_total") >= 1, "{all}");
+    assert!(metric(&all, "gov_touches_total") >= 1, "{all}");
+    assert!(metric(&all, "gov_reaps_total") >= 1, "{all}");
+    let out = nobody_run(&root, &["metrics"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let theirs = text(&out.stdout);
+    for name in [
+        "gov_spawns_total",
+        "gov_touches_total",
+        "gov_reaps_total",
+        "gov_gates",
+        "gov_memory_reads_total",
+    ] {
+        assert_eq!(metric(&theirs, name), 0, "{name} shown to nobody: {theirs}");
+    }
+}

@@ -8,7 +8,7 @@ mod common;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -229,6 +229,10 @@ fn an_unprivileged_keeper_gets_its_worker_from_the_daemon() {
     assert_eq!(uids.split_whitespace().nth(1), Some("65534"), "{uids}");
     assert_eq!(ask_counter(&sock), 1);
     assert_eq!(line(Duration::from_secs(10)), "count 1");
+    // Others may pass through gov's tree but not list it; the keeper,
+    // nobody's, still follows its worker's cgroup.events through it.
+    let out = common::as_user(common::NOBODY, Command::new("ls").arg(&root.path));
+    assert!(!out.status.success(), "nobody listed gov's root");
     if dumps {
         wait_until(Duration::from_secs(60), "the gate to hibernate", || {
             state(&root, &id).as_deref() == Some("hibernated")

@@ -4,13 +4,14 @@
 //!
 //!     CARGO_TARGET_DIR=/tmp/target-bench cargo bench --bench gov [-- SCENARIO...]
 //!
-//! Scenarios: spawn, reap, steady, touch, burst (all by default). Needs root and a
+//! Scenarios: spawn, reap, steady, touch, burst, metrics (all by default). Needs root and a
 //! cgroup2 mount. Everything it creates lives under `<cgroup2>/gov-bench-<pid>`
 //! and a temp dir, and is removed at the end, on panic and on SIGINT/SIGTERM.
 //! Sizes come from the environment (see docs/BENCHMARKS.md);
 //! GOV_BENCH_QUICK=1 runs a small version of everything in ~1 minute.
 
 mod burst;
+mod metrics;
 mod reap;
 mod spawn;
 mod steady;
@@ -19,7 +20,7 @@ mod util;
 
 use std::time::Instant;
 
-const SCENARIOS: [&str; 5] = ["spawn", "reap", "steady", "touch", "burst"];
+const SCENARIOS: [&str; 6] = ["spawn", "reap", "steady", "touch", "burst", "metrics"];
 
 fn main() {
     // A helper mode: one spawn request to the daemon (which moves *this*
@@ -90,6 +91,10 @@ fn main() {
         }
         if run("burst") {
             burst::run(&root, tmp.path());
+            util::conditions();
+        }
+        if run("metrics") {
+            metrics::run(&root, tmp.path());
             util::conditions();
         }
     });

@@ -92,6 +92,8 @@ impl RootClaim {
         tree.root
             .write_tag(OWNER_TAG, &std::process::id().to_string())
             .with_context(|| format!("tagging {}", path.display()))?;
+        tree.close_listings()
+            .with_context(|| format!("making {} unlistable to others", path.display()))?;
         Ok(RootClaim { _dir: dir })
     }
 }

@@ -1,7 +1,7 @@
 //! What happened: the lifecycle events `gov events` shows (also one log line
 //! each), the counters behind `gov metrics`, and the metrics text itself.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -10,7 +10,8 @@ use crate::protocol::{Event, EventKind, GateState, Reason};
 
 use super::lock;
 
-#[derive(Default)]
+/// One user's counts (the gates they own, the requests they made).
+#[derive(Default, Clone)]
 struct Counters {
     spawns: u64,
     touches: u64,
@@ -19,9 +20,81 @@ struct Counters {
     limit_hits: BTreeMap<String, u64>,
 }
 
+impl Counters {
+    fn add(&mut self, other: &Counters) {
+        self.spawns += other.spawns;
+        self.touches += other.touches;
+        self.refused += other.refused;
+        for (r, n) in &other.reaps {
+            *self.reaps.entry(r).or_default() += n;
+        }
+        for (k, n) in &other.limit_hits {
+            *self.limit_hits.entry(k.clone()).or_default() += n;
+        }
+    }
+}
+
+/// The event history: a ring per user (the gate's owner), `cap` events in
+/// all. When it is full, the user who holds the most events loses their
+/// oldest, so a user's flood (a thousand pins and unpins) pushes out that
+/// user's own history, never another's: a user with fewer events than the
+/// flooder keeps every one. Admins see the rings merged in the order the
+/// events happened (`seq`).
+#[derive(Default)]
+struct History {
+    rings: HashMap<u32, VecDeque<(u64, Event)>>,
+    len: usize,
+    seq: u64,
+}
+
+impl History {
+    fn push(&mut self, event: Event, cap: usize) {
+        while self.len >= cap && self.evict_one() {}
+        self.seq += 1;
+        self.rings
+            .entry(event.uid)
+            .or_default()
+            .push_back((self.seq, event));
+        self.len += 1;
+    }
+
+    /// The oldest event of the user holding the most (of two such users,
+    /// the one whose oldest event is older). False when empty.
+    fn evict_one(&mut self) -> bool {
+        let Some(uid) = self
+            .rings
+            .iter()
+            .max_by_key(|(_, r)| (r.len(), std::cmp::Reverse(r.front().map(|e| e.0))))
+            .map(|(&uid, _)| uid)
+        else {
+            return false;
+        };
+        let ring = self.rings.get_mut(&uid).expect("just found");
+        ring.pop_front();
+        if ring.is_empty() {
+            self.rings.remove(&uid);
+        }
+        self.len -= 1;
+        true
+    }
+}
+
+/// What the metrics text shows besides the counters, of the gates the
+/// caller may see.
+#[derive(Default)]
+pub struct Gauges {
+    pub by_state: BTreeMap<GateState, u64>,
+    pub mem_by_project: BTreeMap<(String, u32), u64>,
+    /// How old the oldest memory figure in `mem_by_project` is.
+    pub memory_age_ms: Option<u64>,
+    /// The daemon's memory reads so far (admins and the scrape only).
+    pub memory_reads: Option<u64>,
+}
+
 pub struct Journal {
-    events: Mutex<VecDeque<Event>>,
-    counters: Mutex<Counters>,
+    events: Mutex<History>,
+    /// Per user; only admins and the scrape endpoint see the sum.
+    counters: Mutex<HashMap<u32, Counters>>,
     /// event_history from the policy in force.
     cap: AtomicUsize,
 }
@@ -58,12 +131,7 @@ impl Journal {
             "{}",
             kind.as_str()
         );
-        let cap = self.cap.load(Ordering::Relaxed);
-        let mut events = lock(&self.events);
-        while events.len() >= cap {
-            events.pop_front();
-        }
-        events.push_back(Event {
+        let event = Event {
             time_ms: now_ms(),
             gate: gate.to_string(),
             project: tags.project.clone(),
@@ -72,56 +140,78 @@ impl Journal {
             kind,
             reason,
             freed_bytes: freed,
-        });
+        };
+        lock(&self.events).push(event, self.cap.load(Ordering::Relaxed));
+    }
+
+    fn count(&self, uid: u32, f: impl FnOnce(&mut Counters)) {
+        f(lock(&self.counters).entry(uid).or_default());
     }
 
     /// A gate torn down by gov: one event, one reap counted.
     pub fn removed(&self, tags: &Tags, gate: &str, reason: Reason, how: &str, freed: u64) {
-        *lock(&self.counters)
-            .reaps
-            .entry(reason.as_str())
-            .or_default() += 1;
+        self.count(tags.owner_uid, |c| {
+            *c.reaps.entry(reason.as_str()).or_default() += 1
+        });
         let why = format!("{} ({how})", reason.as_str());
         self.record(tags, gate, EventKind::Removed, Some(why), Some(freed));
     }
 
     pub fn limit_hit(&self, tags: &Tags, gate: &str, kind: &str, n: u64) {
-        *lock(&self.counters)
-            .limit_hits
-            .entry(kind.to_string())
-            .or_default() += n;
+        self.count(tags.owner_uid, |c| {
+            *c.limit_hits.entry(kind.to_string()).or_default() += n
+        });
         let why = format!("{kind} hit {n} more time(s)");
         self.record(tags, gate, EventKind::Limit, Some(why), None);
     }
 
-    pub fn count_spawn(&self) {
-        lock(&self.counters).spawns += 1;
+    /// A gate spawned or adopted for user `uid`.
+    pub fn count_spawn(&self, uid: u32) {
+        self.count(uid, |c| c.spawns += 1);
     }
 
-    pub fn count_touches(&self, n: u64) {
-        lock(&self.counters).touches += n;
+    /// Touches asked by user `uid`.
+    pub fn count_touches(&self, uid: u32, n: u64) {
+        self.count(uid, |c| c.touches += n);
     }
 
-    pub fn count_refused(&self) {
-        lock(&self.counters).refused += 1;
+    /// A spawn of user `uid` refused by a cap.
+    pub fn count_refused(&self, uid: u32) {
+        self.count(uid, |c| c.refused += 1);
     }
 
-    /// The last `limit` events that `visible` lets through, oldest first.
-    pub fn recent(&self, visible: impl Fn(&Event) -> bool, limit: Option<usize>) -> Vec<Event> {
-        let events = lock(&self.events);
-        let mine: Vec<&Event> = events.iter().filter(|e| visible(e)).collect();
-        let skip = mine.len().saturating_sub(limit.unwrap_or(usize::MAX));
-        mine.into_iter().skip(skip).cloned().collect()
+    /// The last `limit` events of the users `visible` lets through, oldest
+    /// first.
+    pub fn recent(&self, visible: impl Fn(u32) -> bool, limit: Option<usize>) -> Vec<Event> {
+        let history = lock(&self.events);
+        let limit = limit.unwrap_or(usize::MAX);
+        // At most `limit` of each ring can be among the last `limit`.
+        let mut mine: Vec<&(u64, Event)> = history
+            .rings
+            .iter()
+            .filter(|(&uid, _)| visible(uid))
+            .flat_map(|(_, ring)| ring.iter().skip(ring.len().saturating_sub(limit)))
+            .collect();
+        mine.sort_unstable_by_key(|e| e.0);
+        let skip = mine.len().saturating_sub(limit);
+        mine.into_iter().skip(skip).map(|e| e.1.clone()).collect()
     }
 
-    /// Prometheus text: gates by state and memory by project and user (of
-    /// the gates the caller may see), then the counters.
-    pub fn metrics(
-        &self,
-        by_state: &BTreeMap<GateState, u64>,
-        mem_by_project: &BTreeMap<(String, u32), u64>,
-    ) -> String {
-        let c = lock(&self.counters);
+    /// Prometheus text: the gauges (of the gates the caller may see), then
+    /// the counters of user `uid`, or everyone's (None: an admin, the
+    /// scrape endpoint). A user learns nothing of other users' activity.
+    pub fn metrics(&self, uid: Option<u32>, gauges: &Gauges) -> String {
+        let c = {
+            let all = lock(&self.counters);
+            match uid {
+                Some(uid) => all.get(&uid).cloned().unwrap_or_default(),
+                None => all.values().fold(Counters::default(), |mut sum, c| {
+                    sum.add(c);
+                    sum
+                }),
+            }
+        };
+        let (by_state, mem_by_project) = (&gauges.by_state, &gauges.mem_by_project);
         let mut out = String::new();
         out += "# HELP gov_gates Gates by state.\n# TYPE gov_gates gauge\n";
         for state in [
@@ -137,12 +227,18 @@ impl Journal {
                 by_state.get(&state).unwrap_or(&0)
             );
         }
-        out += "# HELP gov_project_memory_bytes Memory of one user's gates of a project (memory.current; where the memory controller is off, the sum of PSS, as gov ps shows it).\n# TYPE gov_project_memory_bytes gauge\n";
+        out += "# HELP gov_project_memory_bytes Memory of one user's gates of a project as the scan last measured it (memory.current; where the memory controller is off, the sum of PSS).\n# TYPE gov_project_memory_bytes gauge\n";
         for ((p, uid), m) in mem_by_project {
             out += &format!(
                 "gov_project_memory_bytes{{project=\"{}\",uid=\"{uid}\"}} {m}\n",
                 prom_escape(p)
             );
+        }
+        if let Some(age) = gauges.memory_age_ms {
+            out += &format!("# HELP gov_memory_age_seconds Age of the oldest memory figure above.\n# TYPE gov_memory_age_seconds gauge\ngov_memory_age_seconds {:.3}\n", age as f64 / 1000.0);
+        }
+        if let Some(n) = gauges.memory_reads {
+            out += &format!("# HELP gov_memory_reads_total Memory figures read from cgroupfs or procfs (a memory.current, or one process's smaps_rollup).\n# TYPE gov_memory_reads_total counter\ngov_memory_reads_total {n}\n");
         }
         out += "# HELP gov_reaps_total Gates reaped, by reason.\n# TYPE gov_reaps_total counter\n";
         for (r, n) in &c.reaps {
@@ -163,4 +259,95 @@ fn prom_escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tags(uid: u32) -> Tags {
+        Tags {
+            project: format!("/p{uid}"),
+            owner_uid: uid,
+            ..Tags::default()
+        }
+    }
+
+    #[test]
+    fn one_users_flood_does_not_push_out_anothers_events() {
+        let j = Journal::new(1000);
+        j.record(&tags(1000), "ga", EventKind::Spawned, None, None);
+        for i in 0..1500 {
+            let kind = if i % 2 == 0 {
+                EventKind::Pinned
+            } else {
+                EventKind::Unpinned
+            };
+            j.record(&tags(2000), "gb", kind, None, None);
+        }
+        let a = j.recent(|uid| uid == 1000, None);
+        assert_eq!(a.len(), 1, "A's spawn survives B's flood");
+        assert_eq!(a[0].gate, "ga");
+        // B keeps the rest of the history, its newest events.
+        let b = j.recent(|uid| uid == 2000, None);
+        assert_eq!(b.len(), 999);
+        assert_eq!(b.last().unwrap().kind, EventKind::Unpinned);
+        // An admin sees both, in the order they happened.
+        let all = j.recent(|_| true, None);
+        assert_eq!(all.len(), 1000);
+        assert_eq!(all[0].gate, "ga");
+        let last = j.recent(|_| true, Some(3));
+        assert_eq!(last.len(), 3);
+        assert!(last.iter().all(|e| e.gate == "gb"), "the newest: B's");
+    }
+
+    #[test]
+    fn the_merge_is_in_time_order_and_the_cap_holds() {
+        let j = Journal::new(4);
+        for (uid, gate) in [(1, "a1"), (2, "b1"), (1, "a2"), (3, "c1"), (2, "b2")] {
+            j.record(&tags(uid), gate, EventKind::Spawned, None, None);
+        }
+        // Full at 4: the fifth pushed out the oldest of a user with most
+        // (users 1 and 2 held two each; 1's oldest was older).
+        let gates: Vec<String> = j
+            .recent(|_| true, None)
+            .into_iter()
+            .map(|e| e.gate)
+            .collect();
+        assert_eq!(gates, ["b1", "a2", "c1", "b2"]);
+        j.set_cap(2);
+        j.record(&tags(3), "c2", EventKind::Spawned, None, None);
+        assert_eq!(j.recent(|_| true, None).len(), 2);
+    }
+
+    #[test]
+    fn a_user_sees_only_their_own_counts() {
+        let j = Journal::new(10);
+        j.count_spawn(1000);
+        j.count_touches(1000, 3);
+        j.removed(&tags(1000), "ga", Reason::Idle, "stopped", 0);
+        j.count_refused(2000);
+        let count = |text: &str, name: &str| -> u64 {
+            text.lines()
+                .filter(|l| l.starts_with(name))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum()
+        };
+        let nobody = j.metrics(Some(65534), &Gauges::default());
+        for name in [
+            "gov_spawns_total",
+            "gov_touches_total",
+            "gov_reaps_total",
+            "gov_spawns_refused_total",
+        ] {
+            assert_eq!(count(&nobody, name), 0, "{name}: {nobody}");
+        }
+        let a = j.metrics(Some(1000), &Gauges::default());
+        assert_eq!(count(&a, "gov_touches_total"), 3);
+        assert_eq!(count(&a, "gov_reaps_total"), 1);
+        assert_eq!(count(&a, "gov_spawns_refused_total"), 0);
+        let all = j.metrics(None, &Gauges::default());
+        assert_eq!(count(&all, "gov_spawns_refused_total"), 1);
+        assert_eq!(count(&all, "gov_spawns_total"), 1);
+    }
 }

@@ -63,6 +63,9 @@ pub struct Gate {
     limit_hits: BTreeMap<String, u64>,
     /// What the gate held when its teardown began.
     freed: Option<u64>,
+    /// Its memory as last measured (by the scan, off the runtime thread),
+    /// with when: what metrics and the budget read, never procfs.
+    pub memory: Option<gate::Measured>,
     /// Policy for this gate, cached with the policy it came from.
     policy: Arc<Policy>,
     settings: GateSettings,
@@ -101,6 +104,7 @@ impl Gate {
             cpu_sample: None,
             limit_hits: BTreeMap::new(),
             freed: None,
+            memory: None,
             policy,
             settings,
         }
@@ -285,6 +289,13 @@ impl Handle {
     /// Looks at the gate's state in place.
     pub fn peek<T>(&self, f: impl FnOnce(&Gate) -> T) -> T {
         f(&lock(&self.gate))
+    }
+
+    /// Publishes a measurement of the gate's memory (the scan's, made on
+    /// the blocking pool): the one field of the gate its owner does not
+    /// write itself, and a figure only, which no decision of the owner reads.
+    pub fn set_memory(&self, m: gate::Measured) {
+        lock(&self.gate).memory = Some(m);
     }
 
     /// Hands a command to the owner; false when the gate is gone.
@@ -891,8 +902,7 @@ impl Action {
     /// grace's end wakes it to kill.
     async fn stop(&mut self, reason: Reason) -> Flow {
         let cg = self.cgroup();
-        let pids = self.with(|g| g.dir.pids()).unwrap_or_default();
-        let freed = gate::memory_of(&cg, &pids).0;
+        let freed = self.measure_memory().await;
         let now = now_ms();
         let stopping = Phase::Stopping {
             since_ms: now,
@@ -937,7 +947,7 @@ impl Action {
         };
         let freed = match self.with(|g| g.freed) {
             Some(f) => f,
-            None => gate::memory_of(&cg, &self.with(|g| g.dir.pids()).unwrap_or_default()).0,
+            None => self.measure_memory().await,
         };
         let killing = Phase::Killing { reason };
         Tag::Reaping.set(&cg, killing.intent_tag().as_deref())?;
@@ -950,6 +960,20 @@ impl Action {
         // Frozen and killed as one: nothing can fork or react.
         blocking(move || c.kill_all(gate::KILL_TIMEOUT)).await?;
         self.finish(reason, "killed", freed).await
+    }
+
+    /// What the gate holds now, read once off the runtime thread (PSS of a
+    /// big tree takes a while), bounded by `gate::MEMORY_READ_BOUND`.
+    async fn measure_memory(&self) -> u64 {
+        let dir = self.with(|g| g.dir.clone());
+        let deadline = std::time::Instant::now() + gate::MEMORY_READ_BOUND;
+        let m = match tokio::task::spawn_blocking(move || gate::Measured::now(&dir, deadline)).await
+        {
+            Ok(m) => m,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
+        self.with(|g| g.memory = Some(m));
+        m.bytes
     }
 
     async fn finish(&mut self, reason: Reason, how: &str, freed: u64) -> anyhow::Result<()> {

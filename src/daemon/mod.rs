@@ -84,6 +84,10 @@ pub struct Daemon {
     scans: AtomicU64,
     /// The next pass reads everything (a reload changed the policy).
     full_scan_asked: AtomicBool,
+    /// A memory measurement is under way (scan::measure_memory).
+    measuring: AtomicBool,
+    /// When a client last asked for metrics (unix ms; 0: never).
+    metrics_asked_ms: AtomicU64,
     may_enable_controllers: bool,
     /// CRIU, found and checked at start; None: hibernation is off.
     criu: Option<crate::criu::Criu>,
@@ -136,6 +140,8 @@ impl Daemon {
             cpu: Mutex::default(),
             scans: AtomicU64::new(0),
             full_scan_asked: AtomicBool::new(false),
+            measuring: AtomicBool::new(false),
+            metrics_asked_ms: AtomicU64::new(0),
             may_enable_controllers,
             _claim: claim,
         }))

@@ -2,9 +2,9 @@
 //! the client says), whether they may, and which gate owner acts. Every
 //! error is a reply; nothing here acts on a gate itself.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -15,10 +15,11 @@ use crate::gate::{self, Tags, Tree};
 use crate::names;
 use crate::policy::{GateSettings, OnLimit};
 use crate::proc;
-use crate::protocol::{self, ErrorCode, GateInfo, GateSpec, GateState, Reason, Request, Response};
+use crate::protocol::{self, ErrorCode, GateInfo, GateSpec, Reason, Request, Response};
 use crate::reaper;
 use crate::spawn;
 
+use super::journal::Gauges;
 use super::lifecycle::{self, Cmd, Failure, Gate, Handle};
 use super::Daemon;
 
@@ -124,7 +125,7 @@ impl Daemon {
                 Err(e) => fail(ErrorCode::BadRequest, e.to_string()),
             },
             Request::Events { limit } => Ok(Response::Events {
-                events: self.journal.recent(|e| peer.may_see(e.uid), limit),
+                events: self.journal.recent(|uid| peer.may_see(uid), limit),
             }),
             Request::Metrics => Ok(Response::Metrics {
                 text: self.metrics(Some(peer)),
@@ -199,7 +200,7 @@ impl Daemon {
         if targets.is_empty() {
             return fail(ErrorCode::NotFound, "no gate with that session");
         }
-        self.journal.count_touches(targets.len() as u64);
+        self.journal.count_touches(peer.uid, targets.len() as u64);
         // All owners at once; the reply waits for the slowest.
         let pending: Vec<_> = targets
             .iter()
@@ -336,7 +337,7 @@ impl Daemon {
         let id = dir.id.clone();
         self.journal
             .record(&tags, &id, protocol::EventKind::Spawned, None, None);
-        self.journal.count_spawn();
+        self.journal.count_spawn(tags.owner_uid);
         let (project, session) = (tags.project.clone(), tags.session.clone());
         let never_orphaned = tags.owner_pid == Some(1);
         self.manage(Gate::new(dir, tags, self.policy()));
@@ -487,7 +488,7 @@ impl Daemon {
             )),
             None,
         );
-        self.journal.count_spawn();
+        self.journal.count_spawn(tags.owner_uid);
         let (project, session) = (tags.project.clone(), tags.session.clone());
         let never_orphaned = tags.owner_pid == Some(1);
         self.manage(Gate::new(dir, tags, self.policy()));
@@ -528,7 +529,7 @@ impl Daemon {
         });
         if let Some(max) = policy.global.max_gates_per_user {
             if user_count >= max as usize {
-                self.journal.count_refused();
+                self.journal.count_refused(uid);
                 return fail(
                     ErrorCode::Limit,
                     format!("you have {user_count} gates; max_gates_per_user is {max}"),
@@ -546,7 +547,7 @@ impl Daemon {
                 Ok(())
             }
             reaper::CapVerdict::Full { gates } => {
-                self.journal.count_refused();
+                self.journal.count_refused(uid);
                 let none_idle = if settings.on_limit == OnLimit::EvictIdlest {
                     " and none is idle enough to evict"
                 } else {
@@ -563,27 +564,40 @@ impl Daemon {
     }
 
     /// Prometheus text. Through the socket a user sees gauges of their own
-    /// gates only (no other project's name leaks); the scrape endpoint, which
-    /// an admin chose to open, and root see all.
+    /// gates only (no other project's name leaks) and counters of their own
+    /// doing; the scrape endpoint, which an admin chose to open, and admins
+    /// see all. Memory figures are the scan's, with their age: a request
+    /// reads no file, however many gates and processes there are.
     pub(super) fn metrics(&self, peer: Option<&Peer>) -> String {
-        let mut by_state: BTreeMap<GateState, u64> = BTreeMap::new();
-        // By (project, uid): two users' gates of one project are two
-        // projects, as their caps and cgroups are.
-        let mut mem_by_project: BTreeMap<(String, u32), u64> = BTreeMap::new();
-        let mut visible = Vec::new();
+        let now = gate::now_ms();
+        if peer.is_some() {
+            self.metrics_asked_ms.store(now, Ordering::Relaxed);
+        }
+        let mut gauges = Gauges::default();
         self.gates.each(|_, g| {
             if peer.is_none_or(|p| p.may_see(g.tags.owner_uid)) {
-                *by_state.entry(g.phase.state(g.populated)).or_default() += 1;
-                let project = (g.tags.project.clone(), g.tags.owner_uid);
-                visible.push((project, g.dir.clone()));
+                *gauges
+                    .by_state
+                    .entry(g.phase.state(g.populated))
+                    .or_default() += 1;
+                if let Some(m) = g.memory {
+                    *gauges
+                        .mem_by_project
+                        // By (project, uid): two users' gates of one
+                        // project are two projects, as their caps and
+                        // cgroups are.
+                        .entry((g.tags.project.clone(), g.tags.owner_uid))
+                        .or_default() += m.bytes;
+                    let age = now.saturating_sub(m.at_ms);
+                    gauges.memory_age_ms = Some(gauges.memory_age_ms.unwrap_or(0).max(age));
+                }
             }
         });
-        // File reads outside the registry's lock.
-        for (project, dir) in visible {
-            let pids = dir.pids().unwrap_or_default();
-            *mem_by_project.entry(project).or_default() += gate::memory_of(&dir.cgroup, &pids).0;
+        let uid = peer.filter(|p| !p.admin).map(|p| p.uid);
+        if uid.is_none() {
+            gauges.memory_reads = Some(gate::memory_reads());
         }
-        self.journal.metrics(&by_state, &mem_by_project)
+        self.journal.metrics(uid, &gauges)
     }
 }
 

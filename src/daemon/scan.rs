@@ -13,15 +13,23 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use crate::gate::{self, now_ms, Tags};
+use crate::gate::{self, now_ms, GateDir, Tags};
 use crate::policy::Policy;
 use crate::protocol::{EventKind, Reason};
 use crate::reaper;
 
 use super::host::DAEMON_LEAF;
-use super::lifecycle::{Cmd, Gate, Observation};
+use super::lifecycle::{Cmd, Gate, Handle, Observation};
 use super::{lock, Daemon};
+
+/// How long one pass may spend measuring memory (on the blocking pool);
+/// gates it did not reach keep their older figure and come first next time.
+const MEASURE_PASS_BOUND: Duration = Duration::from_secs(2);
+
+/// A metrics request keeps the scans measuring memory for this long.
+pub const METRICS_INTEREST_MS: u64 = 60_000;
 
 /// Previous cpu.stat usage samples: (usage_usec, at_ms).
 #[derive(Default)]
@@ -71,7 +79,49 @@ impl Daemon {
                 });
             }
         });
-        self.enforce_memory_budget(&policy);
+        self.measure_memory(policy, now);
+    }
+
+    /// Measures the gates' memory on the blocking pool, oldest figure first,
+    /// for at most MEASURE_PASS_BOUND, and publishes each figure to its
+    /// gate; then enforces the memory budget on them. Only when someone
+    /// reads the figures (a budget, a scrape endpoint, a metrics request in
+    /// the last minute), so an idle host's scans stay free, and one
+    /// measurement at a time: a pass that finds one still running leaves it.
+    fn measure_memory(self: &Arc<Self>, policy: Arc<Policy>, now: u64) {
+        let g = &policy.global;
+        let asked = self.metrics_asked_ms.load(Ordering::Relaxed);
+        let wanted = g.memory_budget.is_some()
+            || g.metrics_listen.is_some()
+            || (asked > 0 && now.saturating_sub(asked) < METRICS_INTEREST_MS);
+        if !wanted || self.measuring.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut gates: Vec<(Handle, GateDir, u64)> = Vec::new();
+        self.gates.each(|h, g| {
+            gates.push((h.clone(), g.dir.clone(), g.memory.map_or(0, |m| m.at_ms)));
+        });
+        gates.sort_unstable_by_key(|g| g.2);
+        let d = self.clone();
+        tokio::spawn(async move {
+            let measured = tokio::task::spawn_blocking(move || {
+                let end = Instant::now() + MEASURE_PASS_BOUND;
+                for (handle, dir, _) in gates {
+                    let now = Instant::now();
+                    if now >= end {
+                        break;
+                    }
+                    let deadline = end.min(now + gate::MEMORY_READ_BOUND);
+                    handle.set_memory(gate::Measured::now(&dir, deadline));
+                }
+            })
+            .await;
+            d.measuring.store(false, Ordering::Release);
+            if let Err(e) = measured {
+                tracing::error!("memory measurement failed: {e}");
+            }
+            d.enforce_memory_budget(&policy);
+        });
     }
 
     /// Starts managing a gate: its owner, its event-file watch, its entry.
@@ -167,15 +217,13 @@ impl Daemon {
             .snapshot()
             .iter()
             .filter(|g| !g.phase.is_reaping())
-            .map(|g| {
-                let pids = g.dir.pids().unwrap_or_default();
-                reaper::Candidate {
-                    id: g.id().to_string(),
-                    uid: g.tags.owner_uid,
-                    last_active_ms: g.last_active_ms,
-                    memory_bytes: gate::memory_of(&g.dir.cgroup, &pids).0,
-                    evictable: !g.busy && !g.pinned() && g.spared.is_none(),
-                }
+            .map(|g| reaper::Candidate {
+                id: g.id().to_string(),
+                uid: g.tags.owner_uid,
+                last_active_ms: g.last_active_ms,
+                // As the scan last measured it: no procfs read here.
+                memory_bytes: g.memory.map_or(0, |m| m.bytes),
+                evictable: !g.busy && !g.pinned() && g.spared.is_none(),
             })
             .collect();
         // One victim a pass: a gate being stopped no longer counts, so the

@@ -622,11 +622,12 @@ impl Cgroup {
             while self.read_cgroup_events()?.populated {
                 self.freeze(timeout.saturating_sub(start.elapsed()))?;
                 for pid in self.read_procs()? {
-                    // ESRCH: it exited on its own already.
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
+                    // Through a pidfd, and only while still a member: a
+                    // member killed by someone else meanwhile may have
+                    // been reaped and its pid recycled outside the gate.
+                    let _ = crate::proc::signal_checked(pid, libc::SIGKILL, |p| {
+                        self.read_procs().is_ok_and(|now| now.contains(&p))
+                    });
                 }
                 self.write_freeze(false)?;
                 if start.elapsed() >= timeout {

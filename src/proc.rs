@@ -129,6 +129,29 @@ pub fn pidfd_send_signal(pidfd: &OwnedFd, signal: i32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Sends `signal` to the process with `pid` if `still(pid)` holds for it,
+/// through a pidfd opened before the check: had the process ended and its
+/// pid been recycled after the open, the signal goes to the ended process
+/// (ESRCH), never to the newcomer. A pid that is gone is not an error.
+pub fn signal_checked(
+    pid: u32,
+    signal: i32,
+    still: impl FnOnce(u32) -> bool,
+) -> std::io::Result<()> {
+    let fd = match pidfd_open(pid) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !still(pid) {
+        return Ok(());
+    }
+    match pidfd_send_signal(&fd, signal) {
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        r => r,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +166,38 @@ mod tests {
         assert_eq!(tracer_pid(me), None);
         let fd = pidfd_open(me).unwrap();
         pidfd_send_signal(&fd, 0).unwrap();
+    }
+
+    #[test]
+    fn a_checked_signal_goes_to_the_process_that_was_checked() {
+        // Ended and reaped between the open and the send: its pid may be
+        // anyone's now, and the signal goes nowhere.
+        let mut gone = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = gone.id();
+        signal_checked(pid, libc::SIGKILL, |_| {
+            gone.kill().unwrap();
+            gone.wait().unwrap();
+            true
+        })
+        .unwrap();
+        // A check that fails sends nothing.
+        let mut kept = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        signal_checked(kept.id(), libc::SIGKILL, |_| false).unwrap();
+        assert!(
+            kept.try_wait().unwrap().is_none(),
+            "signalled though the check failed"
+        );
+        signal_checked(kept.id(), libc::SIGKILL, |_| true).unwrap();
+        assert!(
+            kept.wait().unwrap().code().is_none(),
+            "killed by the signal"
+        );
     }
 
     #[test]

@@ -1348,20 +1348,22 @@ fn is_traced(cg: &Cgroup) -> bool {
 }
 
 /// stop_signal to the gate's main process, if it is still the process we
-/// started (start time); else to every member, so they can still clean up.
+/// started (start time) and in the gate; else to every member, so they can
+/// still clean up. Each through a pidfd checked after it was opened.
 fn send_stop_signal(cg: &Cgroup, tags: &Tags, sig: nix::sys::signal::Signal) {
-    use nix::sys::signal::kill;
-    use nix::unistd::Pid;
-    let main = tags
-        .main_pid
-        .filter(|&p| tags.main_start.is_some() && proc::start_time(p) == tags.main_start)
-        .filter(|&p| cg.read_procs().unwrap_or_default().contains(&p));
-    let targets = match main {
-        Some(p) => vec![p],
-        None => cg.read_procs().unwrap_or_default(),
-    };
-    for p in targets {
-        let _ = kill(Pid::from_raw(p as i32), sig);
+    let member = |p: u32| cg.read_procs().unwrap_or_default().contains(&p);
+    let main = tags.main_pid.filter(|&p| {
+        let mut sent = false;
+        let _ = proc::signal_checked(p, sig as i32, |p| {
+            sent = tags.main_start.is_some() && proc::start_time(p) == tags.main_start && member(p);
+            sent
+        });
+        sent
+    });
+    if main.is_none() {
+        for p in cg.read_procs().unwrap_or_default() {
+            let _ = proc::signal_checked(p, sig as i32, member);
+        }
     }
 }
 

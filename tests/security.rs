@@ -501,3 +501,29 @@ fn a_socket_directory_others_can_write_is_refused() {
     assert!(err.contains("is not root's alone"), "{err}");
     assert!(!open.join("gov.sock").exists());
 }
+
+/// `start_worker`'s command becomes root's arguments to the worker's
+/// start: an empty one or one with a NUL byte is refused before anything
+/// else is looked at, and the daemon answers on.
+#[test]
+fn a_malformed_worker_command_is_refused() {
+    use gov::protocol::{ErrorCode, Request, Response};
+    let root = TestRoot::new();
+    let _d = root.daemon("");
+    for cmd in [vec![], vec!["sh".to_string(), "-c\0id".to_string()]] {
+        let reply = gov::client::request(&root.socket, Request::StartWorker { cmd })
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(
+                reply,
+                Response::Error {
+                    code: ErrorCode::BadRequest,
+                    ..
+                }
+            ),
+            "{reply:?}"
+        );
+    }
+    root.ok(&["status"]);
+}

@@ -354,6 +354,14 @@ impl Daemon {
     /// An unprivileged keeper asks for its worker: started by the gate's
     /// owner, as the keeper's own user, in the gate's worker cgroup.
     async fn start_worker(&self, peer: &Peer, cmd: Vec<String>) -> Reply<Response> {
+        // Root passes these on as arguments (after `--`) to the worker's
+        // start: a command, none of it with a NUL.
+        if cmd.is_empty() || cmd.iter().any(|a| a.contains('\0')) {
+            return fail(
+                ErrorCode::BadRequest,
+                "start_worker needs a command without NUL bytes",
+            );
+        }
         // The gate's main process, the very one (start time), and its user.
         let start = proc::start_time(peer.pid);
         let mine = self.gates.handles().into_iter().find(|(_, h)| {

@@ -158,6 +158,9 @@ struct QueuedInfo {
     _rest: [u8; 96],
 }
 
+// The kernel copies exactly this much (SI_MAX_SIZE).
+const _: () = assert!(std::mem::size_of::<QueuedInfo>() == 128);
+
 fn send_hold(keeper: Keeper, on: bool) -> io::Result<()> {
     let pidfd = keeper.pidfd()?;
     let info = QueuedInfo {
@@ -594,8 +597,8 @@ fn open_path_dir(path: &str) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// A sealed-off copy of `data` in memory, readable from its start through
-/// the descriptor (a memfd: no file a user could swap, no pipe to fill).
+/// A copy of `data` in memory, readable from its start through the
+/// descriptor (a memfd: no file a user could swap, no pipe to fill).
 fn memfd_with(data: &[u8]) -> Result<OwnedFd, KeeperError> {
     // SAFETY: memfd_create with a static name; returns a new fd or -1.
     let fd = unsafe { libc::memfd_create(c"gov-keeper-environ".as_ptr(), libc::MFD_CLOEXEC) };
@@ -1367,6 +1370,16 @@ mod tests {
         assert_eq!(Ended::parse("exit x"), None);
         assert_eq!(Ended::parse("died 3"), None);
         assert_eq!(Ended::parse(""), None);
+    }
+
+    #[test]
+    fn an_environ_is_split_into_its_entries() {
+        let env = parse_environ(b"A=1\0B=x=y\0=nokey\0NOEQ\0EMPTY=\0\0");
+        let pairs: Vec<(&str, &str)> = env
+            .iter()
+            .map(|(k, v)| (k.to_str().unwrap(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(pairs, [("A", "1"), ("B", "x=y"), ("EMPTY", "")]);
     }
 
     #[test]

@@ -404,39 +404,59 @@ pub fn apply(
     Ok(())
 }
 
-/// What a restarted daemon sees of a gate now (for [`recover`]).
-pub fn observe(gate: &Cgroup, keeper_pid: u32, dir: &Path) -> Result<Seen, HibernateError> {
+/// What a restarted daemon sees of a gate now (for [`recover`]); `criu`
+/// is the daemon's (with none, no criu of ours can be at work).
+pub fn observe(
+    gate: &Cgroup,
+    keeper_pid: u32,
+    dir: &Path,
+    criu: Option<&Criu>,
+) -> Result<Seen, HibernateError> {
     Ok(Seen {
         image: criu::image_state(dir),
         worker_populated: worker_cgroup(gate).read_cgroup_events()?.populated,
-        criu_running: criu_running_for(dir),
+        criu_running: criu.is_some_and(|c| criu_running_for(dir, c.path())),
         keeper_alive: crate::proc::is_alive(keeper_pid),
     })
 }
 
-/// Is a criu process working on `dir` (its command line names `dir` or
-/// `<dir>.partial` after -D)? For [`Seen::criu_running`].
-pub fn criu_running_for(dir: &Path) -> bool {
-    let mut partial = dir.as_os_str().to_owned();
-    partial.push(".partial");
-    let wanted = [dir.as_os_str().to_owned(), partial];
+/// Is a criu process of ours working on `dir` (its command line names
+/// `dir` or `<dir>.partial` after -D)? For [`Seen::criu_running`]. Ours
+/// means run by root from the daemon's `criu` binary (the same file); a
+/// user's process merely named criu, with the same arguments, would
+/// otherwise make the daemon wait on a dump that is not happening.
+pub fn criu_running_for(dir: &Path, criu: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(exe) = std::fs::metadata(criu) else {
+        return false;
+    };
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return false;
     };
     entries.flatten().any(|e| {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            return false;
+        };
         let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
             return false;
         };
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let is_criu = args.first().is_some_and(|a| a.ends_with(b"criu"));
-        is_criu
-            && args.windows(2).any(|p| {
-                p[0] == b"-D"
-                    && wanted
-                        .iter()
-                        .any(|w| std::os::unix::ffi::OsStrExt::as_bytes(w.as_os_str()) == p[1])
-            })
+        works_on(&cmdline, dir)
+            && crate::proc::uids(pid).is_some_and(|u| u[0] == 0 && u[1] == 0)
+            && std::fs::metadata(e.path().join("exe"))
+                .is_ok_and(|m| (m.dev(), m.ino()) == (exe.dev(), exe.ino()))
     })
+}
+
+/// Does a command line (NUL-separated, as /proc/PID/cmdline) name `dir` or
+/// `<dir>.partial` after -D? Pure.
+pub fn works_on(cmdline: &[u8], dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let mut partial = dir.as_os_str().to_owned();
+    partial.push(".partial");
+    let wanted = [dir.as_os_str().as_bytes(), partial.as_bytes()];
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    args.windows(2)
+        .any(|p| p[0] == b"-D" && wanted.contains(&p[1]))
 }
 
 #[cfg(test)]
@@ -466,6 +486,27 @@ mod tests {
             .to_tag(),
             "refused a b"
         );
+    }
+
+    #[test]
+    fn a_criu_at_work_names_the_images_after_d() {
+        let dir = Path::new("/var/lib/gov/hibernate/g1");
+        assert!(works_on(
+            b"/usr/sbin/criu\0dump\0-D\0/var/lib/gov/hibernate/g1.partial\0-o\0dump.log\0",
+            dir
+        ));
+        assert!(works_on(
+            b"criu\0restore\0-D\0/var/lib/gov/hibernate/g1\0",
+            dir
+        ));
+        assert!(!works_on(
+            b"criu\0restore\0-D\0/var/lib/gov/hibernate/g10\0",
+            dir
+        ));
+        assert!(!works_on(
+            b"criu\0restore\0/var/lib/gov/hibernate/g1\0",
+            dir
+        ));
     }
 
     #[test]

@@ -1141,8 +1141,9 @@ impl Action {
         };
         let dir = self.image_dir();
         let c = cg.clone();
+        let criu = self.d.criu.clone();
         let r = blocking_any(move || {
-            let recovery = h::recover(&phase, h::observe(&c, keeper, &dir)?);
+            let recovery = h::recover(&phase, h::observe(&c, keeper, &dir, criu.as_ref())?);
             h::apply(recovery, &c, keeper, &dir)?;
             Ok::<_, h::HibernateError>(recovery)
         })

@@ -247,6 +247,10 @@ pub struct RestoreRequest<'a> {
     pub tcp_established: bool,
     pub network_lock: NetworkLock,
     pub timeout: Duration,
+    /// Leave the restored tasks stopped (`--leave-stopped`): nothing of
+    /// the tree runs until the caller sends SIGCONT, so what it holds can
+    /// be checked first ([`crate::held`]).
+    pub leave_stopped: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -621,6 +625,9 @@ impl Criu {
             .arg("--pidfile")
             .arg(&pidfile)
             .arg("--ext-unix-sk");
+        if req.leave_stopped {
+            cmd.arg("--leave-stopped");
+        }
         if req.tcp_established {
             cmd.arg("--tcp-established")
                 .arg("--network-lock")

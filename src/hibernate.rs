@@ -92,6 +92,29 @@ pub enum HibernateError {
     OverBudget { estimate: u64, budget: u64 },
     #[error("signalling keeper {pid}: {error}")]
     Signal { pid: u32, error: std::io::Error },
+    /// The tree holds (or a restore would have handed it) files its owner
+    /// cannot open by their paths (see [`crate::held`]).
+    #[error("the worker would hold files its owner (uid {uid}) cannot open by their paths: {}", list(.violations))]
+    Unsafe {
+        uid: u32,
+        violations: Vec<crate::held::Violation>,
+    },
+    #[error("checking the files of the worker of keeper {pid}: {error}")]
+    Held { pid: u32, error: std::io::Error },
+}
+
+/// The first few violations, for a one-line reason.
+fn list(v: &[crate::held::Violation]) -> String {
+    let mut s = v
+        .iter()
+        .take(3)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if v.len() > 3 {
+        s.push_str(&format!("; and {} more", v.len() - 3));
+    }
+    s
 }
 
 impl HibernateError {
@@ -234,6 +257,12 @@ fn dump_steps(
     opts: &Options,
 ) -> Result<criu::DumpReport, HibernateError> {
     w.freeze(FREEZE_TIMEOUT)?;
+    // A tree that already holds a file its owner could not open by path
+    // would be killed for it at restore: it is not dumped (it stays
+    // suspended, the reason shown).
+    if let Some(creds) = owner_creds(keeper_pid)? {
+        tree_is_safe(w, keeper_pid, &creds)?;
+    }
     keeper::hold(keeper_pid).map_err(|error| HibernateError::Signal {
         pid: keeper_pid,
         error,
@@ -300,14 +329,74 @@ fn restore_steps(
     gate.thaw(FREEZE_TIMEOUT)?;
     w.thaw(FREEZE_TIMEOUT)?;
     let inherit = keeper::inherit_fds(keeper_pid)?;
-    Ok(criu.restore(RestoreRequest {
+    let creds = owner_creds(keeper_pid)?;
+    let report = criu.restore(RestoreRequest {
         dir,
         cgroup: w,
         inherit,
         tcp_established: opts.tcp_established,
         network_lock: opts.network_lock,
         timeout: opts.restore_timeout,
-    })?)
+        leave_stopped: creds.is_some(),
+    })?;
+    if let Some(creds) = creds {
+        continue_if_safe(w, keeper_pid, &creds)?;
+    }
+    Ok(report)
+}
+
+/// The credentials a user's worker runs with (its keeper's), or None for
+/// root's own gates: root could open every file anyway, so nothing needs
+/// checking.
+pub fn owner_creds(keeper_pid: u32) -> Result<Option<keeper::Creds>, HibernateError> {
+    let creds = crate::held::creds_of(keeper_pid).map_err(|error| HibernateError::Held {
+        pid: keeper_pid,
+        error,
+    })?;
+    Ok((creds.uid != 0).then_some(creds))
+}
+
+/// Ok when every process in `w` holds only what `creds` could open by
+/// its path now ([`crate::held::violations`]).
+pub fn tree_is_safe(
+    w: &Cgroup,
+    keeper_pid: u32,
+    creds: &keeper::Creds,
+) -> Result<(), HibernateError> {
+    let violations =
+        crate::held::violations(&w.read_procs()?, creds).map_err(|error| HibernateError::Held {
+            pid: keeper_pid,
+            error,
+        })?;
+    if violations.is_empty() {
+        return Ok(());
+    }
+    Err(HibernateError::Unsafe {
+        uid: creds.uid,
+        violations,
+    })
+}
+
+/// After a restore with `--leave-stopped`: the tree goes on (SIGCONT) only
+/// if it holds nothing its owner could not open by path; otherwise it is
+/// killed before any of it ran, and the image is kept.
+fn continue_if_safe(
+    w: &Cgroup,
+    keeper_pid: u32,
+    creds: &keeper::Creds,
+) -> Result<(), HibernateError> {
+    if let Err(e) = tree_is_safe(w, keeper_pid, creds) {
+        w.kill_all(Duration::from_secs(10))?;
+        return Err(e);
+    }
+    // Stopped tasks cannot fork: this list is the whole tree.
+    for pid in w.read_procs()? {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    }
+    Ok(())
 }
 
 /// What a restarted daemon sees of a gate with a hibernation tag.

@@ -42,6 +42,14 @@ fn write_owned(path: &Path, text: &str, uid: u32) {
     std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
 }
 
+/// `<base>/nobody`, a directory of nobody's.
+fn nobodys_dir(base: &Path) -> PathBuf {
+    let dir = base.join("nobody");
+    fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    dir
+}
+
 /// Waits until `pid` has descriptor `fd` open.
 fn wait_fd(pid: u32, fd: i32) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -60,7 +68,11 @@ fn holder(path: &Path, handed: Option<&fs::File>) -> Kid {
         .arg(path)
         .uid(NOBODY)
         .gid(NOBODY)
-        .stdin(Stdio::piped());
+        .stdin(Stdio::piped())
+        // Not ours: in the VM they are the boot console, opened before
+        // devtmpfs hid its node, which no path reaches (and is refused).
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     if let Some(f) = handed {
         let raw = f.as_raw_fd();
         // SAFETY: dup2 between fork and exec, async-signal-safe.
@@ -132,9 +144,7 @@ fn a_root_only_file_handed_to_a_users_process_is_a_violation() {
 #[test]
 fn a_held_file_swapped_for_a_link_to_roots_file_is_a_violation() {
     let d = tempdir();
-    let dir = d.path().join("nobody");
-    fs::create_dir(&dir).unwrap();
-    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let dir = nobodys_dir(d.path());
     let mine = dir.join("notes");
     write_owned(&mine, "mine", NOBODY);
     let roots = d.path().join("roots");
@@ -279,14 +289,12 @@ fn which(name: &str) -> PathBuf {
 
 /// What the check costs on a restore, for a 200 MB REPL-like worker (run
 /// by hand; needs python3):
-///   cargo test --release --test hibernate_safety -- --ignored --nocapture measure
+///   cargo test --test hibernate_safety -- --ignored --nocapture measure
 #[test]
 #[ignore]
 fn measure_the_check_on_a_200mb_worker() {
     let d = tempdir();
-    let dir = d.path().join("nobody");
-    fs::create_dir(&dir).unwrap();
-    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).unwrap();
+    let dir = nobodys_dir(d.path());
     let sock = dir.join("counter.sock");
     let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hibernate-worker.py");
     let mut kid = Kid::new(

@@ -373,7 +373,13 @@ pub fn probe_as(creds: &Creds, probes: &[(PathBuf, Need, FileId)]) -> io::Result
     }
     drop(w);
     let mut buf = Vec::with_capacity(probes.len() * 8);
-    let read = io::Read::read_to_end(&mut fs::File::from(r), &mut buf);
+    let read = read_until(&mut fs::File::from(r), &mut buf, PROBE_TIMEOUT);
+    if read.is_err() {
+        // Stuck (a path on a FUSE mount its user serves slowly, say):
+        // SIGKILL ends even a task waiting on FUSE.
+        // SAFETY: signalling our own child, reaped below.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
     let mut status = 0;
     // SAFETY: reaping our own child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
@@ -392,6 +398,43 @@ pub fn probe_as(creds: &Creds, probes: &[(PathBuf, Need, FileId)]) -> io::Result
             v => Probed::Denied((v >> 32) as i32),
         })
         .collect())
+}
+
+/// How long the probes of one tree may take; a user could make a path of
+/// theirs block (a FUSE mount they serve), and a gate's owner must not
+/// wait for ever.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads `f` to its end (all writers gone) within `timeout`.
+fn read_until(f: &mut fs::File, buf: &mut Vec<u8>, timeout: std::time::Duration) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the probes took over {timeout:?}"),
+            ));
+        }
+        let mut pfd = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, ms) } <= 0 {
+            continue; // timeout (checked above) or EINTR
+        }
+        match io::Read::read(f, &mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// One probe in the child: 0 same, 1 other, errno << 32 | 2 denied.

@@ -641,3 +641,49 @@ fn a_users_file_swapped_for_a_link_to_roots_file_is_not_restored() {
     root.ok(&["kill", &id]);
     assert_ne!(host.reap(Duration::from_secs(10)), Some(0));
 }
+
+/// A `hibernate_dir` that is a symlink: the daemon refuses to dump there,
+/// says why, and never chmods through it (it once did: a chmod by path
+/// came before any check).
+#[test]
+fn a_hibernate_dir_that_is_a_symlink_is_refused_and_never_chmoded() {
+    use std::os::unix::fs::PermissionsExt;
+    let test = "a_hibernate_dir_that_is_a_symlink_is_refused_and_never_chmoded";
+    let Some(criu) = criu_or_skip(test) else {
+        return;
+    };
+    let root = TestRoot::new();
+    let elsewhere = root.dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let images = root.dir.path().join("images");
+    std::os::unix::fs::symlink(&elsewhere, &images).unwrap();
+    let _d = root.daemon(&hibernating(&criu, &images, "1s"));
+    let mut host = Kid::new(
+        root.gov()
+            .args(["spawn", "--hibernate", "--project", "/srv/link", "--"])
+            .args(["sh", "-c", "echo ready; while :; do sleep 3600; done"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = lines_of(&mut host);
+    assert_eq!(
+        lines.recv_timeout(Duration::from_secs(60)).unwrap(),
+        "ready"
+    );
+    let id = root.gate_of(host.id());
+    wait_until(Duration::from_secs(60), "the dump to be refused", || {
+        root.events().iter().any(|e| {
+            e["gate"] == id.as_str()
+                && e["kind"] == "failed"
+                && e["reason"].as_str().unwrap_or("").contains("symlink")
+        })
+    });
+    assert_eq!(state(&root, &id).as_deref(), Some("suspended"));
+    let mode = std::fs::metadata(&elsewhere).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755, "chmod'ed through the symlink");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    root.ok(&["kill", &id]);
+}

@@ -687,3 +687,85 @@ fn a_hibernate_dir_that_is_a_symlink_is_refused_and_never_chmoded() {
     assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
     root.ok(&["kill", &id]);
 }
+
+/// The check before a dump: nobody's worker holds a file that nobody can
+/// no longer open by its path (root took it over, as a root process could
+/// hand one over). It is not dumped, so it is never killed for that at
+/// restore: it stays suspended with the reason shown, and runs on after a
+/// touch. (No CRIU runs: the check comes first, so this works on hosts
+/// that cannot dump another user's tree.)
+#[test]
+fn a_users_tree_holding_a_file_they_cannot_open_is_not_dumped() {
+    use std::os::unix::fs::PermissionsExt;
+    let test = "a_users_tree_holding_a_file_they_cannot_open_is_not_dumped";
+    let Some(criu) = criu_or_skip(test) else {
+        return;
+    };
+    let root = TestRoot::new();
+    let images = root.dir.path().join("images");
+    let _d = root.daemon(&hibernating(&criu, &images, "1s"));
+    let notes = root.dir.path().join("notes");
+    std::fs::write(&notes, "nobody's, for now\n").unwrap();
+    std::os::unix::fs::chown(&notes, Some(common::NOBODY), Some(common::NOBODY)).unwrap();
+    let mut host = Kid::new(
+        common::gov_as_nobody(&root)
+            // Pinned: the file changes hands before it may be dumped.
+            .args([
+                "spawn",
+                "--hibernate",
+                "--pin",
+                "--project",
+                "/srv/held",
+                "--",
+            ])
+            .args([
+                "sh",
+                "-c",
+                "exec 3<\"$1\"; echo ready; while :; do sleep 3600; done",
+                "sh",
+            ])
+            .arg(&notes)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = lines_of(&mut host);
+    assert_eq!(
+        lines.recv_timeout(Duration::from_secs(60)).unwrap(),
+        "ready"
+    );
+    let id = root.gate_of(host.id());
+    std::os::unix::fs::chown(&notes, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&notes, std::fs::Permissions::from_mode(0o600)).unwrap();
+    root.ok(&["unpin", &id]);
+    let refused = || {
+        root.events().into_iter().find(|e| {
+            e["gate"] == id.as_str()
+                && e["kind"] == "failed"
+                && e["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("hibernate refused")
+        })
+    };
+    wait_until(Duration::from_secs(60), "the dump to be refused", || {
+        refused().is_some()
+    });
+    let why = refused().unwrap()["reason"].as_str().unwrap().to_string();
+    assert!(
+        why.contains("cannot open") && why.contains(notes.to_str().unwrap()),
+        "{why}"
+    );
+    assert_eq!(state(&root, &id).as_deref(), Some("suspended"));
+    assert!(!images.join(&id).exists(), "an image was written");
+    let w = root.gate_cgroup(&id).child("w");
+    assert!(!w.read_procs().unwrap().is_empty(), "the worker is gone");
+    common::gov_as_nobody(&root)
+        .args(["touch", &id])
+        .status()
+        .unwrap();
+    assert_eq!(state(&root, &id).as_deref(), Some("running"));
+    assert!(matches!(host.try_wait(), Ok(None)));
+    root.ok(&["kill", &id]);
+}

@@ -75,10 +75,16 @@ fn holder(path: &Path, handed: Option<&fs::File>) -> Kid {
         .stderr(Stdio::null());
     if let Some(f) = handed {
         let raw = f.as_raw_fd();
-        // SAFETY: dup2 between fork and exec, async-signal-safe.
+        // SAFETY: dup2 and fcntl between fork and exec, async-signal-safe.
         unsafe {
             c.pre_exec(move || {
-                if libc::dup2(raw, 4) < 0 {
+                // dup2 onto itself keeps close-on-exec: clear it instead.
+                let r = if raw == 4 {
+                    libc::fcntl(4, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(raw, 4)
+                };
+                if r < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

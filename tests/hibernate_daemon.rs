@@ -500,6 +500,38 @@ fn held_files(cg: &gov::cgroup::Cgroup) -> Vec<(u64, u64, PathBuf)> {
     out
 }
 
+/// A worker that holds the file named by $1 open on fd 3 and waits.
+const HOLD_FD3: &str = "exec 3<\"$1\"; echo ready; while :; do sleep 3600; done";
+
+/// A hibernatable gate of `gov` (root's, or `common::gov_as_nobody`'s):
+/// `gov spawn --hibernate SPAWN_ARGS -- sh -c SCRIPT sh ARGS`, once SCRIPT
+/// printed "ready". Gives the host, the lines of its stdout and the gate.
+fn sh_gate(
+    root: &TestRoot,
+    mut gov: std::process::Command,
+    spawn_args: &[&str],
+    script: &str,
+    args: &[&Path],
+) -> (Kid, mpsc::Receiver<String>, String) {
+    let mut host = Kid::new(
+        gov.args(["spawn", "--hibernate"])
+            .args(spawn_args)
+            .args(["--", "sh", "-c", script, "sh"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = lines_of(&mut host);
+    assert_eq!(
+        lines.recv_timeout(Duration::from_secs(60)).unwrap(),
+        "ready"
+    );
+    let id = root.gate_of(host.id());
+    (host, lines, id)
+}
+
 /// The attack on CRIU's restore (docs/design.md, "CRIU and the user's
 /// files"): CRIU, run as root, reopens a restored task's files by path. A
 /// user whose hibernated worker held a file of theirs swaps it for a
@@ -548,27 +580,13 @@ fn a_users_file_swapped_for_a_link_to_roots_file_is_not_restored() {
     };
 
     // nobody's gate: a shell holding its notes open on fd 3.
-    let mut host = Kid::new(
-        common::gov_as_nobody(&root)
-            .args(["spawn", "--hibernate", "--project", "/srv/swap", "--"])
-            .args([
-                "sh",
-                "-c",
-                "exec 3<\"$1\"; echo ready; while :; do sleep 3600; done",
-                "sh",
-            ])
-            .arg(&notes)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let (mut host, _lines, id) = sh_gate(
+        &root,
+        common::gov_as_nobody(&root),
+        &["--project", "/srv/swap"],
+        HOLD_FD3,
+        &[&notes],
     );
-    let lines = lines_of(&mut host);
-    assert_eq!(
-        lines.recv_timeout(Duration::from_secs(60)).unwrap(),
-        "ready"
-    );
-    let id = root.gate_of(host.id());
     let w = root.gate_cgroup(&id).child("w");
     let hibernated = |what: &str| {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -659,21 +677,13 @@ fn a_hibernate_dir_that_is_a_symlink_is_refused_and_never_chmoded() {
     let images = root.dir.path().join("images");
     std::os::unix::fs::symlink(&elsewhere, &images).unwrap();
     let _d = root.daemon(&hibernating(&criu, &images, "1s"));
-    let mut host = Kid::new(
-        root.gov()
-            .args(["spawn", "--hibernate", "--project", "/srv/link", "--"])
-            .args(["sh", "-c", "echo ready; while :; do sleep 3600; done"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let (_host, _lines, id) = sh_gate(
+        &root,
+        root.gov(),
+        &["--project", "/srv/link"],
+        "echo ready; while :; do sleep 3600; done",
+        &[],
     );
-    let lines = lines_of(&mut host);
-    assert_eq!(
-        lines.recv_timeout(Duration::from_secs(60)).unwrap(),
-        "ready"
-    );
-    let id = root.gate_of(host.id());
     wait_until(Duration::from_secs(60), "the dump to be refused", || {
         root.events().iter().any(|e| {
             e["gate"] == id.as_str()
@@ -707,35 +717,14 @@ fn a_users_tree_holding_a_file_they_cannot_open_is_not_dumped() {
     let notes = root.dir.path().join("notes");
     std::fs::write(&notes, "nobody's, for now\n").unwrap();
     std::os::unix::fs::chown(&notes, Some(common::NOBODY), Some(common::NOBODY)).unwrap();
-    let mut host = Kid::new(
-        common::gov_as_nobody(&root)
-            // Pinned: the file changes hands before it may be dumped.
-            .args([
-                "spawn",
-                "--hibernate",
-                "--pin",
-                "--project",
-                "/srv/held",
-                "--",
-            ])
-            .args([
-                "sh",
-                "-c",
-                "exec 3<\"$1\"; echo ready; while :; do sleep 3600; done",
-                "sh",
-            ])
-            .arg(&notes)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    // Pinned: the file changes hands before it may be dumped.
+    let (mut host, _lines, id) = sh_gate(
+        &root,
+        common::gov_as_nobody(&root),
+        &["--pin", "--project", "/srv/held"],
+        HOLD_FD3,
+        &[&notes],
     );
-    let lines = lines_of(&mut host);
-    assert_eq!(
-        lines.recv_timeout(Duration::from_secs(60)).unwrap(),
-        "ready"
-    );
-    let id = root.gate_of(host.id());
     std::os::unix::fs::chown(&notes, Some(0), Some(0)).unwrap();
     std::fs::set_permissions(&notes, std::fs::Permissions::from_mode(0o600)).unwrap();
     root.ok(&["unpin", &id]);

@@ -122,7 +122,7 @@ pub enum CriuError {
         path: PathBuf,
         error: io::Error,
     },
-    #[error("{dir}: the images directory must be a directory owned by root with mode 0700 (found {found})")]
+    #[error("{dir}: unsafe for images, which must live in a root-owned 0700 directory below root-owned directories nobody else may write to, without symlinks (found {found})")]
     UnsafeDir { dir: PathBuf, found: String },
     #[error("{dir}: an image is already there")]
     ImageExists { dir: PathBuf },
@@ -247,6 +247,10 @@ pub struct RestoreRequest<'a> {
     pub tcp_established: bool,
     pub network_lock: NetworkLock,
     pub timeout: Duration,
+    /// Leave the restored tasks stopped (`--leave-stopped`): nothing of
+    /// the tree runs until the caller sends SIGCONT, so what it holds can
+    /// be checked first ([`crate::held`]).
+    pub leave_stopped: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -344,28 +348,117 @@ pub fn pipe_key(fd: &impl AsRawFd) -> io::Result<String> {
     Ok(format!("pipe:[{}]", st.st_ino))
 }
 
-/// The directory that will hold images: each component below an existing
-/// parent is created 0700; the last one must end up root's and 0700, so no
-/// other user can read a gate's heap.
+/// The directory that will hold images, made safe for root to write a
+/// gate's heap into by path:
+/// - every directory above it is root's and writable by no one else, or
+///   sticky (/tmp: others cannot rename or remove root's entries there),
+///   and none is a symlink, so nobody can redirect the path later;
+/// - missing components are created 0700;
+/// - the directory itself must be root's; its mode is set to 0700 through
+///   a descriptor opened with O_NOFOLLOW, never by path: a chmod by path
+///   follows a symlink put in its place.
 pub fn ensure_private_dir(dir: &Path) -> Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(io_err("mkdir", dir))?;
-    let meta = fs::symlink_metadata(dir).map_err(io_err("stat", dir))?;
-    let mode = meta.mode() & 0o7777;
-    if !meta.is_dir() || meta.uid() != 0 || mode != 0o700 {
-        return Err(CriuError::UnsafeDir {
-            dir: dir.to_path_buf(),
-            found: format!(
-                "{} uid {} mode {mode:o}",
-                if meta.is_dir() { "dir" } else { "not a dir" },
-                meta.uid()
-            ),
-        });
+    let unsafe_dir = |at: &Path, found: String| CriuError::UnsafeDir {
+        dir: at.to_path_buf(),
+        found,
+    };
+    if !dir.is_absolute() {
+        return Err(unsafe_dir(dir, "a relative path".into()));
+    }
+    let mut above: Vec<&Path> = dir.ancestors().skip(1).collect();
+    above.reverse();
+    for (i, a) in above.iter().chain([&dir]).enumerate() {
+        let last = i == above.len();
+        let meta = match fs::symlink_metadata(a) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                match fs::DirBuilder::new().mode(0o700).create(a) {
+                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                        return Err(io_err("mkdir", a)(e))
+                    }
+                    _ => {}
+                }
+                fs::symlink_metadata(a).map_err(io_err("stat", a))?
+            }
+            r => r.map_err(io_err("stat", a))?,
+        };
+        let kind = if meta.file_type().is_symlink() {
+            Kind::Symlink
+        } else if meta.is_dir() {
+            Kind::Dir
+        } else {
+            Kind::Other
+        };
+        let why = if last {
+            unsafe_images_dir(kind, meta.uid())
+        } else {
+            unsafe_parent(kind, meta.uid(), meta.mode())
+        };
+        if let Some(why) = why {
+            return Err(unsafe_dir(
+                a,
+                format!("{why}: uid {} mode {:o}", meta.uid(), meta.mode() & 0o7777),
+            ));
+        }
+    }
+    // The last component, as a descriptor that cannot be a symlink.
+    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|e| CriuError::Io {
+        op: "path",
+        path: dir.to_path_buf(),
+        error: io::Error::new(io::ErrorKind::InvalidInput, e),
+    })?;
+    // SAFETY: open(2) on a NUL-terminated path; the fd is owned below.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io_err("open", dir)(io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh fd nothing else owns.
+    let f = fs::File::from(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    let meta = f.metadata().map_err(io_err("stat", dir))?;
+    if meta.uid() != 0 {
+        return Err(unsafe_dir(dir, format!("uid {}", meta.uid())));
+    }
+    if meta.mode() & 0o7777 != 0o700 {
+        f.set_permissions(fs::Permissions::from_mode(0o700))
+            .map_err(io_err("chmod", dir))?;
     }
     Ok(())
+}
+
+/// What `lstat` found at a component of the images' path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// Why a directory above the images would let someone else redirect the
+/// path (None: it is safe). Pure.
+fn unsafe_parent(kind: Kind, uid: u32, mode: u32) -> Option<&'static str> {
+    match kind {
+        Kind::Symlink => Some("a symlink above the images directory"),
+        Kind::Other => Some("not a directory"),
+        Kind::Dir if uid != 0 => Some("a directory above the images not owned by root"),
+        Kind::Dir if mode & 0o022 != 0 && mode & libc::S_ISVTX == 0 => {
+            Some("a directory above the images that others may write to")
+        }
+        Kind::Dir => None,
+    }
+}
+
+/// Why the images directory itself is not fit (None: it is). Pure.
+fn unsafe_images_dir(kind: Kind, uid: u32) -> Option<&'static str> {
+    match kind {
+        Kind::Symlink => Some("a symlink, not a directory (never chmod'ed through)"),
+        Kind::Other => Some("not a directory"),
+        Kind::Dir if uid != 0 => Some("not owned by root"),
+        Kind::Dir => None,
+    }
 }
 
 impl Criu {
@@ -532,6 +625,9 @@ impl Criu {
             .arg("--pidfile")
             .arg(&pidfile)
             .arg("--ext-unix-sk");
+        if req.leave_stopped {
+            cmd.arg("--leave-stopped");
+        }
         if req.tcp_established {
             cmd.arg("--tcp-established")
                 .arg("--network-lock")
@@ -855,6 +951,21 @@ mod tests {
         remove_image(&img).unwrap();
         assert_eq!(image_state(&img), ImageState::None);
         remove_image(&img).unwrap();
+    }
+
+    #[test]
+    fn images_live_below_directories_only_root_controls() {
+        assert_eq!(unsafe_parent(Kind::Dir, 0, 0o40755), None);
+        // /tmp: others write there, but cannot move root's entries.
+        assert_eq!(unsafe_parent(Kind::Dir, 0, 0o41777), None);
+        assert!(unsafe_parent(Kind::Dir, 0, 0o40777).is_some());
+        assert!(unsafe_parent(Kind::Dir, 0, 0o40775).is_some());
+        assert!(unsafe_parent(Kind::Dir, 1000, 0o40755).is_some());
+        assert!(unsafe_parent(Kind::Symlink, 0, 0o120777).is_some());
+        assert!(unsafe_parent(Kind::Other, 0, 0o100644).is_some());
+        assert_eq!(unsafe_images_dir(Kind::Dir, 0), None);
+        assert!(unsafe_images_dir(Kind::Dir, 65534).is_some());
+        assert!(unsafe_images_dir(Kind::Symlink, 0).is_some());
     }
 
     #[test]

@@ -92,6 +92,29 @@ pub enum HibernateError {
     OverBudget { estimate: u64, budget: u64 },
     #[error("signalling keeper {pid}: {error}")]
     Signal { pid: u32, error: std::io::Error },
+    /// The tree holds (or a restore would have handed it) files its owner
+    /// cannot open by their paths (see [`crate::held`]).
+    #[error("the worker would hold files its owner (uid {uid}) cannot open by their paths: {}", list(.violations))]
+    Unsafe {
+        uid: u32,
+        violations: Vec<crate::held::Violation>,
+    },
+    #[error("checking the files of the worker of keeper {pid}: {error}")]
+    Held { pid: u32, error: std::io::Error },
+}
+
+/// The first few violations, for a one-line reason.
+fn list(v: &[crate::held::Violation]) -> String {
+    let mut s = v
+        .iter()
+        .take(3)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    if v.len() > 3 {
+        s.push_str(&format!("; and {} more", v.len() - 3));
+    }
+    s
 }
 
 impl HibernateError {
@@ -234,6 +257,12 @@ fn dump_steps(
     opts: &Options,
 ) -> Result<criu::DumpReport, HibernateError> {
     w.freeze(FREEZE_TIMEOUT)?;
+    // A tree that already holds a file its owner could not open by path
+    // would be killed for it at restore: it is not dumped (it stays
+    // suspended, the reason shown).
+    if let Some(creds) = owner_creds(keeper)? {
+        tree_is_safe(w, keeper.pid, &creds)?;
+    }
     keeper::hold(keeper).map_err(|error| HibernateError::Signal {
         pid: keeper.pid,
         error,
@@ -300,14 +329,79 @@ fn restore_steps(
     gate.thaw(FREEZE_TIMEOUT)?;
     w.thaw(FREEZE_TIMEOUT)?;
     let inherit = keeper::inherit_fds(keeper)?;
-    Ok(criu.restore(RestoreRequest {
+    let creds = owner_creds(keeper)?;
+    let report = criu.restore(RestoreRequest {
         dir,
         cgroup: w,
         inherit,
         tcp_established: opts.tcp_established,
         network_lock: opts.network_lock,
         timeout: opts.restore_timeout,
-    })?)
+        leave_stopped: creds.is_some(),
+    })?;
+    if let Some(creds) = creds {
+        continue_if_safe(w, keeper.pid, &creds)?;
+    }
+    Ok(report)
+}
+
+/// The credentials a user's worker runs with (its keeper's), or None for
+/// root's own gates: root could open every file anyway, so nothing needs
+/// checking.
+pub fn owner_creds(keeper: Keeper) -> Result<Option<keeper::Creds>, HibernateError> {
+    let err = |error| HibernateError::Held {
+        pid: keeper.pid,
+        error,
+    };
+    // Read through a pidfd on this very keeper, alive after the read: the
+    // credentials are its, not a recycled pid's.
+    let pidfd = keeper.pidfd().map_err(err)?;
+    let creds = crate::held::creds_of(keeper.pid).map_err(err)?;
+    crate::proc::pidfd_send_signal(&pidfd, 0).map_err(err)?;
+    Ok((creds.uid != 0).then_some(creds))
+}
+
+/// Ok when every process in `w` holds only what `creds` could open by
+/// its path now ([`crate::held::violations`]).
+pub fn tree_is_safe(
+    w: &Cgroup,
+    keeper_pid: u32,
+    creds: &keeper::Creds,
+) -> Result<(), HibernateError> {
+    let violations =
+        crate::held::violations(&w.read_procs()?, creds).map_err(|error| HibernateError::Held {
+            pid: keeper_pid,
+            error,
+        })?;
+    if violations.is_empty() {
+        return Ok(());
+    }
+    Err(HibernateError::Unsafe {
+        uid: creds.uid,
+        violations,
+    })
+}
+
+/// After a restore with `--leave-stopped`: the tree goes on (SIGCONT) only
+/// if it holds nothing its owner could not open by path; otherwise it is
+/// killed before any of it ran, and the image is kept.
+fn continue_if_safe(
+    w: &Cgroup,
+    keeper_pid: u32,
+    creds: &keeper::Creds,
+) -> Result<(), HibernateError> {
+    if let Err(e) = tree_is_safe(w, keeper_pid, creds) {
+        w.kill_all(Duration::from_secs(10))?;
+        return Err(e);
+    }
+    // Stopped tasks cannot fork: this list is the whole tree.
+    for pid in w.read_procs()? {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    }
+    Ok(())
 }
 
 /// What a restarted daemon sees of a gate with a hibernation tag.
@@ -404,41 +498,61 @@ pub fn apply(
     Ok(())
 }
 
-/// What a restarted daemon sees of a gate now (for [`recover`]).
-pub fn observe(gate: &Cgroup, keeper: Keeper, dir: &Path) -> Result<Seen, HibernateError> {
+/// What a restarted daemon sees of a gate now (for [`recover`]); `criu`
+/// is the daemon's (with none, no criu of ours can be at work).
+pub fn observe(
+    gate: &Cgroup,
+    keeper: Keeper,
+    dir: &Path,
+    criu: Option<&Criu>,
+) -> Result<Seen, HibernateError> {
     Ok(Seen {
         image: criu::image_state(dir),
         worker_populated: worker_cgroup(gate).read_cgroup_events()?.populated,
-        criu_running: criu_running_for(dir),
+        criu_running: criu.is_some_and(|c| criu_running_for(dir, c.path())),
         keeper_alive: keeper
             .pidfd()
             .is_ok_and(|_| crate::proc::is_alive(keeper.pid)),
     })
 }
 
-/// Is a criu process working on `dir` (its command line names `dir` or
-/// `<dir>.partial` after -D)? For [`Seen::criu_running`].
-pub fn criu_running_for(dir: &Path) -> bool {
-    let mut partial = dir.as_os_str().to_owned();
-    partial.push(".partial");
-    let wanted = [dir.as_os_str().to_owned(), partial];
+/// Is a criu process of ours working on `dir` (its command line names
+/// `dir` or `<dir>.partial` after -D)? For [`Seen::criu_running`]. Ours
+/// means run by root from the daemon's `criu` binary (the same file); a
+/// user's process merely named criu, with the same arguments, would
+/// otherwise make the daemon wait on a dump that is not happening.
+pub fn criu_running_for(dir: &Path, criu: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(exe) = std::fs::metadata(criu) else {
+        return false;
+    };
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return false;
     };
     entries.flatten().any(|e| {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            return false;
+        };
         let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
             return false;
         };
-        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-        let is_criu = args.first().is_some_and(|a| a.ends_with(b"criu"));
-        is_criu
-            && args.windows(2).any(|p| {
-                p[0] == b"-D"
-                    && wanted
-                        .iter()
-                        .any(|w| std::os::unix::ffi::OsStrExt::as_bytes(w.as_os_str()) == p[1])
-            })
+        works_on(&cmdline, dir)
+            && crate::proc::uids(pid).is_some_and(|u| u[0] == 0 && u[1] == 0)
+            && std::fs::metadata(e.path().join("exe"))
+                .is_ok_and(|m| (m.dev(), m.ino()) == (exe.dev(), exe.ino()))
     })
+}
+
+/// Does a command line (NUL-separated, as /proc/PID/cmdline) name `dir` or
+/// `<dir>.partial` after -D? Pure.
+pub fn works_on(cmdline: &[u8], dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let mut partial = dir.as_os_str().to_owned();
+    partial.push(".partial");
+    let wanted = [dir.as_os_str().as_bytes(), partial.as_bytes()];
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    args.windows(2)
+        .any(|p| p[0] == b"-D" && wanted.contains(&p[1]))
 }
 
 #[cfg(test)]
@@ -468,6 +582,27 @@ mod tests {
             .to_tag(),
             "refused a b"
         );
+    }
+
+    #[test]
+    fn a_criu_at_work_names_the_images_after_d() {
+        let dir = Path::new("/var/lib/gov/hibernate/g1");
+        assert!(works_on(
+            b"/usr/sbin/criu\0dump\0-D\0/var/lib/gov/hibernate/g1.partial\0-o\0dump.log\0",
+            dir
+        ));
+        assert!(works_on(
+            b"criu\0restore\0-D\0/var/lib/gov/hibernate/g1\0",
+            dir
+        ));
+        assert!(!works_on(
+            b"criu\0restore\0-D\0/var/lib/gov/hibernate/g10\0",
+            dir
+        ));
+        assert!(!works_on(
+            b"criu\0restore\0/var/lib/gov/hibernate/g1\0",
+            dir
+        ));
     }
 
     #[test]

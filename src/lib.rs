@@ -9,6 +9,7 @@ pub mod criu;
 pub mod daemon;
 pub mod direct;
 pub mod gate;
+pub mod held;
 pub mod hibernate;
 pub mod keeper;
 pub mod names;

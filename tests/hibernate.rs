@@ -577,7 +577,7 @@ fn a_dump_cut_short_before_its_rename_is_recovered() {
     let seen = hibernate::Seen {
         image: criu::image_state(&dir),
         worker_populated: gate.w.read_cgroup_events().unwrap().populated,
-        criu_running: hibernate::criu_running_for(&dir),
+        criu_running: hibernate::criu_running_for(&dir, criu.path()),
         keeper_alive: gov::proc::is_alive(keeper),
     };
     assert_eq!(seen.image, ImageState::PartialFinished);
@@ -813,9 +813,9 @@ fn step_child(step: &str, criu: &Criu, gate: &Gate, keeper: u32, dir: &Path) -> 
 
 /// Kills `child` (the daemon) as soon as a criu works on `dir`, then waits
 /// for that criu to finish on its own, as it does when its daemon dies.
-fn kill_mid_step(mut child: Child, dir: &Path) {
+fn kill_mid_step(mut child: Child, criu: &Criu, dir: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !hibernate::criu_running_for(dir) {
+    while !hibernate::criu_running_for(dir, criu.path()) {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the step ended before criu was seen"
@@ -830,7 +830,7 @@ fn kill_mid_step(mut child: Child, dir: &Path) {
     child.kill().unwrap();
     child.wait().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while hibernate::criu_running_for(dir) {
+    while hibernate::criu_running_for(dir, criu.path()) {
         assert!(
             Instant::now() < deadline,
             "criu still at work on {}",
@@ -865,10 +865,10 @@ fn a_daemon_killed_during_a_dump_and_a_restore_is_recovered() {
 
     // Killed during the dump: criu finishes alone, the rename never came.
     gate.gate.freeze(Duration::from_secs(5)).unwrap();
-    kill_mid_step(step_child("dump", &criu, &gate, keeper, &dir), &dir);
+    kill_mid_step(step_child("dump", &criu, &gate, keeper, &dir), &criu, &dir);
     let phase = Phase::read(&gate.gate).unwrap().unwrap();
     assert_eq!(phase, Phase::Dumping);
-    let seen = hibernate::observe(&gate.gate, k(keeper), &dir).unwrap();
+    let seen = hibernate::observe(&gate.gate, k(keeper), &dir, Some(&criu)).unwrap();
     let r = hibernate::recover(&phase, seen);
     assert_eq!(r, hibernate::Recovery::PromoteImage, "{seen:?}");
     hibernate::apply(r, &gate.gate, k(keeper), &dir).unwrap();
@@ -880,10 +880,14 @@ fn a_daemon_killed_during_a_dump_and_a_restore_is_recovered() {
     host.assert_running("daemon killed during the dump");
 
     // Killed during the restore: criu finishes alone, the worker runs.
-    kill_mid_step(step_child("restore", &criu, &gate, keeper, &dir), &dir);
+    kill_mid_step(
+        step_child("restore", &criu, &gate, keeper, &dir),
+        &criu,
+        &dir,
+    );
     let phase = Phase::read(&gate.gate).unwrap().unwrap();
     assert_eq!(phase, Phase::Restoring);
-    let seen = hibernate::observe(&gate.gate, k(keeper), &dir).unwrap();
+    let seen = hibernate::observe(&gate.gate, k(keeper), &dir, Some(&criu)).unwrap();
     let r = hibernate::recover(&phase, seen);
     assert_eq!(r, hibernate::Recovery::RestoreDone, "{seen:?}");
     hibernate::apply(r, &gate.gate, k(keeper), &dir).unwrap();

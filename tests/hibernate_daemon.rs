@@ -457,3 +457,308 @@ fn start_worker_is_refused_to_anyone_but_a_keeper() {
     assert_eq!(pids(), before, "something was started");
     root.ok(&["kill", &id]);
 }
+
+/// CRIU for the tests that dump another user's tree: those need a root
+/// with CAP_SYS_RESOURCE, which the VM suite has (integration/vm-test puts
+/// CRIU at GOV_VM_CRIU there) and our hosts lack. Elsewhere a loud SKIP;
+/// where the VM was packed with GOV_REQUIRE_CRIU=1 (CI), a failure.
+fn criu_for_users_trees(test: &str) -> Option<PathBuf> {
+    let required = std::env::var("GOV_VM_REQUIRE_CRIU").as_deref() == Ok("1");
+    let found = std::env::var_os("GOV_VM_CRIU")
+        .or_else(|| std::env::var_os("GOV_CRIU"))
+        .map(PathBuf::from)
+        .or_else(|| {
+            let cached =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/.cache/criu/4.2.1/criu");
+            cached.exists().then_some(cached)
+        })
+        .filter(|p| gov::criu::Criu::find(Some(p)).is_ok());
+    let why = match (&found, has_cap_sys_resource()) {
+        (None, _) => "no criu >= 4.2 (the VM suite packs integration/build-criu's)",
+        (Some(_), false) => "this root lacks CAP_SYS_RESOURCE, which CRIU needs to dump another user's tree (the VM suite has it)",
+        (Some(_), true) => return found,
+    };
+    assert!(
+        !required,
+        "{test}: required here (GOV_VM_REQUIRE_CRIU=1): {why}"
+    );
+    common::skip(test, why);
+    None
+}
+
+/// The (dev, ino) of every file the processes of `cg` hold open.
+fn held_files(cg: &gov::cgroup::Cgroup) -> Vec<(u64, u64, PathBuf)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    for pid in cg.read_procs().unwrap_or_default() {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let (Ok(m), Ok(link)) = (std::fs::metadata(fd.path()), std::fs::read_link(fd.path()))
+            {
+                out.push((m.dev(), m.ino(), link));
+            }
+        }
+    }
+    out
+}
+
+/// A worker that holds the file named by $1 open on fd 3 and waits.
+const HOLD_FD3: &str = "exec 3<\"$1\"; echo ready; while :; do sleep 3600; done";
+
+/// A hibernatable gate of `gov` (root's, or `common::gov_as_nobody`'s):
+/// `gov spawn --hibernate SPAWN_ARGS -- sh -c SCRIPT sh ARGS`, once SCRIPT
+/// printed "ready". Gives the host, the lines of its stdout and the gate.
+fn sh_gate(
+    root: &TestRoot,
+    mut gov: std::process::Command,
+    spawn_args: &[&str],
+    script: &str,
+    args: &[&Path],
+) -> (Kid, mpsc::Receiver<String>, String) {
+    let mut host = Kid::new(
+        gov.args(["spawn", "--hibernate"])
+            .args(spawn_args)
+            .args(["--", "sh", "-c", script, "sh"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let lines = lines_of(&mut host);
+    assert_eq!(
+        lines.recv_timeout(Duration::from_secs(60)).unwrap(),
+        "ready"
+    );
+    let id = root.gate_of(host.id());
+    (host, lines, id)
+}
+
+/// The attack on CRIU's restore (docs/design.md, "CRIU and the user's
+/// files"): CRIU, run as root, reopens a restored task's files by path. A
+/// user whose hibernated worker held a file of theirs swaps it for a
+/// symlink to a root-only file of the same size and touches the gate: the
+/// restore must not hand the worker root's file. The gate stays hibernated
+/// with the reason shown, its image kept; with the user's file back, the
+/// same gate restores and hibernates as before.
+#[test]
+fn a_users_file_swapped_for_a_link_to_roots_file_is_not_restored() {
+    use std::os::unix::fs::MetadataExt;
+    let test = "a_users_file_swapped_for_a_link_to_roots_file_is_not_restored";
+    let Some(criu) = criu_for_users_trees(test) else {
+        return;
+    };
+    let root = TestRoot::new();
+    let images = root.dir.path().join("images");
+    let _d = root.daemon(&hibernating(&criu, &images, "1s"));
+    let dir = root.dir.path().join("nobody");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(common::NOBODY), Some(common::NOBODY)).unwrap();
+    // The user's file and root's secret: the same size and mode, so CRIU's
+    // checks at restore (size, mode) cannot tell them apart.
+    let notes = dir.join("notes");
+    let mine = "nobody's own notes, 40 bytes long......\n";
+    let secret = root.dir.path().join("secret");
+    let theirs = "ROOT ONLY: the secret, also 40 bytes...\n";
+    assert_eq!(mine.len(), theirs.len());
+    // $1 the notes, $2 root's secret, $3 the notes' text.
+    let as_nobody = |script: &str| {
+        let out = common::as_user(
+            common::NOBODY,
+            std::process::Command::new("sh")
+                .args(["-c", script, "sh"])
+                .arg(&notes)
+                .arg(&secret)
+                .arg(mine),
+        );
+        assert!(out.status.success(), "{script}: {out:?}");
+    };
+    as_nobody("printf '%s' \"$3\" > \"$1\" && chmod 600 \"$1\"");
+    std::fs::write(&secret, theirs).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let secret_id = {
+        let m = std::fs::metadata(&secret).unwrap();
+        (m.dev(), m.ino())
+    };
+
+    // nobody's gate: a shell holding its notes open on fd 3.
+    let (mut host, _lines, id) = sh_gate(
+        &root,
+        common::gov_as_nobody(&root),
+        &["--project", "/srv/swap"],
+        HOLD_FD3,
+        &[&notes],
+    );
+    let w = root.gate_cgroup(&id).child("w");
+    let hibernated = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while state(&root, &id).as_deref() != Some("hibernated") {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not hibernated within 60 s: {}",
+                root.ok(&["show", &id])
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    hibernated("the first dump");
+
+    // The swap, done by the user, then the user's touch.
+    as_nobody("rm -f \"$1\" && ln -s \"$2\" \"$1\"");
+    let touch = common::gov_as_nobody(&root)
+        .args(["touch", &id])
+        .output()
+        .unwrap();
+    let held = held_files(&w);
+    assert!(
+        !held.iter().any(|(d, i, _)| (*d, *i) == secret_id),
+        "the restored worker holds root's file: {held:?}; touch said {touch:?}"
+    );
+    assert!(!touch.status.success(), "the touch succeeded: {touch:?}");
+    let said = common::text(&touch.stderr);
+    assert!(said.contains("cannot open"), "{said}");
+    assert_eq!(state(&root, &id).as_deref(), Some("hibernated"));
+    assert!(
+        w.read_procs().unwrap().is_empty(),
+        "a restored tree is left"
+    );
+    assert!(images.join(&id).exists(), "the image is kept");
+    let show = common::gov_as_nobody(&root)
+        .args(["show", &id])
+        .output()
+        .unwrap();
+    assert!(
+        common::text(&show.stdout).contains("cannot open"),
+        "show does not say why: {show:?}"
+    );
+    assert!(matches!(host.try_wait(), Ok(None)), "the host saw an exit");
+
+    // The user's file back (a new file of the same size): the same gate
+    // restores, holds it, and goes round again.
+    as_nobody("rm -f \"$1\" && printf '%s' \"$3\" > \"$1\" && chmod 600 \"$1\"");
+    let notes_id = {
+        let m = std::fs::metadata(&notes).unwrap();
+        (m.dev(), m.ino())
+    };
+    common::gov_as_nobody(&root)
+        .args(["touch", &id])
+        .status()
+        .unwrap();
+    assert_eq!(state(&root, &id).as_deref(), Some("running"));
+    let held = held_files(&w);
+    assert!(
+        held.iter().any(|(d, i, _)| (*d, *i) == notes_id),
+        "the worker does not hold its notes: {held:?}"
+    );
+    hibernated("the dump after the user's file came back");
+    let again = common::gov_as_nobody(&root)
+        .args(["touch", &id])
+        .output()
+        .unwrap();
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(state(&root, &id).as_deref(), Some("running"));
+    assert!(matches!(host.try_wait(), Ok(None)));
+    root.ok(&["kill", &id]);
+    assert_ne!(host.reap(Duration::from_secs(10)), Some(0));
+}
+
+/// A `hibernate_dir` that is a symlink: the daemon refuses to dump there,
+/// says why, and never chmods through it (it once did: a chmod by path
+/// came before any check).
+#[test]
+fn a_hibernate_dir_that_is_a_symlink_is_refused_and_never_chmoded() {
+    use std::os::unix::fs::PermissionsExt;
+    let test = "a_hibernate_dir_that_is_a_symlink_is_refused_and_never_chmoded";
+    let Some(criu) = criu_or_skip(test) else {
+        return;
+    };
+    let root = TestRoot::new();
+    let elsewhere = root.dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let images = root.dir.path().join("images");
+    std::os::unix::fs::symlink(&elsewhere, &images).unwrap();
+    let _d = root.daemon(&hibernating(&criu, &images, "1s"));
+    let (_host, _lines, id) = sh_gate(
+        &root,
+        root.gov(),
+        &["--project", "/srv/link"],
+        "echo ready; while :; do sleep 3600; done",
+        &[],
+    );
+    wait_until(Duration::from_secs(60), "the dump to be refused", || {
+        root.events().iter().any(|e| {
+            e["gate"] == id.as_str()
+                && e["kind"] == "failed"
+                && e["reason"].as_str().unwrap_or("").contains("symlink")
+        })
+    });
+    assert_eq!(state(&root, &id).as_deref(), Some("suspended"));
+    let mode = std::fs::metadata(&elsewhere).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o755, "chmod'ed through the symlink");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    root.ok(&["kill", &id]);
+}
+
+/// The check before a dump: nobody's worker holds a file that nobody can
+/// no longer open by its path (root took it over, as a root process could
+/// hand one over). It is not dumped, so it is never killed for that at
+/// restore: it stays suspended with the reason shown, and runs on after a
+/// touch. (No CRIU runs: the check comes first, so this works on hosts
+/// that cannot dump another user's tree.)
+#[test]
+fn a_users_tree_holding_a_file_they_cannot_open_is_not_dumped() {
+    use std::os::unix::fs::PermissionsExt;
+    let test = "a_users_tree_holding_a_file_they_cannot_open_is_not_dumped";
+    let Some(criu) = criu_or_skip(test) else {
+        return;
+    };
+    let root = TestRoot::new();
+    let images = root.dir.path().join("images");
+    let _d = root.daemon(&hibernating(&criu, &images, "1s"));
+    let notes = root.dir.path().join("notes");
+    std::fs::write(&notes, "nobody's, for now\n").unwrap();
+    std::os::unix::fs::chown(&notes, Some(common::NOBODY), Some(common::NOBODY)).unwrap();
+    // Pinned: the file changes hands before it may be dumped.
+    let (mut host, _lines, id) = sh_gate(
+        &root,
+        common::gov_as_nobody(&root),
+        &["--pin", "--project", "/srv/held"],
+        HOLD_FD3,
+        &[&notes],
+    );
+    std::os::unix::fs::chown(&notes, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&notes, std::fs::Permissions::from_mode(0o600)).unwrap();
+    root.ok(&["unpin", &id]);
+    let refused = || {
+        root.events().into_iter().find(|e| {
+            e["gate"] == id.as_str()
+                && e["kind"] == "failed"
+                && e["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("hibernate refused")
+        })
+    };
+    wait_until(Duration::from_secs(60), "the dump to be refused", || {
+        refused().is_some()
+    });
+    let why = refused().unwrap()["reason"].as_str().unwrap().to_string();
+    assert!(
+        why.contains("cannot open") && why.contains(notes.to_str().unwrap()),
+        "{why}"
+    );
+    assert_eq!(state(&root, &id).as_deref(), Some("suspended"));
+    assert!(!images.join(&id).exists(), "an image was written");
+    let w = root.gate_cgroup(&id).child("w");
+    assert!(!w.read_procs().unwrap().is_empty(), "the worker is gone");
+    common::gov_as_nobody(&root)
+        .args(["touch", &id])
+        .status()
+        .unwrap();
+    assert_eq!(state(&root, &id).as_deref(), Some("running"));
+    assert!(matches!(host.try_wait(), Ok(None)));
+    root.ok(&["kill", &id]);
+}

@@ -1077,8 +1077,10 @@ impl Action {
         };
         let (cg, keeper) = self.with(|g| (g.dir.cgroup.clone(), g.keeper()));
         let dir = self.image_dir();
-        if let Err(e) = images_dir(dir.parent().unwrap_or(&dir)) {
-            self.refuse(format!("{}: {e}", dir.display()));
+        // Root's alone (0700), below directories only root controls; made
+        // if missing, never chmod'ed through a symlink.
+        if let Err(e) = crate::criu::ensure_private_dir(dir.parent().unwrap_or(&dir)) {
+            self.refuse(e.to_string());
             return;
         }
         let opts = self.hibernate_options();
@@ -1167,8 +1169,9 @@ impl Action {
         };
         let dir = self.image_dir();
         let c = cg.clone();
+        let criu = self.d.criu.clone();
         let r = blocking_any(move || {
-            let recovery = h::recover(&phase, h::observe(&c, keeper, &dir)?);
+            let recovery = h::recover(&phase, h::observe(&c, keeper, &dir, criu.as_ref())?);
             h::apply(recovery, &c, keeper, &dir)?;
             Ok::<_, h::HibernateError>(recovery)
         })
@@ -1383,13 +1386,6 @@ fn reclaim_memory(cg: &Cgroup) -> Result<u64, CgroupError> {
         last = now;
     }
     Ok(before.saturating_sub(last))
-}
-
-/// The images' directory: root's alone (0700), made if missing.
-fn images_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 /// Runs blocking work off the async thread; a panic there reaches the

@@ -234,15 +234,12 @@ fn adopt_takes_only_from_a_cgroup_the_user_could_leave() {
     // nobody, from inside the fence itself: as good as a spawn from there.
     let gov = gov_for_others(&root);
     let procs = fence.0.path().join("cgroup.procs");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {} && exec setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups {} adopt {pid} -p /srv/mine",
-            procs.display(),
-            gov.display()
-        ))
+    let mut adopt = Command::new(&gov);
+    adopt
+        .args(["adopt", &pid, "-p", "/srv/mine"])
         .env("GOV_SOCKET", &root.socket)
-        .current_dir(root.dir.path())
+        .current_dir(root.dir.path());
+    let out = enter_then_drop(&mut adopt, &procs, NOBODY)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -282,15 +279,11 @@ fn a_traced_gate_is_stopped_at_its_deadline() {
             .unwrap(),
     );
     let gate = root.gate_of(kid.id());
-    let _strace = Kid::new(
-        Command::new("strace")
-            .args(["-o", "/dev/null", "-p", &kid.id().to_string()])
-            .stdin(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_until(Duration::from_secs(10), "strace to attach", || {
+    // The test is the debugger (a thread of it attaches with PTRACE_SEIZE
+    // and passes each signal on), as strace or gdb would be: no such tool
+    // is needed, here or in the VM.
+    let _tracer = Tracer::attach(kid.id());
+    wait_until(Duration::from_secs(10), "the tracer to attach", || {
         gov::proc::tracer_pid(kid.id()).is_some()
     });
     wait_until(Duration::from_secs(20), "the traced gate to go", || {
@@ -306,4 +299,80 @@ fn a_traced_gate_is_stopped_at_its_deadline() {
         removed["reason"].as_str().unwrap().starts_with("deadline"),
         "{removed}"
     );
+}
+
+/// `cmd`, run from cgroup `procs` (it enters as root) as `uid` (uid = gid,
+/// no supplementary groups): as setpriv would, with nothing but libc, so it
+/// runs in the VM's busybox too.
+fn enter_then_drop<'c>(cmd: &'c mut Command, procs: &Path, uid: u32) -> &'c mut Command {
+    let procs = std::ffi::CString::new(procs.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: between fork and exec only open, write, close, setgroups,
+    // setgid and setuid, all async-signal-safe, on data made before.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY);
+            if fd < 0 || libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(uid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
+}
+
+/// A debugger attached to one process: a thread of the test that seizes it
+/// with ptrace, restarts it with each signal it stops for, and reaps it
+/// when it ends (the test is also its parent). Dropped, it kills the
+/// process (through a pidfd: its pid may be anyone's once reaped) and
+/// waits for the thread.
+struct Tracer {
+    pidfd: std::os::fd::OwnedFd,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Tracer {
+    fn attach(pid: u32) -> Tracer {
+        use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+        let pidfd = gov::proc::pidfd_open(pid).unwrap();
+        let (tx, attached) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let ptrace = |req, sig: i32| {
+                // SAFETY: ptrace(2) on our own child, no addresses passed.
+                unsafe { libc::ptrace(req, pid as libc::pid_t, 0usize, sig as usize) }
+            };
+            tx.send(ptrace(libc::PTRACE_SEIZE, 0)).unwrap();
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            loop {
+                match waitpid(pid, Some(WaitPidFlag::__WALL)) {
+                    Ok(WaitStatus::Stopped(_, sig)) => {
+                        ptrace(libc::PTRACE_CONT, sig as i32);
+                    }
+                    Ok(WaitStatus::Exited(..) | WaitStatus::Signaled(..)) | Err(_) => return,
+                    Ok(_) => {
+                        ptrace(libc::PTRACE_CONT, 0);
+                    }
+                }
+            }
+        });
+        assert_eq!(attached.recv().unwrap(), 0, "PTRACE_SEIZE failed");
+        Tracer {
+            pidfd,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = gov::proc::pidfd_send_signal(&self.pidfd, libc::SIGKILL);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

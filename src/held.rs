@@ -331,7 +331,7 @@ pub fn held_by(pid: u32) -> io::Result<Vec<Held>> {
 }
 
 /// Probes each `(path, need, file)` as `creds`, in a child process that
-/// drops to them: open(path, O_PATH) (so the path is walked with the
+/// drops to them (keeping no descriptor of the daemon's, not dumpable): open(path, O_PATH) (so the path is walked with the
 /// owner's search rights, and nothing is opened for real: no FIFO blocks,
 /// no device acts), fstat to compare the file, then faccessat2 on that
 /// descriptor for the access (the inode's own permission check, the one
@@ -345,7 +345,7 @@ pub fn probe_as(creds: &Creds, probes: &[(PathBuf, Need, FileId)]) -> io::Result
     let groups: Vec<libc::gid_t> = creds.groups.clone();
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     use std::os::fd::AsRawFd;
-    // SAFETY: the child calls only async-signal-safe functions (setgroups,
+    // SAFETY: the child calls only async-signal-safe functions (prctl, setgroups,
     // setgid, setuid, open, fstat, syscall, write, close, _exit) on data
     // prepared before the fork; the daemon is multi-threaded.
     let pid = unsafe { libc::fork() };
@@ -355,9 +355,20 @@ pub fn probe_as(creds: &Creds, probes: &[(PathBuf, Need, FileId)]) -> io::Result
     if pid == 0 {
         unsafe {
             let wfd = w.as_raw_fd();
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+            // This child becomes the user's: it keeps none of the daemon's
+            // descriptors (its socket, pidfds, cgroup files) but the one
+            // it answers on, and is not dumpable (setuid makes it so unless
+            // fs.suid_dumpable is 1; say so ourselves), so the user cannot
+            // borrow them or read the daemon's memory through ptrace.
+            if wfd > 3 {
+                libc::syscall(libc::SYS_close_range, 3u32, (wfd - 1) as u32, 0u32);
+            }
+            libc::syscall(libc::SYS_close_range, (wfd + 1) as u32, u32::MAX, 0u32);
+            if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0
+                || libc::setgroups(groups.len(), groups.as_ptr()) != 0
                 || libc::setgid(creds.gid) != 0
                 || libc::setuid(creds.uid) != 0
+                || libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0
             {
                 libc::_exit(2);
             }

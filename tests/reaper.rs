@@ -456,10 +456,16 @@ fn a_refusing_cap_refuses_and_changes_nothing() {
     reap(first, Duration::from_secs(5));
 }
 
+const BUDGET_POLICY: &str =
+    "[defaults]\nidle_timeout = \"1h\"\nstop_grace = \"1s\"\nbusy_cpu_percent = 1.0\n";
+
 #[test]
 fn memory_budget_evicts_the_least_recently_active_idle_gate_first() {
     let root = TestRoot::new();
-    let d = root.daemon("[defaults]\nidle_timeout = \"1h\"\nstop_grace = \"1s\"\n");
+    // A busy gate must stay busy in the scans' eyes even where the machine
+    // is loaded (under TCG a starved vCPU gives the loop a few percent of
+    // wall time): a low threshold, which sleeping gates stay far below.
+    let d = root.daemon(BUDGET_POLICY);
     let busy = root.spawn_sh("/src/budget", "while :; do :; done");
     let pinned = root.spawn_sh("/src/budget", "sleep 300 & wait");
     // The old gate holds 16 MiB of its own, so evicting it frees far more
@@ -501,7 +507,7 @@ fn memory_budget_evicts_the_least_recently_active_idle_gate_first() {
     common::write_policy(
         &d.config,
         &root.socket,
-        "memory_budget = \"4096\"\n[defaults]\nidle_timeout = \"1h\"\nstop_grace = \"1s\"\n",
+        &format!("memory_budget = \"4096\"\n{BUDGET_POLICY}"),
     );
     d.signal(nix::sys::signal::Signal::SIGHUP);
     for id in [old_id, recent_id] {

@@ -531,8 +531,16 @@ fn memory_budget_evicts_the_least_recently_active_idle_gate_first() {
         && e["kind"] == "removed"
         && e["reason"].as_str().unwrap().starts_with("memory-budget")));
     std::thread::sleep(Duration::from_secs(1));
-    for id in [busy_id, pinned_id] {
-        assert!(root.gate(id).is_some(), "{id} kept");
+    for (what, id) in [("busy", busy_id), ("pinned", pinned_id)] {
+        let of_it: Vec<_> = root
+            .events()
+            .into_iter()
+            .filter(|e| e["gate"] == id.as_str())
+            .collect();
+        assert!(
+            root.gate(id).is_some(),
+            "the {what} gate {id} went: {of_it:?}"
+        );
     }
     for (id, child) in ids.iter().zip([busy, pinned, old, recent]) {
         let _ = root.run(&["kill", id]);

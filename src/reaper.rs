@@ -3,7 +3,8 @@
 //! here touches the kernel, so every path is tested without one.
 //!
 //! States: running -> suspended (frozen) -> stopping -> killing -> removed,
-//! and suspended -> running on touch or thaw. Idle gates are suspended first
+//! and suspended -> running on touch or thaw. A person's freeze is held
+//! until thawed: the idle rules never end it. Idle gates are suspended first
 //! because a freeze loses nothing; orphans past their grace, deadlines and
 //! evictions go straight to stopping, since they need the memory now.
 
@@ -76,9 +77,10 @@ impl Phase {
             }
         }
         if frozen {
-            // A freeze we did not record is a person's (root's direct
-            // `gov freeze`); its hold starts now: no cgroup stays frozen
-            // forever by accident.
+            // A freeze we did not record is taken for a person's (both ways
+            // to `gov freeze` tag it; someone wrote cgroup.freeze by hand):
+            // held until thawed, shown `frozen` so a person sees it, and
+            // never stopped at once by a zero `frozen_hold`.
             Phase::Suspended {
                 since_ms: frozen_ms.unwrap_or(now_ms),
                 manual: manual || frozen_ms.is_none(),
@@ -223,7 +225,17 @@ pub fn step(v: &View, s: &GateSettings, now: u64) -> Decision {
     }
     let mut spared = None;
     match v.phase {
-        Phase::Suspended { since_ms, .. } => {
+        // A person's freeze is a person's word, as a pin is, but of the
+        // frozen state only: no idle rule (hold, hibernation) turns it into
+        // a stop or a dump. It was asked for, not inferred from idleness,
+        // and a project with no idle rules at all would otherwise lose the
+        // gate to them. Deadlines, orphans, on_main_exit (above) and the
+        // evictions still apply, so a forgotten freeze is not forever.
+        Phase::Suspended { manual: true, .. } => {}
+        Phase::Suspended {
+            since_ms,
+            manual: false,
+        } => {
             let at = since_ms.saturating_add(ms(Some(s.frozen_hold)).unwrap_or(0));
             // Hibernation comes before the stop when it is due first: the
             // gate then costs no RAM and loses nothing.
@@ -751,6 +763,93 @@ mod tests {
             keep_spared(Spared::Pinned)
         );
         assert_eq!(hibernated.phase.state(true), GateState::Hibernated);
+    }
+
+    /// A person's freeze against every idle setting that could end it:
+    /// idle_timeout on or "never", frozen_hold 0, short or long, hibernation
+    /// on or off. It is held until thawed; only the rules that apply to any
+    /// gate (deadline, orphan, main exit) stop it, and as what they are.
+    #[test]
+    fn a_persons_freeze_is_held_until_thawed_whatever_the_idle_rules_say() {
+        let durations = |d: &[u64]| -> Vec<Option<std::time::Duration>> {
+            d.iter()
+                .map(|&s| Some(std::time::Duration::from_secs(s)))
+                .collect()
+        };
+        let late = 1000 * 24 * 60 * MIN;
+        let frozen = View {
+            phase: Phase::Suspended {
+                since_ms: MIN,
+                manual: true,
+            },
+            hibernatable: true,
+            ..view()
+        };
+        let mut idle_timeouts = durations(&[1, 30 * 60]);
+        idle_timeouts.push(None);
+        let mut hibernate_afters = durations(&[0, 60]);
+        hibernate_afters.push(None);
+        for idle_timeout in &idle_timeouts {
+            for frozen_hold in [0, 3, 60 * 60] {
+                for hibernate_after in &hibernate_afters {
+                    let mut s = settings();
+                    s.idle_timeout = *idle_timeout;
+                    s.frozen_hold = std::time::Duration::from_secs(frozen_hold);
+                    s.hibernate_after = *hibernate_after;
+                    s.hibernate_hold = Some(std::time::Duration::from_secs(1));
+                    s.main_exit_grace = std::time::Duration::ZERO;
+                    let case = format!("{idle_timeout:?} {frozen_hold} {hibernate_after:?}");
+                    let held = Decision::Keep {
+                        spared: None,
+                        next: None,
+                    };
+                    for now in [MIN, MIN + 1, MIN + 3 * S, late] {
+                        assert_eq!(step(&frozen, &s, now), held, "{case} at {now}");
+                    }
+                    // The reaper's own freeze of the same gate is not held.
+                    let suspended = View {
+                        phase: Phase::Suspended {
+                            since_ms: MIN,
+                            manual: false,
+                        },
+                        ..frozen
+                    };
+                    assert!(step(&suspended, &s, late).is_reap(), "{case}");
+                    let rules = [
+                        (
+                            View {
+                                max_runtime_ms: Some(5 * MIN),
+                                ..frozen
+                            },
+                            Reason::Deadline,
+                        ),
+                        (
+                            View {
+                                orphaned_ms: Some(0),
+                                ..frozen
+                            },
+                            Reason::Orphan,
+                        ),
+                        (
+                            View {
+                                main_exit_stop_ms: Some(5 * MIN),
+                                ..frozen
+                            },
+                            Reason::MainExit,
+                        ),
+                    ];
+                    for (v, reason) in rules {
+                        assert_eq!(step(&v, &s, late), Decision::Stop(reason), "{case}");
+                        let pinned = View { pinned: true, ..v };
+                        assert_eq!(
+                            step(&pinned, &s, late),
+                            keep_spared(Spared::Pinned),
+                            "{case}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

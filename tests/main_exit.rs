@@ -198,3 +198,35 @@ fn adopt_takes_only_what_is_yours() {
     root.ok(&["kill", id.trim()]);
     assert!(!alive(kid.id()));
 }
+
+/// The stop comes at main_exit_grace's end, not at the next scan: with
+/// scans an hour apart, the leftover is stopped and the gate removed with
+/// no scan having run since the main process exited.
+#[test]
+fn the_main_exit_stop_comes_at_the_grace_not_at_a_scan() {
+    let root = TestRoot::new();
+    let _d = root.daemon(
+        "scan_interval = \"1h\"\n[defaults]\nidle_timeout = \"1h\"\norphan_grace = \"never\"\nstop_grace = \"1s\"\nmain_exit_grace = \"1s\"\n",
+    );
+    // A daemon scans as it starts and at its ticker's first, immediate
+    // tick; after those, none for an hour.
+    wait_until(Duration::from_secs(10), "the start's scans", || {
+        root.scans() >= 2
+    });
+    let scans = root.scans();
+    let (_kid, _pipe, id, leftover) = gate_with_a_leftover(&root, "stop");
+    wait_until(Duration::from_secs(15), "the gate to go", || {
+        root.gate(&id).is_none()
+    });
+    assert!(!alive(leftover), "the leftover outlived its gate");
+    assert_eq!(root.scans(), scans, "a scan ran: the stop waited for it");
+    let removed = root
+        .events()
+        .into_iter()
+        .find(|e| e["gate"] == id.as_str() && e["kind"] == "removed")
+        .expect("a removed event");
+    assert!(
+        removed["reason"].as_str().unwrap().starts_with("main-exit"),
+        "{removed}"
+    );
+}

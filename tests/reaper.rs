@@ -697,3 +697,49 @@ fn a_deadline_reaps_a_busy_gate_and_show_says_where_memory_comes_from() {
         && e["reason"].as_str().unwrap().starts_with("deadline")));
     reap(child, Duration::from_secs(5));
 }
+
+/// A project that opted out of idle reaping (`idle_timeout = "never"`),
+/// a gate a person froze, and `frozen_hold` as given: the freeze must hold,
+/// through scans and well past the hold, and a thaw brings the same
+/// process back. Returns nothing: it asserts.
+fn a_persons_freeze_holds(frozen_hold: &str, past_ms: u64) {
+    let root = TestRoot::new();
+    let _d = root.daemon(&format!(
+        "[defaults]\nidle_timeout = \"never\"\nfrozen_hold = \"{frozen_hold}\"\nstop_grace = \"1s\"\norphan_grace = \"never\"\n"
+    ));
+    let child = root.spawn_sh("/src/never-idle", "exec sleep 600");
+    let id = root.gate_of(child.id());
+    root.ok(&["freeze", &id]);
+    // Past the hold, counted in scans (each 200 ms), at least three of them.
+    let scans = (past_ms / 200).max(3);
+    for _ in 0..scans {
+        root.wait_scans(1);
+        let g = root.gate(&id).unwrap_or_else(|| {
+            panic!(
+                "a person's freeze with frozen_hold {frozen_hold} removed the gate: {:?}",
+                root.events()
+            )
+        });
+        assert_eq!(g["state"], "frozen", "{g}");
+    }
+    assert!(!has_event(&root, &id, "stopping"), "{:?}", root.events());
+    assert!(root.gate_cgroup(&id).read_cgroup_events().unwrap().frozen);
+    assert!(alive(child.id()));
+    root.ok(&["thaw", &id]);
+    assert_eq!(root.gate(&id).unwrap()["state"], "running");
+    root.ok(&["kill", &id]);
+    reap(child, Duration::from_secs(5));
+}
+
+/// The first case: with no hold, the freeze was a stop at once.
+#[test]
+fn a_persons_freeze_in_a_never_idle_project_is_not_a_stop_with_no_hold() {
+    a_persons_freeze_holds("0s", 0);
+}
+
+/// The second case: with a 3 s hold, the gate was removed 3 s later
+/// as "idle".
+#[test]
+fn a_persons_freeze_in_a_never_idle_project_outlasts_frozen_hold() {
+    a_persons_freeze_holds("3s", 4000);
+}

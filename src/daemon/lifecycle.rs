@@ -29,7 +29,7 @@ use crate::cgroup::{Cgroup, CgroupError};
 use crate::gate::{self, now_ms, GateDir, InfoExtra, Tag, Tags};
 use crate::policy::{GateSettings, OnMainExit, Policy};
 use crate::proc;
-use crate::protocol::{ErrorCode, EventKind, Next, Reason, Spared};
+use crate::protocol::{ErrorCode, EventKind, Next, NextAction, Reason, Spared};
 use crate::reaper::{self, Decision, Phase, View};
 
 use super::mailbox::{self, Receiver, Sender};
@@ -398,8 +398,9 @@ struct Owner {
 impl Owner {
     async fn run(mut self) {
         loop {
-            // A phase with a deadline of its own (the end of a stop grace,
-            // a kill to try again) wakes the owner without a command.
+            // A deadline of the gate's own (the end of a stop grace, a kill
+            // to try again, a stop due at a known time) wakes the owner
+            // without a command.
             let wake = self.wake_at();
             let cmd = tokio::select! {
                 cmd = self.rx.recv() => match cmd {
@@ -455,12 +456,28 @@ impl Owner {
 
     fn wake_at(&self) -> Option<u64> {
         let g = lock(&self.gate);
+        let retry = || now_ms() + RETRY.as_millis() as u64;
         match g.phase {
             Phase::Stopping { .. } => g.next.map(|n| n.at_ms),
-            Phase::Killing { .. } => Some(now_ms() + RETRY.as_millis() as u64),
-            _ if g.recovering => Some(now_ms() + RETRY.as_millis() as u64),
-            _ if !g.populated => Some(now_ms() + RETRY.as_millis() as u64),
-            _ => None,
+            Phase::Killing { .. } => Some(retry()),
+            _ if g.recovering => Some(retry()),
+            _ if !g.populated => Some(retry()),
+            // A stop that no activity can hold off is due at a time known
+            // now, so it is done then, not at the next scan (up to a scan
+            // interval late). The idle rules wait for the scan: only it
+            // measures the CPU use that would spare a busy gate. A due stop
+            // that failed is tried again a RETRY later, not in a spin.
+            _ => g
+                .next
+                .filter(|n| {
+                    matches!(
+                        n.action,
+                        NextAction::StopMainExited
+                            | NextAction::StopDeadline
+                            | NextAction::StopOrphaned
+                    )
+                })
+                .map(|n| if n.at_ms > now_ms() { n.at_ms } else { retry() }),
         }
     }
 }
@@ -921,7 +938,7 @@ impl Action {
         });
         self.with(|g| {
             g.next = Some(Next {
-                action: crate::protocol::NextAction::Kill,
+                action: NextAction::Kill,
                 at_ms: now.saturating_add(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX)),
             })
         });

@@ -75,15 +75,12 @@ pub struct Cli {
 }
 
 /// A gate, or every gate of a session: `gov kill GATE`, `gov kill --session S`.
+/// One group, so the usage line shows both: `<GATE|--session <SESSION>>`.
 #[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
 pub struct Target {
     /// A gate id, a unique prefix of one (g3fa), or a session of yours.
-    #[arg(
-        value_name = "GATE",
-        required_unless_present = "session",
-        conflicts_with = "session",
-        add = ArgValueCandidates::new(complete::gates)
-    )]
+    #[arg(value_name = "GATE", add = ArgValueCandidates::new(complete::gates))]
     pub gate: Option<String>,
     /// Every gate of this session (the host's session id).
     #[arg(
@@ -1576,6 +1573,24 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["gov", "spawn", "-p", "/p"]).is_err());
         assert!(Cli::try_parse_from(["gov", "touch"]).is_err());
+    }
+
+    /// The usage line of a command that takes a gate or a session says
+    /// both, as does the error when neither is given.
+    #[test]
+    fn usage_names_a_gate_or_a_session() {
+        use clap::CommandFactory;
+        for cmd in ["touch", "show", "kill", "freeze", "thaw"] {
+            let usage = Cli::command()
+                .find_subcommand_mut(cmd)
+                .unwrap()
+                .render_usage()
+                .to_string();
+            assert!(usage.contains("<GATE|--session <SESSION>>"), "{usage}");
+            let e = Cli::try_parse_from(["gov", cmd]).unwrap_err().to_string();
+            assert!(e.contains("<GATE|--session <SESSION>>"), "{e}");
+            assert!(Cli::try_parse_from(["gov", cmd, "g1", "--session", "s"]).is_err());
+        }
     }
 
     fn spawned_cmd(args: &[&str]) -> Vec<OsString> {

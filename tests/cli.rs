@@ -311,6 +311,16 @@ fn a_prefix_or_word_that_names_nothing_is_an_error() {
             "{cmd}: {err}"
         );
     }
+    // A full id (one request, no listing first): the daemon's answer
+    // points to the list.
+    let missing = format!("{other}{}", "0".repeat(11 - other.len()));
+    for cmd in ["touch", "kill", "show"] {
+        let err = fails(&root.run(&[cmd, &missing]), cmd);
+        assert!(
+            err.contains(&format!("no gate {missing} (`gov ps` lists yours)")),
+            "{cmd}: {err}"
+        );
+    }
     let err = fails(&root.run(&["touch", "nosuch"]), "touch nosuch");
     assert!(
         err.contains("not a gate id") && err.contains("no session"),

@@ -179,6 +179,13 @@ fn readme_first_command_starts_a_gate_and_its_stop_instruction_stops_only_that_d
     );
     let pids: Vec<u32> = serde_json::from_value(gates[0]["pids"].clone()).unwrap();
     assert!(!pids.is_empty(), "the background child stays in the gate");
+    // The daemon's log is where README says, not among the commands' output.
+    assert!(
+        !output.contains("listening"),
+        "the daemon logs into the terminal:\n{output}"
+    );
+    let log = fs::read_to_string(checkout.join("target/gov-daemon.log")).unwrap_or_default();
+    assert!(log.contains("listening"), "the daemon's log: {log:?}");
 
     // The stop instruction, in a shell with README's PATH.
     let mut sh = Command::new("sh");

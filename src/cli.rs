@@ -1149,12 +1149,13 @@ pub fn human_secs(s: u64) -> String {
 }
 
 /// A MEM cell: RAM, and apart from it what hibernated gates keep on disk
-/// (their images), which a person must not read as RAM.
+/// (their images), which a person must not read as RAM. One word, so a
+/// row still splits into one field per column.
 fn mem_text(ram: u64, disk: u64) -> String {
     match (ram, disk) {
         (_, 0) => human_bytes(ram),
-        (0, _) => format!("{} disk", human_bytes(disk)),
-        _ => format!("{} +{} disk", human_bytes(ram), human_bytes(disk)),
+        (0, _) => format!("{}(disk)", human_bytes(disk)),
+        _ => format!("{}+{}(disk)", human_bytes(ram), human_bytes(disk)),
     }
 }
 
@@ -1513,11 +1514,11 @@ mod tests {
         let text = render_table(&gates);
         assert_eq!(
             column(&text, "MEM"),
-            ["10M", "107M disk", "10M +107M disk"],
+            ["10M", "107M(disk)", "10M+107M(disk)"],
             "{text}"
         );
         let one = render_table(&gates[1..]);
-        assert_eq!(column(&one, "MEM"), ["107M disk"], "{one}");
+        assert_eq!(column(&one, "MEM"), ["107M(disk)"], "{one}");
         // Columns stay aligned: every row's CPU cell starts under CPU.
         assert!(column(&text, "CPU").iter().all(|c| c == "-"), "{text}");
 
@@ -1527,7 +1528,7 @@ mod tests {
             (10 << 20, 107 << 20)
         );
         let text = render_sessions(&rows);
-        assert_eq!(column(&text, "MEM"), ["10M +107M disk"], "{text}");
+        assert_eq!(column(&text, "MEM"), ["10M+107M(disk)"], "{text}");
     }
 
     /// CPU is a rate in every row, never a total in some and a rate in

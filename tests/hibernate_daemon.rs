@@ -137,7 +137,7 @@ fn an_idle_gate_is_hibernated_and_a_touch_brings_it_back_with_its_state() {
     );
     let ps = root.ok(&["ps"]);
     let row = ps.lines().find(|l| l.starts_with(id.as_str())).unwrap();
-    assert!(row.contains(" disk "), "{ps}");
+    assert!(row.contains("M(disk) "), "{ps}");
     let w = root.gate_cgroup(&id).child("w");
     assert!(w.read_procs().unwrap().is_empty(), "the worker still runs");
     assert_eq!(

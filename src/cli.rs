@@ -75,15 +75,12 @@ pub struct Cli {
 }
 
 /// A gate, or every gate of a session: `gov kill GATE`, `gov kill --session S`.
+/// One group, so the usage line shows both: `<GATE|--session <SESSION>>`.
 #[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
 pub struct Target {
     /// A gate id, a unique prefix of one (g3fa), or a session of yours.
-    #[arg(
-        value_name = "GATE",
-        required_unless_present = "session",
-        conflicts_with = "session",
-        add = ArgValueCandidates::new(complete::gates)
-    )]
+    #[arg(value_name = "GATE", add = ArgValueCandidates::new(complete::gates))]
     pub gate: Option<String>,
     /// Every gate of this session (the host's session id).
     #[arg(
@@ -1057,8 +1054,13 @@ pub struct SessionRow {
     pub session: String,
     pub gates: usize,
     pub pids: usize,
+    /// RAM of its running and frozen gates.
     pub memory_bytes: u64,
+    /// On disk: the images of its hibernated gates, which hold no RAM.
+    pub image_bytes: u64,
     pub cpu_usec: u64,
+    /// The sum of its gates' CPU rates, once the daemon sampled one.
+    pub cpu_percent: Option<f64>,
     /// The least idle of its gates.
     pub idle_s: u64,
     pub projects: Vec<String>,
@@ -1077,15 +1079,20 @@ pub fn by_session(gates: &[GateInfo]) -> Vec<SessionRow> {
                 gates: 0,
                 pids: 0,
                 memory_bytes: 0,
+                image_bytes: 0,
                 cpu_usec: 0,
+                cpu_percent: None,
                 idle_s: u64::MAX,
                 projects: Vec::new(),
                 states: Default::default(),
             });
         r.gates += 1;
         r.pids += g.pids.len();
-        r.memory_bytes += g.memory_bytes;
+        let (ram, disk) = ram_and_disk(&[g]);
+        r.memory_bytes += ram;
+        r.image_bytes += disk;
         r.cpu_usec += g.cpu_usec;
+        r.cpu_percent = cpu_sum([r.cpu_percent, g.cpu_percent]);
         r.idle_s = r.idle_s.min(g.idle_s);
         if !r.projects.contains(&g.project) {
             r.projects.push(g.project.clone());
@@ -1122,8 +1129,8 @@ pub fn render_sessions(rows: &[SessionRow]) -> String {
             r.user.clone(),
             r.gates.to_string(),
             r.pids.to_string(),
-            human_bytes(r.memory_bytes),
-            cpu_text(r.cpu_usec),
+            mem_text(r.memory_bytes, r.image_bytes),
+            cpu_rate(r.cpu_percent),
             human_secs(r.idle_s),
             projects,
             states.join(", "),
@@ -1139,6 +1146,44 @@ pub fn human_secs(s: u64) -> String {
         3600..=86_399 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
         _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
     }
+}
+
+/// A MEM cell: RAM, and apart from it what hibernated gates keep on disk
+/// (their images), which a person must not read as RAM. One word, so a
+/// row still splits into one field per column.
+fn mem_text(ram: u64, disk: u64) -> String {
+    match (ram, disk) {
+        (_, 0) => human_bytes(ram),
+        (0, _) => format!("{}(disk)", human_bytes(disk)),
+        _ => format!("{}+{}(disk)", human_bytes(ram), human_bytes(disk)),
+    }
+}
+
+/// The RAM and the on-disk images of `gates`, apart.
+fn ram_and_disk(gates: &[&GateInfo]) -> (u64, u64) {
+    gates
+        .iter()
+        .fold((0, 0), |(ram, disk), g| match g.memory_source {
+            crate::protocol::MemorySource::Image => (ram, disk + g.memory_bytes),
+            _ => (ram + g.memory_bytes, disk),
+        })
+}
+
+fn mem_cell(gates: &[&GateInfo]) -> String {
+    let (ram, disk) = ram_and_disk(gates);
+    mem_text(ram, disk)
+}
+
+/// A CPU cell: always a rate, as top shows it; "-" until the daemon has
+/// sampled the gate twice (a new gate, or no daemon: `gov show` has the
+/// total).
+fn cpu_rate(percent: Option<f64>) -> String {
+    percent.map_or_else(|| "-".to_string(), |p| format!("{p:.0}%"))
+}
+
+/// The sum of the rates known; None when none is.
+fn cpu_sum(rates: impl IntoIterator<Item = Option<f64>>) -> Option<f64> {
+    rates.into_iter().flatten().reduce(|a, b| a + b)
 }
 
 fn cpu_text(usec: u64) -> String {
@@ -1174,11 +1219,8 @@ pub fn render_table(gates: &[GateInfo]) -> String {
                 g.session.clone(),
                 g.user.clone(),
                 g.pids.len().to_string(),
-                human_bytes(g.memory_bytes),
-                // A rate, as top shows it; without a daemon, the total.
-                g.cpu_percent
-                    .map(|p| format!("{p:.0}%"))
-                    .unwrap_or_else(|| cpu_text(g.cpu_usec)),
+                mem_cell(&[g]),
+                cpu_rate(g.cpu_percent),
                 human_secs(g.age_s),
                 human_secs(g.idle_s),
                 g.state.as_str().to_string() + if g.pinned { ",pinned" } else { "" },
@@ -1195,13 +1237,8 @@ pub fn render_table(gates: &[GateInfo]) -> String {
                     .map(|g| g.pids.len())
                     .sum::<usize>()
                     .to_string(),
-                human_bytes(group.iter().map(|g| g.memory_bytes).sum()),
-                if group.iter().any(|g| g.cpu_percent.is_some()) {
-                    let sum: f64 = group.iter().filter_map(|g| g.cpu_percent).sum();
-                    format!("{sum:.0}%")
-                } else {
-                    cpu_text(group.iter().map(|g| g.cpu_usec).sum())
-                },
+                mem_cell(&group),
+                cpu_rate(cpu_sum(group.iter().map(|g| g.cpu_percent))),
                 String::new(),
                 String::new(),
                 String::new(),
@@ -1443,6 +1480,78 @@ mod tests {
         assert!(totals[0].contains("30B"), "{text}");
     }
 
+    /// The cells of `col` (by header name) in `text`, one per line below
+    /// the header.
+    fn column(text: &str, col: &str) -> Vec<String> {
+        let mut lines = text.lines();
+        let header = lines.next().unwrap();
+        let at = header.find(col).unwrap();
+        lines
+            .map(|l| {
+                l.get(at..)
+                    .unwrap_or("")
+                    .split("  ")
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    fn hibernated(session: &str, image: u64) -> GateInfo {
+        GateInfo {
+            memory_source: crate::protocol::MemorySource::Image,
+            state: crate::protocol::GateState::Hibernated,
+            ..gate(session, "/p", image, 9)
+        }
+    }
+
+    /// A hibernated gate's image is on disk: ps says so next to the size,
+    /// and totals keep RAM and disk apart.
+    #[test]
+    fn ps_marks_a_hibernated_gates_memory_as_disk() {
+        let gates = [gate("a", "/p", 10 << 20, 5), hibernated("a", 107 << 20)];
+        let text = render_table(&gates);
+        assert_eq!(
+            column(&text, "MEM"),
+            ["10M", "107M(disk)", "10M+107M(disk)"],
+            "{text}"
+        );
+        let one = render_table(&gates[1..]);
+        assert_eq!(column(&one, "MEM"), ["107M(disk)"], "{one}");
+        // Columns stay aligned: every row's CPU cell starts under CPU.
+        assert!(column(&text, "CPU").iter().all(|c| c == "-"), "{text}");
+
+        let rows = by_session(&gates);
+        assert_eq!(
+            (rows[0].memory_bytes, rows[0].image_bytes),
+            (10 << 20, 107 << 20)
+        );
+        let text = render_sessions(&rows);
+        assert_eq!(column(&text, "MEM"), ["10M+107M(disk)"], "{text}");
+    }
+
+    /// CPU is a rate in every row, never a total in some and a rate in
+    /// others; a gate the daemon has not sampled yet shows "-".
+    #[test]
+    fn ps_cpu_is_always_a_rate() {
+        let sampled = GateInfo {
+            cpu_usec: 7_000_000,
+            cpu_percent: Some(12.4),
+            ..gate("a", "/p", 10, 50)
+        };
+        let new = GateInfo {
+            cpu_usec: 30_000,
+            ..gate("a", "/p", 10, 0)
+        };
+        let text = render_table(&[sampled.clone(), new.clone()]);
+        assert_eq!(column(&text, "CPU"), ["12%", "-", "12%"], "{text}");
+        let text = render_table(std::slice::from_ref(&new));
+        assert_eq!(column(&text, "CPU"), ["-"], "{text}");
+        let text = render_sessions(&by_session(&[sampled, new]));
+        assert_eq!(column(&text, "CPU"), ["12%"], "{text}");
+    }
+
     #[test]
     fn sizes_and_durations_for_people() {
         assert_eq!(human_bytes(512), "512B");
@@ -1465,6 +1574,24 @@ mod tests {
         }
         assert!(Cli::try_parse_from(["gov", "spawn", "-p", "/p"]).is_err());
         assert!(Cli::try_parse_from(["gov", "touch"]).is_err());
+    }
+
+    /// The usage line of a command that takes a gate or a session says
+    /// both, as does the error when neither is given.
+    #[test]
+    fn usage_names_a_gate_or_a_session() {
+        use clap::CommandFactory;
+        for cmd in ["touch", "show", "kill", "freeze", "thaw"] {
+            let usage = Cli::command()
+                .find_subcommand_mut(cmd)
+                .unwrap()
+                .render_usage()
+                .to_string();
+            assert!(usage.contains("<GATE|--session <SESSION>>"), "{usage}");
+            let e = Cli::try_parse_from(["gov", cmd]).unwrap_err().to_string();
+            assert!(e.contains("<GATE|--session <SESSION>>"), "{e}");
+            assert!(Cli::try_parse_from(["gov", cmd, "g1", "--session", "s"]).is_err());
+        }
     }
 
     fn spawned_cmd(args: &[&str]) -> Vec<OsString> {

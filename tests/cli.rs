@@ -179,6 +179,13 @@ fn readme_first_command_starts_a_gate_and_its_stop_instruction_stops_only_that_d
     );
     let pids: Vec<u32> = serde_json::from_value(gates[0]["pids"].clone()).unwrap();
     assert!(!pids.is_empty(), "the background child stays in the gate");
+    // The daemon's log is where README says, not among the commands' output.
+    assert!(
+        !output.contains("listening"),
+        "the daemon logs into the terminal:\n{output}"
+    );
+    let log = fs::read_to_string(checkout.join("target/gov-daemon.log")).unwrap_or_default();
+    assert!(log.contains("listening"), "the daemon's log: {log:?}");
 
     // The stop instruction, in a shell with README's PATH.
     let mut sh = Command::new("sh");
@@ -308,6 +315,16 @@ fn a_prefix_or_word_that_names_nothing_is_an_error() {
         let err = fails(&root.run(&[cmd, other]), cmd);
         assert!(
             err.contains("no gate of yours has an id starting with"),
+            "{cmd}: {err}"
+        );
+    }
+    // A full id (one request, no listing first): the daemon's answer
+    // points to the list.
+    let missing = format!("{other}{}", "0".repeat(11 - other.len()));
+    for cmd in ["touch", "kill", "show"] {
+        let err = fails(&root.run(&[cmd, &missing]), cmd);
+        assert!(
+            err.contains(&format!("no gate {missing} (`gov ps` lists yours)")),
             "{cmd}: {err}"
         );
     }

@@ -127,6 +127,17 @@ fn an_idle_gate_is_hibernated_and_a_touch_brings_it_back_with_its_state() {
     assert_eq!(shown["memory_source"], "image", "{shown}");
     assert_eq!(shown["memory_bytes"].as_u64(), Some(image));
     assert!(images.join(&id).exists(), "its image is on disk");
+    // Counted as hibernated in metrics, and shown as disk, not RAM, by ps.
+    let metrics = root.ok(&["metrics"]);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "gov_gates{state=\"hibernated\"} 1"),
+        "{metrics}"
+    );
+    let ps = root.ok(&["ps"]);
+    let row = ps.lines().find(|l| l.starts_with(id.as_str())).unwrap();
+    assert!(row.contains("M(disk) "), "{ps}");
     let w = root.gate_cgroup(&id).child("w");
     assert!(w.read_procs().unwrap().is_empty(), "the worker still runs");
     assert_eq!(

@@ -79,6 +79,33 @@ impl History {
     }
 }
 
+/// Every state `gov_gates` counts, each on a line of its own even at 0 (a
+/// series that vanishes at 0 reads as "no data" in a graph).
+const STATES: [GateState; 7] = [
+    GateState::Running,
+    GateState::Frozen,
+    GateState::Suspended,
+    GateState::Hibernated,
+    GateState::Stopping,
+    GateState::Killing,
+    GateState::Exited,
+];
+
+/// Where `state` is in `STATES`: a state added to the enum and not to the
+/// list fails to compile here.
+#[cfg(test)]
+fn listed(state: GateState) -> usize {
+    match state {
+        GateState::Running => 0,
+        GateState::Frozen => 1,
+        GateState::Suspended => 2,
+        GateState::Hibernated => 3,
+        GateState::Stopping => 4,
+        GateState::Killing => 5,
+        GateState::Exited => 6,
+    }
+}
+
 /// What the metrics text shows besides the counters, of the gates the
 /// caller may see.
 #[derive(Default)]
@@ -214,13 +241,7 @@ impl Journal {
         let (by_state, mem_by_project) = (&gauges.by_state, &gauges.mem_by_project);
         let mut out = String::new();
         out += "# HELP gov_gates Gates by state.\n# TYPE gov_gates gauge\n";
-        for state in [
-            GateState::Running,
-            GateState::Frozen,
-            GateState::Suspended,
-            GateState::Stopping,
-            GateState::Killing,
-        ] {
+        for state in STATES {
             out += &format!(
                 "gov_gates{{state=\"{}\"}} {}\n",
                 state.as_str(),
@@ -318,6 +339,22 @@ mod tests {
         j.set_cap(2);
         j.record(&tags(3), "c2", EventKind::Spawned, None, None);
         assert_eq!(j.recent(|_| true, None).len(), 2);
+    }
+
+    /// Each state's gates are counted on its own line, a hibernated gate's
+    /// too, and every state has a line.
+    #[test]
+    fn gov_gates_counts_every_state() {
+        let mut gauges = Gauges::default();
+        for (i, state) in STATES.into_iter().enumerate() {
+            assert_eq!(listed(state), i);
+            gauges.by_state.insert(state, i as u64 + 1);
+        }
+        let text = Journal::new(10).metrics(None, &gauges);
+        for (i, state) in STATES.into_iter().enumerate() {
+            let line = format!("gov_gates{{state=\"{}\"}} {}", state.as_str(), i + 1);
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
     }
 
     #[test]

@@ -143,7 +143,10 @@ impl Daemon {
         })?;
         match self.gates.get(id) {
             Some(h) if peer.may_see(h.snapshot().tags.owner_uid) => Ok(h),
-            _ => fail(ErrorCode::NotFound, format!("no gate {id}")),
+            _ => fail(
+                ErrorCode::NotFound,
+                format!("no gate {id} (`gov ps` lists yours)"),
+            ),
         }
     }
 
@@ -198,7 +201,10 @@ impl Daemon {
             (None, None) => return fail(ErrorCode::BadRequest, "touch needs a gate or a session"),
         };
         if targets.is_empty() {
-            return fail(ErrorCode::NotFound, "no gate with that session");
+            return fail(
+                ErrorCode::NotFound,
+                "no gate of yours has that session (`gov ps` lists yours)",
+            );
         }
         self.journal.count_touches(peer.uid, targets.len() as u64);
         // All owners at once; the reply waits for the slowest.

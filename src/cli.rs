@@ -34,7 +34,8 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
     ),
     (
         "GOV_CONFIG",
-        "The policy file gov daemon reads (default: /etc/gov.toml; --config wins).",
+        "The policy file gov daemon reads, which must exist (default: /etc/gov.toml, \
+         which may be missing: the embedded defaults; --config wins).",
     ),
     (
         "GOV_GATE, GOV_PROJECT, GOV_SESSION",
@@ -290,11 +291,13 @@ pub enum Command {
     /// stops. Stop exactly this daemon with `kill $(gov status --pid)` (with
     /// its GOV_SOCKET), or `systemctl stop gov` under systemd.
     Daemon {
-        /// Policy file; embedded defaults serve when it is missing.
-        #[arg(long, value_name = "FILE", env = "GOV_CONFIG", default_value = policy::DEFAULT_PATH)]
-        config: PathBuf,
+        /// Policy file (default /etc/gov.toml). A file given must exist; only
+        /// when the default is missing do the embedded defaults serve.
+        #[arg(long, value_name = "FILE", env = "GOV_CONFIG")]
+        config: Option<PathBuf>,
     },
-    /// Validate a gov.toml (default /etc/gov.toml); a missing file means the embedded defaults.
+    /// Validate a gov.toml (default /etc/gov.toml, which may be missing: the
+    /// embedded defaults); a FILE given must exist.
     CheckConfig {
         /// The policy file to check.
         file: Option<PathBuf>,
@@ -507,7 +510,7 @@ pub fn run(cli: Cli) -> Result<i32> {
             }
             other => unexpected(other),
         },
-        Command::Daemon { config } => crate::daemon::run(&config),
+        Command::Daemon { config } => crate::daemon::run(config.as_deref()),
         Command::CheckConfig { file, print } => Ok(policy::check_config(file.as_deref(), print)),
         Command::Keeper {
             worker_cgroup,

@@ -1,6 +1,6 @@
-//! `gov check-config` as a person runs it: no file means the embedded defaults
-//! (exit 0), `--print` writes the effective policy as gov.toml text that loads
-//! back to the same policy, and a bad file lists every problem. No daemon and no
+//! `gov check-config` as a person runs it: no /etc/gov.toml means the embedded
+//! defaults (exit 0), a missing FILE given is an error, `--print` writes the
+//! effective policy as gov.toml text that loads back to the same policy, and a bad file lists every problem. No daemon and no
 //! cgroup: only files in a temp dir of the test's own.
 
 mod common;
@@ -49,27 +49,22 @@ max_runtime = "2h"
 cpu_max = "150%"
 "#;
 
+/// A FILE given must exist: a mistyped path is an error naming it, never the
+/// embedded defaults in silence (only the default /etc/gov.toml may be absent).
 #[test]
-fn a_missing_file_means_the_embedded_defaults() {
+fn a_file_given_must_exist() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("gov.toml");
-    let out = check_config(&[missing.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        stdout(&out).trim(),
-        format!(
-            "no file at {}: the embedded defaults apply",
-            missing.display()
-        )
-    );
-
-    // --print of no file is the embedded policy, loadable as it is.
-    let out = check_config(&["--print", missing.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let printed = stdout(&out);
-    assert!(printed.starts_with("# no file at "), "{printed}");
-    let back = Policy::parse(&printed, Path::new("printed")).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(back, Policy::embedded());
+    for args in [vec![], vec!["--print"]] {
+        let mut args = args;
+        args.push(missing.to_str().unwrap());
+        let out = check_config(&args);
+        assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+        assert!(stdout(&out).is_empty(), "{}", stdout(&out));
+        let err = stderr(&out);
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+        assert!(err.contains("no such file"), "{err}");
+    }
 }
 
 /// Without FILE it checks /etc/gov.toml, whatever this host has there.
@@ -84,6 +79,13 @@ fn no_argument_checks_the_default_path() {
             stdout(&out).trim(),
             "no file at /etc/gov.toml: the embedded defaults apply"
         );
+        // --print of no file is the embedded policy, loadable as it is.
+        let out = check_config(&["--print"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let printed = stdout(&out);
+        assert!(printed.starts_with("# no file at "), "{printed}");
+        let back = Policy::parse(&printed, Path::new("printed")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, Policy::embedded());
     }
 }
 

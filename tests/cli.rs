@@ -471,7 +471,7 @@ fn packaging_install_puts_gov_on_path_and_the_unit_points_at_it() {
     assert!(text(&v.stdout).starts_with("gov "), "{}", text(&v.stdout));
     let unit = fs::read_to_string(dest.path().join("etc/systemd/system/gov.service")).unwrap();
     assert!(
-        unit.contains("\nExecStart=/opt/gov/bin/gov daemon "),
+        unit.contains("\nExecStart=/opt/gov/bin/gov daemon\n"),
         "{unit}"
     );
     // An existing /etc/gov.toml is never overwritten.

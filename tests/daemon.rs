@@ -620,27 +620,9 @@ fn bad_policies_are_refused_naming_line_and_key() {
         assert!(err.contains(key), "check-config names key {key}: {err}");
         assert!(!err.contains("panicked"), "{err}");
 
-        let child = root
-            .gov()
-            .args(["daemon", "--config"])
-            .arg(&file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut kid = Kid::new(child);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let status = loop {
-            if let Some(st) = kid.try_wait().unwrap() {
-                break st;
-            }
-            assert!(Instant::now() < deadline, "the daemon started on {extra:?}");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        let mut err = String::new();
-        kid.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-        assert!(!status.success(), "daemon exit status on a bad policy");
+        let mut daemon = root.gov();
+        daemon.args(["daemon", "--config"]).arg(&file);
+        let err = refused_start(daemon, extra);
         assert!(err.contains(&where_), "daemon names {where_}: {err}");
         assert!(err.contains(key), "daemon names key {key}: {err}");
         assert!(
@@ -656,6 +638,53 @@ fn bad_policies_are_refused_naming_line_and_key() {
         "[defaults]\nidle_timeout = \"5m\"\nmemory_max = \"4G\"\n",
     );
     root.ok(&["check-config", good.to_str().unwrap()]);
+}
+
+/// `cmd`, a daemon that must refuse to start: its stderr, once it exited
+/// non-zero (within a deadline: one that serves instead fails the test).
+fn refused_start(mut cmd: Command, what: &str) -> String {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut kid = Kid::new(child);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // No event says a child exited: poll, bounded.
+    let status = loop {
+        if let Some(st) = kid.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the daemon started on {what:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    kid.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(!status.success(), "daemon exit status on {what:?}");
+    err
+}
+
+/// A policy file given (--config or GOV_CONFIG) that does not exist is an
+/// error naming it, not a daemon on the embedded defaults: a typo must not
+/// pass unseen. (Only the default /etc/gov.toml may be absent.)
+#[test]
+fn a_missing_config_given_is_refused_naming_it() {
+    let root = TestRoot::new();
+    let missing = root.dir.path().join("gov.tmol");
+    let mut by_flag = root.gov();
+    by_flag.args(["daemon", "--config"]).arg(&missing);
+    let mut by_env = root.gov();
+    by_env.arg("daemon").env("GOV_CONFIG", &missing);
+    for (cmd, what) in [(by_flag, "--config"), (by_env, "GOV_CONFIG")] {
+        let err = refused_start(cmd, what);
+        assert!(
+            err.contains(&missing.display().to_string()),
+            "{what}: {err}"
+        );
+        assert!(err.contains("no such file"), "{what}: {err}");
+        assert!(!root.socket.exists(), "{what}: the daemon bound its socket");
+    }
 }
 
 /// SIGHUP with a bad file keeps the running policy (and says so); with a

@@ -40,7 +40,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub fn run(config: &Path) -> Result<i32> {
+/// `config`: the policy file given (`--config`, GOV_CONFIG), which must
+/// exist; None: /etc/gov.toml, or the embedded defaults where it is absent.
+pub fn run(config: Option<&Path>) -> Result<i32> {
     if !nix::unistd::geteuid().is_root() {
         bail!("gov daemon must run as root (it creates cgroups and moves other users' processes)");
     }
@@ -56,7 +58,7 @@ pub fn run(config: &Path) -> Result<i32> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         let daemon = Daemon::start(
-            config.to_path_buf(),
+            config.map(Path::to_path_buf),
             policy,
             from_file,
             tree,
@@ -68,7 +70,8 @@ pub fn run(config: &Path) -> Result<i32> {
 }
 
 pub struct Daemon {
-    config_path: PathBuf,
+    /// The policy file given, read again at SIGHUP; None: the default.
+    config_path: Option<PathBuf>,
     policy: RwLock<Arc<Policy>>,
     admin_gid: RwLock<Option<u32>>,
     tree: Tree,
@@ -96,9 +99,9 @@ pub struct Daemon {
 
 impl Daemon {
     fn start(
-        config_path: PathBuf,
+        config_path: Option<PathBuf>,
         policy: Policy,
-        from_file: bool,
+        from_file: Option<PathBuf>,
         tree: Tree,
         may_enable_controllers: bool,
         claim: host::RootClaim,
@@ -114,7 +117,7 @@ impl Daemon {
         }
         tracing::info!(
             root = %tree.root.path().display(),
-            policy = %if from_file { config_path.display().to_string() } else { "embedded defaults".into() },
+            policy = %policy_source(from_file.as_deref()),
             "gov daemon starting"
         );
         let (watcher, changes) = match crate::watch::Watcher::start() {
@@ -219,8 +222,8 @@ impl Daemon {
     }
 
     fn reload(&self) {
-        match load_policy(&self.config_path) {
-            Ok((policy, _)) => {
+        match load_policy(self.config_path.as_deref()) {
+            Ok((policy, from_file)) => {
                 let old = self.policy();
                 let (a, b) = (&old.global, &policy.global);
                 if a.socket != b.socket
@@ -240,7 +243,7 @@ impl Daemon {
                 *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
                 // Every gate is judged again under the new policy.
                 self.full_scan_asked.store(true, Ordering::Relaxed);
-                tracing::info!(config = %self.config_path.display(), "policy reloaded");
+                tracing::info!(policy = %policy_source(from_file.as_deref()), "policy reloaded");
             }
             Err(e) => tracing::error!("policy not reloaded, the running one stays: {e}"),
         }
@@ -250,12 +253,17 @@ impl Daemon {
 /// The policy file (or the embedded defaults), with GOV_SOCKET in the
 /// daemon's environment naming its socket, as GOV_CGROUP_ROOT names its
 /// root: the same variable points clients and a daemon at each other.
-fn load_policy(config: &Path) -> Result<(Policy, bool)> {
-    let (mut policy, from_file) = Policy::load_or_embedded(config)?;
+fn load_policy(config: Option<&Path>) -> Result<(Policy, Option<PathBuf>)> {
+    let (mut policy, from_file) = Policy::load_given(config)?;
     if let Some(socket) = std::env::var_os(crate::client::SOCKET_ENV) {
         policy.global.socket = PathBuf::from(socket);
     }
     Ok((policy, from_file))
+}
+
+/// Where the policy came from, for the log.
+fn policy_source(file: Option<&Path>) -> String {
+    file.map_or("embedded defaults".into(), |p| p.display().to_string())
 }
 
 /// The next changed gate, or never when there is no watcher.

@@ -2,25 +2,28 @@
 
 use std::path::Path;
 
-use super::{read_if_present, Policy, DEFAULT_PATH};
+use super::{read_policy_file, Policy};
 
-/// Checks `file` (default [`DEFAULT_PATH`]) and prints the verdict; returns the exit
-/// status. Every problem is listed on stderr. A missing file is not a problem: the
-/// daemon then runs on the embedded defaults, and says so. With `print`, stdout is
+/// Checks `file` (default [`super::DEFAULT_PATH`]) and prints the verdict; returns the exit
+/// status. Every problem is listed on stderr. A missing [`super::DEFAULT_PATH`] is not a
+/// problem: the daemon then runs on the embedded defaults, and says so; a missing
+/// `file` is, as it is to the daemon given it. With `print`, stdout is
 /// the effective policy as gov.toml text, the verdict a comment at its top, so it
 /// can be saved and loaded again.
 pub fn check_config(file: Option<&Path>, print: bool) -> i32 {
-    let path = file.unwrap_or(Path::new(DEFAULT_PATH));
-    let (policy, verdict) = match read_if_present(path) {
+    let (path, text) = match read_policy_file(file) {
+        Ok(read) => read,
         Err(e) => {
             eprintln!("{e}");
             return 1;
         }
-        Ok(None) => (
+    };
+    let (policy, verdict) = match text {
+        None => (
             Policy::embedded(),
             format!("no file at {}: the embedded defaults apply", path.display()),
         ),
-        Ok(Some(text)) => match Policy::parse_all(&text, path) {
+        Some(text) => match Policy::parse_all(&text, &path) {
             Ok(policy) => (policy, format!("{}: ok", path.display())),
             Err(errors) => {
                 for e in errors {

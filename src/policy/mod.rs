@@ -289,6 +289,16 @@ impl Policy {
         }
     }
 
+    /// The daemon's policy: the file given, which must exist, else
+    /// [`DEFAULT_PATH`] or, where that is absent, the embedded defaults. The path
+    /// read, or `None` for the defaults.
+    pub fn load_given(given: Option<&Path>) -> Result<(Policy, Option<PathBuf>), PolicyError> {
+        match read_policy_file(given)? {
+            (path, Some(text)) => Ok((Policy::parse(&text, &path)?, Some(path))),
+            (_, None) => Ok((Policy::embedded(), None)),
+        }
+    }
+
     /// The settings for a gate of `project`: `[defaults]`, then every matching
     /// `[[project]]` in file order, later ones winning key by key.
     pub fn for_project(&self, project: &str) -> GateSettings {
@@ -372,6 +382,25 @@ fn keys_text(keys: Vec<(&str, Option<toml::Value>)>) -> String {
         None => format!("# {key} is not set\n"),
     };
     keys.into_iter().map(line).collect()
+}
+
+/// The policy file a person gave (`--config`, GOV_CONFIG, check-config's FILE),
+/// which must exist, else [`DEFAULT_PATH`], which may be absent (`None`): a
+/// mistyped path must not quietly run the embedded defaults.
+fn read_policy_file(given: Option<&Path>) -> Result<(PathBuf, Option<String>), PolicyError> {
+    let Some(path) = given else {
+        let path = Path::new(DEFAULT_PATH);
+        return Ok((path.to_path_buf(), read_if_present(path)?));
+    };
+    match read_if_present(path)? {
+        Some(text) => Ok((path.to_path_buf(), Some(text))),
+        None => Err(PolicyError::at(
+            path,
+            None,
+            None,
+            format!("no such file (only the default {DEFAULT_PATH} may be absent)"),
+        )),
+    }
 }
 
 /// The text of `path`, or `None` when there is no file. A dangling symlink also

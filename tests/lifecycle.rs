@@ -286,8 +286,8 @@ fn a_thousand_concurrent_spawns_and_touches_all_succeed() {
 }
 
 /// A second daemon on a cgroup root that a live daemon holds, or on its
-/// socket, refuses to start with one sentence naming the other's pid, and
-/// creates or changes nothing. Once the first is gone, the root is free.
+/// socket, refuses to start with one sentence naming the other's pid and how
+/// to stop it, and creates or changes nothing. Once the first is gone, the root is free.
 #[test]
 fn a_second_daemon_on_the_same_root_or_socket_is_refused() {
     let root = TestRoot::new();
@@ -323,6 +323,11 @@ fn a_second_daemon_on_the_same_root_or_socket_is_refused() {
         "names the other daemon: {err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "one sentence: {err}");
+    // It says how: that daemon's socket may not be this one's, so by pid.
+    assert!(
+        err.contains(&format!("(kill {})", first.pid())),
+        "says how to stop it: {err}"
+    );
     assert!(!other_socket.exists(), "it bound a socket");
     assert_eq!(
         std::fs::read_to_string(root.path.join("daemon/cgroup.procs")).unwrap(),
@@ -340,6 +345,12 @@ fn a_second_daemon_on_the_same_root_or_socket_is_refused() {
     let (code, err) = try_daemon(&config, &other_root);
     assert_ne!(code, Some(0));
     assert!(err.contains(&format!("pid {}", first.pid())), "{err}");
+    // `gov status` at that socket names the daemon to stop.
+    let how = format!(
+        "(kill $(GOV_SOCKET={} gov status --pid))",
+        root.socket.display()
+    );
+    assert!(err.contains(&how), "says how to stop it: {err}");
     assert!(!other_root.exists(), "it created a cgroup root");
 
     // The first daemon still serves its gate.

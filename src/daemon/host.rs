@@ -38,13 +38,46 @@ pub fn check_socket_free(socket: &Path) -> Result<()> {
         return Ok(());
     }
     let pid = match crate::client::request(socket, Request::Hello) {
-        Ok(Some(Response::Hello { pid, .. })) => pid.to_string(),
-        _ => "unknown".to_string(),
+        Ok(Some(Response::Hello { pid, .. })) => Some(pid),
+        _ => None,
+    };
+    // `gov status` asks the daemon at the socket for its pid, checked
+    // against the socket's peer: the one to stop, even if pids moved on.
+    let by_status = match socket == Path::new(crate::policy::DEFAULT_SOCKET) {
+        true => "kill $(gov status --pid)".to_string(),
+        false => format!("kill $(GOV_SOCKET={} gov status --pid)", socket.display()),
     };
     bail!(
-        "another gov daemon (pid {pid}) is listening on {}; stop it first, or give this one another socket",
-        socket.display()
+        "another gov daemon (pid {}) is listening on {}; stop it first ({}), or give this one another socket",
+        pid.map_or("unknown".into(), |p| p.to_string()),
+        socket.display(),
+        how_to_stop(pid, by_status)
     )
+}
+
+/// The command that stops the daemon `pid`: `systemctl stop UNIT` when a
+/// systemd service runs it (a plain kill would have systemd start it
+/// again), else `kill`.
+fn how_to_stop(pid: Option<u32>, kill: String) -> String {
+    let unit = pid.and_then(|p| {
+        let cgroups = std::fs::read_to_string(format!("/proc/{p}/cgroup")).ok()?;
+        service_of(&cgroups)
+    });
+    match unit {
+        Some(unit) => format!("systemctl stop {unit}"),
+        None => kill,
+    }
+}
+
+/// The systemd service whose delegated cgroup is gov's root, from the
+/// daemon's /proc/PID/cgroup: its cgroup2 line ends in `UNIT.service/daemon`
+/// (its leaf). Only there: the daemon left whatever cgroup it started in, and
+/// a service above it (a CI runner's, a user's manager) is not the daemon's.
+fn service_of(cgroups: &str) -> Option<String> {
+    let path = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let root = path.strip_suffix(&format!("/{DAEMON_LEAF}"))?;
+    let unit = root.rsplit('/').next()?;
+    unit.ends_with(".service").then(|| unit.to_string())
 }
 
 /// gov's root held by this daemon alone, for as long as it runs: an
@@ -81,10 +114,14 @@ impl RootClaim {
                 .and_then(|p| p.parse().ok())
                 .is_some_and(crate::proc::is_alive);
             if live || std::time::Instant::now() >= deadline {
+                let pid: Option<u32> = pid.and_then(|p| p.parse().ok());
+                // Its socket may not be ours: name it by pid, not by socket.
+                let kill = pid.map_or("kill $(gov status --pid)".into(), |p| format!("kill {p}"));
                 bail!(
-                    "another gov daemon (pid {}) manages the cgroup root {}; stop it first, or give this one another cgroup_root",
-                    pid.unwrap_or_else(|| "unknown".into()),
-                    path.display()
+                    "another gov daemon (pid {}) manages the cgroup root {}; stop it first ({}), or give this one another cgroup_root",
+                    pid.map_or("unknown".into(), |p| p.to_string()),
+                    path.display(),
+                    how_to_stop(pid, kill)
                 );
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
@@ -270,4 +307,30 @@ pub fn resolve_group(name: Option<&str>) -> Option<u32> {
         .ok()
         .flatten()
         .map(|g| g.gid.as_raw())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::service_of;
+
+    #[test]
+    fn the_service_to_stop_is_the_one_that_delegated_gov_s_root() {
+        let unit = |text: &str| service_of(text);
+        assert_eq!(
+            unit("0::/system.slice/gov.service/daemon\n").as_deref(),
+            Some("gov.service")
+        );
+        assert_eq!(
+            unit("1:name=systemd:/system.slice/gov.service/daemon\n0::/system.slice/gov.service/daemon\n")
+                .as_deref(),
+            Some("gov.service")
+        );
+        // Not delegated: gov's root is its own, whatever started the daemon.
+        assert_eq!(
+            unit("1:name=systemd:/system.slice/ci.service\n0::/gov/daemon\n"),
+            None
+        );
+        assert_eq!(unit("0::/system.slice/ci.service\n"), None);
+        assert_eq!(unit("0::/user.slice/user-0.slice/session-4.scope\n"), None);
+    }
 }

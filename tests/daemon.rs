@@ -917,7 +917,7 @@ fn a_gate_of_the_older_layout_is_managed_where_it_lies() {
 }
 
 /// SIGTERM stops the daemon; its gates keep running, unfrozen, tagged, in
-/// their cgroups, and root's direct ps still lists them.
+/// their cgroups, and root's direct ps still lists them. Its own leaf is gone.
 #[test]
 fn sigterm_stops_the_daemon_and_leaves_gates_running() {
     let root = TestRoot::new();
@@ -944,6 +944,12 @@ fn sigterm_stops_the_daemon_and_leaves_gates_running() {
     assert_eq!(status.unwrap().code(), Some(0), "a clean stop");
     assert!(!root.socket.exists(), "the socket is removed");
     assert!(d.log_text().contains("gates keep running"));
+    // The daemon went back where it came from and removed its leaf.
+    assert!(
+        !root.path.join("daemon").exists(),
+        "an empty daemon leaf is left under {}",
+        root.path.display()
+    );
 
     for p in before["pids"].as_array().unwrap() {
         assert!(
@@ -958,6 +964,53 @@ fn sigterm_stops_the_daemon_and_leaves_gates_running() {
     for k in ["project", "session", "uid", "owner_pid", "pids", "state"] {
         assert_eq!(g[k], before[k], "{k}");
     }
+}
+
+/// Under systemd with DelegateSubgroup=daemon the daemon starts in its leaf,
+/// which systemd made and keeps: a stop leaves it where it is.
+#[test]
+fn a_daemon_started_in_its_leaf_leaves_the_leaf_to_whoever_made_it() {
+    let root = TestRoot::new();
+    let leaf = root.path.join("daemon");
+    fs::create_dir_all(&leaf).unwrap();
+    let config = root.policy_file("");
+    // As systemd starts it: already in <root>/daemon, cgroup_root "delegated".
+    let child = Command::new("sh")
+        .args([
+            "-c",
+            "echo $$ > \"$1\" && exec \"$2\" daemon --config \"$3\"",
+        ])
+        .arg("sh")
+        .arg(leaf.join("cgroup.procs"))
+        .arg(common::gov_bin())
+        .arg(&config)
+        .env("GOV_CGROUP_ROOT", "delegated")
+        .env("GOV_SOCKET", &root.socket)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut kid = Kid::new(child);
+    let pid = kid.id();
+    wait_until(Duration::from_secs(10), "the daemon to listen", || {
+        UnixStream::connect(&root.socket).is_ok()
+    });
+    assert_eq!(
+        fs::read_to_string(leaf.join("cgroup.procs"))
+            .unwrap()
+            .trim(),
+        pid.to_string(),
+        "it runs in the leaf it was started in"
+    );
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let mut status = None;
+    wait_until(Duration::from_secs(5), "the daemon to exit", || {
+        status = kid.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(0), "a clean stop");
+    assert!(leaf.exists(), "the leaf systemd made was removed");
 }
 
 /// `gov tag` changes a gate's session; `gov touch --session` touches every

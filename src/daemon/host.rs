@@ -161,12 +161,42 @@ pub fn resolve_tree(setting: &str) -> Result<(Tree, bool)> {
 
 /// The daemon lives in a leaf of its own under gov's root, never beside
 /// gates: cgroup2 allows no processes in an inner node with controllers on.
-pub fn move_self_into_leaf(tree: &Tree) -> Result<()> {
+/// The leaf remembers where the daemon came from, to go back at a clean stop.
+pub fn move_self_into_leaf(tree: &Tree) -> Result<Leaf> {
     let leaf = tree.root.child(DAEMON_LEAF);
+    let origin = cgroup::cgroup_of(&tree.mount, std::process::id())?;
     leaf.create_if_missing()?;
     leaf.write_procs(std::process::id())
         .with_context(|| format!("moving the daemon into {}", leaf.path().display()))?;
-    Ok(())
+    // Started in the leaf: systemd put us there (DelegateSubgroup=daemon)
+    // and made it; it is systemd's to keep.
+    let origin = (origin != leaf.path()).then(|| cgroup::Cgroup::new(origin));
+    Ok(Leaf { leaf, origin })
+}
+
+/// The daemon's leaf, and the cgroup it was started in.
+pub struct Leaf {
+    leaf: cgroup::Cgroup,
+    origin: Option<cgroup::Cgroup>,
+}
+
+impl Leaf {
+    /// At a clean stop: back to where the daemon started, and the leaf,
+    /// empty now, removed. A process cannot rmdir the cgroup it is in, so it
+    /// leaves first; it goes back only where it came from, which held it
+    /// before. Where that is gone or refuses it (controllers enabled there
+    /// since: no internal processes), or a child of ours is still in the
+    /// leaf, the leaf stays, and the next daemon moves into it.
+    pub fn leave(&self) {
+        let Some(origin) = &self.origin else { return };
+        if let Err(e) = origin.write_procs(std::process::id()) {
+            tracing::debug!("{} stays: cannot go back: {e}", self.leaf.path().display());
+            return;
+        }
+        if let Err(e) = self.leaf.remove() {
+            tracing::debug!("{} stays: {e}", self.leaf.path().display());
+        }
+    }
 }
 
 /// Enables the controllers policy needs for gov's children, and says once

@@ -94,6 +94,7 @@ pub struct Daemon {
     may_enable_controllers: bool,
     /// CRIU, found and checked at start; None: hibernation is off.
     criu: Option<crate::criu::Criu>,
+    leaf: host::Leaf,
     _claim: host::RootClaim,
 }
 
@@ -106,7 +107,7 @@ impl Daemon {
         may_enable_controllers: bool,
         claim: host::RootClaim,
     ) -> Result<Arc<Daemon>> {
-        host::move_self_into_leaf(&tree)?;
+        let leaf = host::move_self_into_leaf(&tree)?;
         if may_enable_controllers {
             host::report_controllers(&tree, &policy);
         } else {
@@ -146,6 +147,7 @@ impl Daemon {
             measuring: AtomicBool::new(false),
             metrics_asked_ms: AtomicU64::new(0),
             may_enable_controllers,
+            leaf,
             _claim: claim,
         }))
     }
@@ -218,6 +220,8 @@ impl Daemon {
         }
         // Gates are left running: a daemon stop or restart never kills them.
         tracing::info!("gov daemon stopping; gates keep running");
+        // The last step: nothing of ours runs in the leaf after this.
+        self.leaf.leave();
         Ok(0)
     }
 

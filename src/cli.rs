@@ -29,6 +29,11 @@ pub const ENVIRONMENT: &[(&str, &str)] = &[
         "gov's cgroup root, overriding the policy's cgroup_root (the systemd unit sets \"delegated\").",
     ),
     (
+        "GOV_CRIU",
+        "The CRIU gov daemon hibernates with, over the policy's criu_path \
+         (integration/build-criu prints one).",
+    ),
+    (
         "GOV_LOG",
         "The daemon's log filter: error, warn, info (default), debug, trace.",
     ),
@@ -837,8 +842,14 @@ fn status_cmd(pid_only: bool, wait: Option<f64>) -> Result<i32> {
             }
         }
     };
-    let (version, pid) = match client.call(Request::Hello)? {
-        Response::Hello { version, pid, .. } => (version, pid),
+    let (version, pid, criu, hibernation_off) = match client.call(Request::Hello)? {
+        Response::Hello {
+            version,
+            pid,
+            criu,
+            hibernation_off,
+            ..
+        } => (version, pid, criu, hibernation_off),
         other => return unexpected(other),
     };
     if let Some(peer) = client.peer_pid() {
@@ -857,6 +868,12 @@ fn status_cmd(pid_only: bool, wait: Option<f64>) -> Result<i32> {
             "gov daemon running: pid {pid}, socket {}, protocol {version}",
             path.display()
         );
+        // A daemon older than these fields says neither.
+        match (criu, hibernation_off) {
+            (Some(criu), _) => println!("hibernation: on, {criu}"),
+            (None, Some(why)) => println!("hibernation: off: {why}"),
+            (None, None) => {}
+        }
     }
     Ok(0)
 }
@@ -927,9 +944,15 @@ fn spawn_cmd(
                 session,
                 not_applied,
                 never_orphaned,
+                hibernation_off,
                 ..
             } => {
                 warn_gate(&not_applied, never_orphaned);
+                if let Some(why) = hibernation_off {
+                    eprintln!(
+                        "gov: hibernation is off in this daemon ({why}): this gate is suspended when idle, never hibernated"
+                    );
+                }
                 // A hibernatable gate's main process is the keeper, which
                 // starts CMD below it (src/keeper.rs); an unprivileged one
                 // asks the daemon to.
@@ -1337,6 +1360,12 @@ pub fn render_show(g: &GateInfo) -> String {
     if let Some(why) = &g.hibernate_refused {
         lines.push(("hibernation", format!("refused, suspended instead: {why}")));
     }
+    if let Some(why) = &g.hibernation_off {
+        lines.push((
+            "hibernation",
+            format!("off in this daemon, suspended instead: {why}"),
+        ));
+    }
     if let Some(why) = &g.failure {
         lines.push(("last failure", why.clone()));
     }
@@ -1433,6 +1462,7 @@ mod tests {
             not_applied: Vec::new(),
             never_orphaned: false,
             hibernate_refused: None,
+            hibernation_off: None,
             failure: None,
             cgroup: String::new(),
         }

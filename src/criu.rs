@@ -197,6 +197,13 @@ pub struct Criu {
     version: Version,
 }
 
+/// "criu 4.2.1 at /usr/sbin/criu", as the log and `gov status` say it.
+impl std::fmt::Display for Criu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "criu {} at {}", self.version, self.path.display())
+    }
+}
+
 /// What to dump.
 #[derive(Debug)]
 pub struct DumpRequest<'a> {

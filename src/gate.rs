@@ -653,6 +653,8 @@ pub fn info(dir: &GateDir, tags: &Tags, extra: &InfoExtra) -> Result<GateInfo, C
         not_applied: not_applied(&dir.cgroup, &extra.wanted),
         never_orphaned: tags.owner_pid == Some(1),
         hibernate_refused: extra.hibernate_refused.clone(),
+        // A daemon knows whether it has CRIU; the gate's files do not.
+        hibernation_off: None,
         failure: extra.failure.clone(),
         cgroup: dir.cgroup.path().display().to_string(),
     })

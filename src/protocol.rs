@@ -134,6 +134,10 @@ pub enum Response {
         /// Its owner is pid 1, which never exits: it is never orphaned.
         #[serde(default, skip_serializing_if = "is_false")]
         never_orphaned: bool,
+        /// Asked with `hibernate`, but this daemon cannot hibernate: why.
+        /// The gate is suspended when idle, never dumped.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hibernation_off: Option<String>,
     },
     Adopted {
         gate: String,
@@ -170,6 +174,12 @@ pub enum Response {
         /// scans" instead of sleeping.
         #[serde(default)]
         scans: u64,
+        /// The CRIU that hibernates gates ("criu 4.2.1 at /usr/sbin/criu").
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        criu: Option<String>,
+        /// Why this daemon cannot hibernate gates (no CRIU >= 4.2).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hibernation_off: Option<String>,
     },
     Error {
         code: ErrorCode,
@@ -481,6 +491,9 @@ pub struct GateInfo {
     /// Why its last hibernation was refused (it stays suspended instead).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hibernate_refused: Option<String>,
+    /// Spawned to be hibernated, but this daemon cannot hibernate: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hibernation_off: Option<String>,
     /// The last action on it that failed, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,

@@ -15,6 +15,7 @@ fn check_config(args: &[&str]) -> Output {
         .arg("check-config")
         .args(args)
         .env_remove("GOV_LOG")
+        .env_remove("GOV_CRIU")
         .output()
         .expect("gov runs")
 }
@@ -76,8 +77,8 @@ fn no_argument_checks_the_default_path() {
     if !Path::new(DEFAULT_PATH).exists() {
         assert!(out.status.success(), "{said}");
         assert_eq!(
-            stdout(&out).trim(),
-            "no file at /etc/gov.toml: the embedded defaults apply"
+            stdout(&out).lines().next(),
+            Some("no file at /etc/gov.toml: the embedded defaults apply")
         );
         // --print of no file is the embedded policy, loadable as it is.
         let out = check_config(&["--print"]);
@@ -136,7 +137,8 @@ fn print_writes_the_whole_policy_and_it_loads_back() {
         printed.lines().skip(1).collect::<Vec<_>>()
     );
     let out = check_config(&[again.to_str().unwrap()]);
-    assert_eq!(stdout(&out).trim(), format!("{}: ok", again.display()));
+    let verdict = format!("{}: ok", again.display());
+    assert_eq!(stdout(&out).lines().next(), Some(verdict.as_str()));
 }
 
 #[test]
@@ -170,4 +172,54 @@ fn a_bad_file_lists_every_problem_and_prints_nothing() {
         "{err}"
     );
     assert_eq!(err.lines().count(), 2, "{err}");
+}
+
+/// Whether a daemon could hibernate: criu_path (or GOV_CRIU) resolves to a
+/// CRIU >= 4.2, or why not. Not an error: gates then only suspend.
+#[test]
+fn it_says_whether_criu_path_gives_hibernation() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gov.toml");
+    let missing = dir.path().join("criu");
+    std::fs::write(
+        &file,
+        format!("criu_path = {:?}\n", missing.to_str().unwrap()),
+    )
+    .unwrap();
+    let out = check_config(&[file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let said = stdout(&out);
+    let line = said.lines().nth(1).unwrap_or_default();
+    assert!(line.starts_with("hibernation: off: criu_path "), "{said}");
+    assert!(line.contains(missing.to_str().unwrap()), "{said}");
+    // --print keeps it a comment, so the output still loads.
+    let out = check_config(&["--print", file.to_str().unwrap()]);
+    let printed = stdout(&out);
+    assert!(
+        printed
+            .lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("# hibernation: off"),
+        "{printed}"
+    );
+    Policy::parse(&printed, Path::new("printed")).unwrap_or_else(|e| panic!("{e}"));
+
+    let cached = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/.cache/criu/4.2.1/criu");
+    if !cached.exists() {
+        common::skip(
+            "it_says_whether_criu_path_gives_hibernation (found)",
+            "no integration/build-criu cache",
+        );
+        return;
+    }
+    // GOV_CRIU, as the daemon reads it, over criu_path.
+    let out = Command::new(common::gov_bin())
+        .args(["check-config", file.to_str().unwrap()])
+        .env("GOV_CRIU", &cached)
+        .output()
+        .unwrap();
+    let said = stdout(&out);
+    let want = format!("hibernation: on, criu 4.2.1 at {}", cached.display());
+    assert_eq!(said.lines().nth(1), Some(want.as_str()), "{said}");
 }

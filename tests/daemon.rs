@@ -1013,6 +1013,61 @@ fn a_daemon_started_in_its_leaf_leaves_the_leaf_to_whoever_made_it() {
     assert!(leaf.exists(), "the leaf systemd made was removed");
 }
 
+/// Without CRIU, hibernation is off, and that is said where a person looks:
+/// on the spawn's stderr, in `show` and `ps --json`, in `status`, and as a
+/// warning in the daemon's log (GOV_CRIU names a CRIU that is not there).
+#[test]
+fn hibernation_off_is_said_at_spawn_show_status_and_in_the_log() {
+    let root = TestRoot::new();
+    let missing = root.dir.path().join("no-criu");
+    let config = root.policy_file("[defaults]\nhibernate_after = \"1s\"\n");
+    let d = Daemon::start_env(&root, &config, &[("GOV_CRIU", missing.to_str().unwrap())]);
+    let log = d.log_text();
+    let said = log.lines().find(|l| l.contains("hibernation is off"));
+    assert!(said.is_some_and(|l| l.contains("WARN")), "{log}");
+
+    let status = root.ok(&["status"]);
+    assert!(status.contains("hibernation: off: "), "{status}");
+    assert!(status.contains(missing.to_str().unwrap()), "{status}");
+
+    let err_file = root.dir.path().join("spawn.err");
+    let kid = Kid::new(
+        root.gov()
+            .args(["spawn", "--hibernate", "-p", "/srv/hib-off", "--"])
+            .args(["sh", "-c", "exec sleep 300"])
+            .stdin(Stdio::null())
+            .stderr(fs::File::create(&err_file).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let id = root.gate_of(kid.id());
+    let said = fs::read_to_string(&err_file).unwrap();
+    assert!(
+        said.contains("gov: hibernation is off"),
+        "spawn said: {said}"
+    );
+
+    let g = root.gate(&id).unwrap();
+    let why = g["hibernation_off"].as_str().unwrap_or_default();
+    assert!(why.contains(missing.to_str().unwrap()), "{g}");
+    let show = root.ok(&["show", &id]);
+    assert!(show.contains("off in this daemon"), "{show}");
+
+    // A gate not spawned to hibernate is not told about it.
+    let plain = spawn_gate(&root, "/srv/hib-off", None, "exec sleep 300");
+    let plain_id = root.gate_of(plain.id());
+    assert!(root
+        .gate(&plain_id)
+        .unwrap()
+        .get("hibernation_off")
+        .is_none());
+
+    root.ok(&["kill", &id]);
+    root.ok(&["kill", &plain_id]);
+    assert_eq!(kid.reap(Duration::from_secs(10)), None);
+    assert_eq!(plain.reap(Duration::from_secs(10)), None);
+}
+
 /// `gov tag` changes a gate's session; `gov touch --session` touches every
 /// gate of that session and no other (a touch thaws a frozen gate, which
 /// makes it visible).

@@ -60,12 +60,22 @@ fn state(root: &TestRoot, id: &str) -> Option<String> {
 
 /// The policy of these tests: hibernation on, one second idle and one
 /// second suspended before a dump, never busy, never orphaned.
-fn hibernating(criu: &Path, images: &Path, idle: &str) -> String {
+fn hibernating(images: &Path, idle: &str) -> String {
     format!(
-        "criu_path = {:?}\nhibernate_dir = {:?}\n[defaults]\nidle_timeout = \"{idle}\"\nfrozen_hold = \"1h\"\nhibernate_after = \"1s\"\norphan_grace = \"never\"\nbusy_cpu_percent = 100.0\n",
-        criu.display().to_string(),
+        "hibernate_dir = {:?}\n[defaults]\nidle_timeout = \"{idle}\"\nfrozen_hold = \"1h\"\nhibernate_after = \"1s\"\norphan_grace = \"never\"\nbusy_cpu_percent = 100.0\n",
         images.display().to_string()
     )
+}
+
+/// CRIU for a daemon, named as a person names it: GOV_CRIU (over the
+/// policy's criu_path), as integration/build-criu prints it.
+fn criu_env(criu: &Path) -> [(&'static str, &str); 1] {
+    [("GOV_CRIU", criu.to_str().unwrap())]
+}
+
+/// A daemon on `policy` that hibernates with `criu`.
+fn daemon_with(root: &TestRoot, criu: &Path, policy: &str) -> common::Daemon {
+    common::Daemon::start_env(root, &root.policy_file(policy), &criu_env(criu))
 }
 
 /// The lines a host reads from its gate's stdout, as they come.
@@ -88,7 +98,7 @@ fn an_idle_gate_is_hibernated_and_a_touch_brings_it_back_with_its_state() {
     };
     let root = TestRoot::new();
     let images = root.dir.path().join("images");
-    let _d = root.daemon(&hibernating(&criu, &images, "1s"));
+    let _d = daemon_with(&root, &criu, &hibernating(&images, "1s"));
     let sock = root.dir.path().join("counter.sock");
     let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hibernate-worker.py");
     // The host: it started the gate, holds its stdout pipe and may wait on it.
@@ -206,11 +216,11 @@ fn an_unprivileged_keeper_gets_its_worker_from_the_daemon() {
     let root = TestRoot::new();
     let images = root.dir.path().join("images");
     let dumps = has_cap_sys_resource();
-    let _d = root.daemon(&hibernating(
+    let _d = daemon_with(
+        &root,
         &criu,
-        &images,
-        if dumps { "1s" } else { "1h" },
-    ));
+        &hibernating(&images, if dumps { "1s" } else { "1h" }),
+    );
     let dir = root.dir.path().join("nobody");
     std::fs::create_dir(&dir).unwrap();
     std::os::unix::fs::chown(&dir, Some(common::NOBODY), Some(common::NOBODY)).unwrap();
@@ -275,7 +285,7 @@ fn a_refused_hibernation_leaves_the_gate_suspended_and_says_why() {
     };
     let root = TestRoot::new();
     let images = root.dir.path().join("images");
-    let _d = root.daemon(&hibernating(&criu, &images, "1s"));
+    let _d = daemon_with(&root, &criu, &hibernating(&images, "1s"));
     let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/uring-worker.py");
     let mut host = Kid::new(
         root.gov()
@@ -341,9 +351,9 @@ fn a_daemon_killed_during_a_dump_and_a_restore_recovers_the_gate() {
     };
     let root = TestRoot::new();
     let images = root.dir.path().join("images");
-    let policy = hibernating(&criu, &images, "1s");
+    let policy = hibernating(&images, "1s");
     let config = root.policy_file(&policy);
-    let daemon = common::Daemon::start_with(&root, &config);
+    let daemon = common::Daemon::start_env(&root, &config, &criu_env(&criu));
     let sock = root.dir.path().join("counter.sock");
     let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hibernate-worker.py");
     // Big enough that its dump and restore take a while.
@@ -387,7 +397,7 @@ fn a_daemon_killed_during_a_dump_and_a_restore_recovers_the_gate() {
     // The dump begins: the daemon dies.
     wait_tag("dumping");
     daemon.sigkill();
-    let daemon = common::Daemon::start_with(&root, &config);
+    let daemon = common::Daemon::start_env(&root, &config, &criu_env(&criu));
     let deadline = Instant::now() + Duration::from_secs(60);
     while state(&root, &id).as_deref() != Some("hibernated") {
         assert!(
@@ -413,7 +423,7 @@ fn a_daemon_killed_during_a_dump_and_a_restore_recovers_the_gate() {
     wait_tag("restoring");
     daemon.sigkill();
     let _ = touch.wait();
-    let _daemon = common::Daemon::start_with(&root, &config);
+    let _daemon = common::Daemon::start_env(&root, &config, &criu_env(&criu));
     // The restore is finished; the gate runs, with its state.
     wait_until(
         Duration::from_secs(60),
@@ -563,7 +573,7 @@ fn a_users_file_swapped_for_a_link_to_roots_file_is_not_restored() {
     };
     let root = TestRoot::new();
     let images = root.dir.path().join("images");
-    let _d = root.daemon(&hibernating(&criu, &images, "1s"));
+    let _d = daemon_with(&root, &criu, &hibernating(&images, "1s"));
     let dir = root.dir.path().join("nobody");
     std::fs::create_dir(&dir).unwrap();
     std::os::unix::fs::chown(&dir, Some(common::NOBODY), Some(common::NOBODY)).unwrap();
@@ -691,7 +701,7 @@ fn a_hibernate_dir_that_is_a_symlink_is_refused_and_never_chmoded() {
     std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o755)).unwrap();
     let images = root.dir.path().join("images");
     std::os::unix::fs::symlink(&elsewhere, &images).unwrap();
-    let _d = root.daemon(&hibernating(&criu, &images, "1s"));
+    let _d = daemon_with(&root, &criu, &hibernating(&images, "1s"));
     let (_host, _lines, id) = sh_gate(
         &root,
         root.gov(),
@@ -728,7 +738,7 @@ fn a_users_tree_holding_a_file_they_cannot_open_is_not_dumped() {
     };
     let root = TestRoot::new();
     let images = root.dir.path().join("images");
-    let _d = root.daemon(&hibernating(&criu, &images, "1s"));
+    let _d = daemon_with(&root, &criu, &hibernating(&images, "1s"));
     let notes = root.dir.path().join("notes");
     std::fs::write(&notes, "nobody's, for now\n").unwrap();
     std::os::unix::fs::chown(&notes, Some(common::NOBODY), Some(common::NOBODY)).unwrap();

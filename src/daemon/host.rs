@@ -306,18 +306,18 @@ fn check_root_only(dir: &Path) -> Result<()> {
 }
 
 /// CRIU for hibernation: the policy's criu_path (a bare name: PATH), at
-/// least 4.2. Without it, hibernation is off, said once here.
-pub fn find_criu(policy: &Policy) -> Option<crate::criu::Criu> {
-    let path = &policy.global.criu_path;
-    let explicit = (path.components().count() > 1).then_some(path.as_path());
-    match crate::criu::Criu::find(explicit) {
+/// least 4.2; else why hibernation is off, said once here as a warning
+/// (gates spawned with --hibernate then only suspend, and their spawn,
+/// `gov show` and `gov status` say so too).
+pub fn find_criu(policy: &Policy) -> Result<crate::criu::Criu, String> {
+    match crate::criu::Criu::find(policy.global.criu_program()) {
         Ok(c) => {
-            tracing::info!(criu = ?c, "hibernation available");
-            Some(c)
+            tracing::info!("hibernation available: {c}");
+            Ok(c)
         }
         Err(e) => {
-            tracing::info!("hibernation is off: {e}");
-            None
+            tracing::warn!("hibernation is off: {e}");
+            Err(e.to_string())
         }
     }
 }

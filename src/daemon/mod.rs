@@ -94,6 +94,8 @@ pub struct Daemon {
     may_enable_controllers: bool,
     /// CRIU, found and checked at start; None: hibernation is off.
     criu: Option<crate::criu::Criu>,
+    /// Why there is no CRIU, for replies to say.
+    hibernation_off: Option<String>,
     leaf: host::Leaf,
     _claim: host::RootClaim,
 }
@@ -128,9 +130,13 @@ impl Daemon {
                 (None, None)
             }
         };
-        let criu = host::find_criu(&policy);
+        let (criu, hibernation_off) = match host::find_criu(&policy) {
+            Ok(c) => (Some(c), None),
+            Err(why) => (None, Some(why)),
+        };
         Ok(Arc::new(Daemon {
             criu,
+            hibernation_off,
             config_path,
             admin_gid: RwLock::new(host::resolve_group(policy.global.admin_group.as_deref())),
             journal: journal::Journal::new(policy.global.event_history),
@@ -257,11 +263,13 @@ impl Daemon {
 /// The policy file (or the embedded defaults), with GOV_SOCKET in the
 /// daemon's environment naming its socket, as GOV_CGROUP_ROOT names its
 /// root: the same variable points clients and a daemon at each other.
+/// GOV_CRIU names CRIU over criu_path (integration/build-criu's, say).
 fn load_policy(config: Option<&Path>) -> Result<(Policy, Option<PathBuf>)> {
     let (mut policy, from_file) = Policy::load_given(config)?;
     if let Some(socket) = std::env::var_os(crate::client::SOCKET_ENV) {
         policy.global.socket = PathBuf::from(socket);
     }
+    policy.global.apply_criu_env();
     Ok((policy, from_file))
 }
 

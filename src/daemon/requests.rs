@@ -89,6 +89,8 @@ impl Daemon {
                 version: protocol::VERSION,
                 pid: std::process::id(),
                 scans: self.scans(),
+                criu: self.criu.as_ref().map(ToString::to_string),
+                hibernation_off: self.hibernation_off.clone(),
             }),
             Request::Spawn { gate, hibernate } => self.spawn_gate(peer, gate, hibernate).await,
             Request::StartWorker { cmd } => self.start_worker(peer, cmd).await,
@@ -167,16 +169,25 @@ impl Daemon {
             .snapshot()
             .iter()
             .filter(|g| peer.may_see(g.tags.owner_uid))
-            .filter_map(|g| gate::info(&g.dir, &g.tags, &g.extra()).ok())
+            .filter_map(|g| self.info(g).ok())
             .collect()
     }
 
-    async fn show(&self, peer: &Peer, id: &str) -> Reply<GateInfo> {
-        let g = self.authorize(peer, id)?.snapshot();
-        tokio::task::spawn_blocking(move || gate::info(&g.dir, &g.tags, &g.extra()))
+    async fn show(self: &Arc<Self>, peer: &Peer, id: &str) -> Reply<GateInfo> {
+        let (d, g) = (self.clone(), self.authorize(peer, id)?.snapshot());
+        tokio::task::spawn_blocking(move || d.info(&g))
             .await
             .map_err(internal)?
             .map_err(internal)
+    }
+
+    /// A gate as `ps` and `show` give it: what its files say, what its owner
+    /// knows, and, for a gate spawned to be hibernated, that this daemon
+    /// cannot (its plan then stops it where it would have dumped it).
+    fn info(&self, g: &Gate) -> Result<GateInfo, crate::cgroup::CgroupError> {
+        let mut info = gate::info(&g.dir, &g.tags, &g.extra())?;
+        info.hibernation_off = self.hibernation_off.clone().filter(|_| g.tags.keeper);
+        Ok(info)
     }
 
     /// Touches by gate or by session: each gate's owner records the activity
@@ -354,6 +365,7 @@ impl Daemon {
             cgroup: self.tree.root.path().display().to_string(),
             not_applied,
             never_orphaned,
+            hibernation_off: self.hibernation_off.clone().filter(|_| hibernate),
         })
     }
 

@@ -161,6 +161,24 @@ keys! {
     hibernate_hold: Option<Duration> = |v, _| time(v, true, false);
 }
 
+/// CRIU for the daemon over `criu_path`, as GOV_SOCKET names its socket.
+pub const CRIU_ENV: &str = "GOV_CRIU";
+
+impl Global {
+    /// `criu_path` as GOV_CRIU in this environment sets it; whether it did.
+    pub fn apply_criu_env(&mut self) -> bool {
+        let criu = std::env::var_os(CRIU_ENV).filter(|v| !v.is_empty());
+        criu.map(|c| self.criu_path = PathBuf::from(c)).is_some()
+    }
+
+    /// The CRIU program named by a path, or None for a bare name, which is
+    /// looked up on PATH ([`crate::criu::Criu::find`]).
+    pub fn criu_program(&self) -> Option<&Path> {
+        let path = self.criu_path.as_path();
+        (path.components().count() > 1).then_some(path)
+    }
+}
+
 /// Keys only a `[[project]]` has, besides the gate keys.
 const RULE_KEYS: &[&str] = &["path", "name"];
 

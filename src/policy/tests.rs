@@ -1529,10 +1529,11 @@ fn printed_policy_loads_back_to_the_same_policy() {
 }
 
 #[test]
-fn check_config_reads_a_file_or_says_the_defaults_apply() {
+fn check_config_reads_a_file_given_which_must_exist() {
     let dir = tempfile::tempdir().unwrap();
+    // A path given that is not there is a mistake, not the defaults.
     let missing = dir.path().join("absent.toml");
-    assert_eq!(check_config(Some(&missing), false), 0);
+    assert_eq!(check_config(Some(&missing), false), 1);
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[defaults]\npinned = 1\nzzz = 2\n").unwrap();
     assert_eq!(check_config(Some(&bad), true), 1);

@@ -616,6 +616,36 @@ mod tests {
         );
     }
 
+    /// Replies from a daemon older than the hibernation fields still parse,
+    /// and the fields are left out where there is nothing to say.
+    #[test]
+    fn hibernation_fields_are_optional_both_ways() {
+        let old: ResponseFrame =
+            serde_json::from_str(r#"{"v":1,"type":"hello","version":1,"pid":5}"#).unwrap();
+        let Response::Hello {
+            criu,
+            hibernation_off,
+            ..
+        } = old.response
+        else {
+            panic!("{old:?}")
+        };
+        assert_eq!((criu, hibernation_off), (None, None));
+        let hello = encode_response(Response::Hello {
+            version: VERSION,
+            pid: 5,
+            scans: 0,
+            criu: None,
+            hibernation_off: Some("criu not found".into()),
+        });
+        let text = String::from_utf8(hello).unwrap();
+        assert!(
+            text.contains(r#""hibernation_off":"criu not found""#),
+            "{text}"
+        );
+        assert!(!text.contains("criu\":null"), "{text}");
+    }
+
     #[test]
     fn bad_requests_are_errors_not_panics() {
         for bad in [

@@ -1,8 +1,9 @@
 //! `gov top`: the caller's gates live, as systemd-cgtop or htop show
-//! cgroups and processes. Each second it asks for the listing `gov ps` uses
-//! (one `list`: the daemon filters it by the caller's credentials, so an
-//! unprivileged user sees their own gates); a key acts on the selected gate
-//! through the same requests as `gov touch/freeze/thaw/pin/kill`.
+//! cgroups and processes. Each second (less often when the listing is slow)
+//! it asks for the listing `gov ps` uses (one `list`: the daemon filters it
+//! by the caller's credentials, so an unprivileged user sees their own
+//! gates); a key acts on the selected gate through the same requests as
+//! `gov touch/freeze/thaw/pin/kill`, and the listing is asked for again.
 //!
 //! What is drawn is a pure function of a [`Screen`] (the gates, the order,
 //! the selection, the line at the bottom), tested on ratatui's TestBackend;
@@ -31,6 +32,14 @@ use crate::protocol::{EventKind, GateInfo, GateState, Request, Response};
 
 /// How often the listing is asked for.
 const REFRESH: Duration = Duration::from_secs(1);
+
+/// The pause before the next listing: a second, or four times what the
+/// last one took. A `list` of thousands of gates takes the daemon most of a
+/// second (docs/BENCHMARKS.md), during which it serves no one else; top
+/// must not keep it that busy.
+fn pause_after(took: Duration) -> Duration {
+    REFRESH.max(took * 4)
+}
 
 /// The order of the gates, largest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,6 +390,7 @@ pub fn run(once: bool, sort: Sort) -> Result<i32> {
     let mut source = Source::connect()?;
     if once || !std::io::stdout().is_terminal() {
         loop {
+            let started = Instant::now();
             let gates = source.list()?;
             print!(
                 "{}",
@@ -392,7 +402,7 @@ pub fn run(once: bool, sort: Sort) -> Result<i32> {
             println!();
             use std::io::Write;
             std::io::stdout().flush()?;
-            std::thread::sleep(REFRESH);
+            std::thread::sleep(pause_after(started.elapsed()));
         }
     }
     live(source, sort)
@@ -433,12 +443,13 @@ fn live(mut source: Source, sort: Sort) -> Result<i32> {
     let mut due = Instant::now();
     while !STOP.load(Ordering::Relaxed) {
         if Instant::now() >= due {
+            let started = Instant::now();
             match source.list() {
                 Ok(gates) => app.update(gates),
                 Err(e) => app.message = Some(format!("{e:#}")),
             }
             app.freed = source.freed;
-            due = Instant::now() + REFRESH;
+            due = Instant::now() + pause_after(started.elapsed());
         }
         term.0
             .draw(|f| draw(f, &app.screen(crate::gate::now_ms())))?;
@@ -733,6 +744,15 @@ mod tests {
                 .lines()
                 .nth(1),
             Some("no gates")
+        );
+    }
+
+    #[test]
+    fn a_slow_listing_is_asked_for_less_often() {
+        assert_eq!(pause_after(Duration::from_millis(5)), REFRESH);
+        assert_eq!(
+            pause_after(Duration::from_millis(900)),
+            Duration::from_millis(3600)
         );
     }
 

@@ -17,6 +17,7 @@ use crate::target::{Candidate, Resolved, Sessions};
 use crate::{direct, names, policy, spawn};
 
 pub mod complete;
+pub mod top;
 
 /// The environment variables gov reads, for `gov --help` and the man page.
 pub const ENVIRONMENT: &[(&str, &str)] = &[
@@ -219,6 +220,20 @@ pub enum Command {
         /// Refresh every SECS seconds (default 2) until interrupted.
         #[arg(long, short, value_name = "SECS", num_args = 0..=1, default_missing_value = "2")]
         watch: Option<f64>,
+    },
+    /// A live view of your gates (all gates, for root), refreshed every
+    /// second, with keys to sort them and to touch, freeze, thaw, pin and
+    /// kill the selected one. Not on a terminal: a plain table each second.
+    ///
+    /// Keys: up/down or j/k select; m, c, i sort by memory, CPU, idle;
+    /// t touch, f freeze, u thaw, p pin or unpin, K kill (asks first); q quits.
+    Top {
+        /// Print one plain snapshot (the summary line and the table) and exit.
+        #[arg(long)]
+        once: bool,
+        /// The order, largest first: memory, cpu or idle.
+        #[arg(long, value_name = "KEY", default_value = "memory", value_parser = ["memory", "cpu", "idle"])]
+        sort: String,
     },
     /// Everything about one gate (or each gate of a session).
     Show {
@@ -455,6 +470,7 @@ pub fn run(cli: Cli) -> Result<i32> {
                 std::thread::sleep(std::time::Duration::from_secs_f64(secs));
             }
         }
+        Command::Top { once, sort } => top::run(once, top::Sort::parse(&sort)),
         Command::Show { target, json } => {
             let mut backend = Backend::connect()?;
             let ids = match backend.resolve(&target, Sessions::Accepted, "show")? {
@@ -1220,6 +1236,17 @@ fn cpu_text(usec: u64) -> String {
     }
 }
 
+/// A gate's state, and whether it is pinned, as `ps` and `top` show it.
+fn state_cell(g: &GateInfo) -> String {
+    g.state.as_str().to_string() + if g.pinned { ",pinned" } else { "" }
+}
+
+/// What the reaper does next and in how long ("suspend: idle in 4m10s").
+fn next_text(n: &crate::protocol::Next, now_ms: u64) -> String {
+    let secs = n.at_ms.saturating_sub(now_ms) / 1000;
+    format!("{} in {}", n.action.describe(), human_secs(secs))
+}
+
 /// `gov ps`: gates grouped by project and user (two users' gates of one
 /// project are apart in caps and cgroups, so in totals too), with a total
 /// line per group that has more than one gate.
@@ -1249,7 +1276,7 @@ pub fn render_table(gates: &[GateInfo]) -> String {
                 cpu_rate(g.cpu_percent),
                 human_secs(g.age_s),
                 human_secs(g.idle_s),
-                g.state.as_str().to_string() + if g.pinned { ",pinned" } else { "" },
+                state_cell(g),
             ]);
         }
         if group.len() > 1 {
@@ -1383,12 +1410,8 @@ pub fn render_show(g: &GateInfo) -> String {
     if let Some(s) = g.spared {
         lines.push(("spared", s.describe().to_string()));
     }
-    if let Some(n) = g.next {
-        let secs = n.at_ms.saturating_sub(crate::gate::now_ms()) / 1000;
-        lines.push((
-            "next",
-            format!("{} in {}", n.action.describe(), human_secs(secs)),
-        ));
+    if let Some(n) = &g.next {
+        lines.push(("next", next_text(n, crate::gate::now_ms())));
     }
     lines
         .into_iter()
@@ -1434,7 +1457,7 @@ pub fn init_logging() {
 mod tests {
     use super::*;
 
-    fn gate(session: &str, project: &str, mem: u64, idle: u64) -> GateInfo {
+    pub(super) fn gate(session: &str, project: &str, mem: u64, idle: u64) -> GateInfo {
         GateInfo {
             id: "g0000000000".into(),
             project: project.into(),

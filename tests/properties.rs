@@ -440,6 +440,9 @@ fn toml_value() -> impl Strategy<Value = String> {
         Just("5e-324".to_string()),
         any::<bool>().prop_map(|b| b.to_string()),
         Just("1979-05-27T07:32:00Z".to_string()),
+        // Deeper than the TOML parser recurses: an error, not a stack overflow.
+        Just(format!("{}{}", "[".repeat(1000), "]".repeat(1000))),
+        Just(format!("{}1{}", "{a=".repeat(1000), "}".repeat(1000))),
         nasty_string().prop_map(|s| toml_string(&s)),
         nasty_string().prop_map(|s| format!("'''{s}'''")),
     ];

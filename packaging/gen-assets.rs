@@ -3,7 +3,8 @@
 //!
 //!     cargo run --release --example gen-assets -- OUT_DIR
 //!
-//! writes OUT_DIR/man/gov.1, gov-spawn.1, ... (one page per subcommand) and
+//! writes OUT_DIR/man/gov.1, gov-spawn.1, ... (one page per subcommand),
+//! OUT_DIR/man/gov.toml.5 (every policy key, from gov::policy's key lists) and
 //! OUT_DIR/completions/{gov.bash,_gov,gov.fish}: the scripts `GOV_COMPLETE=SHELL
 //! gov` prints, which ask gov itself at each TAB (src/cli/complete.rs).
 //!
@@ -56,6 +57,9 @@ fn main() {
         man_page(sub, &name, &man_dir, false);
     }
 
+    let path = man_dir.join("gov.toml.5");
+    fs::write(&path, gov::policy::manual_page()).unwrap_or_else(|e| die(&path, e));
+
     for (shell, file) in [("bash", "gov.bash"), ("zsh", "_gov"), ("fish", "gov.fish")] {
         let path = comp_dir.join(file);
         let mut buf = gov::cli::complete::registration(shell).expect("a shell clap_complete knows");
@@ -97,12 +101,12 @@ fn man_page(cmd: &clap::Command, name: &str, dir: &Path, top: bool) {
         for (file, text) in [
             (
                 "/etc/gov.toml",
-                "The policy. Optional: built-in defaults serve without it. Check it with gov check-config.",
+                "The policy, every key in gov.toml(5). Optional: built-in defaults serve without it. Check it with gov check-config.",
             ),
             ("/run/gov/gov.sock", "The daemon's socket (policy key socket)."),
             (
                 "/usr/share/doc/gov/",
-                "configuration.md, protocol.md, design.md, integrations.md.",
+                "README.md, configuration.md, protocol.md, design.md, integrations.md (PREFIX/share/doc/gov/ when packaging/install --man installed gov).",
             ),
         ] {
             extra.control("TP", []).text([italic(file)]).text([roman(text)]);
@@ -110,7 +114,7 @@ fn man_page(cmd: &clap::Command, name: &str, dir: &Path, top: bool) {
     }
     extra.control("SH", ["SEE ALSO"]);
     let see_also = if top {
-        "systemctl(1), systemd.resource-control(5), cgroups(7)".to_string()
+        "gov.toml(5), systemctl(1), systemd.resource-control(5), cgroups(7)".to_string()
     } else {
         "gov(1)".to_string()
     };

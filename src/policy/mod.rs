@@ -11,6 +11,7 @@
 //! in packaging/gov.toml and docs/configuration.md (a test holds you to both).
 
 mod check;
+mod manual;
 mod values;
 mod walk;
 
@@ -27,6 +28,7 @@ use toml::de::DeValue;
 
 use crate::cgroup::{CpuMax, Limit};
 pub use check::check_config;
+pub use manual::manual_page;
 use values::*;
 use walk::*;
 // The tests (the spec) name the value grammars as the policy's.
@@ -57,16 +59,17 @@ type Key<L> = (
 /// an `Option`, as one table sets them), the merge, the check that a bottom layer is
 /// complete, the key table the walker reads through, and the spelling back to TOML.
 /// An `optional` key may be absent from the bottom layer: its type's empty value.
+/// Each key's doc comment, `Form: what it does`, is its line in gov.toml(5).
 macro_rules! keys {
     (@bottom $v:expr) => { $v };
     (@bottom $v:expr, optional) => { Some($v.unwrap_or_default()) };
     (
         $(#[$meta:meta])* pub struct $Settings:ident; layer $Layer:ident; table $TABLE:ident;
-        $( $key:ident: $T:ty = $read:expr $(, $optional:ident)?; )*
+        $( $(#[doc = $doc:literal])* $key:ident: $T:ty = $read:expr $(, $optional:ident)?; )*
     ) => {
         $(#[$meta])*
         #[derive(Clone, Debug, PartialEq)]
-        pub struct $Settings { $( pub $key: $T, )* }
+        pub struct $Settings { $( $(#[doc = $doc])* pub $key: $T, )* }
 
         #[derive(Clone, Debug, Default, PartialEq)]
         struct $Layer { $( $key: Option<$T>, )* }
@@ -76,6 +79,10 @@ macro_rules! keys {
         )*];
 
         impl $Layer {
+            /// Each key and its doc comment, for gov.toml(5).
+            const DOCS: &[(&'static str, &'static str)] =
+                &[$( (stringify!($key), concat!($($doc, "\n",)*)), )*];
+
             fn apply_to(&self, s: &mut $Settings) {
                 $( if let Some(v) = &self.$key { s.$key = v.clone(); } )*
             }
@@ -116,20 +123,36 @@ macro_rules! keys {
 keys! {
     /// Daemon-wide settings (the top level of gov.toml).
     pub struct Global; layer GlobalLayer; table GLOBAL_KEYS;
+    /// Path: the daemon's Unix socket, at most 107 bytes; clients use GOV_SOCKET if set.
     socket: PathBuf = |v, _| socket(v);
+    /// Mode: the socket's permission bits, an octal string ("0660") or TOML octal (0o660).
     socket_mode: u32 = |v, _| mode(v);
+    /// Group: a name or gid the socket is chowned to; unset, root's group.
     socket_group: Option<String> = |v, _| group(v), optional;
+    /// Group: members see and act on every user's gates, as root does; unset, none.
     admin_group: Option<String> = |v, _| group(v), optional;
+    /// Cgroup path: gov's tree, relative to the cgroup2 mount, absolute under it,
+    /// or "delegated" for the daemon's own systemd-delegated cgroup.
     cgroup_root: String = |v, _| cgroup_root(v);
     // It divides CPU time into a rate, so it cannot be zero.
+    /// Duration: how often the daemon samples CPU use and applies timeouts; above zero.
     scan_interval: Duration = |v, _| duration(v, false);
+    /// Size: memory all gates may use together; past it, users over their equal
+    /// share lose their idlest gate, one a scan. Unset or "max", none.
     memory_budget: Option<u64> = |v, _| budget(v), optional;
+    /// Count: gates one user may have at once; 0 or unset, unlimited.
     max_gates_per_user: Option<u32> = |v, _| cap(v), optional;
+    /// Count: lifecycle events kept for gov events, 1 to 1000000.
     event_history: usize = |v, _| history(v);
+    /// Address: IP:PORT serving Prometheus text at /metrics; unset, off.
     metrics_listen: Option<std::net::SocketAddr> = |v, _| listen(v), optional;
+    /// List: environment variables gov spawn takes the session from, first set wins.
     session_env: Vec<String> = |v, _| env_names(v), optional;
+    /// Path: where CRIU images of hibernated gates are kept (mode 0700).
     hibernate_dir: PathBuf = |v, _| abs_path(v), optional;
+    /// Size: disk all hibernation images may take together; unset or "max", none.
     hibernate_max_bytes: Option<u64> = |v, _| budget(v), optional;
+    /// Program: the CRIU binary, a bare name looked up on PATH or an absolute path.
     criu_path: PathBuf = |v, _| program(v), optional;
 }
 
@@ -137,27 +160,55 @@ keys! {
     /// Everything that governs one gate, after layering.
     pub struct GateSettings; layer GateLayer; table GATE_KEYS;
     // time(v, never, zero): "never" allowed, zero allowed.
+    /// Timeout: a gate with no touch and no CPU activity this long is suspended
+    /// (frozen, resumable); above zero or "never".
     idle_timeout: Option<Duration> = |v, _| time(v, true, false);
+    /// Timeout: a gate whose owner (the editor, the agent) died is stopped this
+    /// long later; "0s" at once, "never" lets orphans live.
     orphan_grace: Option<Duration> = |v, _| time(v, true, true);
+    /// Timeout: a hard deadline from the gate's start, busy or not; above zero or "never".
     max_runtime: Option<Duration> = |v, _| time(v, true, false);
+    /// Signal: sent to the main process to stop a gate (thawed first).
     stop_signal: Signal = |v, _| signal(v);
+    /// Duration: how long a stopping gate may take to exit before all of it is killed.
     stop_grace: Duration = |v, _| duration(v, true);
+    /// Duration: how long a suspended idle gate stays resumable before it is
+    /// stopped; "0s" stops idle gates instead of suspending them.
     frozen_hold: Duration = |v, _| duration(v, true);
+    /// Number: CPU use above this, in percent of one CPU over a scan, is activity.
     busy_cpu_percent: f64 = busy;
+    /// Limit: the gate's memory.max, a size or "max".
     memory_max: Limit = |v, _| limit(v, true);
+    /// Limit: the gate's memory.high (throttled and reclaimed, not killed), a size or "max".
     memory_high: Limit = |v, _| limit(v, true);
+    /// Limit: the gate's pids.max (processes and threads), a number or "max".
     pids_max: Limit = |v, _| limit(v, false);
+    /// CPU: the gate's cpu.max, "max", a percent of one CPU ("150%") or "QUOTA PERIOD" in µs.
     cpu_max: CpuMax = |v, _| cpu_max(v);
+    /// Count: gates one user may have of one project at once; 0, unlimited.
     max_gates: Option<u32> = |v, _| cap(v);
+    /// Choice: at max_gates a spawn is refused ("refuse") or stops the user's
+    /// idlest gate of the project ("evict-idlest").
     on_limit: OnLimit = |v, _| choice(v, OnLimit::ALL);
+    /// Boolean: never reap the gate, whatever the timeouts say; limits still apply.
     pinned: bool = |v, _| flag(v);
+    /// Boolean: push a suspended gate's memory out through memory.reclaim.
     reclaim_when_frozen: bool = |v, _| flag(v);
+    /// Boolean: set memory.oom.group, so an OOM kill takes the whole gate.
     oom_group: bool = |v, _| flag(v);
+    /// Limit: memory.max over one user's gates of a project, a size or "max".
     project_memory_max: Limit = |v, _| limit(v, true);
+    /// Limit: pids.max over one user's gates of a project, a number or "max".
     project_pids_max: Limit = |v, _| limit(v, false);
+    /// Choice: when the main process exits, "keep" the rest of the gate or
+    /// "stop" it main_exit_grace later.
     on_main_exit: OnMainExit = |v, _| choice(v, OnMainExit::ALL);
+    /// Duration: with on_main_exit = "stop", how long the rest may run on.
     main_exit_grace: Duration = |v, _| duration(v, true);
+    /// Timeout: a gate suspended this long is dumped to disk with CRIU and its
+    /// memory freed (gates spawned with --hibernate); "never", no hibernation.
     hibernate_after: Option<Duration> = |v, _| time(v, true, true);
+    /// Timeout: how long a hibernated gate stays restorable; above zero or "never".
     hibernate_hold: Option<Duration> = |v, _| time(v, true, false);
 }
 

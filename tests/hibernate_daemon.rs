@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Kid, TestRoot};
+use common::{lines_of, wait_until, Kid, TestRoot};
 use serde_json::Value;
 
 /// criu >= 4.2 (GOV_CRIU, or integration/build-criu's cache); a skip says
@@ -76,18 +76,6 @@ fn criu_env(criu: &Path) -> [(&'static str, &str); 1] {
 /// A daemon on `policy` that hibernates with `criu`.
 fn daemon_with(root: &TestRoot, criu: &Path, policy: &str) -> common::Daemon {
     common::Daemon::start_env(root, &root.policy_file(policy), &criu_env(criu))
-}
-
-/// The lines a host reads from its gate's stdout, as they come.
-fn lines_of(host: &mut Kid) -> mpsc::Receiver<String> {
-    let (tx, lines) = mpsc::channel();
-    let stdout = host.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    lines
 }
 
 #[test]

@@ -17,15 +17,14 @@
 mod common;
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use common::{Kid, TestRoot, NOBODY};
+use common::{lines_of, Kid, TestRoot, NOBODY};
 
 /// Notes `uid euid pid comm` of every process that loads it: as a
 /// preload or audit library (constructor, la_version) or as a gconv
@@ -206,18 +205,6 @@ impl Recorder {
             })
             .collect()
     }
-}
-
-/// The lines a host reads from its gate's stdout, as they come.
-fn lines_of(host: &mut Kid) -> mpsc::Receiver<String> {
-    let (tx, lines) = mpsc::channel();
-    let stdout = host.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    lines
 }
 
 /// Real uid of a process, from procfs.

@@ -535,3 +535,20 @@ pub fn gov_as(root: &TestRoot, uid: u32) -> Command {
         .gid(uid);
     c
 }
+
+/// The lines a host reads from its gate's stdout (taken from `host`), as
+/// they come.
+pub fn lines_of(host: &mut Kid) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = host.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    lines
+}

@@ -251,6 +251,37 @@ fn top_gives_the_terminal_back_on_sigterm() {
     assert!(!tmux.alternate_on(), "top left the alternate screen");
 }
 
+/// A window closed under `gov top` (its terminal hung up, here by killing
+/// tmux): top ends, instead of spinning on a terminal that is gone.
+#[test]
+fn top_ends_when_its_terminal_goes_away() {
+    let test = "top_ends_when_its_terminal_goes_away";
+    if !tmux_ready(test) {
+        return;
+    }
+    let root = TestRoot::new();
+    let _d = root.daemon("");
+    let tmux = Tmux::start(root.dir.path(), &top_script(&root, &gov_bin(), ""));
+    tmux.wait_for("top to start", |s| s.contains("K kill"));
+    let sh: u32 = tmux.format("#{pane_pid}").parse().unwrap();
+    let children = std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children")).unwrap();
+    let top: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    // Held before the terminal goes, so its end is seen whoever reaps it.
+    let pidfd = gov::proc::pidfd_open(top).unwrap();
+    drop(tmux);
+    let mut fd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; a pidfd is readable once its process ends.
+    let n = unsafe { libc::poll(&mut fd, 1, 10_000) };
+    if n != 1 {
+        let _ = gov::proc::pidfd_send_signal(&pidfd, libc::SIGKILL);
+        panic!("gov top still runs 10 s after its terminal went away");
+    }
+}
+
 /// An unprivileged user sees their own gates and no one else's, live and
 /// in the plain snapshot.
 #[test]

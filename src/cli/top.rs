@@ -440,6 +440,7 @@ fn live(mut source: Source, sort: Sort) -> Result<i32> {
         // SAFETY: the handler only stores to an atomic.
         unsafe { sigaction(sig, &action) }?;
     }
+    let tty = Tty::open()?;
     let mut term = Term(ratatui::try_init()?);
     let mut app = App::new(sort);
     let mut due = Instant::now();
@@ -459,7 +460,12 @@ fn live(mut source: Source, sort: Sort) -> Result<i32> {
         let wait = due
             .saturating_duration_since(Instant::now())
             .min(Duration::from_millis(250));
-        if !event::poll(wait)? {
+        match tty.wait(wait)? {
+            Input::Gone => break,
+            Input::None => continue,
+            Input::Ready => {}
+        }
+        if !event::poll(Duration::ZERO)? {
             continue;
         }
         let TermEvent::Key(key) = event::read()? else {
@@ -482,6 +488,62 @@ fn live(mut source: Source, sort: Sort) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// What the terminal has for us.
+enum Input {
+    None,
+    Ready,
+    /// Hung up: the terminal went away (its window closed, tmux killed).
+    Gone,
+}
+
+/// The terminal crossterm reads keys from (stdin if it is one, else
+/// /dev/tty), polled by us first: on a hung-up terminal crossterm's own
+/// poll spins in a read loop and never returns, not even for a signal, so
+/// a closed window left `gov top` burning a core.
+struct Tty(std::os::fd::OwnedFd);
+
+impl Tty {
+    fn open() -> Result<Tty> {
+        use std::os::fd::AsFd;
+        let fd = if std::io::stdin().is_terminal() {
+            std::io::stdin().as_fd().try_clone_to_owned()?
+        } else {
+            std::fs::File::open("/dev/tty")?.into()
+        };
+        Ok(Tty(fd))
+    }
+
+    /// Waits up to `wait`; a signal (EINTR) is no input, so the caller
+    /// looks at STOP.
+    fn wait(&self, wait: Duration) -> Result<Input> {
+        use std::os::fd::AsRawFd;
+        let mut fd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = wait.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut fd, 1, ms) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EINTR) => Ok(Input::None),
+                _ => Err(e.into()),
+            };
+        }
+        Ok(
+            if fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+                Input::Gone
+            } else if fd.revents & libc::POLLIN != 0 {
+                Input::Ready
+            } else {
+                Input::None
+            },
+        )
+    }
 }
 
 /// The listing and the freed totals, through one connection, made again

@@ -1041,10 +1041,12 @@ fn hibernation_off_is_said_at_spawn_show_status_and_in_the_log() {
             .unwrap(),
     );
     let id = root.gate_of(kid.id());
-    let said = fs::read_to_string(&err_file).unwrap();
-    assert!(
-        said.contains("gov: hibernation is off"),
-        "spawn said: {said}"
+    // The gate exists once the daemon moved the client, a moment before
+    // the client reads the reply and says it: wait for the words.
+    wait_until(
+        Duration::from_secs(10),
+        "spawn to say hibernation is off",
+        || fs::read_to_string(&err_file).is_ok_and(|s| s.contains("gov: hibernation is off")),
     );
 
     let g = root.gate(&id).unwrap();

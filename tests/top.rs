@@ -96,6 +96,14 @@ impl Tmux {
         text(&out.stdout).trim().to_string()
     }
 
+    /// `gov top`'s pid: the pane's shell runs env, which execs gov, its
+    /// one child.
+    fn top_pid(&self) -> u32 {
+        let sh: u32 = self.format("#{pane_pid}").parse().unwrap();
+        let children = std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children")).unwrap();
+        children.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
     /// Is the pane on the alternate screen (a full-screen program's)?
     fn alternate_on(&self) -> bool {
         self.format("#{alternate_on}") == "1"
@@ -236,10 +244,7 @@ fn top_gives_the_terminal_back_on_sigterm() {
     let tmux = Tmux::start(root.dir.path(), &top_script(&root, &gov_bin(), ""));
     tmux.wait_for("top to start", |s| s.contains("K kill"));
     assert!(tmux.alternate_on());
-    // The pane's shell runs env, which execs gov: its one child.
-    let sh: u32 = tmux.format("#{pane_pid}").parse().unwrap();
-    let children = std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children")).unwrap();
-    let top: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let top = tmux.top_pid() as i32;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(top),
         nix::sys::signal::Signal::SIGTERM,
@@ -263,9 +268,7 @@ fn top_ends_when_its_terminal_goes_away() {
     let _d = root.daemon("");
     let tmux = Tmux::start(root.dir.path(), &top_script(&root, &gov_bin(), ""));
     tmux.wait_for("top to start", |s| s.contains("K kill"));
-    let sh: u32 = tmux.format("#{pane_pid}").parse().unwrap();
-    let children = std::fs::read_to_string(format!("/proc/{sh}/task/{sh}/children")).unwrap();
-    let top: u32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    let top = tmux.top_pid();
     // Held before the terminal goes, so its end is seen whoever reaps it.
     let pidfd = gov::proc::pidfd_open(top).unwrap();
     drop(tmux);

@@ -129,6 +129,15 @@ pub fn parse_cpu_max(s: &str) -> std::result::Result<CpuMax, String> {
     })
 }
 
+/// CPU use in percent of one CPU between a cpu.stat sample `previous`
+/// (usage_usec, at unix ms) and `usage` read at `now_ms`; None without a
+/// previous sample or time between them. The one place it is computed.
+pub fn cpu_percent(previous: Option<(u64, u64)>, usage: u64, now_ms: u64) -> Option<f64> {
+    let (prev_usage, prev_at) = previous?;
+    let wall_usec = now_ms.saturating_sub(prev_at).saturating_mul(1000);
+    (wall_usec > 0).then(|| usage.saturating_sub(prev_usage) as f64 * 100.0 / wall_usec as f64)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error(

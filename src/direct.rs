@@ -5,6 +5,8 @@ use anyhow::{bail, Context, Result};
 
 use crate::gate::{self, GateDir, InfoExtra, Tags, Tree};
 use crate::protocol::GateInfo;
+use crate::reaper::Phase;
+use crate::record::Record;
 
 /// A gate that emptied this long ago is garbage: its command exited and no
 /// daemon was there to remove the cgroup. Younger ones may be mid-spawn.
@@ -63,20 +65,47 @@ pub fn kill(tree: &Tree, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// A person's freeze, tagged as such so a daemon that finds the gate later
-/// knows it.
+/// The record of gate `id`, to act on it.
+fn record(tree: &Tree, id: &str) -> Result<(GateDir, Record)> {
+    let dir = find(tree, id)?;
+    let record = Record::read(&dir.cgroup)?.with_context(|| format!("gate {id} has no tags"))?;
+    Ok((dir, record))
+}
+
+/// A person's freeze, entered as such so a daemon that finds the gate later
+/// knows it. A gate already frozen or on disk stays as it is.
 pub fn freeze(tree: &Tree, id: &str) -> Result<()> {
-    let cg = find(tree, id)?.cgroup;
-    cg.freeze(gate::FREEZE_TIMEOUT)?;
-    gate::Tag::Frozen.set(&cg, Some(&gate::now_ms().to_string()))?;
-    gate::Tag::FrozenManual.set(&cg, Some("1"))?;
+    let (dir, mut record) = record(tree, id)?;
+    let since_ms = match record.phase() {
+        Phase::Running => {
+            dir.cgroup.freeze(gate::FREEZE_TIMEOUT)?;
+            gate::now_ms()
+        }
+        // Frozen by the reaper: now it is the person's freeze.
+        Phase::Suspended { since_ms, .. } | Phase::DumpRefused { since_ms, .. } => *since_ms,
+        Phase::Stopping { .. } | Phase::Killing { .. } => bail!("gate {id} is being reaped"),
+        // On disk, or on its way there: better than frozen.
+        _ => return Ok(()),
+    };
+    record.enter(Phase::Suspended {
+        since_ms,
+        manual: true,
+    })?;
     Ok(())
 }
 
+/// Thaws a frozen gate. A hibernated one needs the daemon (and its CRIU)
+/// to come back: refused here, its image and tags left as they are.
 pub fn thaw(tree: &Tree, id: &str) -> Result<()> {
-    let dir = find(tree, id)?;
+    let (dir, mut record) = record(tree, id)?;
+    match record.phase() {
+        Phase::Hibernated { .. } | Phase::Dumping { .. } | Phase::Restoring { .. } => {
+            bail!("gate {id} is hibernated; only the daemon can restore it (start `gov daemon`)")
+        }
+        Phase::Stopping { .. } | Phase::Killing { .. } => bail!("gate {id} is being reaped"),
+        _ => {}
+    }
     dir.cgroup.thaw(gate::FREEZE_TIMEOUT)?;
-    gate::Tag::Frozen.set(&dir.cgroup, None)?;
-    gate::Tag::FrozenManual.set(&dir.cgroup, None)?;
+    record.enter(Phase::Running)?;
     Ok(())
 }

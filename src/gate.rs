@@ -259,7 +259,7 @@ pub enum Tag {
     MainExited,
     /// The gate's main process is a keeper (`gov spawn --hibernate`).
     Keeper,
-    /// Where it is in hibernation (see `hibernate::Phase`).
+    /// Where it is in hibernation (see `record::phase_of`).
     Hibernate,
 }
 
@@ -284,7 +284,7 @@ impl Tag {
             Tag::OnMainExit => "on_main_exit",
             Tag::MainExited => "main_exited",
             Tag::Keeper => "keeper",
-            Tag::Hibernate => crate::hibernate::TAG,
+            Tag::Hibernate => "hibernate",
         }
     }
 
@@ -379,30 +379,6 @@ impl Tags {
             }
         }
         Ok(())
-    }
-
-    pub fn hibernation(&self) -> Option<crate::hibernate::Phase> {
-        self.hibernate
-            .as_deref()
-            .and_then(crate::hibernate::Phase::parse)
-    }
-
-    /// The phase these tags and the kernel's frozen flag say the gate is in
-    /// (for a daemon that finds it, and for root's direct use).
-    pub fn phase(&self, frozen: bool, now_ms: u64) -> Phase {
-        if let Some(crate::hibernate::Phase::Hibernated { image_bytes }) = self.hibernation() {
-            return Phase::Hibernated {
-                since_ms: self.frozen_ms.unwrap_or(now_ms),
-                image_bytes,
-            };
-        }
-        Phase::recover(
-            self.reaping.as_deref(),
-            frozen,
-            self.frozen_ms,
-            self.frozen_manual,
-            now_ms,
-        )
     }
 
     /// Reads a gate's tags. None when it has no project tag: not ours, or
@@ -620,7 +596,8 @@ pub fn info(dir: &GateDir, tags: &Tags, extra: &InfoExtra) -> Result<GateInfo, C
         .max(tags.created_ms);
     let phase = extra
         .phase
-        .unwrap_or_else(|| tags.phase(events.frozen, now));
+        .clone()
+        .unwrap_or_else(|| crate::record::phase_of(tags, events.frozen, now));
     let state = phase.state(events.populated);
     Ok(GateInfo {
         id: dir.id.clone(),
@@ -632,11 +609,7 @@ pub fn info(dir: &GateDir, tags: &Tags, extra: &InfoExtra) -> Result<GateInfo, C
         memory_bytes,
         memory_source,
         cpu_usec,
-        cpu_percent: extra.cpu_sample.and_then(|(usage, at)| {
-            let wall_usec = now.saturating_sub(at).saturating_mul(1000);
-            (wall_usec > 0)
-                .then(|| cpu_usec.saturating_sub(usage) as f64 * 100.0 / wall_usec as f64)
-        }),
+        cpu_percent: cgroup::cpu_percent(extra.cpu_sample, cpu_usec, now),
         created_ms: tags.created_ms,
         age_s: now.saturating_sub(tags.created_ms) / 1000,
         idle_s: now.saturating_sub(last_active) / 1000,

@@ -7,10 +7,10 @@
 //! blocking (they wait for criu, up to their timeouts): the daemon runs
 //! them on a blocking thread, one at a time per gate.
 //!
-//! Intent is tagged on the gate's cgroup before each step
-//! (`trusted.gov.hibernate`, [`TAG`]), so a daemon killed at any point finds
-//! the gate on restart and [`recover`] says what to do: never a gate with
-//! neither processes nor image, never an image nobody owns.
+//! Each step is a phase of the gate, entered through its [`Record`] (which
+//! tags it on the gate's cgroup) before the step, so a daemon killed at any
+//! point finds the gate on restart and [`recover`] says what to do: never a
+//! gate with neither processes nor image, never an image nobody owns.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,63 +18,11 @@ use std::time::Duration;
 use crate::cgroup::{Cgroup, CgroupError};
 use crate::criu::{self, Criu, CriuError, DumpRequest, ImageState, RestoreRequest};
 use crate::keeper::{self, Keeper, KeeperError, WORKER_CGROUP};
-
-/// The tag holding a gate's hibernation phase ([`Phase`]).
-pub const TAG: &str = "hibernate";
+use crate::reaper::Phase;
+use crate::record::Record;
 
 /// How long the worker cgroup may take to report frozen.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where a gate is in hibernation, as tagged on its cgroup.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Phase {
-    /// A dump is under way (or was, when the daemon died).
-    Dumping,
-    /// Dumped: the worker is gone, the image complete, the keeper holds.
-    Hibernated { image_bytes: u64 },
-    /// A restore is under way (or was).
-    Restoring,
-    /// The last dump was refused, with CRIU's reason; the gate is suspended
-    /// as before. Not retried until the gate ran again (the daemon clears
-    /// it on thaw).
-    Refused { reason: String },
-}
-
-impl Phase {
-    pub fn to_tag(&self) -> String {
-        match self {
-            Phase::Dumping => "dumping".into(),
-            Phase::Hibernated { image_bytes } => format!("hibernated {image_bytes}"),
-            Phase::Restoring => "restoring".into(),
-            // One line: a tag is read back whole.
-            Phase::Refused { reason } => format!("refused {}", reason.replace('\n', " ")),
-        }
-    }
-
-    pub fn parse(tag: &str) -> Option<Phase> {
-        let (word, rest) = tag.split_once(' ').unwrap_or((tag, ""));
-        match word {
-            "dumping" => Some(Phase::Dumping),
-            "hibernated" => rest
-                .parse()
-                .ok()
-                .map(|image_bytes| Phase::Hibernated { image_bytes }),
-            "restoring" => Some(Phase::Restoring),
-            "refused" => Some(Phase::Refused {
-                reason: rest.to_string(),
-            }),
-            _ => None,
-        }
-    }
-
-    pub fn read(gate: &Cgroup) -> Result<Option<Phase>, CgroupError> {
-        Ok(gate.read_tag(TAG)?.as_deref().and_then(Phase::parse))
-    }
-
-    pub fn write(&self, gate: &Cgroup) -> Result<(), CgroupError> {
-        gate.write_tag(TAG, &self.to_tag())
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HibernateError {
@@ -198,50 +146,60 @@ impl Default for Options {
 
 /// Dumps a gate's worker into `dir` and frees its memory.
 ///
-/// Before: the gate is suspended (frozen) or running, its keeper is
-/// `keeper`, `<gate>/w` holds the worker, `dir` has no image. The
-/// steps: tag `dumping`; freeze `w` by its own cgroup.freeze; tell the
-/// keeper to hold; thaw the gate (only the keeper runs: it keeps the
-/// host's pipes served); dump `w`.
+/// Before: the gate is suspended (frozen), its keeper is `keeper`,
+/// `<gate>/w` holds the worker, `dir` has no image. The steps: enter
+/// `Dumping`; freeze `w` by its own cgroup.freeze; tell the keeper to hold;
+/// thaw the gate (only the keeper runs: it keeps the host's pipes served);
+/// dump `w`.
 ///
-/// After Ok: tag `hibernated <bytes>`, `w` empty, the keeper alive and
-/// holding, the image complete in `dir`. After an error: the worker is
-/// intact, the gate frozen again (suspended as before: nothing lost), the
-/// keeper released, tag `refused <reason>`, no image left. A dump still
-/// running at its deadline ([`CriuError::StillRunning`]) is the exception:
-/// it is left to finish, the tag stays `dumping`, and [`recover`] decides
-/// later.
+/// After Ok: `Hibernated`, `w` empty, the keeper alive and holding, the
+/// image complete in `dir`. After an error: the worker is intact, the gate
+/// frozen again (suspended as before: nothing lost), the keeper released,
+/// `DumpRefused` with the reason, no image left. A dump still running at its
+/// deadline ([`CriuError::StillRunning`]) is the exception: it is left to
+/// finish, the gate stays `Dumping`, and [`recover`] decides later.
 pub fn hibernate(
     criu: &Criu,
     gate: &Cgroup,
+    record: &mut Record,
     keeper: Keeper,
     dir: &Path,
     opts: &Options,
 ) -> Result<criu::DumpReport, HibernateError> {
+    let since_ms = record
+        .phase()
+        .asleep_since()
+        .unwrap_or_else(crate::gate::now_ms);
+    let refused = |record: &mut Record, e: &HibernateError| {
+        record.enter(Phase::DumpRefused {
+            since_ms,
+            reason: e.reason(),
+        })
+    };
     let w = worker_cgroup(gate);
     let init = worker_init(&w)?;
     if let Some(budget) = opts.max_image_bytes {
         let estimate = estimate_image_bytes(&w)?;
         if estimate > budget {
             let e = HibernateError::OverBudget { estimate, budget };
-            Phase::Refused { reason: e.reason() }.write(gate)?;
+            refused(record, &e)?;
             return Err(e);
         }
     }
-    Phase::Dumping.write(gate)?;
+    record.enter(Phase::Dumping { since_ms })?;
     let result = dump_steps(criu, gate, &w, init, keeper, dir, opts);
     match &result {
-        Ok(report) => Phase::Hibernated {
+        Ok(report) => record.enter(Phase::Hibernated {
+            since_ms: crate::gate::now_ms(),
             image_bytes: report.image_bytes,
-        }
-        .write(gate)?,
+        })?,
         Err(HibernateError::Criu(CriuError::StillRunning { .. })) => {}
         Err(e) => {
             // Suspended as before, and say why.
             let _ = gate.freeze(FREEZE_TIMEOUT);
             let _ = keeper::release(keeper);
             let _ = criu::remove_image(dir);
-            Phase::Refused { reason: e.reason() }.write(gate)?;
+            refused(record, e)?;
         }
     }
     result
@@ -280,35 +238,46 @@ fn dump_steps(
 
 /// Restores a hibernated gate's worker from `dir`, running.
 ///
-/// Before: tag `hibernated`, the keeper alive, `w` empty, a complete image.
-/// The steps: tag `restoring`; tell the keeper to hold (a failed restore
+/// Before: `Hibernated`, the keeper alive, `w` empty, a complete image.
+/// The steps: enter `Restoring`; tell the keeper to hold (a failed restore
 /// empties `w` again); thaw `w` and the gate (a frozen target hangs
 /// criu); take the keeper's pipe ends; restore into `w`; release the
 /// keeper; delete the image.
 ///
 /// After Ok: the worker runs in `w` (same pids inside its namespace, same
-/// pipes to the keeper), tag removed, image deleted. After an error: tag
-/// `hibernated` again, the image kept, `w` empty, the keeper holding: try
+/// pipes to the keeper), `Running`, image deleted. After an error:
+/// `Hibernated` again, the image kept, `w` empty, the keeper holding: try
 /// again (`gov thaw`).
 pub fn wake(
     criu: &Criu,
     gate: &Cgroup,
+    record: &mut Record,
     keeper: Keeper,
     dir: &Path,
     opts: &Options,
 ) -> Result<criu::RestoreReport, HibernateError> {
     let w = worker_cgroup(gate);
-    let image_bytes = criu::image_bytes(dir).unwrap_or(0);
-    Phase::Restoring.write(gate)?;
+    let hibernated = record.phase().clone();
+    let since_ms = hibernated
+        .asleep_since()
+        .unwrap_or_else(crate::gate::now_ms);
+    record.enter(Phase::Restoring { since_ms })?;
     match restore_steps(criu, gate, &w, keeper, dir, opts) {
         Ok(report) => {
             let _ = keeper::release(keeper);
             criu::remove_image(dir)?;
-            gate.remove_tag(TAG)?;
+            record.enter(Phase::Running)?;
             Ok(report)
         }
         Err(e) => {
-            Phase::Hibernated { image_bytes }.write(gate)?;
+            let image_bytes = criu::image_bytes(dir).unwrap_or(0);
+            record.enter(match hibernated {
+                Phase::Hibernated { .. } => hibernated,
+                _ => Phase::Hibernated {
+                    since_ms,
+                    image_bytes,
+                },
+            })?;
             Err(e)
         }
     }
@@ -450,7 +419,7 @@ pub fn recover(phase: &Phase, seen: Seen) -> Recovery {
     }
     match (phase, seen.image, seen.worker_populated) {
         // The worker runs: any image is a stale or unfinished copy.
-        (Phase::Restoring, _, true) => Recovery::RestoreDone,
+        (Phase::Restoring { .. }, _, true) => Recovery::RestoreDone,
         (_, _, true) => Recovery::BackToSuspended,
         (_, ImageState::Complete, false) => Recovery::Hibernated,
         (_, ImageState::PartialFinished, false) => Recovery::PromoteImage,
@@ -459,38 +428,50 @@ pub fn recover(phase: &Phase, seen: Seen) -> Recovery {
 }
 
 /// Carries out a [`Recovery`] for the gate whose keeper is `keeper`
-/// and whose images live in `dir`. `Remove` deletes the image and kills the
-/// gate's tree; removing the cgroups and the registry entry is the
-/// daemon's part.
+/// and whose images live in `dir`, entering the phase it leaves the gate
+/// in. `Remove` deletes the image and kills the gate's tree; removing the
+/// cgroups and the registry entry is the daemon's part.
 pub fn apply(
     recovery: Recovery,
     gate: &Cgroup,
+    record: &mut Record,
     keeper: Keeper,
     dir: &Path,
 ) -> Result<(), HibernateError> {
+    let since_ms = record
+        .phase()
+        .asleep_since()
+        .unwrap_or_else(crate::gate::now_ms);
     match recovery {
         Recovery::Wait => {}
         Recovery::PromoteImage | Recovery::Hibernated => {
             if recovery == Recovery::PromoteImage {
                 criu::promote_partial(dir)?;
             }
-            Phase::Hibernated {
+            record.enter(Phase::Hibernated {
+                since_ms,
                 image_bytes: criu::image_bytes(dir)?,
-            }
-            .write(gate)?;
+            })?;
         }
         Recovery::BackToSuspended => {
             criu::remove_image(dir)?;
             let _ = keeper::release(keeper);
             gate.freeze(FREEZE_TIMEOUT)?;
-            gate.remove_tag(TAG)?;
+            record.enter(Phase::Suspended {
+                since_ms,
+                manual: false,
+            })?;
         }
         Recovery::RestoreDone => {
             let _ = keeper::release(keeper);
             criu::remove_image(dir)?;
-            gate.remove_tag(TAG)?;
+            record.enter(Phase::Running)?;
         }
         Recovery::Remove => {
+            // Its keeper (the main process) is gone.
+            record.enter(Phase::Killing {
+                reason: crate::protocol::Reason::MainExit,
+            })?;
             criu::remove_image(dir)?;
             gate.kill_all(Duration::from_secs(10))?;
         }
@@ -560,31 +541,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn phases_round_trip_through_tags() {
-        for p in [
-            Phase::Dumping,
-            Phase::Hibernated {
-                image_bytes: 108 << 20,
-            },
-            Phase::Restoring,
-            Phase::Refused {
-                reason: "Error (criu/files.c:12): io_uring".into(),
-            },
-        ] {
-            assert_eq!(Phase::parse(&p.to_tag()), Some(p));
-        }
-        assert_eq!(Phase::parse("hibernated x"), None);
-        assert_eq!(Phase::parse("sleeping"), None);
-        assert_eq!(
-            Phase::Refused {
-                reason: "a\nb".into()
-            }
-            .to_tag(),
-            "refused a b"
-        );
-    }
-
-    #[test]
     fn a_criu_at_work_names_the_images_after_d() {
         let dir = Path::new("/var/lib/gov/hibernate/g1");
         assert!(works_on(
@@ -614,10 +570,16 @@ mod tests {
             ImageState::PartialUnfinished,
         ];
         let phases = [
-            Phase::Dumping,
-            Phase::Hibernated { image_bytes: 1 },
-            Phase::Restoring,
-            Phase::Refused { reason: "x".into() },
+            Phase::Dumping { since_ms: 1 },
+            Phase::Hibernated {
+                since_ms: 1,
+                image_bytes: 1,
+            },
+            Phase::Restoring { since_ms: 1 },
+            Phase::DumpRefused {
+                since_ms: 1,
+                reason: "x".into(),
+            },
         ];
         for phase in &phases {
             for image in states {
@@ -667,7 +629,13 @@ mod tests {
             criu_running: false,
             keeper_alive: true,
         };
-        assert_eq!(recover(&Phase::Restoring, seen), Recovery::RestoreDone);
-        assert_eq!(recover(&Phase::Dumping, seen), Recovery::BackToSuspended);
+        assert_eq!(
+            recover(&Phase::Restoring { since_ms: 1 }, seen),
+            Recovery::RestoreDone
+        );
+        assert_eq!(
+            recover(&Phase::Dumping { since_ms: 1 }, seen),
+            Recovery::BackToSuspended
+        );
     }
 }

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod proc;
 pub mod protocol;
 pub mod reaper;
+pub mod record;
 pub mod spawn;
 pub mod target;
 pub mod units;

@@ -210,8 +210,12 @@ pub enum ErrorCode {
     Limit,
     /// The gate is being reaped; too late to touch or thaw it.
     Reaping,
-    /// The daemon is at its connection cap.
+    /// The daemon is at its connection cap, or the gate is in the middle
+    /// of a step it must finish first: try again.
     Busy,
+    /// The action was refused for a reason of the gate's own (a restore
+    /// whose worker would hold files its owner cannot open); nothing changed.
+    Refused,
     Internal,
 }
 

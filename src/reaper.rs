@@ -13,17 +13,38 @@ use std::collections::BTreeMap;
 use crate::policy::{GateSettings, OnLimit};
 pub use crate::protocol::{GateState, Next, NextAction, Reason, Spared};
 
-/// Where a gate is in its life. This is the truth the daemon's per-gate
-/// owner keeps, and the one thing `state()` derives what people see from.
-/// Every phase can be read back from cgroupfs after a daemon restart (see
-/// `Phase::recover`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a gate is in its life: the one state of a gate, kept by its owner
+/// and written with the tags that say it (`record::Record::enter`), so a
+/// restarted daemon reads it back (`record::phase_of`). Hibernation's steps,
+/// a refused dump and a step a dead daemon left are phases too.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
     Running,
     /// Frozen since this time: by the reaper, or by a person (`manual`).
     Suspended {
         since_ms: u64,
         manual: bool,
+    },
+    /// Suspended by the reaper, and its last dump was refused (why): not
+    /// dumped again until it ran.
+    DumpRefused {
+        since_ms: u64,
+        reason: String,
+    },
+    /// Being dumped to disk (frozen since `since_ms`). Found so at rest, a
+    /// daemon died during the dump: it is finished or undone first.
+    Dumping {
+        since_ms: u64,
+    },
+    /// Dumped to disk with CRIU since this time: no worker processes, no
+    /// RAM; its keeper holds the host's pid and stdio. A touch restores it.
+    Hibernated {
+        since_ms: u64,
+        image_bytes: u64,
+    },
+    /// Being restored; found so at rest, finished or undone first.
+    Restoring {
+        since_ms: u64,
     },
     /// stop_signal sent at this time; the tree may exit by itself.
     Stopping {
@@ -34,17 +55,11 @@ pub enum Phase {
     Killing {
         reason: Reason,
     },
-    /// Dumped to disk with CRIU since this time: no worker processes, no
-    /// RAM; its keeper holds the host's pid and stdio. A touch restores it.
-    Hibernated {
-        since_ms: u64,
-        image_bytes: u64,
-    },
 }
 
 impl Phase {
     /// The reap-intent tag for this phase ("stop:idle:1700000000000").
-    pub fn intent_tag(self) -> Option<String> {
+    pub fn intent_tag(&self) -> Option<String> {
         match self {
             Phase::Stopping { since_ms, reason } => {
                 Some(format!("stop:{}:{since_ms}", reason.as_str()))
@@ -54,64 +69,77 @@ impl Phase {
         }
     }
 
-    /// The phase a restarted daemon resumes from: the reap-intent tag, else
-    /// the kernel's frozen flag (with the time it was frozen, if tagged).
-    pub fn recover(
-        intent: Option<&str>,
-        frozen: bool,
-        frozen_ms: Option<u64>,
-        manual: bool,
-        now_ms: u64,
-    ) -> Phase {
-        if let Some(intent) = intent {
-            let mut parts = intent.split(':');
-            let kind = parts.next();
-            let reason = parts.next().and_then(Reason::parse).unwrap_or(Reason::Idle);
-            match kind {
-                Some("kill") => return Phase::Killing { reason },
-                Some("stop") => {
-                    let since_ms = parts.next().and_then(|s| s.parse().ok()).unwrap_or(now_ms);
-                    return Phase::Stopping { since_ms, reason };
-                }
-                _ => {}
+    /// The phase a reap-intent tag says, if it says one.
+    pub fn from_intent(intent: &str, now_ms: u64) -> Option<Phase> {
+        let mut parts = intent.split(':');
+        let kind = parts.next();
+        let reason = parts.next().and_then(Reason::parse).unwrap_or(Reason::Idle);
+        match kind {
+            Some("kill") => Some(Phase::Killing { reason }),
+            Some("stop") => {
+                let since_ms = parts.next().and_then(|s| s.parse().ok()).unwrap_or(now_ms);
+                Some(Phase::Stopping { since_ms, reason })
             }
-        }
-        if frozen {
-            // A freeze we did not record is taken for a person's (both ways
-            // to `gov freeze` tag it; someone wrote cgroup.freeze by hand):
-            // held until thawed, shown `frozen` so a person sees it, and
-            // never stopped at once by a zero `frozen_hold`.
-            Phase::Suspended {
-                since_ms: frozen_ms.unwrap_or(now_ms),
-                manual: manual || frozen_ms.is_none(),
-            }
-        } else {
-            Phase::Running
+            _ => None,
         }
     }
 
     /// What `ps`, `show`, `events` and `metrics` call this phase: the one
     /// place it is derived.
-    pub fn state(self, populated: bool) -> GateState {
+    pub fn state(&self, populated: bool) -> GateState {
         match self {
             Phase::Stopping { .. } => GateState::Stopping,
             Phase::Killing { .. } => GateState::Killing,
             _ if !populated => GateState::Exited,
             Phase::Suspended { manual: true, .. } => GateState::Frozen,
-            Phase::Suspended { manual: false, .. } => GateState::Suspended,
-            Phase::Hibernated { .. } => GateState::Hibernated,
+            Phase::Suspended { manual: false, .. }
+            | Phase::DumpRefused { .. }
+            | Phase::Dumping { .. } => GateState::Suspended,
+            Phase::Hibernated { .. } | Phase::Restoring { .. } => GateState::Hibernated,
             Phase::Running => GateState::Running,
         }
     }
 
     /// Being torn down: too late for a touch or a thaw.
-    pub fn is_reaping(self) -> bool {
+    pub fn is_reaping(&self) -> bool {
         matches!(self, Phase::Stopping { .. } | Phase::Killing { .. })
+    }
+
+    /// A hibernation step: at rest, one a dead daemon left.
+    pub fn in_hibernation_step(&self) -> bool {
+        matches!(self, Phase::Dumping { .. } | Phase::Restoring { .. })
+    }
+
+    /// Frozen (by the reaper or a person) or on disk: a touch brings it back.
+    pub fn is_asleep(&self) -> bool {
+        matches!(
+            self,
+            Phase::Suspended { .. } | Phase::DumpRefused { .. } | Phase::Hibernated { .. }
+        )
+    }
+
+    /// Since when it has been frozen or on disk.
+    pub fn asleep_since(&self) -> Option<u64> {
+        match self {
+            Phase::Suspended { since_ms, .. }
+            | Phase::DumpRefused { since_ms, .. }
+            | Phase::Dumping { since_ms }
+            | Phase::Hibernated { since_ms, .. }
+            | Phase::Restoring { since_ms } => Some(*since_ms),
+            _ => None,
+        }
     }
 }
 
+/// Whether a gate may be made to give way (evicted for a project's cap,
+/// stopped for the memory budget): not torn down already, not busy, not
+/// pinned, and spared by no rule (a debugger, ...). The one rule of it.
+pub fn may_yield(phase: &Phase, busy: bool, pinned: bool, spared: Option<Spared>) -> bool {
+    !phase.is_reaping() && !busy && !pinned && spared.is_none()
+}
+
 /// What the reaper needs to know about one gate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct View {
     pub phase: Phase,
     pub populated: bool,
@@ -128,8 +156,7 @@ pub struct View {
     pub busy: bool,
     /// A debugger is attached to one of its processes.
     pub traced: bool,
-    /// It can be hibernated: it runs under a keeper, CRIU is here, and no
-    /// dump of it was refused since it last ran.
+    /// It can be hibernated: it runs under a keeper and CRIU is here.
     pub hibernatable: bool,
 }
 
@@ -175,6 +202,13 @@ pub fn step(v: &View, s: &GateSettings, now: u64) -> Decision {
     match v.phase {
         // A kill that a restart interrupted is simply done again.
         Phase::Killing { reason } => return Decision::Kill(reason),
+        // Its owner finishes the step before it asks.
+        Phase::Dumping { .. } | Phase::Restoring { .. } => {
+            return Decision::Keep {
+                spared: None,
+                next: None,
+            }
+        }
         Phase::Stopping { since_ms, reason } => {
             let at = since_ms.saturating_add(ms(Some(s.stop_grace)).unwrap_or(0));
             return if now >= at {
@@ -186,7 +220,10 @@ pub fn step(v: &View, s: &GateSettings, now: u64) -> Decision {
                 }
             };
         }
-        Phase::Running | Phase::Suspended { .. } | Phase::Hibernated { .. } => {}
+        Phase::Running
+        | Phase::Suspended { .. }
+        | Phase::DumpRefused { .. }
+        | Phase::Hibernated { .. } => {}
     }
     // A pin is the owner's own word (only they, an admin or root may pin a
     // gate), so it spares the gate from every rule.
@@ -224,7 +261,7 @@ pub fn step(v: &View, s: &GateSettings, now: u64) -> Decision {
         };
     }
     let mut spared = None;
-    match v.phase {
+    match &v.phase {
         // A person's freeze is a person's word, as a pin is, but of the
         // frozen state only: no idle rule (hold, hibernation) turns it into
         // a stop or a dump. It was asked for, not inferred from idleness,
@@ -235,12 +272,15 @@ pub fn step(v: &View, s: &GateSettings, now: u64) -> Decision {
         Phase::Suspended {
             since_ms,
             manual: false,
-        } => {
+        }
+        | Phase::DumpRefused { since_ms, .. } => {
             let at = since_ms.saturating_add(ms(Some(s.frozen_hold)).unwrap_or(0));
             // Hibernation comes before the stop when it is due first: the
-            // gate then costs no RAM and loses nothing.
+            // gate then costs no RAM and loses nothing. A refused dump is
+            // not tried again until the gate ran.
+            let refused = matches!(v.phase, Phase::DumpRefused { .. });
             let hibernate_at = ms(s.hibernate_after)
-                .filter(|_| v.hibernatable)
+                .filter(|_| v.hibernatable && !refused)
                 .map(|h| since_ms.saturating_add(h))
                 .filter(|&h| h < at);
             if let Some(h) = hibernate_at {
@@ -470,7 +510,7 @@ mod tests {
                 since_ms: 30 * MIN,
                 manual: false,
             },
-            ..v
+            ..v.clone()
         };
         assert!(matches!(step(&v, &s, 89 * MIN), Decision::Keep { .. }));
         assert_eq!(step(&v, &s, 90 * MIN), Decision::Stop(Reason::Idle));
@@ -479,7 +519,7 @@ mod tests {
                 since_ms: 90 * MIN,
                 reason: Reason::Idle,
             },
-            ..v
+            ..v.clone()
         };
         assert!(matches!(
             step(&v, &s, 90 * MIN + 9 * S),
@@ -491,7 +531,7 @@ mod tests {
         );
         let v = View {
             populated: false,
-            ..v
+            ..v.clone()
         };
         assert_eq!(step(&v, &s, 90 * MIN + 10 * S), Decision::Remove);
     }
@@ -572,7 +612,7 @@ mod tests {
         ];
         for phase in phases {
             let base = View {
-                phase,
+                phase: phase.clone(),
                 traced: true,
                 hibernatable: true,
                 ..view()
@@ -587,7 +627,7 @@ mod tests {
                 (
                     View {
                         max_runtime_ms: Some(5 * MIN),
-                        ..base
+                        ..base.clone()
                     },
                     Reason::Deadline,
                     NextAction::StopDeadline,
@@ -595,7 +635,7 @@ mod tests {
                 (
                     View {
                         orphaned_ms: Some(0),
-                        ..base
+                        ..base.clone()
                     },
                     Reason::Orphan,
                     NextAction::StopOrphaned,
@@ -603,7 +643,7 @@ mod tests {
                 (
                     View {
                         main_exit_stop_ms: Some(5 * MIN),
-                        ..base
+                        ..base.clone()
                     },
                     Reason::MainExit,
                     NextAction::StopMainExited,
@@ -622,9 +662,15 @@ mod tests {
                 );
                 assert_eq!(step(&v, &s, at), Decision::Stop(reason), "{phase:?}");
                 assert_eq!(step(&v, &s, late), Decision::Stop(reason), "{phase:?}");
-                let untraced = View { traced: false, ..v };
+                let untraced = View {
+                    traced: false,
+                    ..v.clone()
+                };
                 assert_eq!(step(&untraced, &s, late), Decision::Stop(reason));
-                let pinned = View { pinned: true, ..v };
+                let pinned = View {
+                    pinned: true,
+                    ..v.clone()
+                };
                 assert_eq!(
                     step(&pinned, &s, late),
                     keep_spared(Spared::Pinned),
@@ -688,15 +734,18 @@ mod tests {
                 since_ms: 0,
                 manual: false,
             },
-            ..v
+            ..v.clone()
         };
         assert_eq!(step(&frozen, &s, 15 * S), Decision::Stop(Reason::MainExit));
         // Pinned and traced gates are spared; "keep" (None here) never stops.
-        let pinned = View { pinned: true, ..v };
+        let pinned = View {
+            pinned: true,
+            ..v.clone()
+        };
         assert_eq!(step(&pinned, &s, 60 * S), keep_spared(Spared::Pinned));
         let keep = View {
             main_exit_stop_ms: None,
-            ..v
+            ..v.clone()
         };
         assert!(matches!(step(&keep, &s, 60 * MIN), Decision::Keep { .. }));
     }
@@ -722,7 +771,7 @@ mod tests {
         // Not hibernatable (no keeper, no CRIU, a refused dump): as before.
         let plain = View {
             hibernatable: false,
-            ..suspended
+            ..suspended.clone()
         };
         assert!(matches!(step(&plain, &s, 10 * MIN), Decision::Keep { .. }));
         assert_eq!(step(&plain, &s, 60 * MIN), Decision::Stop(Reason::Idle));
@@ -738,7 +787,7 @@ mod tests {
                 since_ms: 10 * MIN,
                 image_bytes: 1,
             },
-            ..suspended
+            ..suspended.clone()
         };
         assert!(matches!(
             step(&hibernated, &s, 100 * MIN),
@@ -751,12 +800,12 @@ mod tests {
         // Orphans and deadlines still apply; a pinned one stays on disk.
         let orphan = View {
             orphaned_ms: Some(0),
-            ..hibernated
+            ..hibernated.clone()
         };
         assert_eq!(step(&orphan, &s, 11 * MIN), Decision::Stop(Reason::Orphan));
         let pinned = View {
             pinned: true,
-            ..hibernated
+            ..hibernated.clone()
         };
         assert_eq!(
             step(&pinned, &s, 1000 * 60 * MIN),
@@ -812,35 +861,38 @@ mod tests {
                             since_ms: MIN,
                             manual: false,
                         },
-                        ..frozen
+                        ..frozen.clone()
                     };
                     assert!(step(&suspended, &s, late).is_reap(), "{case}");
                     let rules = [
                         (
                             View {
                                 max_runtime_ms: Some(5 * MIN),
-                                ..frozen
+                                ..frozen.clone()
                             },
                             Reason::Deadline,
                         ),
                         (
                             View {
                                 orphaned_ms: Some(0),
-                                ..frozen
+                                ..frozen.clone()
                             },
                             Reason::Orphan,
                         ),
                         (
                             View {
                                 main_exit_stop_ms: Some(5 * MIN),
-                                ..frozen
+                                ..frozen.clone()
                             },
                             Reason::MainExit,
                         ),
                     ];
                     for (v, reason) in rules {
                         assert_eq!(step(&v, &s, late), Decision::Stop(reason), "{case}");
-                        let pinned = View { pinned: true, ..v };
+                        let pinned = View {
+                            pinned: true,
+                            ..v.clone()
+                        };
                         assert_eq!(
                             step(&pinned, &s, late),
                             keep_spared(Spared::Pinned),
@@ -883,7 +935,7 @@ mod tests {
                 since_ms: 5,
                 reason: Reason::Idle,
             },
-            ..v
+            ..v.clone()
         };
         assert!(matches!(
             step(&stopping, &s, u64::MAX - 1),
@@ -930,47 +982,6 @@ mod tests {
                 next: None
             }
         );
-    }
-
-    #[test]
-    fn a_restart_resumes_from_tags_and_the_frozen_flag() {
-        assert_eq!(Phase::recover(None, false, None, false, 5), Phase::Running);
-        assert_eq!(
-            Phase::recover(None, true, Some(3), true, 5),
-            Phase::Suspended {
-                since_ms: 3,
-                manual: true
-            }
-        );
-        assert_eq!(
-            Phase::recover(None, true, None, false, 5),
-            Phase::Suspended {
-                since_ms: 5,
-                manual: true
-            }
-        );
-        let stop = Phase::Stopping {
-            since_ms: 4,
-            reason: Reason::Orphan,
-        };
-        assert_eq!(
-            Phase::recover(stop.intent_tag().as_deref(), true, None, false, 9),
-            stop
-        );
-        let kill = Phase::Killing {
-            reason: Reason::Deadline,
-        };
-        assert_eq!(
-            Phase::recover(kill.intent_tag().as_deref(), false, None, false, 9),
-            kill
-        );
-        // A killing gate that a restart finds is killed again, whatever else holds.
-        let v = View {
-            phase: kill,
-            pinned: true,
-            ..view()
-        };
-        assert_eq!(step(&v, &settings(), 0), Decision::Kill(Reason::Deadline));
     }
 
     #[test]

@@ -13,13 +13,16 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::TestRoot;
 use gov::cgroup::Cgroup;
 use gov::criu::{self, Criu, CriuError, ImageState};
-use gov::hibernate::{self, Phase};
+use gov::gate::Tags;
+use gov::hibernate;
+use gov::reaper::Phase;
+use gov::record::{self, Record};
 
 fn criu_or_skip(test: &str) -> Option<Criu> {
     let cached = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/.cache/criu/4.2.1/criu");
@@ -276,8 +279,15 @@ fn a_hibernated_worker_keeps_its_host_pid_pipe_and_state() {
     let dumped = loop {
         gate.gate.freeze(Duration::from_secs(5)).unwrap();
         let before = mem_available_kb();
-        let dumped = hibernate::hibernate(&criu, &gate.gate, k(keeper), &dir, &Default::default())
-            .unwrap_or_else(|e| panic!("hibernate: {e}"));
+        let dumped = hibernate::hibernate(
+            &criu,
+            &gate.gate,
+            &mut record(&gate.gate),
+            k(keeper),
+            &dir,
+            &Default::default(),
+        )
+        .unwrap_or_else(|e| panic!("hibernate: {e}"));
         let deadline = Instant::now() + Duration::from_secs(3);
         let mut rise = 0;
         while Instant::now() < deadline {
@@ -296,8 +306,15 @@ fn a_hibernated_worker_keeps_its_host_pid_pipe_and_state() {
             break dumped;
         }
         // Not a clean window: restore and measure again.
-        hibernate::wake(&criu, &gate.gate, k(keeper), &dir, &Default::default())
-            .unwrap_or_else(|e| panic!("wake: {e}"));
+        hibernate::wake(
+            &criu,
+            &gate.gate,
+            &mut record(&gate.gate),
+            k(keeper),
+            &dir,
+            &Default::default(),
+        )
+        .unwrap_or_else(|e| panic!("wake: {e}"));
         assert_eq!(ask_counter(&sock), next);
         assert_eq!(host.line(Duration::from_secs(10)), format!("count {next}"));
         next += 1;
@@ -308,12 +325,10 @@ fn a_hibernated_worker_keeps_its_host_pid_pipe_and_state() {
     );
     assert!(!gate.w.read_cgroup_events().unwrap().populated);
     assert_eq!(criu::image_state(&dir), ImageState::Complete);
-    assert_eq!(
-        Phase::read(&gate.gate).unwrap(),
-        Some(Phase::Hibernated {
-            image_bytes: dumped.image_bytes
-        })
-    );
+    assert!(matches!(
+        phase(&gate.gate),
+        Phase::Hibernated { image_bytes, .. } if image_bytes == dumped.image_bytes
+    ));
     // Images are root's alone.
     let meta = std::fs::metadata(&dir).unwrap();
     assert_eq!(
@@ -332,11 +347,18 @@ fn a_hibernated_worker_keeps_its_host_pid_pipe_and_state() {
     host.assert_running("hibernated");
     assert!(gov::proc::is_alive(keeper));
 
-    let restored = hibernate::wake(&criu, &gate.gate, k(keeper), &dir, &Default::default())
-        .unwrap_or_else(|e| panic!("wake: {e}"));
+    let restored = hibernate::wake(
+        &criu,
+        &gate.gate,
+        &mut record(&gate.gate),
+        k(keeper),
+        &dir,
+        &Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("wake: {e}"));
     eprintln!("hibernate: restore {:?}", restored.elapsed);
     assert_eq!(criu::image_state(&dir), ImageState::None);
-    assert_eq!(Phase::read(&gate.gate).unwrap(), None);
+    assert_eq!(phase(&gate.gate), Phase::Running);
     // The counter goes on, and its output reaches the host on the same pipe.
     assert_eq!(ask_counter(&sock), next);
     assert_eq!(host.line(Duration::from_secs(10)), format!("count {next}"));
@@ -346,11 +368,25 @@ fn a_hibernated_worker_keeps_its_host_pid_pipe_and_state() {
 
     // A second cycle works the same (the keeper holds again).
     gate.gate.freeze(Duration::from_secs(5)).unwrap();
-    hibernate::hibernate(&criu, &gate.gate, k(keeper), &dir, &Default::default())
-        .unwrap_or_else(|e| panic!("second hibernate: {e}"));
+    hibernate::hibernate(
+        &criu,
+        &gate.gate,
+        &mut record(&gate.gate),
+        k(keeper),
+        &dir,
+        &Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("second hibernate: {e}"));
     host.assert_running("hibernated again");
-    hibernate::wake(&criu, &gate.gate, k(keeper), &dir, &Default::default())
-        .unwrap_or_else(|e| panic!("second wake: {e}"));
+    hibernate::wake(
+        &criu,
+        &gate.gate,
+        &mut record(&gate.gate),
+        k(keeper),
+        &dir,
+        &Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("second wake: {e}"));
     assert_eq!(ask_counter(&sock), next + 1);
     assert_eq!(
         host.line(Duration::from_secs(10)),
@@ -401,8 +437,15 @@ fn a_refused_dump_leaves_the_worker_frozen_and_intact() {
 
     gate.gate.freeze(Duration::from_secs(5)).unwrap();
     let dir = gate.images();
-    let err = hibernate::hibernate(&criu, &gate.gate, k(keeper), &dir, &Default::default())
-        .expect_err("a tree holding an io_uring cannot be dumped");
+    let err = hibernate::hibernate(
+        &criu,
+        &gate.gate,
+        &mut record(&gate.gate),
+        k(keeper),
+        &dir,
+        &Default::default(),
+    )
+    .expect_err("a tree holding an io_uring cannot be dumped");
     eprintln!("refused as expected: {err}");
     assert!(
         matches!(
@@ -419,12 +462,10 @@ fn a_refused_dump_leaves_the_worker_frozen_and_intact() {
     assert!(gate.gate.read_cgroup_events().unwrap().frozen);
     assert!(gate.w.read_cgroup_events().unwrap().frozen);
     assert_eq!(criu::image_state(&dir), ImageState::None);
-    assert_eq!(
-        Phase::read(&gate.gate).unwrap(),
-        Some(Phase::Refused {
-            reason: reason.replace('\n', " ")
-        })
-    );
+    assert!(matches!(
+        phase(&gate.gate),
+        Phase::DumpRefused { reason: r, .. } if r == reason.replace('\n', " ")
+    ));
     host.assert_running("after a refused dump");
     // Thawed, it runs on, and the keeper was released: a real exit of the
     // worker is seen as one.
@@ -484,12 +525,26 @@ fn measure_dump_and_restore() {
         let (mut dumps, mut restores, mut bytes) = (Vec::new(), Vec::new(), 0);
         for n in 1..=reps {
             gate.gate.freeze(Duration::from_secs(5)).unwrap();
-            let d = hibernate::hibernate(&criu, &gate.gate, k(keeper), &dir, &Default::default())
-                .unwrap();
+            let d = hibernate::hibernate(
+                &criu,
+                &gate.gate,
+                &mut record(&gate.gate),
+                k(keeper),
+                &dir,
+                &Default::default(),
+            )
+            .unwrap();
             // Touch latency as a host sees it: wake, then the first answer.
             let t = Instant::now();
-            let r =
-                hibernate::wake(&criu, &gate.gate, k(keeper), &dir, &Default::default()).unwrap();
+            let r = hibernate::wake(
+                &criu,
+                &gate.gate,
+                &mut record(&gate.gate),
+                k(keeper),
+                &dir,
+                &Default::default(),
+            )
+            .unwrap();
             assert_eq!(ask_counter(&sock), n);
             let touched = t.elapsed();
             assert_eq!(host.line(Duration::from_secs(10)), format!("count {n}"));
@@ -566,13 +621,23 @@ fn a_dump_cut_short_before_its_rename_is_recovered() {
     assert_eq!(host.line(Duration::from_secs(10)), "count 1");
     gate.gate.freeze(Duration::from_secs(5)).unwrap();
     let dir = gate.images();
-    hibernate::hibernate(&criu, &gate.gate, k(keeper), &dir, &Default::default()).unwrap();
+    hibernate::hibernate(
+        &criu,
+        &gate.gate,
+        &mut record(&gate.gate),
+        k(keeper),
+        &dir,
+        &Default::default(),
+    )
+    .unwrap();
     // As if the daemon died after criu finished and before the rename:
     // the image is still `<dir>.partial`, the tag still `dumping`.
     let mut partial = dir.clone().into_os_string();
     partial.push(".partial");
     std::fs::rename(&dir, &partial).unwrap();
-    Phase::Dumping.write(&gate.gate).unwrap();
+    record(&gate.gate)
+        .enter(Phase::Dumping { since_ms: 1 })
+        .unwrap();
 
     let seen = hibernate::Seen {
         image: criu::image_state(&dir),
@@ -581,15 +646,23 @@ fn a_dump_cut_short_before_its_rename_is_recovered() {
         keeper_alive: gov::proc::is_alive(keeper),
     };
     assert_eq!(seen.image, ImageState::PartialFinished);
-    let phase = Phase::read(&gate.gate).unwrap().unwrap();
+    let step = phase(&gate.gate);
     assert_eq!(
-        hibernate::recover(&phase, seen),
+        hibernate::recover(&step, seen),
         hibernate::Recovery::PromoteImage
     );
     criu::promote_partial(&dir).unwrap();
     assert_eq!(criu::image_state(&dir), ImageState::Complete);
     host.assert_running("during recovery");
-    hibernate::wake(&criu, &gate.gate, k(keeper), &dir, &Default::default()).unwrap();
+    hibernate::wake(
+        &criu,
+        &gate.gate,
+        &mut record(&gate.gate),
+        k(keeper),
+        &dir,
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!(ask_counter(&sock), 2);
     assert_eq!(host.line(Duration::from_secs(10)), "count 2");
 }
@@ -623,10 +696,25 @@ fn an_established_tcp_connection_survives_hibernation() {
     gate.gate.freeze(Duration::from_secs(5)).unwrap();
     let dir = gate.images();
     let opts = hibernate::Options::default();
-    hibernate::hibernate(&criu, &gate.gate, k(keeper), &dir, &opts)
-        .unwrap_or_else(|e| panic!("hibernate ({:?} lock): {e}", opts.network_lock));
+    hibernate::hibernate(
+        &criu,
+        &gate.gate,
+        &mut record(&gate.gate),
+        k(keeper),
+        &dir,
+        &opts,
+    )
+    .unwrap_or_else(|e| panic!("hibernate ({:?} lock): {e}", opts.network_lock));
     assert!(!gate.w.read_cgroup_events().unwrap().populated);
-    hibernate::wake(&criu, &gate.gate, k(keeper), &dir, &opts).unwrap();
+    hibernate::wake(
+        &criu,
+        &gate.gate,
+        &mut record(&gate.gate),
+        k(keeper),
+        &dir,
+        &opts,
+    )
+    .unwrap();
     // The same connection, its state intact on both sides.
     assert_eq!(ask("b"), "2 b");
     host.assert_running("restored");
@@ -741,12 +829,26 @@ fn a_jupyter_kernel_keeps_its_variables_through_hibernation() {
 
     gate.gate.freeze(Duration::from_secs(5)).unwrap();
     let dir = gate.images();
-    let d = hibernate::hibernate(&criu, &gate.gate, k(keeper), &dir, &Default::default())
-        .unwrap_or_else(|e| panic!("hibernate: {e}"));
+    let d = hibernate::hibernate(
+        &criu,
+        &gate.gate,
+        &mut record(&gate.gate),
+        k(keeper),
+        &dir,
+        &Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("hibernate: {e}"));
     assert!(!gate.w.read_cgroup_events().unwrap().populated);
     host.assert_running("kernel hibernated");
-    let r = hibernate::wake(&criu, &gate.gate, k(keeper), &dir, &Default::default())
-        .unwrap_or_else(|e| panic!("wake: {e}"));
+    let r = hibernate::wake(
+        &criu,
+        &gate.gate,
+        &mut record(&gate.gate),
+        k(keeper),
+        &dir,
+        &Default::default(),
+    )
+    .unwrap_or_else(|e| panic!("wake: {e}"));
     eprintln!(
         "{test}: dump {:?}, image {} B, restore {:?}",
         d.elapsed, d.image_bytes, r.elapsed
@@ -786,8 +888,12 @@ fn hibernate_step_child() {
     let dir = PathBuf::from(var("GOV_HIB_DIR"));
     let opts = hibernate::Options::default();
     match step.as_str() {
-        "dump" => drop(hibernate::hibernate(&criu, &gate, k(keeper), &dir, &opts).unwrap()),
-        "restore" => drop(hibernate::wake(&criu, &gate, k(keeper), &dir, &opts).unwrap()),
+        "dump" => {
+            hibernate::hibernate(&criu, &gate, &mut record(&gate), k(keeper), &dir, &opts).unwrap();
+        }
+        "restore" => {
+            hibernate::wake(&criu, &gate, &mut record(&gate), k(keeper), &dir, &opts).unwrap();
+        }
         other => panic!("step {other}?"),
     }
 }
@@ -866,17 +972,14 @@ fn a_daemon_killed_during_a_dump_and_a_restore_is_recovered() {
     // Killed during the dump: criu finishes alone, the rename never came.
     gate.gate.freeze(Duration::from_secs(5)).unwrap();
     kill_mid_step(step_child("dump", &criu, &gate, keeper, &dir), &criu, &dir);
-    let phase = Phase::read(&gate.gate).unwrap().unwrap();
-    assert_eq!(phase, Phase::Dumping);
+    let step = phase(&gate.gate);
+    assert!(matches!(step, Phase::Dumping { .. }), "{step:?}");
     let seen = hibernate::observe(&gate.gate, k(keeper), &dir, Some(&criu)).unwrap();
-    let r = hibernate::recover(&phase, seen);
+    let r = hibernate::recover(&step, seen);
     assert_eq!(r, hibernate::Recovery::PromoteImage, "{seen:?}");
-    hibernate::apply(r, &gate.gate, k(keeper), &dir).unwrap();
+    hibernate::apply(r, &gate.gate, &mut record(&gate.gate), k(keeper), &dir).unwrap();
     assert_eq!(criu::image_state(&dir), ImageState::Complete);
-    assert!(matches!(
-        Phase::read(&gate.gate).unwrap(),
-        Some(Phase::Hibernated { .. })
-    ));
+    assert!(matches!(phase(&gate.gate), Phase::Hibernated { .. }));
     host.assert_running("daemon killed during the dump");
 
     // Killed during the restore: criu finishes alone, the worker runs.
@@ -885,14 +988,14 @@ fn a_daemon_killed_during_a_dump_and_a_restore_is_recovered() {
         &criu,
         &dir,
     );
-    let phase = Phase::read(&gate.gate).unwrap().unwrap();
-    assert_eq!(phase, Phase::Restoring);
+    let step = phase(&gate.gate);
+    assert!(matches!(step, Phase::Restoring { .. }), "{step:?}");
     let seen = hibernate::observe(&gate.gate, k(keeper), &dir, Some(&criu)).unwrap();
-    let r = hibernate::recover(&phase, seen);
+    let r = hibernate::recover(&step, seen);
     assert_eq!(r, hibernate::Recovery::RestoreDone, "{seen:?}");
-    hibernate::apply(r, &gate.gate, k(keeper), &dir).unwrap();
+    hibernate::apply(r, &gate.gate, &mut record(&gate.gate), k(keeper), &dir).unwrap();
     assert_eq!(criu::image_state(&dir), ImageState::None);
-    assert_eq!(Phase::read(&gate.gate).unwrap(), None);
+    assert_eq!(phase(&gate.gate), Phase::Running);
     assert_eq!(ask_counter(&sock), 2);
     assert_eq!(host.line(Duration::from_secs(10)), "count 2");
     host.assert_running("daemon killed during the restore");
@@ -934,14 +1037,22 @@ fn a_dump_over_the_disk_budget_is_refused_before_it_starts() {
         max_image_bytes: Some(estimate / 2),
         ..Default::default()
     };
-    let err = hibernate::hibernate(&criu, &gate.gate, k(keeper), &dir, &opts).unwrap_err();
+    let err = hibernate::hibernate(
+        &criu,
+        &gate.gate,
+        &mut record(&gate.gate),
+        k(keeper),
+        &dir,
+        &opts,
+    )
+    .unwrap_err();
     assert!(
         matches!(err, hibernate::HibernateError::OverBudget { .. }),
         "{err}"
     );
     assert!(matches!(
-        Phase::read(&gate.gate).unwrap(),
-        Some(Phase::Refused { reason }) if reason.contains("bytes left for hibernation")
+        phase(&gate.gate),
+        Phase::DumpRefused { reason, .. } if reason.contains("bytes left for hibernation")
     ));
     assert_eq!(criu::image_state(&dir), ImageState::None);
     assert!(gate.gate.read_cgroup_events().unwrap().frozen);
@@ -953,6 +1064,28 @@ fn a_dump_over_the_disk_budget_is_refused_before_it_starts() {
 }
 
 /// The keeper with pid `pid`, as the daemon names it (pid and start time).
+/// The gate's tags, with what a gate made by this test lacks of a real one.
+fn tags(cg: &Cgroup) -> Tags {
+    let mut m = cg.read_tags().unwrap();
+    m.entry("project".into())
+        .or_insert_with(|| "/hibernate-test".into());
+    m.entry("owner_uid".into()).or_insert_with(|| "0".into());
+    Tags::from_map(&m).unwrap()
+}
+
+/// The phase the gate's tags and frozen flag say, as a restarted daemon
+/// reads it.
+fn phase(cg: &Cgroup) -> Phase {
+    let frozen = cg.read_cgroup_events().unwrap().frozen;
+    record::phase_of(&tags(cg), frozen, gov::gate::now_ms())
+}
+
+/// The gate's record, as a daemon that finds it now has it.
+fn record(cg: &Cgroup) -> Record {
+    let frozen = cg.read_cgroup_events().unwrap().frozen;
+    Record::found(Arc::new(cg.clone()), tags(cg), frozen, gov::gate::now_ms())
+}
+
 fn k(pid: u32) -> gov::keeper::Keeper {
     gov::keeper::Keeper::now(pid).expect("the keeper runs")
 }

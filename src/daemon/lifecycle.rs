@@ -7,43 +7,70 @@
 //! grace escalates the teardown already under way instead of starting a
 //! second one.
 //!
-//! A reply is sent once its action has taken effect. Each action runs as a
-//! task of its own that the owner awaits: a panic in it is caught there,
-//! logged with the gate, and the gate stays managed.
+//! The owner holds its `Gate` by value, and its phase and tags are written
+//! only through the gate's `Record`. After each command the owner publishes
+//! a copy (`Handle::view`): `ps`, `show`, metrics, the scan and completion
+//! read that, never the gate itself. A reply is sent once its action has
+//! taken effect. A panic in an action is caught, logged with the gate, and
+//! the gate stays managed.
 //!
-//! The owner's `Gate` is the one state of a gate: `ps`, `show`, `metrics`
-//! and the scan read clones of it; only the owner changes it.
+//! The owner reaches the rest of the daemon only through its `Ctx`: the
+//! policy, the journal, CRIU, the kernel, and a weak way back to the
+//! registry. So when the daemon lets go of the registry, every owner's
+//! channel closes and the owner ends.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
-use crate::cgroup::{Cgroup, CgroupError};
-use crate::gate::{self, now_ms, GateDir, InfoExtra, Tag, Tags};
+use crate::gate::{self, now_ms, GateDir, InfoExtra, Measured, Tags};
 use crate::policy::{GateSettings, OnMainExit, Policy};
 use crate::proc;
-use crate::protocol::{ErrorCode, EventKind, Next, NextAction, Reason, Spared};
+use crate::protocol::{EventKind, Next, NextAction, Reason, Spared};
 use crate::reaper::{self, Decision, Phase, View};
+use crate::record::Record;
 
+use super::failure::Failure;
+use super::journal::Journal;
+use super::kernel::Kernel;
+use super::lock;
 use super::mailbox::{self, Receiver, Sender};
-use super::{lock, Daemon};
+use super::registry::Registry;
 
 /// How soon a failed kill or removal is tried again.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// What an owner may use of the daemon, and nothing more.
+pub struct Ctx {
+    pub policy: watch::Receiver<Arc<Policy>>,
+    pub journal: Arc<Journal>,
+    /// CRIU, found and checked at start; None: hibernation is off.
+    pub criu: Option<crate::criu::Criu>,
+    pub kernel: Arc<dyn Kernel>,
+    /// Where an owner takes its gate out as it ends; weak, so the registry
+    /// (which holds the owners' channels) is not kept alive by them.
+    pub registry: Weak<Registry>,
+}
+
+impl Ctx {
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.borrow().clone()
+    }
+}
 
 /// What the owner knows of its gate.
 #[derive(Debug, Clone)]
 pub struct Gate {
     pub dir: GateDir,
-    pub tags: Tags,
-    pub phase: Phase,
+    /// Its tags and phase: written together, only through this.
+    record: Record,
     pub populated: bool,
     /// Last real activity: a touch, or CPU use above busy_cpu_percent.
     pub last_active_ms: u64,
@@ -53,19 +80,12 @@ pub struct Gate {
     pub next: Option<Next>,
     /// The last action that failed, and why (shown until one succeeds).
     pub failure: Option<String>,
-    /// Why its last dump was refused; no dump is tried again until it ran.
-    pub refused: Option<String>,
-    /// A daemon died during its dump or restore: finish or undo that first.
-    recovering: bool,
     /// The last cpu.stat usage and when it was read.
     cpu_sample: Option<(u64, u64)>,
     /// Limit hits seen so far, to report new ones once.
     limit_hits: BTreeMap<String, u64>,
     /// What the gate held when its teardown began.
     freed: Option<u64>,
-    /// Its memory as last measured (by the scan, off the runtime thread),
-    /// with when: what metrics and the budget read, never procfs.
-    pub memory: Option<gate::Measured>,
     /// Policy for this gate, cached with the policy it came from.
     policy: Arc<Policy>,
     settings: GateSettings,
@@ -74,27 +94,17 @@ pub struct Gate {
 impl Gate {
     /// A gate as a daemon finds it (spawned now, or left by another daemon):
     /// its phase from the tags and the kernel's frozen flag.
-    pub fn new(dir: GateDir, tags: Tags, policy: Arc<Policy>) -> Gate {
-        let events = dir.cgroup.read_cgroup_events().unwrap_or_default();
-        let phase = tags.phase(events.frozen, now_ms());
+    pub fn found(dir: GateDir, tags: Tags, kernel: &dyn Kernel, policy: Arc<Policy>) -> Gate {
+        let frozen = kernel.events(&dir.cgroup).unwrap_or_default().frozen;
         let last_active_ms = tags
             .last_active_ms
             .unwrap_or(tags.created_ms)
             .max(tags.created_ms);
         let settings = policy.for_project(&tags.project);
-        use crate::hibernate::Phase as H;
-        let hibernation = tags.hibernation();
-        let refused = match &hibernation {
-            Some(H::Refused { reason }) => Some(reason.clone()),
-            _ => None,
-        };
-        let recovering = matches!(hibernation, Some(H::Dumping | H::Restoring));
+        let record = Record::found(kernel.tag_store(&dir.cgroup), tags, frozen, now_ms());
         Gate {
-            refused,
-            recovering,
             dir,
-            tags,
-            phase,
+            record,
             populated: true,
             last_active_ms,
             busy: false,
@@ -104,10 +114,17 @@ impl Gate {
             cpu_sample: None,
             limit_hits: BTreeMap::new(),
             freed: None,
-            memory: None,
             policy,
             settings,
         }
+    }
+
+    pub fn tags(&self) -> &Tags {
+        self.record.tags()
+    }
+
+    pub fn phase(&self) -> &Phase {
+        self.record.phase()
     }
 
     /// The gate's keeper (its main process, as tagged at spawn). A gate
@@ -115,8 +132,8 @@ impl Gate {
     /// every step on it fails instead of signalling whoever has pid 0.
     pub fn keeper(&self) -> crate::keeper::Keeper {
         crate::keeper::Keeper {
-            pid: self.tags.main_pid.unwrap_or(0),
-            start: self.tags.main_start.unwrap_or(u64::MAX),
+            pid: self.tags().main_pid.unwrap_or(0),
+            start: self.tags().main_start.unwrap_or(u64::MAX),
         }
     }
 
@@ -130,19 +147,38 @@ impl Gate {
 
     /// Pinned by a person or by policy.
     pub fn pinned(&self) -> bool {
-        self.tags.pinned || self.settings.pinned
+        self.tags().pinned || self.settings.pinned
+    }
+
+    /// Whether it may be made to give way to a cap or the memory budget.
+    pub fn may_yield(&self) -> bool {
+        reaper::may_yield(self.phase(), self.busy, self.pinned(), self.spared)
+    }
+
+    /// The gate as a cap or the memory budget weighs it.
+    pub fn candidate(&self, memory_bytes: u64) -> reaper::Candidate {
+        reaper::Candidate {
+            id: self.id().to_string(),
+            uid: self.tags().owner_uid,
+            last_active_ms: self.last_active_ms,
+            memory_bytes,
+            evictable: self.may_yield(),
+        }
     }
 
     /// What a daemon adds to `gate::info`.
     pub fn extra(&self) -> InfoExtra {
         InfoExtra {
-            phase: Some(self.phase),
+            phase: Some(self.phase().clone()),
             last_active_ms: Some(self.last_active_ms),
             spared: self.spared,
             next: self.next,
             cpu_sample: self.cpu_sample,
             wanted: crate::spawn::gate_limits(&self.settings),
-            hibernate_refused: self.refused.clone(),
+            hibernate_refused: match self.phase() {
+                Phase::DumpRefused { reason, .. } => Some(reason.clone()),
+                _ => None,
+            },
             failure: self.failure.clone(),
         }
     }
@@ -150,55 +186,35 @@ impl Gate {
     fn follow(&mut self, policy: &Arc<Policy>) {
         if !Arc::ptr_eq(&self.policy, policy) {
             self.policy = policy.clone();
-            self.settings = policy.for_project(&self.tags.project);
+            self.settings = policy.for_project(&self.tags().project);
         }
     }
 
     fn view(&self, traced: bool, criu: bool) -> View {
+        let t = self.tags();
         View {
-            phase: self.phase,
+            phase: self.phase().clone(),
             populated: self.populated,
-            created_ms: self.tags.created_ms,
+            created_ms: t.created_ms,
             last_active_ms: self.last_active_ms,
-            orphaned_ms: self.tags.orphaned_ms,
-            main_exit_stop_ms: self.tags.main_exited_ms.filter(|_| {
-                self.tags
-                    .stop_on_main_exit
+            orphaned_ms: t.orphaned_ms,
+            main_exit_stop_ms: t.main_exited_ms.filter(|_| {
+                t.stop_on_main_exit
                     .unwrap_or(self.settings.on_main_exit == OnMainExit::Stop)
             }),
-            max_runtime_ms: self.tags.max_runtime_ms.or(self
+            max_runtime_ms: t.max_runtime_ms.or(self
                 .settings
                 .max_runtime
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))),
             pinned: self.pinned(),
             busy: self.busy,
             traced,
-            hibernatable: criu && self.tags.keeper && self.refused.is_none() && !self.recovering,
+            hibernatable: criu && t.keeper,
         }
     }
 }
 
-/// A failed request, as its reply says it.
-#[derive(Debug)]
-pub struct Failure {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl Failure {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
-        Failure {
-            code,
-            message: message.into(),
-        }
-    }
-
-    fn internal(e: impl std::fmt::Display) -> Failure {
-        Failure::new(ErrorCode::Internal, e.to_string())
-    }
-}
-
-pub type Answer = oneshot::Sender<Result<(), Failure>>;
+type Answer = oneshot::Sender<Result<(), Failure>>;
 
 /// What a scan saw and asks the owner to judge.
 pub struct Observation {
@@ -218,18 +234,21 @@ pub enum Cmd {
     Orphaned,
     /// Its main process exited.
     MainExited,
-    Touch(Answer),
-    Thaw(Answer),
-    Freeze(Answer),
-    Kill(Answer),
-    /// Make room (a project's gate cap, the memory budget), if it is still
-    /// a fair victim when the owner gets to it.
+    Touch,
+    Thaw,
+    Freeze,
+    Kill,
+    /// Make room (a project's gate cap, the memory budget), if it may still
+    /// yield when the owner gets to it.
     Evict(Reason),
-    Pin(bool, Answer),
-    Tag(String, Answer),
+    Pin(bool),
+    Tag(String),
     /// Start an unprivileged keeper's worker.
-    StartWorker(Vec<std::ffi::OsString>, Answer),
+    StartWorker(Vec<std::ffi::OsString>),
 }
+
+/// A command, and where its answer goes (a request waits for it).
+type Letter = (Cmd, Option<Answer>);
 
 impl Cmd {
     fn name(&self) -> &'static str {
@@ -238,69 +257,71 @@ impl Cmd {
             Cmd::Changed => "changed",
             Cmd::Orphaned => "orphaned",
             Cmd::MainExited => "main exited",
-            Cmd::Touch(_) => "touch",
-            Cmd::Thaw(_) => "thaw",
-            Cmd::Freeze(_) => "freeze",
-            Cmd::Kill(_) => "kill",
+            Cmd::Touch => "touch",
+            Cmd::Thaw => "thaw",
+            Cmd::Freeze => "freeze",
+            Cmd::Kill => "kill",
             Cmd::Evict(_) => "evict",
-            Cmd::Pin(..) => "pin",
-            Cmd::Tag(..) => "tag",
-            Cmd::StartWorker(..) => "start worker",
+            Cmd::Pin(_) => "pin",
+            Cmd::Tag(_) => "tag",
+            Cmd::StartWorker(_) => "start worker",
         }
+    }
+
+    /// What the rule book acts on, not a person: it waits while CRIU still
+    /// works on a step a previous daemon began.
+    fn is_rule_book(&self) -> bool {
+        matches!(
+            self,
+            Cmd::Observe(_) | Cmd::Changed | Cmd::Orphaned | Cmd::MainExited | Cmd::Evict(_)
+        )
     }
 
     /// The answer of a command that found its gate gone: a kill has what it
     /// asked for, anything else did not happen.
-    fn gone(self, id: &str) {
-        let not_found = || Err(Failure::new(ErrorCode::NotFound, format!("no gate {id}")));
+    fn gone(self, id: &str) -> Result<(), Failure> {
         match self {
-            Cmd::Kill(tx) => {
-                let _ = tx.send(Ok(()));
-            }
-            Cmd::Touch(tx)
-            | Cmd::Thaw(tx)
-            | Cmd::Freeze(tx)
-            | Cmd::Pin(_, tx)
-            | Cmd::Tag(_, tx)
-            | Cmd::StartWorker(_, tx) => {
-                let _ = tx.send(not_found());
-            }
-            Cmd::Observe(_) | Cmd::Changed | Cmd::Orphaned | Cmd::MainExited | Cmd::Evict(_) => {}
+            Cmd::Kill => Ok(()),
+            _ => Err(Failure::not_found(id)),
         }
     }
 }
 
-/// The registry's way to a gate: its channel and a view of its state.
+/// A gate's memory as the scan last measured it (off the runtime thread),
+/// with when: what metrics and the budget read, never procfs. A figure the
+/// owner's decisions never read, so it lives beside the gate, not in it.
+pub type MemoryCell = Arc<Mutex<Option<Measured>>>;
+
+/// The registry's way to a gate: its channel and what its owner published.
 #[derive(Clone)]
 pub struct Handle {
-    tx: Sender<Cmd>,
-    gate: Arc<Mutex<Gate>>,
+    tx: Sender<Letter>,
+    view: watch::Receiver<Arc<Gate>>,
+    memory: MemoryCell,
     /// An observation waits in the channel: later scans' are coalesced
     /// into it rather than queued behind a slow action.
     observing: Arc<AtomicBool>,
 }
 
 impl Handle {
-    /// A copy of the gate's state now.
-    pub fn snapshot(&self) -> Gate {
-        lock(&self.gate).clone()
+    /// The gate as its owner last published it.
+    pub fn view(&self) -> Arc<Gate> {
+        self.view.borrow().clone()
     }
 
-    /// Looks at the gate's state in place.
-    pub fn peek<T>(&self, f: impl FnOnce(&Gate) -> T) -> T {
-        f(&lock(&self.gate))
+    pub fn memory(&self) -> Option<Measured> {
+        *lock(&self.memory)
     }
 
     /// Publishes a measurement of the gate's memory (the scan's, made on
-    /// the blocking pool): the one field of the gate its owner does not
-    /// write itself, and a figure only, which no decision of the owner reads.
-    pub fn set_memory(&self, m: gate::Measured) {
-        lock(&self.gate).memory = Some(m);
+    /// the blocking pool).
+    pub fn set_memory(&self, m: Measured) {
+        *lock(&self.memory) = Some(m);
     }
 
     /// Hands a command to the owner; false when the gate is gone.
     pub fn send(&self, cmd: Cmd) -> bool {
-        self.tx.send(cmd).is_ok()
+        self.tx.send((cmd, None)).is_ok()
     }
 
     /// Hands a scan's observation to the owner, unless one already waits.
@@ -310,17 +331,18 @@ impl Handle {
         }
     }
 
-    /// Sends a command that answers; `Pending::wait` gets the answer.
-    pub fn begin(&self, id: &str, cmd: impl FnOnce(Answer) -> Cmd) -> Pending {
+    /// Sends a command to be answered once it took effect and the gate as
+    /// it left it is published; `Pending::wait` gets the answer.
+    pub fn begin(&self, id: &str, cmd: Cmd) -> Pending {
         let (tx, rx) = oneshot::channel();
         Pending {
             id: id.to_string(),
-            rx: self.send(cmd(tx)).then_some(rx),
+            rx: self.tx.send((cmd, Some(tx))).is_ok().then_some(rx),
         }
     }
 
-    /// Sends a command that answers, and waits for the answer.
-    pub async fn ask(&self, id: &str, cmd: impl FnOnce(Answer) -> Cmd) -> Result<(), Failure> {
+    /// Sends a command, and waits for its answer.
+    pub async fn ask(&self, id: &str, cmd: Cmd) -> Result<(), Failure> {
         self.begin(id, cmd).wait().await
     }
 }
@@ -335,39 +357,40 @@ impl Pending {
     pub async fn wait(self) -> Result<(), Failure> {
         let id = self.id;
         let Some(rx) = self.rx else {
-            return Err(Failure::new(ErrorCode::NotFound, format!("no gate {id}")));
+            return Err(Failure::not_found(&id));
         };
         match rx.await {
             Ok(result) => result,
-            // The action dropped its answer: it panicked (logged there).
-            Err(_) => Err(Failure::new(
-                ErrorCode::Internal,
-                format!("the action on gate {id} failed; the daemon's log says why"),
-            )),
+            // The owner ended without an answer (the runtime is stopping).
+            Err(_) => Err(Failure::not_found(&id)),
         }
     }
 }
 
 /// Starts the owner of a gate and returns the handle to register.
-pub fn start(d: &Arc<Daemon>, gate: Gate) -> Handle {
+pub fn start(cx: &Arc<Ctx>, gate: Gate) -> Handle {
     let (tx, rx) = mailbox::mailbox();
     let id = gate.id().to_string();
-    let t = &gate.tags;
+    let t = gate.tags();
     let exits = [
         Exit::watch(&id, t.orphaned_ms, t.owner_pid, t.owner_start),
         Exit::watch(&id, t.main_exited_ms, t.main_pid, t.main_start),
     ];
-    let shared = Arc::new(Mutex::new(gate));
+    let (publish, view) = watch::channel(Arc::new(gate.clone()));
     let observing = Arc::new(AtomicBool::new(false));
+    let memory = MemoryCell::default();
     let handle = Handle {
         tx,
-        gate: shared.clone(),
+        view,
+        memory: memory.clone(),
         observing: observing.clone(),
     };
     let owner = Owner {
-        d: d.clone(),
+        cx: cx.clone(),
         id,
-        gate: shared,
+        gate,
+        publish,
+        memory,
         rx,
         observing,
         exits,
@@ -377,7 +400,7 @@ pub fn start(d: &Arc<Daemon>, gate: Gate) -> Handle {
 }
 
 /// Whether the owner goes on after an action.
-#[derive(PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 enum Flow {
     Go,
     /// The gate's cgroup is gone: the owner ends.
@@ -385,10 +408,12 @@ enum Flow {
 }
 
 struct Owner {
-    d: Arc<Daemon>,
+    cx: Arc<Ctx>,
     id: String,
-    gate: Arc<Mutex<Gate>>,
-    rx: Receiver<Cmd>,
+    gate: Gate,
+    publish: watch::Sender<Arc<Gate>>,
+    memory: MemoryCell,
+    rx: Receiver<Letter>,
     observing: Arc<AtomicBool>,
     /// The owner process's and the main process's exits, watched here rather
     /// than by tasks of their own (two tasks a gate were 5 MB at 5,000 gates).
@@ -401,84 +426,96 @@ impl Owner {
             // A deadline of the gate's own (the end of a stop grace, a kill
             // to try again, a stop due at a known time) wakes the owner
             // without a command.
-            let wake = self.wake_at();
-            let cmd = tokio::select! {
-                cmd = self.rx.recv() => match cmd {
-                    Some(cmd) => cmd,
+            let wake = wake_at(&self.gate);
+            let (cmd, answer) = tokio::select! {
+                letter = self.rx.recv() => match letter {
+                    Some(letter) => letter,
                     // The registry let go: the daemon is stopping.
                     None => return,
                 },
-                _ = sleep_until_ms(wake) => Cmd::Observe(Observation {
+                _ = sleep_until_ms(wake) => (Cmd::Observe(Observation {
                     now: now_ms(),
                     full: true,
                     measure_cpu: false,
-                    policy: self.d.policy(),
-                }),
-                i = first_exit(&self.exits, self.d.policy().global.scan_interval) => {
+                    policy: self.cx.policy(),
+                }), None),
+                i = first_exit(&self.exits, self.cx.policy().global.scan_interval) => {
                     self.exits[i] = None;
-                    if i == 0 { Cmd::Orphaned } else { Cmd::MainExited }
+                    (if i == 0 { Cmd::Orphaned } else { Cmd::MainExited }, None)
                 }
             };
             if matches!(cmd, Cmd::Observe(_)) {
                 self.observing.store(false, Ordering::Release);
             }
             let name = cmd.name();
-            let action = CatchUnwind(Box::pin(act(self.d.clone(), self.gate.clone(), cmd)));
-            match action.await {
-                Ok(Flow::Go) => {}
-                Ok(Flow::Gone) => break,
-                Err(e) => {
-                    let why = panic_text(e);
-                    tracing::error!(gate = %self.id, "{name} panicked: {why}; the gate stays managed");
-                    let tags = {
-                        let mut g = lock(&self.gate);
-                        g.failure = Some(format!("{name}: {why}"));
-                        g.tags.clone()
-                    };
-                    self.d.journal.record(
-                        &tags,
-                        &self.id,
-                        EventKind::Failed,
-                        Some(format!("{name}: {why}")),
-                        None,
-                    );
-                }
+            let action = Action {
+                cx: &self.cx,
+                g: &mut self.gate,
+                memory: &self.memory,
+            };
+            let done = CatchUnwind(Box::pin(action.act(cmd))).await;
+            let (flow, result) = done.unwrap_or_else(|e| {
+                let why = format!("{name}: {}", panic_text(e));
+                tracing::error!(gate = %self.id, "{why}; the gate stays managed");
+                self.gate.failure = Some(why.clone());
+                let tags = self.gate.tags();
+                self.cx
+                    .journal
+                    .record(tags, &self.id, EventKind::Failed, Some(why), None);
+                let failed = Failure::internal(format!(
+                    "the action on gate {} failed; the daemon's log says why",
+                    self.id
+                ));
+                (Flow::Go, Err(failed))
+            });
+            // What the answer says is what readers see from then on.
+            self.publish.send_replace(Arc::new(self.gate.clone()));
+            if let Some(tx) = answer {
+                let _ = tx.send(result);
+            }
+            if flow == Flow::Gone {
+                break;
             }
         }
         // Gone: out of the registry first, so nothing new arrives, then
         // answer what came meanwhile.
-        self.d.gates.remove(&self.id);
+        if let Some(registry) = self.cx.registry.upgrade() {
+            registry.remove(&self.id);
+        }
         self.rx.close();
-        while let Some(cmd) = self.rx.try_recv() {
-            cmd.gone(&self.id);
+        while let Some((cmd, answer)) = self.rx.try_recv() {
+            let result = cmd.gone(&self.id);
+            if let Some(tx) = answer {
+                let _ = tx.send(result);
+            }
         }
     }
+}
 
-    fn wake_at(&self) -> Option<u64> {
-        let g = lock(&self.gate);
-        let retry = || now_ms() + RETRY.as_millis() as u64;
-        match g.phase {
-            Phase::Stopping { .. } => g.next.map(|n| n.at_ms),
-            Phase::Killing { .. } => Some(retry()),
-            _ if g.recovering => Some(retry()),
-            _ if !g.populated => Some(retry()),
-            // A stop that no activity can hold off is due at a time known
-            // now, so it is done then, not at the next scan (up to a scan
-            // interval late). The idle rules wait for the scan: only it
-            // measures the CPU use that would spare a busy gate. A due stop
-            // that failed is tried again a RETRY later, not in a spin.
-            _ => g
-                .next
-                .filter(|n| {
-                    matches!(
-                        n.action,
-                        NextAction::StopMainExited
-                            | NextAction::StopDeadline
-                            | NextAction::StopOrphaned
-                    )
-                })
-                .map(|n| if n.at_ms > now_ms() { n.at_ms } else { retry() }),
-        }
+/// When the owner must act without a command.
+fn wake_at(g: &Gate) -> Option<u64> {
+    let retry = || now_ms() + RETRY.as_millis() as u64;
+    match g.phase() {
+        Phase::Stopping { .. } => g.next.map(|n| n.at_ms),
+        Phase::Killing { .. } => Some(retry()),
+        p if p.in_hibernation_step() => Some(retry()),
+        _ if !g.populated => Some(retry()),
+        // A stop that no activity can hold off is due at a time known
+        // now, so it is done then, not at the next scan (up to a scan
+        // interval late). The idle rules wait for the scan: only it
+        // measures the CPU use that would spare a busy gate. A due stop
+        // that failed is tried again a RETRY later, not in a spin.
+        _ => g
+            .next
+            .filter(|n| {
+                matches!(
+                    n.action,
+                    NextAction::StopMainExited
+                        | NextAction::StopDeadline
+                        | NextAction::StopOrphaned
+                )
+            })
+            .map(|n| if n.at_ms > now_ms() { n.at_ms } else { retry() }),
     }
 }
 
@@ -508,9 +545,9 @@ impl<F: Future> Future for CatchUnwind<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let action = self.0.as_mut();
-        // AssertUnwindSafe: after a panic the action is dropped, and the gate
-        // it changed is shared through a Mutex whose poison `lock` ignores, as
-        // it did when actions were tasks.
+        // AssertUnwindSafe: after a panic the action is dropped; the gate it
+        // changed keeps every field it wrote whole (a tag and its value are
+        // written in one call), and the owner records the failure.
         match std::panic::catch_unwind(AssertUnwindSafe(|| action.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(flow)) => Poll::Ready(Ok(flow)),
@@ -519,220 +556,162 @@ impl<F: Future> Future for CatchUnwind<F> {
     }
 }
 
-/// One action, to its end.
-async fn act(d: Arc<Daemon>, gate: Arc<Mutex<Gate>>, cmd: Cmd) -> Flow {
-    let mut a = Action { d, gate };
-    // A dump or restore a previous daemon left: finished or undone before
-    // anything else is done to the gate.
-    if a.with(|g| g.recovering) {
-        a.recover().await;
-        // CRIU still at work: the rule book waits with it.
-        if a.with(|g| g.recovering)
-            && matches!(
-                cmd,
-                Cmd::Observe(_) | Cmd::Changed | Cmd::Orphaned | Cmd::MainExited | Cmd::Evict(_)
-            )
-        {
-            return Flow::Go;
-        }
-    }
-    match cmd {
-        Cmd::Observe(o) => a.observe(o).await,
-        Cmd::Changed => {
-            a.read_events();
-            a.review(now_ms()).await
-        }
-        Cmd::Orphaned | Cmd::MainExited => {
-            a.exited(cmd);
-            a.review(now_ms()).await
-        }
-        Cmd::Touch(tx) => {
-            let r = a.touch().await;
-            let _ = tx.send(r);
-            Flow::Go
-        }
-        Cmd::Thaw(tx) => {
-            let r = a.resume("thaw").await;
-            let _ = tx.send(r);
-            Flow::Go
-        }
-        Cmd::Freeze(tx) => {
-            let r = a.freeze_by_person().await;
-            let _ = tx.send(r);
-            Flow::Go
-        }
-        Cmd::Kill(tx) => {
-            let r = a.kill(Reason::Manual).await;
-            let gone = r.is_ok();
-            let _ = tx.send(r.map_err(Failure::internal));
-            if gone {
-                Flow::Gone
-            } else {
-                Flow::Go
+/// One action on the owner's gate.
+struct Action<'a> {
+    cx: &'a Ctx,
+    g: &'a mut Gate,
+    memory: &'a MemoryCell,
+}
+
+impl Action<'_> {
+    /// One action, to its end: whether the owner goes on, and the answer
+    /// for whoever asked.
+    async fn act(mut self, cmd: Cmd) -> (Flow, Result<(), Failure>) {
+        let go = |r| (Flow::Go, r);
+        // A dump or restore a previous daemon left: finished or undone before
+        // anything else is done to the gate.
+        if self.g.phase().in_hibernation_step() {
+            self.recover().await;
+            // CRIU still at work: the rule book waits with it.
+            if self.g.phase().in_hibernation_step() && cmd.is_rule_book() {
+                return go(Ok(()));
             }
         }
-        Cmd::Evict(reason) => a.evict(reason).await,
-        Cmd::Pin(pinned, tx) => {
-            let r = a.pin(pinned);
-            let ok = r.is_ok();
-            let _ = tx.send(r);
-            if ok {
-                a.review(now_ms()).await
-            } else {
-                Flow::Go
+        match cmd {
+            Cmd::Observe(o) => (self.observe(o).await, Ok(())),
+            Cmd::Changed => {
+                if !self.read_events() {
+                    return (Flow::Gone, Ok(()));
+                }
+                (self.review(now_ms()).await, Ok(()))
             }
-        }
-        Cmd::Tag(session, tx) => {
-            let _ = tx.send(a.tag(&session));
-            Flow::Go
-        }
-        Cmd::StartWorker(cmd, tx) => {
-            let _ = tx.send(a.start_worker(cmd).await);
-            Flow::Go
-        }
-    }
-}
-
-/// Test hooks, set through GOV_TEST_FAULT ("pin=panic,freeze=sleep:300"):
-/// a panic in an action, or a pause inside one to hold a race window open.
-fn fault(point: &str) {
-    static FAULTS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
-    let faults = FAULTS.get_or_init(|| {
-        std::env::var("GOV_TEST_FAULT")
-            .unwrap_or_default()
-            .split(',')
-            .filter_map(|f| f.split_once('='))
-            .map(|(p, a)| (p.to_string(), a.to_string()))
-            .collect()
-    });
-    for (p, what) in faults {
-        if p != point {
-            continue;
-        }
-        if what == "panic" {
-            panic!("fault injected at {point}");
-        }
-        if let Some(ms) = what.strip_prefix("sleep:").and_then(|m| m.parse().ok()) {
-            std::thread::sleep(Duration::from_millis(ms));
+            Cmd::Orphaned | Cmd::MainExited => {
+                self.exited(matches!(cmd, Cmd::Orphaned));
+                (self.review(now_ms()).await, Ok(()))
+            }
+            Cmd::Touch => go(self.touch().await),
+            Cmd::Thaw => go(self.resume("thaw").await),
+            Cmd::Freeze => go(self.freeze_by_person().await),
+            Cmd::Kill => match self.kill(Reason::Manual).await {
+                Ok(()) => (Flow::Gone, Ok(())),
+                Err(e) => go(Err(e)),
+            },
+            Cmd::Evict(reason) => {
+                if !self.g.may_yield() {
+                    return go(Ok(()));
+                }
+                (self.stop(reason).await, Ok(()))
+            }
+            Cmd::Pin(pinned) => match self.pin(pinned) {
+                Ok(()) => (self.review(now_ms()).await, Ok(())),
+                Err(e) => go(Err(e)),
+            },
+            Cmd::Tag(session) => go(self.tag(&session)),
+            Cmd::StartWorker(cmd) => go(self.start_worker(cmd).await),
         }
     }
-}
 
-struct Action {
-    d: Arc<Daemon>,
-    gate: Arc<Mutex<Gate>>,
-}
-
-impl Action {
-    fn with<T>(&self, f: impl FnOnce(&mut Gate) -> T) -> T {
-        f(&mut lock(&self.gate))
-    }
-
-    fn cgroup(&self) -> Cgroup {
-        self.with(|g| g.dir.cgroup.clone())
+    fn cgroup(&self) -> crate::cgroup::Cgroup {
+        self.g.dir.cgroup.clone()
     }
 
     fn event(&self, kind: EventKind, reason: Option<String>, freed: Option<u64>) {
-        let (tags, id) = self.with(|g| (g.tags.clone(), g.dir.id.clone()));
-        self.d.journal.record(&tags, &id, kind, reason, freed);
+        self.cx
+            .journal
+            .record(self.g.tags(), &self.g.dir.id, kind, reason, freed);
     }
 
-    fn failed(&self, what: &str, e: impl std::fmt::Display) {
+    fn failed(&mut self, what: &str, e: impl std::fmt::Display) {
         let why = format!("{what}: {e}");
-        tracing::warn!(gate = %self.with(|g| g.dir.id.clone()), "{why}");
-        self.with(|g| g.failure = Some(why.clone()));
+        tracing::warn!(gate = %self.g.dir.id, "{why}");
+        self.g.failure = Some(why.clone());
         self.event(EventKind::Failed, Some(why), None);
+    }
+
+    /// Runs kernel work off the async thread.
+    async fn kernel<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Kernel, &crate::cgroup::Cgroup) -> T + Send + 'static,
+    ) -> T {
+        let (k, cg) = (self.cx.kernel.clone(), self.cgroup());
+        blocking(move || f(&*k, &cg)).await
     }
 
     /// Re-reads cgroup.events and the limit counters. False when the
     /// cgroup is gone.
-    fn read_events(&self) -> bool {
-        let cg = self.cgroup();
-        let events = match cg.read_cgroup_events() {
+    fn read_events(&mut self) -> bool {
+        let k = &self.cx.kernel;
+        let cg = &self.g.dir.cgroup;
+        let events = match k.events(cg) {
             Ok(e) => e,
             Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT) => return false,
             Err(_) => return true,
         };
-        let hits = gate::limit_hits(&cg);
-        let new: Vec<(String, u64)> = self.with(|g| {
-            g.populated = events.populated;
-            let new = hits
-                .iter()
-                .filter_map(|(kind, &n)| {
-                    let before = g.limit_hits.get(kind).copied().unwrap_or(0);
-                    (n > before).then(|| (kind.clone(), n - before))
-                })
-                .collect();
-            g.limit_hits = hits;
-            new
-        });
-        let (tags, id) = self.with(|g| (g.tags.clone(), g.dir.id.clone()));
-        for (kind, n) in new {
-            self.d.journal.limit_hit(&tags, &id, &kind, n);
+        let hits = k.limit_hits(cg);
+        self.g.populated = events.populated;
+        for (kind, &n) in &hits {
+            let before = self.g.limit_hits.get(kind).copied().unwrap_or(0);
+            if n > before {
+                self.cx
+                    .journal
+                    .limit_hit(self.g.tags(), &self.g.dir.id, kind, n - before);
+            }
         }
+        self.g.limit_hits = hits;
         true
     }
 
     async fn observe(&mut self, o: Observation) -> Flow {
-        self.with(|g| g.follow(&o.policy));
+        self.g.follow(&o.policy);
         if o.full && !self.read_events() {
             return Flow::Gone;
         }
         if o.measure_cpu {
             self.measure_cpu(o.now);
         } else {
-            self.with(|g| g.busy = false);
+            self.g.busy = false;
         }
         self.review(o.now).await
     }
 
     /// CPU use above busy_cpu_percent since the last sample is activity.
-    fn measure_cpu(&self, now: u64) {
-        let Ok(usage) = self.cgroup().read_cpu_usage_usec() else {
+    fn measure_cpu(&mut self, now: u64) {
+        let Ok(usage) = self.cx.kernel.cpu_usage_usec(&self.g.dir.cgroup) else {
             return;
         };
-        let active = self.with(|g| {
-            if let Some((prev_usage, prev_at)) = g.cpu_sample {
-                let wall_usec = now.saturating_sub(prev_at).saturating_mul(1000);
-                if wall_usec > 0 {
-                    let percent =
-                        usage.saturating_sub(prev_usage) as f64 * 100.0 / wall_usec as f64;
-                    g.busy = percent >= g.settings.busy_cpu_percent;
-                }
-            }
-            g.cpu_sample = Some((usage, now));
-            g.busy && g.phase == Phase::Running
-        });
-        if active {
+        if let Some(percent) = crate::cgroup::cpu_percent(self.g.cpu_sample, usage, now) {
+            self.g.busy = percent >= self.g.settings.busy_cpu_percent;
+        }
+        self.g.cpu_sample = Some((usage, now));
+        if self.g.busy && *self.g.phase() == Phase::Running {
             self.mark_active(now);
         }
     }
 
-    fn mark_active(&self, now: u64) {
-        let cg = self.with(|g| {
-            g.last_active_ms = now;
-            g.tags.last_active_ms = Some(now);
-            g.dir.cgroup.clone()
-        });
-        // Persisted so a restarted daemon does not reset the idle clock.
-        let _ = Tag::LastActive.set(&cg, Some(&now.to_string()));
+    fn mark_active(&mut self, now: u64) {
+        self.g.last_active_ms = now;
+        // Persisted so a restarted daemon does not reset the idle clock;
+        // the clock in memory moves on either way.
+        if let Err(e) = self.g.record.set_last_active(now) {
+            tracing::debug!(gate = %self.g.dir.id, "last_active not tagged: {e}");
+        }
     }
 
     /// Asks the reaper's rule book and performs its decision.
     async fn review(&mut self, now: u64) -> Flow {
-        let criu = self.d.criu.is_some();
-        let (view, settings) = self.with(|g| (g.view(false, criu), g.settings.clone()));
-        let mut decision = reaper::step(&view, &settings, now);
+        let criu = self.cx.criu.is_some();
+        let view = self.g.view(false, criu);
+        let mut decision = reaper::step(&view, &self.g.settings, now);
         // Only a gate about to be reaped pays for the debugger check.
-        if decision.is_reap() && !view.phase.is_reaping() && is_traced(&self.cgroup()) {
-            decision = reaper::step(
-                &View {
-                    traced: true,
-                    ..view
-                },
-                &settings,
-                now,
-            );
+        if decision.is_reap()
+            && !view.phase.is_reaping()
+            && self.cx.kernel.traced(&self.g.dir.cgroup)
+        {
+            let traced = View {
+                traced: true,
+                ..view
+            };
+            decision = reaper::step(&traced, &self.g.settings, now);
         }
         self.perform(decision).await
     }
@@ -740,14 +719,12 @@ impl Action {
     async fn perform(&mut self, decision: Decision) -> Flow {
         match decision {
             Decision::Keep { spared, next } => {
-                self.with(|g| {
-                    g.spared = spared;
-                    g.next = next;
-                });
+                self.g.spared = spared;
+                self.g.next = next;
                 Flow::Go
             }
             Decision::Suspend(reason) => {
-                self.with(|g| g.spared = None);
+                self.g.spared = None;
                 if let Err(e) = self.suspend(reason, false).await {
                     self.failed("suspend", e);
                 }
@@ -757,14 +734,11 @@ impl Action {
                 self.hibernate().await;
                 Flow::Go
             }
-            Decision::Stop(reason) => {
-                self.with(|g| g.spared = None);
-                self.stop(reason).await
-            }
+            Decision::Stop(reason) => self.stop(reason).await,
             Decision::Kill(reason) => match self.kill(reason).await {
                 Ok(()) => Flow::Gone,
                 Err(e) => {
-                    self.failed("kill", e);
+                    self.failed("kill", &e.message);
                     Flow::Go
                 }
             },
@@ -775,37 +749,19 @@ impl Action {
     /// Freezes the gate; it keeps all its state and costs no CPU. If the
     /// freeze does not complete, it is undone: never a gate half frozen
     /// while it is shown running.
-    async fn suspend(&mut self, reason: Reason, manual: bool) -> Result<(), CgroupError> {
-        let cg = self.cgroup();
-        let c = cg.clone();
-        let frozen = blocking(move || {
-            c.write_freeze(true)?;
-            fault("freeze");
-            c.wait_events("frozen", gate::FREEZE_TIMEOUT, |e| e.frozen || !e.populated)
-        })
-        .await;
-        if let Err(e) = frozen {
-            let _ = cg.write_freeze(false);
-            return Err(e);
-        }
+    async fn suspend(&mut self, reason: Reason, manual: bool) -> Result<(), Failure> {
+        self.kernel(|k, cg| k.freeze(cg)).await?;
         let now = now_ms();
-        Tag::Frozen.set(&cg, Some(&now.to_string()))?;
-        Tag::FrozenManual.set(&cg, manual.then_some("1"))?;
-        let reclaim = self.with(|g| {
-            g.phase = Phase::Suspended {
-                since_ms: now,
-                manual,
-            };
-            g.tags.frozen_ms = Some(now);
-            g.tags.frozen_manual = manual;
-            g.failure = None;
-            g.settings.reclaim_when_frozen
-        });
-        let mut reclaimed = None;
-        if reclaim && cg.has_file("memory.reclaim") {
-            let c = cg.clone();
-            reclaimed = blocking(move || reclaim_memory(&c)).await.ok();
-        }
+        self.g.record.enter(Phase::Suspended {
+            since_ms: now,
+            manual,
+        })?;
+        self.g.failure = None;
+        let reclaimed = if self.g.settings.reclaim_when_frozen {
+            self.kernel(|k, cg| k.reclaim(cg)).await
+        } else {
+            None
+        };
         let kind = if manual {
             EventKind::Frozen
         } else {
@@ -815,81 +771,69 @@ impl Action {
         Ok(())
     }
 
-    async fn touch(&mut self) -> Result<(), Failure> {
-        let (phase, id) = self.with(|g| (g.phase, g.dir.id.clone()));
-        self.not_recovering(&id)?;
-        if phase.is_reaping() {
+    /// Refuses what a person asks of a gate in a step it must finish first,
+    /// or being torn down.
+    fn may_act(&self) -> Result<(), Failure> {
+        let (phase, id) = (self.g.phase(), &self.g.dir.id);
+        // CRIU still works on a step a previous daemon began: answered
+        // `busy` (nothing was done), which the client tries again, rather
+        // than a success before the gate runs.
+        if phase.in_hibernation_step() {
             return Err(Failure::new(
-                ErrorCode::Reaping,
-                format!("gate {id} is being reaped"),
+                crate::protocol::ErrorCode::Busy,
+                format!("gate {id} is finishing a hibernation step; try again"),
             ));
         }
+        if phase.is_reaping() {
+            return Err(Failure::reaping(id));
+        }
+        Ok(())
+    }
+
+    async fn touch(&mut self) -> Result<(), Failure> {
+        self.may_act()?;
         self.mark_active(now_ms());
-        if matches!(phase, Phase::Suspended { .. } | Phase::Hibernated { .. }) {
+        if self.g.phase().is_asleep() {
             self.resume("touch").await?;
         }
         Ok(())
     }
 
-    /// Thaws a suspended or frozen gate: it runs when this returns Ok.
+    /// Thaws a suspended or frozen gate, or restores a hibernated one: it
+    /// runs when this returns Ok.
     async fn resume(&mut self, why: &str) -> Result<(), Failure> {
-        let (phase, id, cg) = self.with(|g| (g.phase, g.dir.id.clone(), g.dir.cgroup.clone()));
-        self.not_recovering(&id)?;
-        if phase.is_reaping() {
-            return Err(Failure::new(
-                ErrorCode::Reaping,
-                format!("gate {id} is being reaped"),
-            ));
-        }
-        if matches!(phase, Phase::Hibernated { .. }) {
+        self.may_act()?;
+        let was = self.g.phase().clone();
+        if let Phase::Hibernated { .. } = was {
             // Back from disk; the thaw is part of the restore.
             self.wake().await?;
         } else {
-            let c = cg.clone();
-            blocking(move || c.thaw(gate::FREEZE_TIMEOUT))
-                .await
-                .map_err(Failure::internal)?;
+            self.kernel(|k, cg| k.thaw(cg)).await?;
+            self.g.record.enter(Phase::Running)?;
+            if was.is_asleep() {
+                self.event(EventKind::Thawed, Some(why.to_string()), None);
+            }
         }
-        let _ = Tag::Frozen.set(&cg, None);
-        let _ = Tag::FrozenManual.set(&cg, None);
-        let now = now_ms();
-        self.with(|g| {
-            g.phase = Phase::Running;
-            g.tags.frozen_ms = None;
-            g.tags.frozen_manual = false;
-            g.last_active_ms = now;
-            g.failure = None;
-            // It ran again: a refused dump may be tried anew.
-            g.refused = None;
-        });
-        if matches!(phase, Phase::Suspended { .. }) {
-            self.event(EventKind::Thawed, Some(why.to_string()), None);
-        }
-        self.review(now).await;
+        self.g.last_active_ms = now_ms();
+        self.g.failure = None;
+        self.review(now_ms()).await;
         Ok(())
     }
 
     async fn freeze_by_person(&mut self) -> Result<(), Failure> {
-        let (phase, id, cg) = self.with(|g| (g.phase, g.dir.id.clone(), g.dir.cgroup.clone()));
-        match phase {
-            Phase::Stopping { .. } | Phase::Killing { .. } => Err(Failure::new(
-                ErrorCode::Reaping,
-                format!("gate {id} is being reaped"),
-            )),
-            // Frozen already, or better: on disk.
-            Phase::Suspended { manual: true, .. } | Phase::Hibernated { .. } => Ok(()),
+        self.may_act()?;
+        match self.g.phase().clone() {
+            Phase::Running => self.suspend(Reason::Manual, true).await,
             // Already frozen by the reaper: now it is the person's freeze.
-            Phase::Suspended { since_ms, .. } => {
-                Tag::FrozenManual
-                    .set(&cg, Some("1"))
-                    .map_err(Failure::internal)?;
-                self.with(|g| {
-                    g.phase = Phase::Suspended {
-                        since_ms,
-                        manual: true,
-                    };
-                    g.tags.frozen_manual = true;
-                });
+            Phase::Suspended {
+                since_ms,
+                manual: false,
+            }
+            | Phase::DumpRefused { since_ms, .. } => {
+                self.g.record.enter(Phase::Suspended {
+                    since_ms,
+                    manual: true,
+                })?;
                 self.event(
                     EventKind::Frozen,
                     Some(Reason::Manual.as_str().into()),
@@ -897,20 +841,9 @@ impl Action {
                 );
                 Ok(())
             }
-            Phase::Running => self
-                .suspend(Reason::Manual, true)
-                .await
-                .map_err(Failure::internal),
+            // Frozen already, or better: on disk.
+            _ => Ok(()),
         }
-    }
-
-    async fn evict(&mut self, reason: Reason) -> Flow {
-        let fair =
-            self.with(|g| !g.phase.is_reaping() && !g.busy && !g.pinned() && g.spared.is_none());
-        if !fair {
-            return Flow::Go;
-        }
-        self.stop(reason).await
     }
 
     /// The polite part of a teardown: thaw (a frozen process cannot handle
@@ -918,108 +851,89 @@ impl Action {
     /// for the tree to exit by itself. The owner keeps serving meanwhile; the
     /// grace's end wakes it to kill.
     async fn stop(&mut self, reason: Reason) -> Flow {
-        let cg = self.cgroup();
         let freed = self.measure_memory().await;
         let now = now_ms();
-        let stopping = Phase::Stopping {
+        if let Err(e) = self.g.record.enter(Phase::Stopping {
             since_ms: now,
             reason,
-        };
-        if let Err(e) = Tag::Reaping.set(&cg, stopping.intent_tag().as_deref()) {
+        }) {
             self.failed("stop", e);
             return Flow::Go;
         }
-        let (tags, grace) = self.with(|g| {
-            g.phase = stopping;
-            g.tags.reaping = stopping.intent_tag();
-            g.freed = Some(freed);
-            g.spared = None;
-            (g.tags.clone(), g.settings.stop_grace)
-        });
-        self.with(|g| {
-            g.next = Some(Next {
-                action: NextAction::Kill,
-                at_ms: now.saturating_add(u64::try_from(grace.as_millis()).unwrap_or(u64::MAX)),
-            })
+        self.g.freed = Some(freed);
+        self.g.spared = None;
+        let grace = u64::try_from(self.g.settings.stop_grace.as_millis()).unwrap_or(u64::MAX);
+        self.g.next = Some(Next {
+            action: NextAction::Kill,
+            at_ms: now.saturating_add(grace),
         });
         self.event(EventKind::Stopping, Some(reason.as_str().into()), None);
-        let c = cg.clone();
-        if let Err(e) = blocking(move || c.thaw(gate::FREEZE_TIMEOUT)).await {
+        if let Err(e) = self.kernel(|k, cg| k.thaw(cg)).await {
             // The kill at the grace's end does not need the thaw.
             self.failed("thaw before stop_signal", e);
         }
-        let signal = self.with(|g| g.settings.stop_signal);
-        send_stop_signal(&cg, &tags, signal);
+        let (tags, signal) = (self.g.tags().clone(), self.g.settings.stop_signal);
+        self.kernel(move |k, cg| k.stop_signal(cg, &tags, signal))
+            .await;
         Flow::Go
     }
 
     /// The end of every teardown: freeze and cgroup.kill the whole tree,
     /// then remove it. During a stop grace it keeps the stop's reason: one
     /// teardown, one `removed` event, one reap counted.
-    async fn kill(&mut self, reason: Reason) -> anyhow::Result<()> {
-        let (phase, cg) = self.with(|g| (g.phase, g.dir.cgroup.clone()));
-        let reason = match phase {
-            Phase::Stopping { reason, .. } | Phase::Killing { reason } => reason,
+    async fn kill(&mut self, reason: Reason) -> Result<(), Failure> {
+        let reason = match self.g.phase() {
+            Phase::Stopping { reason, .. } | Phase::Killing { reason } => *reason,
             _ => reason,
         };
-        let freed = match self.with(|g| g.freed) {
+        let freed = match self.g.freed {
             Some(f) => f,
             None => self.measure_memory().await,
         };
-        let killing = Phase::Killing { reason };
-        Tag::Reaping.set(&cg, killing.intent_tag().as_deref())?;
-        self.with(|g| {
-            g.phase = killing;
-            g.tags.reaping = killing.intent_tag();
-            g.freed = Some(freed);
-        });
-        let c = cg.clone();
+        self.g.record.enter(Phase::Killing { reason })?;
+        self.g.freed = Some(freed);
         // Frozen and killed as one: nothing can fork or react.
-        blocking(move || c.kill_all(gate::KILL_TIMEOUT)).await?;
+        self.kernel(|k, cg| k.kill_all(cg)).await?;
         self.finish(reason, "killed", freed).await
     }
 
     /// What the gate holds now, read once off the runtime thread (PSS of a
     /// big tree takes a while), bounded by `gate::MEMORY_READ_BOUND`.
     async fn measure_memory(&self) -> u64 {
-        let dir = self.with(|g| g.dir.clone());
+        let (k, dir) = (self.cx.kernel.clone(), self.g.dir.clone());
         let deadline = std::time::Instant::now() + gate::MEMORY_READ_BOUND;
-        let m = match tokio::task::spawn_blocking(move || gate::Measured::now(&dir, deadline)).await
-        {
-            Ok(m) => m,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        };
-        self.with(|g| g.memory = Some(m));
+        let m = blocking(move || k.measure(&dir, deadline)).await;
+        *lock(self.memory) = Some(m);
         m.bytes
     }
 
-    async fn finish(&mut self, reason: Reason, how: &str, freed: u64) -> anyhow::Result<()> {
-        let dir = self.with(|g| g.dir.clone());
+    async fn finish(&mut self, reason: Reason, how: &str, freed: u64) -> Result<(), Failure> {
         self.remove_cgroup().await?;
-        let tags = self.with(|g| g.tags.clone());
-        self.d.journal.removed(&tags, &dir.id, reason, how, freed);
+        self.cx
+            .journal
+            .removed(self.g.tags(), &self.g.dir.id, reason, how, freed);
         Ok(())
     }
 
     /// Removes the emptied gate's cgroup; a keeper gate's image goes with
     /// it, however the gate ended: no image nobody owns.
-    async fn remove_cgroup(&self) -> anyhow::Result<()> {
-        if self.with(|g| g.tags.keeper) {
-            crate::criu::remove_image(&self.image_dir())?;
+    async fn remove_cgroup(&self) -> Result<(), Failure> {
+        if self.g.tags().keeper {
+            crate::criu::remove_image(&self.image_dir()).map_err(Failure::internal)?;
         }
-        let d = self.with(|g| g.dir.clone());
-        blocking(move || d.remove()).await?;
+        let (k, dir) = (self.cx.kernel.clone(), self.g.dir.clone());
+        blocking(move || k.remove(&dir)).await?;
         Ok(())
     }
 
     /// Every process exited: by itself, or during a stop grace.
     async fn remove_empty(&mut self) -> Flow {
-        let (phase, freed) = self.with(|g| (g.phase, g.freed.unwrap_or(0)));
-        if let Phase::Stopping { reason, .. } | Phase::Killing { reason } = phase {
+        let freed = self.g.freed.unwrap_or(0);
+        if let Phase::Stopping { reason, .. } | Phase::Killing { reason } = *self.g.phase() {
             return match self.finish(reason, "stopped", freed).await {
                 Ok(()) => Flow::Gone,
                 Err(e) => {
-                    self.failed("remove", e);
+                    self.failed("remove", &e.message);
                     Flow::Go
                 }
             };
@@ -1031,24 +945,20 @@ impl Action {
             }
             // EBUSY: a process entered it between our read and the rmdir.
             Err(e) => {
-                tracing::debug!("gate not removed yet: {e}");
+                tracing::debug!("gate not removed yet: {}", e.message);
                 Flow::Go
             }
         }
     }
 
     async fn start_worker(&self, cmd: Vec<std::ffi::OsString>) -> Result<(), Failure> {
-        let (cg, keeper, owner) =
-            self.with(|g| (g.dir.cgroup.clone(), g.keeper(), g.tags.owner_uid));
-        let w = cg.child(crate::keeper::WORKER_CGROUP);
-        if w.read_cgroup_events().map_err(Failure::internal)?.populated {
-            return Err(Failure::new(
-                ErrorCode::BadRequest,
-                "its worker runs already",
-            ));
+        let (keeper, owner) = (self.g.keeper(), self.g.tags().owner_uid);
+        let w = self.g.dir.cgroup.child(crate::keeper::WORKER_CGROUP);
+        if w.read_cgroup_events()?.populated {
+            return Err(Failure::bad_request("its worker runs already"));
         }
         let gov = std::env::current_exe().map_err(Failure::internal)?;
-        blocking_any(move || {
+        blocking(move || {
             let spec = crate::keeper::WorkerSpec::of_keeper(keeper, owner, cmd)?;
             crate::keeper::start_worker(&gov, keeper, w.path(), &spec, Duration::from_secs(10))?;
             // Started: from now on an empty worker cgroup is a real exit.
@@ -1059,29 +969,31 @@ impl Action {
         .map_err(Failure::internal)
     }
 
-    /// CRIU still works on a step a previous daemon began: answered `busy`
-    /// (nothing was done), which the client tries again, rather than a
-    /// success before the gate runs.
-    fn not_recovering(&self, id: &str) -> Result<(), Failure> {
-        if self.with(|g| g.recovering) {
-            return Err(Failure::new(
-                ErrorCode::Busy,
-                format!("gate {id} is finishing a hibernation step; try again"),
-            ));
-        }
-        Ok(())
-    }
-
     fn image_dir(&self) -> std::path::PathBuf {
-        let id = self.with(|g| g.dir.id.clone());
-        self.d.policy().global.hibernate_dir.join(id)
+        self.cx.policy().global.hibernate_dir.join(&self.g.dir.id)
     }
 
     fn hibernate_options(&self) -> crate::hibernate::Options {
         crate::hibernate::Options {
-            max_image_bytes: self.d.policy().global.hibernate_max_bytes,
+            max_image_bytes: self.cx.policy().global.hibernate_max_bytes,
             ..Default::default()
         }
+    }
+
+    /// Runs a hibernation step on the blocking pool with the gate's record,
+    /// which the step writes as it goes.
+    async fn hibernation_step<T: Send + 'static>(
+        &mut self,
+        f: impl FnOnce(&crate::cgroup::Cgroup, &mut Record) -> T + Send + 'static,
+    ) -> T {
+        let (cg, mut record) = (self.cgroup(), self.g.record.clone());
+        let (record, out) = blocking(move || {
+            let out = f(&cg, &mut record);
+            (record, out)
+        })
+        .await;
+        self.g.record = record;
+        out
     }
 
     /// Dumps a suspended keeper gate's worker to disk: its RAM is freed,
@@ -1089,89 +1001,74 @@ impl Action {
     /// gate suspended as it was, says why, and is not tried again until the
     /// gate ran.
     async fn hibernate(&mut self) {
-        let Some(criu) = self.d.criu.clone() else {
+        let Some(criu) = self.cx.criu.clone() else {
             return;
         };
-        let (cg, keeper) = self.with(|g| (g.dir.cgroup.clone(), g.keeper()));
-        let dir = self.image_dir();
+        let (keeper, dir, opts) = (self.g.keeper(), self.image_dir(), self.hibernate_options());
         // Root's alone (0700), below directories only root controls; made
         // if missing, never chmod'ed through a symlink.
         if let Err(e) = crate::criu::ensure_private_dir(dir.parent().unwrap_or(&dir)) {
-            self.refuse(e.to_string());
+            let since_ms = self.g.phase().asleep_since().unwrap_or_else(now_ms);
+            let reason = e.to_string();
+            match self.g.record.enter(Phase::DumpRefused {
+                since_ms,
+                reason: reason.clone(),
+            }) {
+                Ok(()) => self.failed("hibernate refused", reason),
+                Err(e) => self.failed("hibernate", e),
+            }
             return;
         }
-        let opts = self.hibernate_options();
-        let c = cg.clone();
-        let d = dir.clone();
-        let r =
-            blocking_any(move || crate::hibernate::hibernate(&criu, &c, keeper, &d, &opts)).await;
+        let r = self
+            .hibernation_step(move |cg, record| {
+                crate::hibernate::hibernate(&criu, cg, record, keeper, &dir, &opts)
+            })
+            .await;
         match r {
             Ok(report) => {
-                let now = now_ms();
-                self.with(|g| {
-                    g.phase = Phase::Hibernated {
-                        since_ms: now,
-                        image_bytes: report.image_bytes,
-                    };
-                    g.tags.hibernate = crate::hibernate::Phase::Hibernated {
-                        image_bytes: report.image_bytes,
-                    }
-                    .to_tag()
-                    .into();
-                });
                 let why = format!("dumped in {} ms", report.elapsed.as_millis());
                 self.event(EventKind::Hibernated, Some(why), Some(report.image_bytes));
             }
-            // criu goes on by itself; the next look finishes the step.
+            // criu goes on by itself (the gate stays Dumping); the next look
+            // finishes the step.
             Err(crate::hibernate::HibernateError::Criu(crate::criu::CriuError::StillRunning {
                 ..
-            })) => self.with(|g| g.recovering = true),
-            Err(e) => self.refuse(e.reason()),
+            })) => {}
+            // Suspended as before (DumpRefused), the reason shown.
+            Err(e) => self.failed("hibernate refused", e.reason()),
         }
-    }
-
-    fn refuse(&self, reason: String) {
-        let cg = self.cgroup();
-        let tag = crate::hibernate::Phase::Refused {
-            reason: reason.clone(),
-        }
-        .to_tag();
-        let _ = Tag::Hibernate.set(&cg, Some(&tag));
-        self.with(|g| {
-            g.refused = Some(reason.clone());
-            g.tags.hibernate = Some(tag);
-        });
-        self.failed("hibernate refused", reason);
     }
 
     /// Restores a hibernated gate; on failure the image is kept and the
     /// gate stays hibernated, so `gov thaw` can try again.
     async fn wake(&mut self) -> Result<(), Failure> {
-        let Some(criu) = self.d.criu.clone() else {
-            return Err(Failure::new(
-                ErrorCode::Internal,
+        let Some(criu) = self.cx.criu.clone() else {
+            return Err(Failure::internal(
                 "the gate is hibernated but this daemon found no criu to restore it",
             ));
         };
-        let (cg, keeper) = self.with(|g| (g.dir.cgroup.clone(), g.keeper()));
-        let (dir, opts) = (self.image_dir(), self.hibernate_options());
-        let c = cg.clone();
-        let r = blocking_any(move || crate::hibernate::wake(&criu, &c, keeper, &dir, &opts)).await;
+        let (keeper, dir, opts) = (self.g.keeper(), self.image_dir(), self.hibernate_options());
+        let r = self
+            .hibernation_step(move |cg, record| {
+                crate::hibernate::wake(&criu, cg, record, keeper, &dir, &opts)
+            })
+            .await;
         match r {
             Ok(report) => {
-                self.with(|g| g.tags.hibernate = None);
                 let why = format!("restored in {} ms", report.elapsed.as_millis());
                 self.event(EventKind::Restored, Some(why), None);
                 Ok(())
             }
             Err(e) => {
-                let why = e.reason();
-                self.with(|g| g.failure = Some(format!("restore: {why}")));
-                self.event(EventKind::Failed, Some(format!("restore: {why}")), None);
-                Err(Failure::new(
-                    ErrorCode::Internal,
-                    format!("restore failed, the image is kept (`gov thaw` tries again): {why}"),
-                ))
+                let why = format!("restore: {}", e.reason());
+                self.g.failure = Some(why.clone());
+                self.event(EventKind::Failed, Some(why), None);
+                let mut f = Failure::from(e);
+                f.message = format!(
+                    "restore failed, the image is kept (`gov thaw` tries again): {}",
+                    f.message
+                );
+                Err(f)
             }
         }
     }
@@ -1179,91 +1076,61 @@ impl Action {
     /// A daemon died during this gate's dump or restore: finish or undo it.
     async fn recover(&mut self) {
         use crate::hibernate::{self as h, Recovery};
-        let (cg, keeper, tags) = self.with(|g| (g.dir.cgroup.clone(), g.keeper(), g.tags.clone()));
-        let Some(phase) = tags.hibernation() else {
-            self.with(|g| g.recovering = false);
-            return;
-        };
-        let dir = self.image_dir();
-        let c = cg.clone();
-        let criu = self.d.criu.clone();
-        let r = blocking_any(move || {
-            let recovery = h::recover(&phase, h::observe(&c, keeper, &dir, criu.as_ref())?);
-            h::apply(recovery, &c, keeper, &dir)?;
-            Ok::<_, h::HibernateError>(recovery)
-        })
-        .await;
-        tracing::debug!(gate = %self.with(|g| g.dir.id.clone()), ?r, "hibernation recovery");
+        let (keeper, dir, criu) = (self.g.keeper(), self.image_dir(), self.cx.criu.clone());
+        let r = self
+            .hibernation_step(move |cg, record| {
+                let seen = h::observe(cg, keeper, &dir, criu.as_ref())?;
+                let recovery = h::recover(record.phase(), seen);
+                h::apply(recovery, cg, record, keeper, &dir)?;
+                Ok::<_, h::HibernateError>(recovery)
+            })
+            .await;
+        tracing::debug!(gate = %self.g.dir.id, ?r, "hibernation recovery");
         match r {
             Ok(Recovery::Wait) => {}
-            Ok(recovery) => {
-                let fresh = crate::gate::Tags::read(&cg).ok().flatten();
-                let now = now_ms();
-                self.with(|g| {
-                    g.recovering = false;
-                    if let Some(t) = fresh {
-                        g.tags.hibernate = t.hibernate;
-                    }
-                    g.phase = match recovery {
-                        Recovery::PromoteImage | Recovery::Hibernated => match g.tags.hibernation()
-                        {
-                            Some(h::Phase::Hibernated { image_bytes }) => Phase::Hibernated {
-                                since_ms: g.tags.frozen_ms.unwrap_or(now),
-                                image_bytes,
-                            },
-                            _ => g.phase,
-                        },
-                        Recovery::BackToSuspended => Phase::Suspended {
-                            since_ms: g.tags.frozen_ms.unwrap_or(now),
-                            manual: false,
-                        },
-                        Recovery::RestoreDone => Phase::Running,
-                        _ => g.phase,
-                    };
-                });
-                self.event(
-                    EventKind::Adopted,
-                    Some(format!(
-                        "hibernation step finished after a restart: {recovery:?}"
-                    )),
-                    None,
-                );
-            }
+            Ok(recovery) => self.event(
+                EventKind::Adopted,
+                Some(format!(
+                    "hibernation step finished after a restart: {recovery:?}"
+                )),
+                None,
+            ),
             Err(e) => self.failed("hibernation recovery", e.reason()),
         }
     }
 
     /// Records, once, that a watched process exited: the owner process
     /// (orphaned) or the main process.
-    fn exited(&self, which: Cmd) {
+    fn exited(&mut self, owner: bool) {
         let now = now_ms();
-        let (tag, kind, reason) = match which {
-            Cmd::Orphaned => (Tag::Orphaned, EventKind::Orphaned, Some("owner exited")),
-            _ => (Tag::MainExited, EventKind::MainExited, None),
+        let t = self.g.tags();
+        let already = if owner {
+            t.orphaned_ms.is_some()
+        } else {
+            t.main_exited_ms.is_some()
         };
-        let (cg, already) = self.with(|g| {
-            let slot = match tag {
-                Tag::Orphaned => &mut g.tags.orphaned_ms,
-                _ => &mut g.tags.main_exited_ms,
-            };
-            let already = slot.is_some();
-            slot.get_or_insert(now);
-            (g.dir.cgroup.clone(), already)
-        });
         if already {
             return;
         }
-        let _ = tag.set(&cg, Some(&now.to_string()));
-        self.event(kind, reason.map(str::to_string), None);
+        let written = if owner {
+            self.g.record.set_orphaned(now)
+        } else {
+            self.g.record.set_main_exited(now)
+        };
+        if let Err(e) = written {
+            // Known here all the same; a restarted daemon sees the exit anew.
+            tracing::warn!(gate = %self.g.dir.id, "exit not tagged: {e}");
+        }
+        let (kind, reason) = if owner {
+            (EventKind::Orphaned, Some("owner exited".to_string()))
+        } else {
+            (EventKind::MainExited, None)
+        };
+        self.event(kind, reason, None);
     }
 
-    fn pin(&self, pinned: bool) -> Result<(), Failure> {
-        let cg = self.cgroup();
-        Tag::Pinned
-            .set(&cg, pinned.then_some("1"))
-            .map_err(Failure::internal)?;
-        fault("pin");
-        self.with(|g| g.tags.pinned = pinned);
+    fn pin(&mut self, pinned: bool) -> Result<(), Failure> {
+        self.g.record.set_pinned(pinned)?;
         let kind = if pinned {
             EventKind::Pinned
         } else {
@@ -1273,12 +1140,8 @@ impl Action {
         Ok(())
     }
 
-    fn tag(&self, session: &str) -> Result<(), Failure> {
-        let cg = self.cgroup();
-        Tag::Session
-            .set(&cg, Some(session))
-            .map_err(Failure::internal)?;
-        self.with(|g| g.tags.session = session.to_string());
+    fn tag(&mut self, session: &str) -> Result<(), Failure> {
+        self.g.record.set_session(session)?;
         self.event(EventKind::Tagged, Some(format!("session {session}")), None);
         Ok(())
     }
@@ -1360,65 +1223,239 @@ async fn first_exit(exits: &[Option<Exit>; 2], interval: Duration) -> usize {
     }
 }
 
-fn is_traced(cg: &Cgroup) -> bool {
-    cg.read_procs()
-        .unwrap_or_default()
-        .into_iter()
-        .any(|p| proc::tracer_pid(p).is_some())
-}
-
-/// stop_signal to the gate's main process, if it is still the process we
-/// started (start time) and in the gate; else to every member, so they can
-/// still clean up. Each through a pidfd checked after it was opened.
-fn send_stop_signal(cg: &Cgroup, tags: &Tags, sig: nix::sys::signal::Signal) {
-    let member = |p: u32| cg.read_procs().unwrap_or_default().contains(&p);
-    let main = tags.main_pid.filter(|&p| {
-        let mut sent = false;
-        let _ = proc::signal_checked(p, sig as i32, |p| {
-            sent = tags.main_start.is_some() && proc::start_time(p) == tags.main_start && member(p);
-            sent
-        });
-        sent
-    });
-    if main.is_none() {
-        for p in cg.read_procs().unwrap_or_default() {
-            let _ = proc::signal_checked(p, sig as i32, member);
-        }
-    }
-}
-
-/// memory.reclaim of everything a frozen gate holds; returns bytes freed.
-fn reclaim_memory(cg: &Cgroup) -> Result<u64, CgroupError> {
-    let before = cg.read_memory_current()?.unwrap_or(0);
-    // Ask for what is left, a few rounds: the kernel may reclaim less than
-    // asked (and say EAGAIN), and swapped pages leave the charge in batches.
-    let mut last = before;
-    for _ in 0..8 {
-        let _ = cg.write_file("memory.reclaim", &last.to_string());
-        let now = cg.read_memory_current()?.unwrap_or(0);
-        if now + (1 << 20) > last {
-            last = now;
-            break;
-        }
-        last = now;
-    }
-    Ok(before.saturating_sub(last))
-}
-
 /// Runs blocking work off the async thread; a panic there reaches the
 /// action, which the owner catches.
-async fn blocking_any<T: Send + 'static, E: Send + 'static>(
-    f: impl FnOnce() -> Result<T, E> + Send + 'static,
-) -> Result<T, E> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 
-/// Runs blocking cgroupfs work (waits, kills) off the async thread.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, CgroupError> + Send + 'static,
-) -> Result<T, CgroupError> {
-    blocking_any(f).await
+/// The owner's decisions against a kernel in memory: no root, no cgroupfs,
+/// milliseconds each. tests/lifecycle.rs proves the same against the kernel.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cgroup::Cgroup;
+    use crate::daemon::kernel::fake::Fake;
+    use crate::gate::Tag;
+
+    struct Kit {
+        fake: Arc<Fake>,
+        cx: Arc<Ctx>,
+        registry: Arc<Registry>,
+        cg: Cgroup,
+    }
+
+    /// One gate under `policy` (gov.toml text), created at unix ms 1 with
+    /// these tags changed, its owner started.
+    fn start_gate(policy: &str, tags: impl FnOnce(&mut Tags)) -> (Kit, Handle) {
+        let policy = Arc::new(Policy::parse(policy, std::path::Path::new("test")).unwrap());
+        let fake = Arc::new(Fake::default());
+        let registry = Arc::new(Registry::default());
+        let cx = Arc::new(Ctx {
+            policy: watch::channel(policy.clone()).1,
+            journal: Arc::new(Journal::new(100)),
+            criu: None,
+            kernel: fake.clone(),
+            registry: Arc::downgrade(&registry),
+        });
+        let cg = Cgroup::new("/fake/gov/p/g1");
+        let store = fake.add(&cg);
+        // As spawn tags a gate.
+        for (tag, v) in [
+            (Tag::Project, "/p"),
+            (Tag::OwnerUid, "0"),
+            (Tag::Created, "1"),
+        ] {
+            crate::record::TagStore::write(&*store, tag, Some(v)).unwrap();
+        }
+        let mut t = Tags {
+            project: "/p".into(),
+            created_ms: 1,
+            ..Tags::default()
+        };
+        tags(&mut t);
+        let dir = GateDir {
+            id: "g1".into(),
+            project_key: "p".into(),
+            cgroup: cg.clone(),
+        };
+        let gate = Gate::found(dir, t, &*fake, policy);
+        let handle = start(&cx, gate);
+        registry.insert("g1".into(), handle.clone());
+        let kit = Kit {
+            fake,
+            cx,
+            registry,
+            cg,
+        };
+        (kit, handle)
+    }
+
+    fn observe(h: &Handle, cx: &Ctx, now: u64) {
+        h.observe(Observation {
+            now,
+            full: true,
+            measure_cpu: false,
+            policy: cx.policy(),
+        });
+    }
+
+    fn events(cx: &Ctx, kind: EventKind) -> Vec<crate::protocol::Event> {
+        let mut all = cx.journal.recent(|_| true, None);
+        all.retain(|e| e.kind == kind);
+        all
+    }
+
+    /// Lets the owner's task run until it waits again.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// The reaper's freeze of the idle gate begins, and is held open.
+    async fn idle_freeze_held(kit: &Kit, h: &Handle) {
+        kit.fake.hold_freezes(true);
+        observe(h, &kit.cx, 1_000_000);
+        let fake = kit.fake.clone();
+        tokio::task::spawn_blocking(move || fake.wait_held())
+            .await
+            .unwrap();
+    }
+
+    const IDLE: &str = "[defaults]\nidle_timeout = \"1s\"\nbusy_cpu_percent = 100.0\n";
+
+    /// A touch that arrives while the reaper's freeze is in flight waits
+    /// for it, then thaws: once answered, the gate runs.
+    #[tokio::test]
+    async fn a_touch_during_a_freeze_waits_for_it_and_thaws() {
+        let (kit, h) = start_gate(IDLE, |_| {});
+        idle_freeze_held(&kit, &h).await;
+        let (tx, mut answer) = oneshot::channel();
+        assert!(h.tx.send((Cmd::Touch, Some(tx))).is_ok());
+        settle().await;
+        assert!(answer.try_recv().is_err(), "answered during the freeze");
+        kit.fake.hold_freezes(false);
+        answer.await.unwrap().unwrap();
+        assert!(
+            !kit.fake.frozen(&kit.cg),
+            "the touch's answer came: it runs"
+        );
+        assert_eq!(kit.fake.calls("thaw"), 1);
+        assert_eq!(*h.view().phase(), Phase::Running);
+        assert_eq!(events(&kit.cx, EventKind::Suspended).len(), 1);
+        assert_eq!(events(&kit.cx, EventKind::Thawed).len(), 1);
+    }
+
+    /// A kill during a stop grace ends the teardown under way: one kill,
+    /// one `removed` event with the stop's reason, and the owner ends.
+    #[tokio::test]
+    async fn a_kill_during_a_stop_grace_escalates_the_one_teardown() {
+        let (kit, h) = start_gate("[defaults]\nstop_grace = \"1h\"\n", |t| {
+            t.max_runtime_ms = Some(10)
+        });
+        observe(&h, &kit.cx, 1_000);
+        let pending = h.begin("g1", Cmd::Kill);
+        pending.wait().await.unwrap();
+        assert_eq!(kit.fake.calls("stop_signal"), 1);
+        assert_eq!(kit.fake.calls("kill_all"), 1);
+        let removed = events(&kit.cx, EventKind::Removed);
+        assert_eq!(removed.len(), 1, "{removed:?}");
+        assert_eq!(removed[0].reason.as_deref(), Some("deadline (killed)"));
+        assert_eq!(events(&kit.cx, EventKind::Stopping).len(), 1);
+        let mut view = h.view.clone();
+        while view.changed().await.is_ok() {}
+        assert!(!kit.registry.contains("g1"), "the owner took it out");
+        // A command that comes later finds no gate.
+        assert_eq!(
+            h.ask("g1", Cmd::Touch).await.unwrap_err().code,
+            crate::protocol::ErrorCode::NotFound
+        );
+    }
+
+    /// Scans that come while an action runs are coalesced into one
+    /// observation, not queued one each behind it.
+    #[tokio::test]
+    async fn scans_coalesce_while_an_action_runs() {
+        let (kit, h) = start_gate(IDLE, |_| {});
+        let reads = kit.fake.calls("events");
+        idle_freeze_held(&kit, &h).await;
+        for i in 0..100 {
+            observe(&h, &kit.cx, 1_000_000 + i);
+        }
+        kit.fake.hold_freezes(false);
+        // Behind the one coalesced observation.
+        h.ask("g1", Cmd::Pin(true)).await.unwrap();
+        assert_eq!(
+            kit.fake.calls("events") - reads,
+            2,
+            "the first and one more"
+        );
+    }
+
+    /// A panic in an action is caught: its answer says so, the gate shows
+    /// and logs the failure, and stays managed.
+    #[tokio::test]
+    async fn a_panicking_action_leaves_the_gate_managed() {
+        let (kit, h) = start_gate("", |_| {});
+        kit.fake.lock().panics.push("freeze");
+        let e = h.ask("g1", Cmd::Freeze).await.unwrap_err();
+        assert_eq!(e.code, crate::protocol::ErrorCode::Internal);
+        assert!(e.message.contains("failed"), "{}", e.message);
+        let failed = events(&kit.cx, EventKind::Failed);
+        assert_eq!(failed.len(), 1);
+        assert!(failed[0].reason.as_deref().unwrap().starts_with("freeze"));
+        assert!(h
+            .view()
+            .failure
+            .as_deref()
+            .unwrap()
+            .contains("fake freeze panics"));
+        assert_eq!(*h.view().phase(), Phase::Running);
+        // Still managed: the next action works, and is written.
+        kit.fake.lock().panics.clear();
+        h.ask("g1", Cmd::Pin(true)).await.unwrap();
+        let tags = kit.fake.lock().gates[kit.cg.path()].tags.clone();
+        assert!(tags.read().unwrap().pinned);
+        assert!(h.view().tags().pinned);
+    }
+
+    /// Owners hold the daemon's registry weakly: when it lets go, their
+    /// channels close and they end.
+    #[tokio::test]
+    async fn the_owner_ends_when_the_registry_lets_go() {
+        let (kit, h) = start_gate("", |_| {});
+        let mut view = h.view.clone();
+        drop(h);
+        drop(kit.registry);
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            while view.changed().await.is_ok() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "the owner still runs");
+    }
+
+    /// A freeze a person asked for is the person's: written so, held, and
+    /// a second freeze changes nothing.
+    #[tokio::test]
+    async fn a_persons_freeze_is_entered_and_tagged_as_theirs() {
+        let (kit, h) = start_gate("", |_| {});
+        h.ask("g1", Cmd::Freeze).await.unwrap();
+        h.ask("g1", Cmd::Freeze).await.unwrap();
+        assert_eq!(kit.fake.calls("freeze"), 1);
+        assert!(matches!(
+            h.view().phase(),
+            Phase::Suspended { manual: true, .. }
+        ));
+        let tags = kit.fake.lock().gates[kit.cg.path()].tags.clone();
+        let on_disk = tags.read().unwrap();
+        assert!(on_disk.frozen_manual && on_disk.frozen_ms.is_some());
+        h.ask("g1", Cmd::Thaw).await.unwrap();
+        let on_disk = tags.read().unwrap();
+        assert!(!on_disk.frozen_manual && on_disk.frozen_ms.is_none());
+        assert!(!kit.fake.frozen(&kit.cg));
+    }
 }

@@ -7,16 +7,21 @@
 //! - `requests`: a request becomes a reply (peer credentials, who may act
 //!   on which gate, spawn);
 //! - `registry`: the gates managed, each reached through its owner;
-//! - `lifecycle`: a gate's single owner, which performs every action on it,
-//!   one at a time;
+//! - `lifecycle`: a gate's single owner, which holds the gate and performs
+//!   every action on it, one at a time, through a narrow context (`Ctx`);
+//! - `kernel`: what an owner asks of cgroupfs and procfs, as a trait (a
+//!   fake in the owner's unit tests);
+//! - `failure`: a failed request, as its reply says it;
 //! - `scan`: the periodic pass that adopts gates and tells owners what it saw;
 //! - `journal`: events, counters and the metrics text.
 //!
 //! Stopping the daemon never touches a gate.
 
 mod admission;
+mod failure;
 mod host;
 mod journal;
+mod kernel;
 mod lifecycle;
 mod mailbox;
 mod registry;
@@ -72,11 +77,13 @@ pub fn run(config: Option<&Path>) -> Result<i32> {
 pub struct Daemon {
     /// The policy file given, read again at SIGHUP; None: the default.
     config_path: Option<PathBuf>,
-    policy: RwLock<Arc<Policy>>,
+    policy: tokio::sync::watch::Sender<Arc<Policy>>,
     admin_gid: RwLock<Option<u32>>,
     tree: Tree,
-    gates: registry::Registry,
-    journal: journal::Journal,
+    gates: Arc<registry::Registry>,
+    /// What the gates' owners share of the daemon.
+    owners: Arc<lifecycle::Ctx>,
+    journal: Arc<journal::Journal>,
     admission: admission::Admission,
     socket: PathBuf,
     /// inotify on gates' event files; None where it could not start (then
@@ -134,16 +141,29 @@ impl Daemon {
             Ok(c) => (Some(c), None),
             Err(why) => (None, Some(why)),
         };
+        let journal = Arc::new(journal::Journal::new(policy.global.event_history));
+        let gates = Arc::new(registry::Registry::default());
+        let admin_gid = RwLock::new(host::resolve_group(policy.global.admin_group.as_deref()));
+        let socket = policy.global.socket.clone();
+        let (policy, policy_rx) = tokio::sync::watch::channel(Arc::new(policy));
+        let owners = Arc::new(lifecycle::Ctx {
+            policy: policy_rx,
+            journal: journal.clone(),
+            criu: criu.clone(),
+            kernel: Arc::new(kernel::Cgroupfs),
+            registry: Arc::downgrade(&gates),
+        });
         Ok(Arc::new(Daemon {
             criu,
             hibernation_off,
             config_path,
-            admin_gid: RwLock::new(host::resolve_group(policy.global.admin_group.as_deref())),
-            journal: journal::Journal::new(policy.global.event_history),
-            socket: policy.global.socket.clone(),
-            policy: RwLock::new(Arc::new(policy)),
+            admin_gid,
+            journal,
+            socket,
+            policy,
             tree,
-            gates: registry::Registry::default(),
+            gates,
+            owners,
             admission: admission::Admission::default(),
             watcher,
             changes: Mutex::new(changes),
@@ -159,10 +179,7 @@ impl Daemon {
     }
 
     fn policy(&self) -> Arc<Policy> {
-        self.policy
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.policy.borrow().clone()
     }
 
     fn admin_gid(&self) -> Option<u32> {
@@ -250,7 +267,7 @@ impl Daemon {
                 *self.admin_gid.write().unwrap_or_else(|e| e.into_inner()) =
                     host::resolve_group(policy.global.admin_group.as_deref());
                 self.journal.set_cap(policy.global.event_history);
-                *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+                self.policy.send_replace(Arc::new(policy));
                 // Every gate is judged again under the new policy.
                 self.full_scan_asked.store(true, Ordering::Relaxed);
                 tracing::info!(policy = %policy_source(from_file.as_deref()), "policy reloaded");

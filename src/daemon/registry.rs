@@ -3,7 +3,7 @@
 //! rebuilds it by walking the tree.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::lifecycle::{Cmd, Gate, Handle};
 use super::lock;
@@ -43,16 +43,16 @@ impl Registry {
             .collect()
     }
 
-    /// Looks at every gate's state in place (no copies: a scan or a spawn's
-    /// cap check at thousands of gates). `f` must not block.
+    /// Looks at every gate as its owner last published it (no copies: a
+    /// scan or a spawn's cap check at thousands of gates).
     pub fn each(&self, mut f: impl FnMut(&Handle, &Gate)) {
         for h in lock(&self.gates).values() {
-            h.peek(|g| f(h, g));
+            f(h, &h.view());
         }
     }
 
-    /// Every gate's state now, as its owner last left it.
-    pub fn snapshot(&self) -> Vec<Gate> {
-        self.handles().iter().map(|(_, h)| h.snapshot()).collect()
+    /// Every gate as its owner last published it.
+    pub fn views(&self) -> Vec<Arc<Gate>> {
+        lock(&self.gates).values().map(Handle::view).collect()
     }
 }

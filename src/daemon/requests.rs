@@ -19,24 +19,19 @@ use crate::protocol::{self, ErrorCode, GateInfo, GateSpec, Reason, Request, Resp
 use crate::reaper;
 use crate::spawn;
 
+use super::failure::Failure;
 use super::journal::Gauges;
-use super::lifecycle::{self, Cmd, Failure, Gate, Handle};
+use super::lifecycle::{Cmd, Gate, Handle};
 use super::Daemon;
 
 type Reply<T> = std::result::Result<T, Failure>;
 
 fn fail<T>(code: ErrorCode, message: impl Into<String>) -> Reply<T> {
-    Err(Failure {
-        code,
-        message: message.into(),
-    })
+    Err(Failure::new(code, message))
 }
 
 fn internal(e: impl std::fmt::Display) -> Failure {
-    Failure {
-        code: ErrorCode::Internal,
-        message: e.to_string(),
-    }
+    Failure::internal(e)
 }
 
 /// Who is on the other end of a connection, from the kernel's peer
@@ -111,19 +106,10 @@ impl Daemon {
             Request::Freeze { gate } => self.ask(peer, &gate, Cmd::Freeze).await.map(done),
             Request::Thaw { gate } => self.ask(peer, &gate, Cmd::Thaw).await.map(done),
             Request::Kill { gate } => self.ask(peer, &gate, Cmd::Kill).await.map(done),
-            Request::Pin { gate } => self
-                .ask(peer, &gate, |tx| Cmd::Pin(true, tx))
-                .await
-                .map(done),
-            Request::Unpin { gate } => self
-                .ask(peer, &gate, |tx| Cmd::Pin(false, tx))
-                .await
-                .map(done),
+            Request::Pin { gate } => self.ask(peer, &gate, Cmd::Pin(true)).await.map(done),
+            Request::Unpin { gate } => self.ask(peer, &gate, Cmd::Pin(false)).await.map(done),
             Request::Tag { gate, session } => match names::check_session(&session) {
-                Ok(()) => self
-                    .ask(peer, &gate, |tx| Cmd::Tag(session, tx))
-                    .await
-                    .map(done),
+                Ok(()) => self.ask(peer, &gate, Cmd::Tag(session)).await.map(done),
                 Err(e) => fail(ErrorCode::BadRequest, e.to_string()),
             },
             Request::Events { limit } => Ok(Response::Events {
@@ -139,26 +125,15 @@ impl Daemon {
     /// The owner of gate `id`, if `peer` may act on it. A gate of someone
     /// else's is "not found": its existence is nobody else's business.
     fn authorize(&self, peer: &Peer, id: &str) -> Reply<Handle> {
-        names::check_gate_id(id).map_err(|e| Failure {
-            code: ErrorCode::BadRequest,
-            message: e.to_string(),
-        })?;
+        names::check_gate_id(id).map_err(Failure::bad_request)?;
         match self.gates.get(id) {
-            Some(h) if peer.may_see(h.snapshot().tags.owner_uid) => Ok(h),
-            _ => fail(
-                ErrorCode::NotFound,
-                format!("no gate {id} (`gov ps` lists yours)"),
-            ),
+            Some(h) if peer.may_see(h.view().tags().owner_uid) => Ok(h),
+            _ => Err(Failure::not_found(id)),
         }
     }
 
     /// One action on one gate, answered once it took effect.
-    async fn ask(
-        &self,
-        peer: &Peer,
-        id: &str,
-        cmd: impl FnOnce(lifecycle::Answer) -> Cmd,
-    ) -> Reply<Vec<String>> {
+    async fn ask(&self, peer: &Peer, id: &str, cmd: Cmd) -> Reply<Vec<String>> {
         let handle = self.authorize(peer, id)?;
         handle.ask(id, cmd).await?;
         Ok(vec![id.to_string()])
@@ -166,15 +141,15 @@ impl Daemon {
 
     fn list(&self, peer: &Peer) -> Vec<GateInfo> {
         self.gates
-            .snapshot()
+            .views()
             .iter()
-            .filter(|g| peer.may_see(g.tags.owner_uid))
+            .filter(|g| peer.may_see(g.tags().owner_uid))
             .filter_map(|g| self.info(g).ok())
             .collect()
     }
 
     async fn show(self: &Arc<Self>, peer: &Peer, id: &str) -> Reply<GateInfo> {
-        let (d, g) = (self.clone(), self.authorize(peer, id)?.snapshot());
+        let (d, g) = (self.clone(), self.authorize(peer, id)?.view());
         tokio::task::spawn_blocking(move || d.info(&g))
             .await
             .map_err(internal)?
@@ -185,8 +160,8 @@ impl Daemon {
     /// knows, and, for a gate spawned to be hibernated, that this daemon
     /// cannot (its plan then stops it where it would have dumped it).
     fn info(&self, g: &Gate) -> Result<GateInfo, crate::cgroup::CgroupError> {
-        let mut info = gate::info(&g.dir, &g.tags, &g.extra())?;
-        info.hibernation_off = self.hibernation_off.clone().filter(|_| g.tags.keeper);
+        let mut info = gate::info(&g.dir, g.tags(), &g.extra())?;
+        info.hibernation_off = self.hibernation_off.clone().filter(|_| g.tags().keeper);
         Ok(info)
     }
 
@@ -205,8 +180,8 @@ impl Daemon {
                 .handles()
                 .into_iter()
                 .filter(|(_, h)| {
-                    let g = h.snapshot();
-                    &g.tags.session == s && peer.may_see(g.tags.owner_uid)
+                    let g = h.view();
+                    &g.tags().session == s && peer.may_see(g.tags().owner_uid)
                 })
                 .collect(),
             (None, None) => return fail(ErrorCode::BadRequest, "touch needs a gate or a session"),
@@ -357,7 +332,7 @@ impl Daemon {
         self.journal.count_spawn(tags.owner_uid);
         let (project, session) = (tags.project.clone(), tags.session.clone());
         let never_orphaned = tags.owner_pid == Some(1);
-        self.manage(Gate::new(dir, tags, self.policy()));
+        self.manage(Gate::found(dir, tags, &*self.owners.kernel, self.policy()));
         Ok(Response::Spawned {
             gate: id,
             project,
@@ -383,12 +358,12 @@ impl Daemon {
         // The gate's main process, the very one (start time), and its user.
         let start = proc::start_time(peer.pid);
         let mine = self.gates.handles().into_iter().find(|(_, h)| {
-            h.peek(|g| {
-                g.tags.keeper
-                    && g.tags.main_pid == Some(peer.pid)
-                    && g.tags.main_start == start
-                    && g.tags.owner_uid == peer.uid
-            })
+            let g = h.view();
+            let t = g.tags();
+            t.keeper
+                && t.main_pid == Some(peer.pid)
+                && t.main_start == start
+                && t.owner_uid == peer.uid
         });
         let Some((id, handle)) = mine else {
             return fail(
@@ -397,9 +372,10 @@ impl Daemon {
             );
         };
         handle
-            .ask(&id, |tx| {
-                Cmd::StartWorker(cmd.into_iter().map(Into::into).collect(), tx)
-            })
+            .ask(
+                &id,
+                Cmd::StartWorker(cmd.into_iter().map(Into::into).collect()),
+            )
             .await?;
         Ok(Response::Done { gates: vec![id] })
     }
@@ -517,7 +493,7 @@ impl Daemon {
         self.journal.count_spawn(tags.owner_uid);
         let (project, session) = (tags.project.clone(), tags.session.clone());
         let never_orphaned = tags.owner_pid == Some(1);
-        self.manage(Gate::new(dir, tags, self.policy()));
+        self.manage(Gate::found(dir, tags, &*self.owners.kernel, self.policy()));
         Ok(Response::Adopted {
             gate: id,
             project,
@@ -537,20 +513,14 @@ impl Daemon {
         let mut user_count = 0;
         let mut candidates: Vec<reaper::Candidate> = Vec::new();
         self.gates.each(|_, g| {
-            if g.phase.is_reaping() {
+            if g.phase().is_reaping() {
                 return;
             }
-            if g.tags.owner_uid == uid {
+            if g.tags().owner_uid == uid {
                 user_count += 1;
             }
-            if g.tags.project == project {
-                candidates.push(reaper::Candidate {
-                    id: g.id().to_string(),
-                    uid: g.tags.owner_uid,
-                    last_active_ms: g.last_active_ms,
-                    memory_bytes: 0,
-                    evictable: !g.busy && !g.pinned(),
-                });
+            if g.tags().project == project {
+                candidates.push(g.candidate(0));
             }
         });
         if let Some(max) = policy.global.max_gates_per_user {
@@ -600,19 +570,19 @@ impl Daemon {
             self.metrics_asked_ms.store(now, Ordering::Relaxed);
         }
         let mut gauges = Gauges::default();
-        self.gates.each(|_, g| {
-            if peer.is_none_or(|p| p.may_see(g.tags.owner_uid)) {
+        self.gates.each(|h, g| {
+            if peer.is_none_or(|p| p.may_see(g.tags().owner_uid)) {
                 *gauges
                     .by_state
-                    .entry(g.phase.state(g.populated))
+                    .entry(g.phase().state(g.populated))
                     .or_default() += 1;
-                if let Some(m) = g.memory {
+                if let Some(m) = h.memory() {
                     *gauges
                         .mem_by_project
                         // By (project, uid): two users' gates of one
                         // project are two projects, as their caps and
                         // cgroups are.
-                        .entry((g.tags.project.clone(), g.tags.owner_uid))
+                        .entry((g.tags().project.clone(), g.tags().owner_uid))
                         .or_default() += m.bytes;
                     let age = now.saturating_sub(m.at_ms);
                     gauges.memory_age_ms = Some(gauges.memory_age_ms.unwrap_or(0).max(age));

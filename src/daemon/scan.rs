@@ -38,12 +38,6 @@ pub struct CpuSamples {
     projects: HashMap<String, (u64, u64)>,
 }
 
-fn percent_since(previous: Option<(u64, u64)>, usage: u64, now: u64) -> Option<f64> {
-    let (prev_usage, prev_at) = previous?;
-    let wall_usec = now.saturating_sub(prev_at).saturating_mul(1000);
-    (wall_usec > 0).then(|| usage.saturating_sub(prev_usage) as f64 * 100.0 / wall_usec as f64)
-}
-
 impl Daemon {
     pub(super) async fn scan(self: &Arc<Self>) {
         let pass = self.scans.fetch_add(1, Ordering::Relaxed);
@@ -99,7 +93,7 @@ impl Daemon {
         }
         let mut gates: Vec<(Handle, GateDir, u64)> = Vec::new();
         self.gates.each(|h, g| {
-            gates.push((h.clone(), g.dir.clone(), g.memory.map_or(0, |m| m.at_ms)));
+            gates.push((h.clone(), g.dir.clone(), h.memory().map_or(0, |m| m.at_ms)));
         });
         gates.sort_unstable_by_key(|g| g.2);
         let d = self.clone();
@@ -130,7 +124,7 @@ impl Daemon {
         if let Some(w) = &self.watcher {
             w.add(&gate.dir);
         }
-        let handle = super::lifecycle::start(self, gate);
+        let handle = super::lifecycle::start(&self.owners, gate);
         self.gates.insert(id, handle);
     }
 
@@ -156,7 +150,12 @@ impl Daemon {
             };
             self.journal
                 .record(&tags, &dir.id, EventKind::Adopted, None, None);
-            self.manage(Gate::new(dir.clone(), tags, self.policy()));
+            self.manage(Gate::found(
+                dir.clone(),
+                tags,
+                &*self.owners.kernel,
+                self.policy(),
+            ));
         }
         for (id, _) in self.gates.handles() {
             if !present.contains(id.as_str()) {
@@ -183,7 +182,7 @@ impl Daemon {
             .saturating_sub(own);
         let mut samples = lock(&self.cpu);
         let previous = samples.root.replace((usage, now));
-        percent_since(previous, usage, now)
+        crate::cgroup::cpu_percent(previous, usage, now)
     }
 
     /// CPU use of each project with gates since the last pass, in percent
@@ -201,7 +200,7 @@ impl Daemon {
             .filter_map(|key| {
                 let usage = self.tree.root.child(&key).read_cpu_usage_usec().ok()?;
                 let previous = samples.projects.insert(key.clone(), (usage, now));
-                Some((key, percent_since(previous, usage, now)))
+                Some((key, crate::cgroup::cpu_percent(previous, usage, now)))
             })
             .collect()
     }
@@ -212,20 +211,13 @@ impl Daemon {
         let Some(budget) = policy.global.memory_budget else {
             return;
         };
-        let candidates: Vec<reaper::Candidate> = self
-            .gates
-            .snapshot()
-            .iter()
-            .filter(|g| !g.phase.is_reaping())
-            .map(|g| reaper::Candidate {
-                id: g.id().to_string(),
-                uid: g.tags.owner_uid,
-                last_active_ms: g.last_active_ms,
+        let mut candidates: Vec<reaper::Candidate> = Vec::new();
+        self.gates.each(|h, g| {
+            if !g.phase().is_reaping() {
                 // As the scan last measured it: no procfs read here.
-                memory_bytes: g.memory.map_or(0, |m| m.bytes),
-                evictable: !g.busy && !g.pinned() && g.spared.is_none(),
-            })
-            .collect();
+                candidates.push(g.candidate(h.memory().map_or(0, |m| m.bytes)));
+            }
+        });
         // One victim a pass: a gate being stopped no longer counts, so the
         // next pass sees whether the budget still needs more, and victims go
         // strictly in order.

@@ -12,6 +12,7 @@ pub mod gate;
 pub mod held;
 pub mod hibernate;
 pub mod keeper;
+pub mod limits;
 pub mod names;
 pub mod policy;
 pub mod proc;

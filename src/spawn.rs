@@ -8,6 +8,7 @@ use std::process::Command;
 
 use crate::cgroup::CgroupError;
 use crate::gate::{self, GateDir, Tags, Tree};
+use crate::limits;
 use crate::policy::GateSettings;
 use crate::proc;
 use crate::protocol::NotApplied;
@@ -28,66 +29,16 @@ pub fn create_gate_for(
     pid: u32,
 ) -> Result<(GateDir, Vec<NotApplied>), CgroupError> {
     let dir = tree.create_gate(tags)?;
-    apply_project_limits(tree, tags, settings);
-    let wanted = gate_limits(settings);
-    let files: Vec<(&'static str, String)> =
-        wanted.iter().map(|w| (w.file, w.value.clone())).collect();
-    gate::apply_limits(&dir.cgroup, &files);
-    let not_applied = gate::not_applied(&dir.cgroup, &wanted);
+    let project = tree.project(tags.owner_uid, &tags.project);
+    limits::apply(&project, &limits::for_project(settings));
+    let wanted = limits::for_gate(settings);
+    limits::apply(&dir.cgroup, &wanted);
+    let not_applied = limits::not_applied(&dir.cgroup, &wanted);
     if let Err(e) = dir.cgroup.write_procs(pid) {
         let _ = dir.remove();
         return Err(e);
     }
     Ok((dir, not_applied))
-}
-
-/// Project-level limits (the sum of one user's gates of a project), written
-/// again by every spawn into it, so the latest policy holds.
-fn apply_project_limits(tree: &Tree, tags: &Tags, s: &GateSettings) {
-    let mut limits = Vec::new();
-    if let Some(v) = gate::limit_text(s.project_memory_max) {
-        limits.push(("memory.max", v));
-    }
-    if let Some(v) = gate::limit_text(s.project_pids_max) {
-        limits.push(("pids.max", v));
-    }
-    gate::apply_limits(&tree.project(tags.owner_uid, &tags.project), &limits);
-}
-
-/// One per-gate limit that policy asks for: its key, its file, its value.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Wanted {
-    pub key: &'static str,
-    pub file: &'static str,
-    pub value: String,
-}
-
-/// The per-gate limits that policy asks for.
-pub fn gate_limits(s: &GateSettings) -> Vec<Wanted> {
-    let mut out = Vec::new();
-    let mut want = |key, file, value: Option<String>| {
-        if let Some(value) = value {
-            out.push(Wanted { key, file, value });
-        }
-    };
-    want("memory_max", "memory.max", gate::limit_text(s.memory_max));
-    want(
-        "memory_high",
-        "memory.high",
-        gate::limit_text(s.memory_high),
-    );
-    want("pids_max", "pids.max", gate::limit_text(s.pids_max));
-    want(
-        "cpu_max",
-        "cpu.max",
-        (s.cpu_max != crate::cgroup::CpuMax::Max).then(|| s.cpu_max.to_kernel()),
-    );
-    want(
-        "oom_group",
-        "memory.oom.group",
-        s.oom_group.then(|| "1".into()),
-    );
-    out
 }
 
 /// The tags of a gate that process `pid` (of user `uid`) asks for now.

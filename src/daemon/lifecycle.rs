@@ -141,7 +141,7 @@ impl Gate {
             spared: self.spared,
             next: self.next,
             cpu_sample: self.cpu_sample,
-            wanted: crate::spawn::gate_limits(&self.settings),
+            wanted: crate::limits::for_gate(&self.settings),
             hibernate_refused: self.refused.clone(),
             failure: self.failure.clone(),
         }
@@ -653,7 +653,7 @@ impl Action {
             Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT) => return false,
             Err(_) => return true,
         };
-        let hits = gate::limit_hits(&cg);
+        let hits = crate::limits::hits(&cg);
         let new: Vec<(String, u64)> = self.with(|g| {
             g.populated = events.populated;
             let new = hits

@@ -233,70 +233,37 @@ impl Daemon {
 
     /// What a new gate will be, from a spawn or adopt request: its tags
     /// (for process `pid` of user `uid`), checked, and its settings.
-    fn prepare(&self, peer: &Peer, pid: u32, uid: u32, r: GateSpec) -> Reply<(Tags, GateSettings)> {
+    fn prepare(
+        &self,
+        peer: &Peer,
+        pid: u32,
+        uid: u32,
+        spec: GateSpec,
+        keeper: bool,
+    ) -> Reply<(Tags, GateSettings)> {
         let bad = |e: String| Failure {
             code: ErrorCode::BadRequest,
             message: e,
         };
-        // A relative project means nothing here; the client resolves it.
-        names::normalize_project(&r.project, Path::new("/")).map_err(|e| bad(e.to_string()))?;
-        if r.project.starts_with('.') {
-            return Err(bad(format!(
-                "project {:?} must be absolute or a plain name",
-                r.project
-            )));
-        }
         let policy = self.policy();
-        let session = match r.session {
-            Some(s) => s,
-            // What the agent that started it passed on, else a new one.
-            None => policy
-                .global
-                .session_env
-                .iter()
-                .filter_map(|var| proc::environ_var(pid, var))
-                .find(|s| names::check_session(s).is_ok())
-                .unwrap_or_else(names::new_session_id),
-        };
-        names::check_session(&session).map_err(|e| bad(e.to_string()))?;
-        let max_runtime_ms = match &r.max_runtime {
-            Some(d) => Some(
-                crate::units::parse_duration(d)
-                    .map_err(|e| bad(format!("max_runtime {d:?}: {e}")))?
-                    .as_millis()
-                    .try_into()
-                    .map_err(|_| bad(format!("max_runtime {d:?} is too long")))?,
-            ),
-            None => None,
-        };
-        let owner = if r.no_owner {
-            None
-        } else if let Some(o) = r.owner_pid {
+        let asked = spawn::Asked::parse(spec, keeper, &policy.global.session_env, |var| {
+            proc::environ_var(pid, var)
+        })
+        .map_err(|e| bad(e.to_string()))?;
+        if let spawn::Owner::Process(o) = asked.owner {
             // Naming someone else's process as owner would let a user tie a
             // gate's life to it; only their own processes (or root) may.
             match proc::uid_and_groups(o) {
-                Some((owner_uid, _)) if owner_uid == peer.uid || peer.uid == 0 => Some(o),
+                Some((owner_uid, _)) if owner_uid == peer.uid || peer.uid == 0 => {}
                 Some(_) => return fail(ErrorCode::Forbidden, format!("process {o} is not yours")),
                 None => return Err(bad(format!("no process {o}"))),
             }
-        } else {
-            proc::parent_pid(pid)
-        };
-        let settings = policy.for_project(&r.project);
-        let mut tags = spawn::tags_for(
-            &r.project,
-            &session,
-            uid,
-            pid,
-            owner,
-            max_runtime_ms,
-            r.pinned,
-        );
-        tags.stop_on_main_exit = r.stop_on_main_exit;
+        }
+        let tags = asked.tags(uid, pid);
         if tags.main_start.is_none() {
             return Err(bad(format!("process {pid} exited")));
         }
-        Ok((tags, settings))
+        Ok((tags, policy.for_project(&asked.project)))
     }
 
     async fn spawn_gate(
@@ -320,8 +287,7 @@ impl Daemon {
                 format!("already in {part}: a gate's processes cannot leave it"),
             );
         }
-        let (mut tags, settings) = self.prepare(peer, peer.pid, peer.uid, r)?;
-        tags.keeper = hibernate;
+        let (tags, settings) = self.prepare(peer, peer.pid, peer.uid, r, hibernate)?;
         self.check_caps(peer.uid, &tags.project, &settings)?;
         // The client is the process to move: the kernel told us its pid at
         // connect, and a pidfd checked before and after the move makes sure
@@ -446,7 +412,7 @@ impl Daemon {
         let peer_uid = peer.uid;
         may_take_from(&self.tree, peer_uid, caller_cg.as_deref(), &from)
             .map_err(|why| forbidden(format!("process {pid} is {why}")))?;
-        let (tags, settings) = self.prepare(peer, pid, uid, r)?;
+        let (tags, settings) = self.prepare(peer, pid, uid, r, false)?;
         self.check_caps(uid, &tags.project, &settings)?;
         let (tree, t, s) = (self.tree.clone(), tags.clone(), settings.clone());
         let moved =

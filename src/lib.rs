@@ -2,6 +2,7 @@
 //!
 //! The library holds every idea in its own module; `main.rs` is a thin CLI.
 
+pub mod adopt;
 pub mod cgroup;
 pub mod cli;
 pub mod client;

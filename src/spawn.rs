@@ -13,7 +13,7 @@ use crate::limits;
 use crate::names::{self, NameError};
 use crate::policy::GateSettings;
 use crate::protocol::{GateSpec, NotApplied};
-use crate::{proc, units};
+use crate::{keeper, proc, units};
 
 /// What the command is told about its gate.
 pub const ENV_GATE: &str = "GOV_GATE";
@@ -21,8 +21,9 @@ pub const ENV_PROJECT: &str = "GOV_PROJECT";
 pub const ENV_SESSION: &str = "GOV_SESSION";
 
 /// A new gate for process `pid`, as the daemon and root's direct spawn both
-/// make it: create and tag the cgroup, apply its limits and its project's,
-/// then move the process, so no limit comes after its command has begun.
+/// make it (adopt too): create and tag the cgroup, apply its limits and its
+/// project's, make a keeper's worker cgroup, then move the process, so no
+/// limit comes after its command has begun.
 /// Also returns the limits policy asks for that cannot apply here.
 pub fn create_gate_for(
     tree: &Tree,
@@ -36,11 +37,22 @@ pub fn create_gate_for(
     let wanted = limits::for_gate(settings);
     limits::apply(&dir.cgroup, &wanted);
     let not_applied = limits::not_applied(&dir.cgroup, &wanted);
-    if let Err(e) = dir.cgroup.write_procs(pid) {
+    if let Err(e) = enter(&dir, tags, pid) {
         let _ = dir.remove();
         return Err(e);
     }
     Ok((dir, not_applied))
+}
+
+/// Moves process `pid` into its new gate; a keeper's gate first gets the
+/// child cgroup its worker will live in.
+fn enter(dir: &GateDir, tags: &Tags, pid: u32) -> Result<(), CgroupError> {
+    if tags.keeper {
+        dir.cgroup
+            .child(keeper::WORKER_CGROUP)
+            .create_if_missing()?;
+    }
+    dir.cgroup.write_procs(pid)
 }
 
 /// Whose exit orphans a new gate.

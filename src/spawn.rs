@@ -85,7 +85,6 @@ pub struct Asked {
 pub enum BadRequest {
     #[error(transparent)]
     Name(#[from] NameError),
-    // The client makes a relative path absolute against its own cwd.
     #[error("project {0:?} must be absolute or a plain name")]
     RelativeProject(String),
     #[error("max_runtime {0:?}: {1}")]
@@ -102,6 +101,8 @@ impl Asked {
         session_env: &[String],
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Asked, BadRequest> {
+        // Checked as text: a relative path means nothing here (the client
+        // makes it absolute against its own cwd), so none is resolved.
         names::normalize_project(&spec.project, Path::new("/"))?;
         if spec.project.starts_with('.') {
             return Err(BadRequest::RelativeProject(spec.project));

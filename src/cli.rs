@@ -12,7 +12,7 @@ use clap_complete::ArgValueCandidates;
 
 use crate::client::{self, Client};
 use crate::gate::{Tags, Tree};
-use crate::protocol::{ErrorCode, Event, GateInfo, Request, Response};
+use crate::protocol::{ErrorCode, Event, GateInfo, GateSpec, Request, Response};
 use crate::target::{Candidate, Resolved, Sessions};
 use crate::{direct, names, policy, spawn};
 
@@ -107,6 +107,54 @@ pub struct OneGate {
     pub gate: String,
 }
 
+/// The gate that `gov spawn` and `gov adopt` ask for.
+#[derive(Args, Debug, Clone)]
+pub struct GateArgs {
+    /// The project the gate works for: a name (MyPkg) or a path. Only
+    /// `.`, `..` and words starting with ./ or ../ are relative paths,
+    /// made absolute here; MyPkg is a name, not ./MyPkg.
+    #[arg(long, short, value_name = "PROJECT", value_hint = ValueHint::DirPath)]
+    project: String,
+    /// The host's session id (letters, digits, . _ - :); else from the
+    /// process's environment (policy session_env), else generated.
+    #[arg(long, short, value_name = "SESSION")]
+    session: Option<String>,
+    /// Reap the gate this long after it was made, busy or not (e.g. 30m).
+    #[arg(long, value_name = "DURATION")]
+    max_runtime: Option<String>,
+    /// Never reap this gate.
+    #[arg(long)]
+    pin: bool,
+    /// The process whose exit orphans the gate (default: the parent of
+    /// `gov spawn`, or of adopt's PID).
+    #[arg(long, value_name = "OWNER", conflicts_with = "no_owner")]
+    owner: Option<u32>,
+    /// The gate has no owner and is never orphaned.
+    #[arg(long)]
+    no_owner: bool,
+    /// When the gate's main process (CMD, or adopt's PID) exits: `stop` what
+    /// it left behind after main_exit_grace, or `keep` it (default: the
+    /// policy's on_main_exit). An exec is not an exit.
+    #[arg(long, value_name = "WHAT", value_parser = ["stop", "keep"])]
+    on_main_exit: Option<String>,
+}
+
+impl GateArgs {
+    /// The request's gate, as the daemon takes it (it checks the rest:
+    /// both paths parse it with `spawn::Asked::parse`).
+    fn spec(self) -> Result<GateSpec> {
+        Ok(GateSpec {
+            project: project_arg(&self.project)?,
+            session: self.session,
+            owner_pid: self.owner,
+            no_owner: self.no_owner,
+            max_runtime: self.max_runtime,
+            pinned: self.pin,
+            stop_on_main_exit: self.on_main_exit.map(|w| w == "stop"),
+        })
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run CMD in a new gate: its own cgroup, tagged before CMD runs, so every
@@ -115,31 +163,8 @@ pub enum Command {
     /// Options come before CMD; CMD starts after `--` or at the first word that
     /// is not an option, and everything after it is CMD's.
     Spawn {
-        /// The project the gate works for: a name (MyPkg) or a path. Only
-        /// `.`, `..` and words starting with ./ or ../ are relative paths,
-        /// made absolute here; MyPkg is a name, not ./MyPkg.
-        #[arg(long, short, value_name = "PROJECT", value_hint = ValueHint::DirPath)]
-        project: String,
-        /// The host's session id (letters, digits, . _ - :); generated when not given.
-        #[arg(long, short, value_name = "SESSION")]
-        session: Option<String>,
-        /// Reap the gate this long after it started, busy or not (e.g. 30m).
-        #[arg(long, value_name = "DURATION")]
-        max_runtime: Option<String>,
-        /// Never reap this gate.
-        #[arg(long)]
-        pin: bool,
-        /// The process whose exit orphans the gate (default: our parent).
-        #[arg(long, value_name = "PID", conflicts_with = "no_owner")]
-        owner: Option<u32>,
-        /// The gate has no owner and is never orphaned.
-        #[arg(long)]
-        no_owner: bool,
-        /// When CMD (the gate's main process) exits: `stop` what it left
-        /// behind after main_exit_grace, or `keep` it (default: the policy's
-        /// on_main_exit). An exec is not an exit.
-        #[arg(long, value_name = "WHAT", value_parser = ["stop", "keep"])]
-        on_main_exit: Option<String>,
+        #[command(flatten)]
+        gate: GateArgs,
         /// Run CMD under a keeper, so the gate can be hibernated (dumped to
         /// disk with CRIU after hibernate_after suspended, restored on touch)
         /// while this pid and its stdio stay the host's. CMD's stdio are then
@@ -169,28 +194,8 @@ pub enum Command {
         /// or one delegated to you; or any outside a gate as root.
         #[arg(value_name = "PID")]
         pid: u32,
-        /// The project the gate works for: a name (MyPkg) or a path.
-        #[arg(long, short, value_name = "PROJECT", value_hint = ValueHint::DirPath)]
-        project: String,
-        /// The session id; else from the process's environment (policy
-        /// session_env), else generated.
-        #[arg(long, short, value_name = "SESSION")]
-        session: Option<String>,
-        /// Reap the gate this long after now, busy or not (e.g. 30m).
-        #[arg(long, value_name = "DURATION")]
-        max_runtime: Option<String>,
-        /// Never reap this gate.
-        #[arg(long)]
-        pin: bool,
-        /// The process whose exit orphans the gate (default: PID's parent).
-        #[arg(long, value_name = "OWNER", conflicts_with = "no_owner")]
-        owner: Option<u32>,
-        /// The gate has no owner and is never orphaned.
-        #[arg(long)]
-        no_owner: bool,
-        /// When PID exits: `stop` what is left after main_exit_grace, or `keep` it.
-        #[arg(long, value_name = "WHAT", value_parser = ["stop", "keep"])]
-        on_main_exit: Option<String>,
+        #[command(flatten)]
+        gate: GateArgs,
     },
     /// List gates with memory, CPU, idle time and state.
     Ps {
@@ -361,51 +366,14 @@ pub enum Command {
 pub fn run(cli: Cli) -> Result<i32> {
     match cli.command {
         Command::Spawn {
-            project,
-            session,
-            max_runtime,
-            pin,
-            owner,
-            no_owner,
-            on_main_exit,
+            gate,
             hibernate,
             cmd,
-        } => spawn_cmd(
-            project,
-            session,
-            max_runtime,
-            pin,
-            owner,
-            no_owner,
-            on_main_exit.map(|w| w == "stop"),
-            hibernate,
-            cmd,
-        ),
-        Command::Adopt {
-            pid,
-            project,
-            session,
-            max_runtime,
-            pin,
-            owner,
-            no_owner,
-            on_main_exit,
-        } => {
-            let project = project_arg(&project)?;
-            if let Some(s) = &session {
-                names::check_session(s)?;
-            }
+        } => spawn_cmd(gate.spec()?, hibernate, cmd),
+        Command::Adopt { pid, gate } => {
             let req = Request::Adopt {
                 pid,
-                gate: crate::protocol::GateSpec {
-                    project,
-                    session,
-                    owner_pid: owner,
-                    no_owner,
-                    max_runtime,
-                    pinned: pin,
-                    stop_on_main_exit: on_main_exit.map(|w| w == "stop"),
-                },
+                gate: gate.spec()?,
             };
             match daemon_call(req)? {
                 Response::Adopted {
@@ -894,7 +862,6 @@ fn status_cmd(pid_only: bool, wait: Option<f64>) -> Result<i32> {
     Ok(0)
 }
 
-/// Root's view of gov's tree without a daemon: policy file for the root
 /// A --project as the daemon takes it: a relative path resolved against
 /// our cwd, which is read only then (so a spawn from a deleted directory
 /// works, as the exec it stands for would).
@@ -907,49 +874,18 @@ fn project_arg(project: &str) -> Result<String> {
     Ok(names::normalize_project(project, &cwd)?)
 }
 
+/// Root's view of gov's tree without a daemon: policy file for the root
 /// setting (GOV_CGROUP_ROOT overrides), embedded defaults when absent.
 fn direct_tree() -> Result<Tree> {
     let (policy, _) = policy::Policy::load_or_embedded(std::path::Path::new(policy::DEFAULT_PATH))?;
     Ok(Tree::resolve(&policy.global.cgroup_root)?)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn spawn_cmd(
-    project: String,
-    session: Option<String>,
-    max_runtime: Option<String>,
-    pinned: bool,
-    owner: Option<u32>,
-    no_owner: bool,
-    stop_on_main_exit: Option<bool>,
-    hibernate: bool,
-    cmd: Vec<OsString>,
-) -> Result<i32> {
-    let project = project_arg(&project)?;
-    // Without --session the daemon takes it from our environment (policy
-    // session_env: what the agent passed on), or makes one.
-    if let Some(s) = &session {
-        names::check_session(s)?;
-    }
-    let max_runtime_ms = match &max_runtime {
-        Some(d) => Some(
-            crate::units::parse_duration(d)
-                .map_err(|e| anyhow!("--max-runtime {d:?}: {e}"))?
-                .as_millis() as u64,
-        ),
-        None => None,
-    };
+/// `gov spawn`: through the daemon, else (root only) straight to cgroupfs.
+fn spawn_cmd(spec: GateSpec, hibernate: bool, cmd: Vec<OsString>) -> Result<i32> {
     let path = client::socket_path();
     let spawn = Request::Spawn {
-        gate: crate::protocol::GateSpec {
-            project: project.clone(),
-            session: session.clone(),
-            owner_pid: owner,
-            no_owner,
-            max_runtime,
-            pinned,
-            stop_on_main_exit,
-        },
+        gate: spec.clone(),
         hibernate,
     };
     if let Some(reply) = client::request(&path, spawn)? {
@@ -994,42 +930,33 @@ fn spawn_cmd(
     if !is_root() {
         return Err(no_daemon_error());
     }
-    // No daemon: root creates and enters the gate itself. Nothing will reap
-    // it, but it is tracked, listed and killable as a whole.
+    spawn_direct(spec, hibernate, cmd)
+}
+
+/// No daemon: root creates and enters the gate itself. Nothing will reap
+/// it, but it is tracked, listed and killable as a whole.
+fn spawn_direct(spec: GateSpec, hibernate: bool, cmd: Vec<OsString>) -> Result<i32> {
     let (policy, _) = policy::Policy::load_or_embedded(std::path::Path::new(policy::DEFAULT_PATH))?;
-    let session = session
-        .or_else(|| {
-            let vars = &policy.global.session_env;
-            vars.iter()
-                .filter_map(|v| std::env::var(v).ok())
-                .find(|s| names::check_session(s).is_ok())
-        })
-        .unwrap_or_else(names::new_session_id);
+    let mut asked = spawn::Asked::parse(spec, hibernate, &policy.global.session_env, |var| {
+        std::env::var(var).ok()
+    })?;
+    if asked.keeper {
+        // Only a daemon hibernates a gate (and has its keeper start).
+        eprintln!("gov: no daemon: --hibernate is ignored, this gate is never hibernated");
+        asked.keeper = false;
+    }
     let tree = Tree::resolve(&policy.global.cgroup_root)?;
     let me = std::process::id();
     // A gate's processes stay in it, as through the daemon.
     if let Some(part) = tree.part_holding(&crate::cgroup::cgroup_of(&tree.mount, me)?) {
         bail!("already in {part}: a gate's processes cannot leave it");
     }
-    let owner_pid = if no_owner {
-        None
-    } else {
-        owner.or_else(|| crate::proc::parent_pid(me))
-    };
-    let tags = spawn::tags_for(
-        &project,
-        &session,
-        nix::unistd::getuid().as_raw(),
-        me,
-        owner_pid,
-        max_runtime_ms,
-        pinned,
-    );
+    let tags = asked.tags(nix::unistd::getuid().as_raw(), me);
     let (dir, not_applied) =
-        spawn::create_gate_for(&tree, &tags, &policy.for_project(&project), me)
+        spawn::create_gate_for(&tree, &tags, &policy.for_project(&asked.project), me)
             .context("creating the gate cgroup")?;
-    warn_gate(&not_applied, owner_pid == Some(1));
-    let err = spawn::exec(&cmd, &dir.id, &project, &session);
+    warn_gate(&not_applied, tags.owner_pid == Some(1));
+    let err = spawn::exec(&cmd, &dir.id, &asked.project, &asked.session);
     // No daemon will remove the gate: leave it (for the root cgroup, which
     // takes any process) and remove it ourselves.
     let _ = crate::cgroup::Cgroup::new(&tree.mount).write_procs(me);

@@ -6,10 +6,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::cgroup::{self, Cgroup, CgroupError, Limit};
+use crate::cgroup::{self, Cgroup, CgroupError};
+use crate::limits::{self, Wanted};
 use crate::names;
 pub use crate::protocol::MemorySource;
-use crate::protocol::{GateInfo, Next, NotApplied, Spared};
+use crate::protocol::{GateInfo, Next, Spared};
 use crate::reaper::Phase;
 
 /// How long a whole-tree kill may take before we call it stuck. 1,000
@@ -499,85 +500,6 @@ impl Measured {
     }
 }
 
-/// How often a gate ran into its limits, from pids.events and memory.events
-/// (only where those controllers are on). Keys: "pids.max", "memory.high",
-/// "memory.max", "oom", "oom_kill", "oom_group_kill"; zero counts left out.
-pub fn limit_hits(cg: &Cgroup) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    if let Ok(kv) = cg.read_flat_keyed("pids.events") {
-        if let Some(&n) = kv.get("max").filter(|&&n| n > 0) {
-            out.insert("pids.max".to_string(), n);
-        }
-    }
-    if let Ok(kv) = cg.read_flat_keyed("memory.events") {
-        for (key, name) in [
-            ("high", "memory.high"),
-            ("max", "memory.max"),
-            ("oom", "oom"),
-            ("oom_kill", "oom_kill"),
-            ("oom_group_kill", "oom_group_kill"),
-        ] {
-            if let Some(&n) = kv.get(key).filter(|&&n| n > 0) {
-                out.insert(name.to_string(), n);
-            }
-        }
-    }
-    out
-}
-
-/// The limits in force on a gate, as the kernel reports them (files absent
-/// where the controller is off).
-pub fn limits_in_force(cg: &Cgroup) -> BTreeMap<String, String> {
-    [
-        "memory.max",
-        "memory.high",
-        "pids.max",
-        "cpu.max",
-        "memory.oom.group",
-    ]
-    .into_iter()
-    .filter_map(|f| Some((f.to_string(), cg.read_file(f).ok()?.trim().to_string())))
-    .collect()
-}
-
-/// Applies per-gate limits where the controller files exist; returns the
-/// files that could not be written because the controller is off here.
-pub fn apply_limits(cg: &Cgroup, limits: &[(&'static str, String)]) -> Vec<&'static str> {
-    let mut missing = Vec::new();
-    for (file, value) in limits {
-        if !cg.has_file(file) {
-            missing.push(*file);
-        } else if let Err(e) = cg.write_file(file, value) {
-            tracing::warn!("cannot set {file}: {e}");
-        }
-    }
-    missing
-}
-
-/// The wanted limits whose files this cgroup lacks, because their
-/// controller is not enabled for it, each with why.
-pub fn not_applied(cg: &Cgroup, wanted: &[crate::spawn::Wanted]) -> Vec<NotApplied> {
-    wanted
-        .iter()
-        .filter(|w| !cg.has_file(w.file))
-        .map(|w| {
-            let controller = w.file.split('.').next().unwrap_or(w.file);
-            NotApplied {
-                key: w.key.to_string(),
-                value: w.value.clone(),
-                why: format!(
-                    "no {controller} controller in cgroup2 for this gate (this host's cgroup2 has none, or gov's root is not given it)"
-                ),
-            }
-        })
-        .collect()
-}
-
-/// A limit's text if it is not "max" (nothing to write then).
-pub fn limit_text(limit: Limit) -> Option<String> {
-    (limit != Limit::Max).then(|| limit.to_kernel())
-}
-
 /// A gate as people and tools see it, read from cgroupfs now. `extra`
 /// carries what only a daemon knows (activity seen since, reaper verdicts).
 pub fn info(dir: &GateDir, tags: &Tags, extra: &InfoExtra) -> Result<GateInfo, CgroupError> {
@@ -621,9 +543,9 @@ pub fn info(dir: &GateDir, tags: &Tags, extra: &InfoExtra) -> Result<GateInfo, C
         orphaned_ms: tags.orphaned_ms,
         main_pid: tags.main_pid,
         max_runtime_s: tags.max_runtime_ms.map(|ms| ms / 1000),
-        limits: limits_in_force(&dir.cgroup),
-        limit_hits: limit_hits(&dir.cgroup),
-        not_applied: not_applied(&dir.cgroup, &extra.wanted),
+        limits: limits::in_force(&dir.cgroup),
+        limit_hits: limits::hits(&dir.cgroup),
+        not_applied: limits::not_applied(&dir.cgroup, &extra.wanted),
         never_orphaned: tags.owner_pid == Some(1),
         hibernate_refused: extra.hibernate_refused.clone(),
         // A daemon knows whether it has CRIU; the gate's files do not.
@@ -644,7 +566,7 @@ pub struct InfoExtra {
     /// The last cpu.stat usage the daemon read, and when (for a rate).
     pub cpu_sample: Option<(u64, u64)>,
     /// The limits the gate's policy asks for.
-    pub wanted: Vec<crate::spawn::Wanted>,
+    pub wanted: Vec<Wanted>,
     pub hibernate_refused: Option<String>,
     pub failure: Option<String>,
 }

@@ -2,6 +2,7 @@
 //!
 //! The library holds every idea in its own module; `main.rs` is a thin CLI.
 
+pub mod adopt;
 pub mod cgroup;
 pub mod cli;
 pub mod client;
@@ -12,6 +13,7 @@ pub mod gate;
 pub mod held;
 pub mod hibernate;
 pub mod keeper;
+pub mod limits;
 pub mod names;
 pub mod policy;
 pub mod proc;

@@ -4,13 +4,16 @@
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 
 use crate::cgroup::CgroupError;
 use crate::gate::{self, GateDir, Tags, Tree};
+use crate::limits;
+use crate::names::{self, NameError};
 use crate::policy::GateSettings;
-use crate::proc;
-use crate::protocol::NotApplied;
+use crate::protocol::{GateSpec, NotApplied};
+use crate::{keeper, proc, units};
 
 /// What the command is told about its gate.
 pub const ENV_GATE: &str = "GOV_GATE";
@@ -18,8 +21,9 @@ pub const ENV_PROJECT: &str = "GOV_PROJECT";
 pub const ENV_SESSION: &str = "GOV_SESSION";
 
 /// A new gate for process `pid`, as the daemon and root's direct spawn both
-/// make it: create and tag the cgroup, apply its limits and its project's,
-/// then move the process, so no limit comes after its command has begun.
+/// make it (adopt too): create and tag the cgroup, apply its limits and its
+/// project's, make a keeper's worker cgroup, then move the process, so no
+/// limit comes after its command has begun.
 /// Also returns the limits policy asks for that cannot apply here.
 pub fn create_gate_for(
     tree: &Tree,
@@ -28,98 +32,142 @@ pub fn create_gate_for(
     pid: u32,
 ) -> Result<(GateDir, Vec<NotApplied>), CgroupError> {
     let dir = tree.create_gate(tags)?;
-    apply_project_limits(tree, tags, settings);
-    let wanted = gate_limits(settings);
-    let files: Vec<(&'static str, String)> =
-        wanted.iter().map(|w| (w.file, w.value.clone())).collect();
-    gate::apply_limits(&dir.cgroup, &files);
-    let not_applied = gate::not_applied(&dir.cgroup, &wanted);
-    if let Err(e) = dir.cgroup.write_procs(pid) {
+    let project = tree.project(tags.owner_uid, &tags.project);
+    limits::apply(&project, &limits::for_project(settings));
+    let wanted = limits::for_gate(settings);
+    limits::apply(&dir.cgroup, &wanted);
+    let not_applied = limits::not_applied(&dir.cgroup, &wanted);
+    if let Err(e) = enter(&dir, tags, pid) {
         let _ = dir.remove();
         return Err(e);
     }
     Ok((dir, not_applied))
 }
 
-/// Project-level limits (the sum of one user's gates of a project), written
-/// again by every spawn into it, so the latest policy holds.
-fn apply_project_limits(tree: &Tree, tags: &Tags, s: &GateSettings) {
-    let mut limits = Vec::new();
-    if let Some(v) = gate::limit_text(s.project_memory_max) {
-        limits.push(("memory.max", v));
+/// Moves process `pid` into its new gate; a keeper's gate first gets the
+/// child cgroup its worker will live in.
+fn enter(dir: &GateDir, tags: &Tags, pid: u32) -> Result<(), CgroupError> {
+    if tags.keeper {
+        dir.cgroup
+            .child(keeper::WORKER_CGROUP)
+            .create_if_missing()?;
     }
-    if let Some(v) = gate::limit_text(s.project_pids_max) {
-        limits.push(("pids.max", v));
-    }
-    gate::apply_limits(&tree.project(tags.owner_uid, &tags.project), &limits);
+    dir.cgroup.write_procs(pid)
 }
 
-/// One per-gate limit that policy asks for: its key, its file, its value.
+/// Whose exit orphans a new gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// Nobody: the gate is never orphaned.
+    Nobody,
+    /// This process (the daemon lets a user name only their own).
+    Process(u32),
+    /// The parent of the gate's main process, the default.
+    Parent,
+}
+
+/// A spawn or adopt request, checked: what the daemon and root's direct
+/// spawn both make a gate of.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Wanted {
-    pub key: &'static str,
-    pub file: &'static str,
-    pub value: String,
+pub struct Asked {
+    pub project: String,
+    pub session: String,
+    pub owner: Owner,
+    pub max_runtime_ms: Option<u64>,
+    pub pinned: bool,
+    pub stop_on_main_exit: Option<bool>,
+    /// The main process is a keeper, so the gate can be hibernated.
+    pub keeper: bool,
 }
 
-/// The per-gate limits that policy asks for.
-pub fn gate_limits(s: &GateSettings) -> Vec<Wanted> {
-    let mut out = Vec::new();
-    let mut want = |key, file, value: Option<String>| {
-        if let Some(value) = value {
-            out.push(Wanted { key, file, value });
+/// Why a spawn or adopt request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadRequest {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("project {0:?} must be absolute or a plain name")]
+    RelativeProject(String),
+    #[error("max_runtime {0:?}: {1}")]
+    MaxRuntime(String, String),
+}
+
+impl Asked {
+    /// Checks `spec`. Without a session, the gate takes the first valid one
+    /// of the `session_env` variables in `env` (the main process's
+    /// environment: what the agent that started it passed on), else a new one.
+    pub fn parse(
+        spec: GateSpec,
+        keeper: bool,
+        session_env: &[String],
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Asked, BadRequest> {
+        // Checked as text: a relative path means nothing here (the client
+        // makes it absolute against its own cwd), so none is resolved.
+        names::normalize_project(&spec.project, Path::new("/"))?;
+        if spec.project.starts_with('.') {
+            return Err(BadRequest::RelativeProject(spec.project));
         }
-    };
-    want("memory_max", "memory.max", gate::limit_text(s.memory_max));
-    want(
-        "memory_high",
-        "memory.high",
-        gate::limit_text(s.memory_high),
-    );
-    want("pids_max", "pids.max", gate::limit_text(s.pids_max));
-    want(
-        "cpu_max",
-        "cpu.max",
-        (s.cpu_max != crate::cgroup::CpuMax::Max).then(|| s.cpu_max.to_kernel()),
-    );
-    want(
-        "oom_group",
-        "memory.oom.group",
-        s.oom_group.then(|| "1".into()),
-    );
-    out
-}
+        let session = match spec.session {
+            Some(s) => s,
+            None => session_env
+                .iter()
+                .filter_map(|var| env(var))
+                .find(|s| names::check_session(s).is_ok())
+                .unwrap_or_else(names::new_session_id),
+        };
+        names::check_session(&session)?;
+        let max_runtime_ms = match spec.max_runtime {
+            Some(text) => Some(
+                units::parse_duration(&text)
+                    .and_then(|d| u64::try_from(d.as_millis()).map_err(|e| e.to_string()))
+                    .map_err(|e| BadRequest::MaxRuntime(text, e))?,
+            ),
+            None => None,
+        };
+        let owner = match (spec.no_owner, spec.owner_pid) {
+            (true, _) => Owner::Nobody,
+            (false, Some(pid)) => Owner::Process(pid),
+            (false, None) => Owner::Parent,
+        };
+        Ok(Asked {
+            project: spec.project,
+            session,
+            owner,
+            max_runtime_ms,
+            pinned: spec.pinned,
+            stop_on_main_exit: spec.stop_on_main_exit,
+            keeper,
+        })
+    }
 
-/// The tags of a gate that process `pid` (of user `uid`) asks for now.
-pub fn tags_for(
-    project: &str,
-    session: &str,
-    uid: u32,
-    pid: u32,
-    owner_pid: Option<u32>,
-    max_runtime_ms: Option<u64>,
-    pinned: bool,
-) -> Tags {
-    Tags {
-        project: project.to_string(),
-        session: session.to_string(),
-        owner_uid: uid,
-        owner_pid,
-        owner_start: owner_pid.and_then(proc::start_time),
-        main_pid: Some(pid),
-        main_start: proc::start_time(pid),
-        created_ms: gate::now_ms(),
-        max_runtime_ms,
-        pinned,
-        last_active_ms: None,
-        frozen_ms: None,
-        frozen_manual: false,
-        orphaned_ms: None,
-        reaping: None,
-        stop_on_main_exit: None,
-        main_exited_ms: None,
-        keeper: false,
-        hibernate: None,
+    /// The tags of the gate for process `pid` of user `uid`, as of now.
+    pub fn tags(&self, uid: u32, pid: u32) -> Tags {
+        let owner_pid = match self.owner {
+            Owner::Nobody => None,
+            Owner::Process(owner) => Some(owner),
+            Owner::Parent => proc::parent_pid(pid),
+        };
+        Tags {
+            project: self.project.clone(),
+            session: self.session.clone(),
+            owner_uid: uid,
+            owner_pid,
+            owner_start: owner_pid.and_then(proc::start_time),
+            main_pid: Some(pid),
+            main_start: proc::start_time(pid),
+            created_ms: gate::now_ms(),
+            max_runtime_ms: self.max_runtime_ms,
+            pinned: self.pinned,
+            last_active_ms: None,
+            frozen_ms: None,
+            frozen_manual: false,
+            orphaned_ms: None,
+            reaping: None,
+            stop_on_main_exit: self.stop_on_main_exit,
+            main_exited_ms: None,
+            keeper: self.keeper,
+            hibernate: None,
+        }
     }
 }
 
@@ -144,4 +192,137 @@ pub fn exit_exec_failed(cmd: &[OsString], err: &std::io::Error) -> ! {
         126
     };
     std::process::exit(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(project: &str) -> GateSpec {
+        GateSpec {
+            project: project.into(),
+            session: Some("s1".into()),
+            owner_pid: None,
+            no_owner: false,
+            max_runtime: None,
+            pinned: false,
+            stop_on_main_exit: None,
+        }
+    }
+
+    fn parse(spec: GateSpec) -> Result<Asked, BadRequest> {
+        Asked::parse(spec, false, &[], |_| None)
+    }
+
+    #[test]
+    fn a_project_is_absolute_or_a_plain_name() {
+        for good in ["/home/ann/src/MyPkg", "MyPkg", "my pkg"] {
+            assert_eq!(parse(spec(good)).unwrap().project, good);
+        }
+        for relative in [".", "..", "./x", "../x", ".hidden"] {
+            assert_eq!(
+                parse(spec(relative)),
+                Err(BadRequest::RelativeProject(relative.into()))
+            );
+        }
+        for bad in ["", "a\nb", &"x".repeat(5000)] {
+            assert!(
+                matches!(parse(spec(bad)), Err(BadRequest::Name(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_session_is_given_else_from_the_environment_else_new() {
+        let vars = ["AGENT_SESSION".to_string(), "HOST_SESSION".to_string()];
+        let env = |var: &str| match var {
+            "AGENT_SESSION" => Some("not valid!".to_string()),
+            "HOST_SESSION" => Some("3fa2c1d0".to_string()),
+            _ => None,
+        };
+        let given = Asked::parse(spec("p"), false, &vars, env).unwrap();
+        assert_eq!(given.session, "s1");
+        let unset = GateSpec {
+            session: None,
+            ..spec("p")
+        };
+        // The first valid one of the variables policy names.
+        let inherited = Asked::parse(unset.clone(), false, &vars, env).unwrap();
+        assert_eq!(inherited.session, "3fa2c1d0");
+        let new = Asked::parse(unset, false, &vars, |_| None).unwrap();
+        assert!(names::check_session(&new.session).is_ok());
+        let bad = GateSpec {
+            session: Some("-x".into()),
+            ..spec("p")
+        };
+        assert!(matches!(parse(bad), Err(BadRequest::Name(_))));
+    }
+
+    #[test]
+    fn max_runtime_is_a_duration_that_fits() {
+        let with = |d: &str| {
+            parse(GateSpec {
+                max_runtime: Some(d.into()),
+                ..spec("p")
+            })
+        };
+        assert_eq!(parse(spec("p")).unwrap().max_runtime_ms, None);
+        assert_eq!(with("1h30m").unwrap().max_runtime_ms, Some(5_400_000));
+        for bad in ["soon", "-5m", "30", "", "99999999999999999999d", "73001d"] {
+            let err = with(bad).unwrap_err();
+            assert!(matches!(&err, BadRequest::MaxRuntime(text, _) if text == bad));
+            assert!(err.to_string().starts_with("max_runtime "), "{err}");
+        }
+    }
+
+    #[test]
+    fn no_owner_wins_over_an_owner_and_the_parent_is_the_default() {
+        let owned = |owner_pid, no_owner| {
+            parse(GateSpec {
+                owner_pid,
+                no_owner,
+                ..spec("p")
+            })
+            .unwrap()
+            .owner
+        };
+        assert_eq!(owned(None, false), Owner::Parent);
+        assert_eq!(owned(Some(42), false), Owner::Process(42));
+        assert_eq!(owned(Some(42), true), Owner::Nobody);
+        assert_eq!(owned(None, true), Owner::Nobody);
+    }
+
+    #[test]
+    fn the_tags_say_what_was_asked() {
+        let asked = Asked::parse(
+            GateSpec {
+                max_runtime: Some("2s".into()),
+                pinned: true,
+                stop_on_main_exit: Some(true),
+                no_owner: true,
+                ..spec("/srv/p")
+            },
+            true,
+            &[],
+            |_| None,
+        )
+        .unwrap();
+        let me = std::process::id();
+        let tags = asked.tags(1000, me);
+        assert_eq!(
+            (tags.project.as_str(), tags.session.as_str(), tags.owner_uid),
+            ("/srv/p", "s1", 1000)
+        );
+        assert_eq!((tags.main_pid, tags.owner_pid), (Some(me), None));
+        assert!(tags.main_start.is_some());
+        assert_eq!(tags.max_runtime_ms, Some(2000));
+        assert!(tags.pinned && tags.keeper);
+        assert_eq!(tags.stop_on_main_exit, Some(true));
+        let parent = Asked {
+            owner: Owner::Parent,
+            ..asked
+        };
+        assert_eq!(parent.tags(1000, me).owner_pid, proc::parent_pid(me));
+    }
 }

@@ -1,6 +1,7 @@
 //! Property tests of the two parsers that read what others write: the daemon's
-//! request line (`protocol::parse_request`, what every connection goes through)
-//! and gov.toml (`Policy::parse`, what the daemon and `check-config` read).
+//! request line (`protocol::parse_request`, what every connection goes through,
+//! and `spawn::Asked::parse`, what its gate becomes) and gov.toml
+//! (`Policy::parse`, what the daemon and `check-config` read).
 //! Inputs are built from valid ones and then broken, token by token and byte by
 //! byte, so most reach deep into the parsers rather than failing at the first
 //! brace. Beyond "never panics": a request that parses re-encodes to itself, and
@@ -16,8 +17,10 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence};
 use serde_json::{json, Value};
 
+use gov::names;
 use gov::policy::Policy;
 use gov::protocol::{self, GateSpec, Request};
+use gov::spawn::Asked;
 
 /// 2000 cases unless PROPTEST_CASES says otherwise (proptest reads it itself);
 /// failures are kept where the README says.
@@ -289,6 +292,22 @@ proptest! {
     #[test]
     fn any_bytes_are_a_request_or_an_error(line in proptest::collection::vec(any::<u8>(), 0..256)) {
         check_request_line(&line)?;
+    }
+
+    /// What a parsed request's gate becomes, in the daemon and root's direct
+    /// spawn alike: a checked gate or a reason, never a panic.
+    #[test]
+    fn a_gate_spec_is_asked_for_or_refused(spec in gate_spec(), env_session in nasty_string()) {
+        let vars = ["AGENT_SESSION".to_string()];
+        let asked = Asked::parse(spec.clone(), false, &vars, |_| Some(env_session.clone()));
+        match asked {
+            Ok(asked) => {
+                prop_assert_eq!(&asked.project, &spec.project);
+                prop_assert!(names::check_session(&asked.session).is_ok());
+                prop_assert_eq!(asked.max_runtime_ms.is_some(), spec.max_runtime.is_some());
+            }
+            Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
     }
 }
 

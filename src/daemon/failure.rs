@@ -75,6 +75,25 @@ impl From<HibernateError> for Failure {
     }
 }
 
+impl From<crate::spawn::BadRequest> for Failure {
+    fn from(e: crate::spawn::BadRequest) -> Failure {
+        Failure::bad_request(e)
+    }
+}
+
+/// A process the caller may not see is not found; one they may see but
+/// not take is forbidden.
+impl From<crate::adopt::Refused> for Failure {
+    fn from(refused: crate::adopt::Refused) -> Failure {
+        use crate::adopt::Refused;
+        let code = match refused {
+            Refused::Gone(_) | Refused::NotYours(_) => ErrorCode::NotFound,
+            Refused::Untouchable(_) | Refused::Held(..) => ErrorCode::Forbidden,
+        };
+        Failure::new(code, refused.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

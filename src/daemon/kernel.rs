@@ -19,7 +19,7 @@ pub trait Kernel: Send + Sync + 'static {
     /// Where the gate at `cg` keeps its tags.
     fn tag_store(&self, cg: &Cgroup) -> Arc<dyn TagStore>;
     fn events(&self, cg: &Cgroup) -> Result<Events, CgroupError>;
-    /// Limit hits so far (`gate::limit_hits`).
+    /// Limit hits so far (`limits::hits`).
     fn limit_hits(&self, cg: &Cgroup) -> BTreeMap<String, u64>;
     fn cpu_usage_usec(&self, cg: &Cgroup) -> Result<u64, CgroupError>;
     /// Freezes the tree and waits until the kernel says it is frozen (or it
@@ -53,7 +53,7 @@ impl Kernel for Cgroupfs {
     }
 
     fn limit_hits(&self, cg: &Cgroup) -> BTreeMap<String, u64> {
-        gate::limit_hits(cg)
+        crate::limits::hits(cg)
     }
 
     fn cpu_usage_usec(&self, cg: &Cgroup) -> Result<u64, CgroupError> {

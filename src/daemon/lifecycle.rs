@@ -174,7 +174,7 @@ impl Gate {
             spared: self.spared,
             next: self.next,
             cpu_sample: self.cpu_sample,
-            wanted: crate::spawn::gate_limits(&self.settings),
+            wanted: crate::limits::for_gate(&self.settings),
             hibernate_refused: match self.phase() {
                 Phase::DumpRefused { reason, .. } => Some(reason.clone()),
                 _ => None,

@@ -2,22 +2,20 @@
 //! the client says), whether they may, and which gate owner acts. Every
 //! error is a reply; nothing here acts on a gate itself.
 
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio::net::UnixStream;
 
-use crate::cgroup;
-use crate::gate::{self, Tags, Tree};
+use crate::gate::{self, Tags};
 use crate::names;
 use crate::policy::{GateSettings, OnLimit};
 use crate::proc;
 use crate::protocol::{self, ErrorCode, GateInfo, GateSpec, Reason, Request, Response};
 use crate::reaper;
 use crate::spawn;
+use crate::{adopt, cgroup};
 
 use super::failure::Failure;
 use super::journal::Gauges;
@@ -28,10 +26,6 @@ type Reply<T> = std::result::Result<T, Failure>;
 
 fn fail<T>(code: ErrorCode, message: impl Into<String>) -> Reply<T> {
     Err(Failure::new(code, message))
-}
-
-fn internal(e: impl std::fmt::Display) -> Failure {
-    Failure::internal(e)
 }
 
 /// Who is on the other end of a connection, from the kernel's peer
@@ -97,7 +91,7 @@ impl Daemon {
                 tokio::task::spawn_blocking(move || d.list(&peer))
                     .await
                     .map(|gates| Response::Gates { gates })
-                    .map_err(internal)
+                    .map_err(Failure::internal)
             }
             Request::Show { gate } => self.show(peer, &gate).await.map(|gate| Response::Gate {
                 gate: Box::new(gate),
@@ -110,7 +104,7 @@ impl Daemon {
             Request::Unpin { gate } => self.ask(peer, &gate, Cmd::Pin(false)).await.map(done),
             Request::Tag { gate, session } => match names::check_session(&session) {
                 Ok(()) => self.ask(peer, &gate, Cmd::Tag(session)).await.map(done),
-                Err(e) => fail(ErrorCode::BadRequest, e.to_string()),
+                Err(e) => Err(Failure::bad_request(e)),
             },
             Request::Events { limit } => Ok(Response::Events {
                 events: self.journal.recent(|uid| peer.may_see(uid), limit),
@@ -152,8 +146,8 @@ impl Daemon {
         let (d, g) = (self.clone(), self.authorize(peer, id)?.view());
         tokio::task::spawn_blocking(move || d.info(&g))
             .await
-            .map_err(internal)?
-            .map_err(internal)
+            .map_err(Failure::internal)?
+            .map_err(Failure::internal)
     }
 
     /// A gate as `ps` and `show` give it: what its files say, what its owner
@@ -208,70 +202,33 @@ impl Daemon {
 
     /// What a new gate will be, from a spawn or adopt request: its tags
     /// (for process `pid` of user `uid`), checked, and its settings.
-    fn prepare(&self, peer: &Peer, pid: u32, uid: u32, r: GateSpec) -> Reply<(Tags, GateSettings)> {
-        let bad = |e: String| Failure {
-            code: ErrorCode::BadRequest,
-            message: e,
-        };
-        // A relative project means nothing here; the client resolves it.
-        names::normalize_project(&r.project, Path::new("/")).map_err(|e| bad(e.to_string()))?;
-        if r.project.starts_with('.') {
-            return Err(bad(format!(
-                "project {:?} must be absolute or a plain name",
-                r.project
-            )));
-        }
+    fn prepare(
+        &self,
+        peer: &Peer,
+        pid: u32,
+        uid: u32,
+        spec: GateSpec,
+        keeper: bool,
+    ) -> Reply<(Tags, GateSettings)> {
+        let bad = Failure::bad_request;
         let policy = self.policy();
-        let session = match r.session {
-            Some(s) => s,
-            // What the agent that started it passed on, else a new one.
-            None => policy
-                .global
-                .session_env
-                .iter()
-                .filter_map(|var| proc::environ_var(pid, var))
-                .find(|s| names::check_session(s).is_ok())
-                .unwrap_or_else(names::new_session_id),
-        };
-        names::check_session(&session).map_err(|e| bad(e.to_string()))?;
-        let max_runtime_ms = match &r.max_runtime {
-            Some(d) => Some(
-                crate::units::parse_duration(d)
-                    .map_err(|e| bad(format!("max_runtime {d:?}: {e}")))?
-                    .as_millis()
-                    .try_into()
-                    .map_err(|_| bad(format!("max_runtime {d:?} is too long")))?,
-            ),
-            None => None,
-        };
-        let owner = if r.no_owner {
-            None
-        } else if let Some(o) = r.owner_pid {
+        let asked = spawn::Asked::parse(spec, keeper, &policy.global.session_env, |var| {
+            proc::environ_var(pid, var)
+        })?;
+        if let spawn::Owner::Process(o) = asked.owner {
             // Naming someone else's process as owner would let a user tie a
             // gate's life to it; only their own processes (or root) may.
             match proc::uid_and_groups(o) {
-                Some((owner_uid, _)) if owner_uid == peer.uid || peer.uid == 0 => Some(o),
+                Some((owner_uid, _)) if owner_uid == peer.uid || peer.uid == 0 => {}
                 Some(_) => return fail(ErrorCode::Forbidden, format!("process {o} is not yours")),
                 None => return Err(bad(format!("no process {o}"))),
             }
-        } else {
-            proc::parent_pid(pid)
-        };
-        let settings = policy.for_project(&r.project);
-        let mut tags = spawn::tags_for(
-            &r.project,
-            &session,
-            uid,
-            pid,
-            owner,
-            max_runtime_ms,
-            r.pinned,
-        );
-        tags.stop_on_main_exit = r.stop_on_main_exit;
+        }
+        let tags = asked.tags(uid, pid);
         if tags.main_start.is_none() {
             return Err(bad(format!("process {pid} exited")));
         }
-        Ok((tags, settings))
+        Ok((tags, policy.for_project(&asked.project)))
     }
 
     async fn spawn_gate(
@@ -280,23 +237,19 @@ impl Daemon {
         r: GateSpec,
         hibernate: bool,
     ) -> Reply<Response> {
-        let bad = |e: &str| Failure {
-            code: ErrorCode::BadRequest,
-            message: e.to_string(),
-        };
+        let bad = Failure::bad_request;
         // A gate's processes stay in it, root's too: a spawn from inside
         // would move the caller out, past the gate's deadline and orphan
         // rule, into a gate of its own choosing (no owner, pinned).
-        let mount = cgroup::cgroup2_mount().map_err(internal)?;
-        let here = cgroup::cgroup_of(&mount, peer.pid).map_err(|_| bad("caller is gone"))?;
+        let here =
+            cgroup::cgroup_of(&self.tree.mount, peer.pid).map_err(|_| bad("caller is gone"))?;
         if let Some(part) = self.tree.part_holding(&here) {
             return fail(
                 ErrorCode::Forbidden,
                 format!("already in {part}: a gate's processes cannot leave it"),
             );
         }
-        let (mut tags, settings) = self.prepare(peer, peer.pid, peer.uid, r)?;
-        tags.keeper = hibernate;
+        let (tags, settings) = self.prepare(peer, peer.pid, peer.uid, r, hibernate)?;
         self.check_caps(peer.uid, &tags.project, &settings)?;
         // The client is the process to move: the kernel told us its pid at
         // connect, and a pidfd checked before and after the move makes sure
@@ -307,21 +260,12 @@ impl Daemon {
         }
         // The move may wait for the kernel (an RCU grace period after a quiet
         // moment): off the async thread, so a burst of spawns overlaps.
-        let (tree, t, s, pid) = (self.tree.clone(), tags.clone(), settings.clone(), peer.pid);
-        let (dir, not_applied) = tokio::task::spawn_blocking(move || {
-            let made = spawn::create_gate_for(&tree, &t, &s, pid)?;
-            if hibernate {
-                // The keeper's worker lives in a child of the gate.
-                made.0
-                    .cgroup
-                    .child(crate::keeper::WORKER_CGROUP)
-                    .create_if_missing()?;
-            }
-            Ok::<_, crate::cgroup::CgroupError>(made)
-        })
-        .await
-        .map_err(internal)?
-        .map_err(internal)?;
+        let (tree, t, pid) = (self.tree.clone(), tags.clone(), peer.pid);
+        let (dir, not_applied) =
+            tokio::task::spawn_blocking(move || spawn::create_gate_for(&tree, &t, &settings, pid))
+                .await
+                .map_err(Failure::internal)?
+                .map_err(Failure::internal)?;
         if proc::pidfd_send_signal(&pidfd, 0).is_err() {
             let _ = dir.kill_and_remove();
             return Err(bad("caller exited while it was being moved"));
@@ -380,127 +324,57 @@ impl Daemon {
         Ok(Response::Done { gates: vec![id] })
     }
 
-    /// A running process and its descendants into a new gate: the process
-    /// first (so what it forks from then on is born inside), then its
-    /// children, theirs, and so on, until a pass finds no one new.
+    /// A running process and its descendants into a new gate, if `peer`
+    /// may take them (`adopt`).
     async fn adopt(self: &Arc<Self>, peer: &Peer, pid: u32, r: GateSpec) -> Reply<Response> {
-        let forbidden = |m: String| Failure {
-            code: ErrorCode::Forbidden,
-            message: m,
-        };
         // Held from here on: the pid cannot be recycled under us.
-        let pidfd = proc::pidfd_open(pid).map_err(|_| Failure {
-            code: ErrorCode::NotFound,
-            message: format!("no process {pid}"),
-        })?;
-        if pid == 1 || pid == std::process::id() || pid == 2 || proc::parent_pid(pid) == Some(2) {
-            return Err(forbidden(format!(
-                "process {pid} cannot be adopted (init, a kernel thread or the daemon)"
-            )));
-        }
-        let wholly = |p: u32, uid: u32| proc::uids(p).is_some_and(|u| u.iter().all(|&x| x == uid));
-        let uid = match proc::uids(pid) {
-            Some([ruid, ..]) if peer.uid == 0 => ruid,
-            Some(_) if wholly(pid, peer.uid) => peer.uid,
-            // Another user's process is as good as absent.
-            _ => {
-                return fail(ErrorCode::NotFound, format!("no process {pid} of yours"));
-            }
-        };
-        let mount = cgroup::cgroup2_mount().map_err(internal)?;
-        let from = cgroup::cgroup_of(&mount, pid).map_err(|_| Failure {
-            code: ErrorCode::NotFound,
-            message: format!("no process {pid}"),
-        })?;
-        // The caller's own cgroup, read while its pidfd shows the pid still
-        // names the caller: a recycled pid must not lend its cgroup.
-        let caller_cg = cgroup::cgroup_of(&mount, peer.pid).ok().filter(|_| {
-            peer.pidfd
-                .as_ref()
-                .is_some_and(|fd| proc::pidfd_send_signal(fd, 0).is_ok())
-        });
-        let peer_uid = peer.uid;
-        may_take_from(&self.tree, peer_uid, caller_cg.as_deref(), &from)
-            .map_err(|why| forbidden(format!("process {pid} is {why}")))?;
-        let (tags, settings) = self.prepare(peer, pid, uid, r)?;
+        let pidfd = proc::pidfd_open(pid)
+            .map_err(|_| Failure::new(ErrorCode::NotFound, format!("no process {pid}")))?;
+        let caller = adopt::Caller::new(&self.tree, peer.uid, peer.pid, peer.pidfd.as_deref());
+        let uid = adopt::check(&self.tree, &caller, pid)?;
+        let (tags, settings) = self.prepare(peer, pid, uid, r, false)?;
         self.check_caps(uid, &tags.project, &settings)?;
-        let (tree, t, s) = (self.tree.clone(), tags.clone(), settings.clone());
-        let moved =
-            tokio::task::spawn_blocking(move || -> Result<_, crate::cgroup::CgroupError> {
-                let (dir, not_applied) = spawn::create_gate_for(&tree, &t, &s, pid)?;
-                let (mut moved, mut skipped) = (vec![pid], Vec::new());
-                for _ in 0..16 {
-                    let mut new = false;
-                    for p in moved.clone() {
-                        for child in proc::children(p) {
-                            if moved.contains(&child) || skipped.contains(&child) {
-                                continue;
-                            }
-                            // Gone meanwhile.
-                            let Ok(cg) = cgroup::cgroup_of(&mount, child) else {
-                                continue;
-                            };
-                            // Forked after its parent moved: born inside.
-                            if cg == dir.cgroup.path() {
-                                moved.push(child);
-                                new = true;
-                                continue;
-                            }
-                            // The rule for the process itself holds for each
-                            // descendant: one in another gate, or in a
-                            // cgroup the caller could not leave, stays.
-                            if (uid != 0 && !wholly(child, uid))
-                                || may_take_from(&tree, peer_uid, caller_cg.as_deref(), &cg)
-                                    .is_err()
-                            {
-                                skipped.push(child);
-                                continue;
-                            }
-                            // ESRCH: it exited meanwhile.
-                            if dir.cgroup.write_procs(child).is_ok() {
-                                moved.push(child);
-                                new = true;
-                            }
-                        }
-                    }
-                    if !new {
-                        break;
-                    }
-                }
-                Ok((dir, not_applied, moved, skipped))
-            })
-            .await
-            .map_err(internal)?;
-        let (dir, not_applied, moved, skipped) = moved.map_err(internal)?;
+        let (tree, t) = (self.tree.clone(), tags.clone());
+        let adopted = tokio::task::spawn_blocking(move || {
+            adopt::into_gate(&tree, &t, &settings, &caller, pid)
+        })
+        .await
+        .map_err(Failure::internal)?
+        .map_err(Failure::internal)?;
         if proc::pidfd_send_signal(&pidfd, 0).is_err() {
-            let _ = dir.kill_and_remove();
+            let _ = adopted.dir.kill_and_remove();
             return fail(
                 ErrorCode::NotFound,
                 format!("process {pid} exited while it was adopted"),
             );
         }
-        let id = dir.id.clone();
+        let id = adopted.dir.id.clone();
         self.journal.record(
             &tags,
             &id,
             protocol::EventKind::Spawned,
             Some(format!(
                 "adopted process {pid} and {} more",
-                moved.len() - 1
+                adopted.moved.len() - 1
             )),
             None,
         );
         self.journal.count_spawn(tags.owner_uid);
         let (project, session) = (tags.project.clone(), tags.session.clone());
         let never_orphaned = tags.owner_pid == Some(1);
-        self.manage(Gate::found(dir, tags, &*self.owners.kernel, self.policy()));
+        self.manage(Gate::found(
+            adopted.dir,
+            tags,
+            &*self.owners.kernel,
+            self.policy(),
+        ));
         Ok(Response::Adopted {
             gate: id,
             project,
             session,
-            moved,
-            skipped,
-            not_applied,
+            moved: adopted.moved,
+            skipped: adopted.skipped,
+            not_applied: adopted.not_applied,
             never_orphaned,
         })
     }
@@ -595,40 +469,4 @@ impl Daemon {
         }
         self.journal.metrics(uid, &gauges)
     }
-}
-
-/// Whether a process in cgroup `cg` may be moved into a new gate for a
-/// caller of `caller_uid` who runs in `caller_cg`; else why not ("already in gate
-/// G: ..."). Never out of gov's tree: a gate's processes stay in it. Root
-/// takes from anywhere else. A user takes only from the cgroup the caller
-/// itself runs in (it could `gov spawn` out of it just as well) or from one
-/// whose cgroup.procs is theirs to write (delegated to them, as systemd does
-/// with user@UID.service and what lies below it): the kernel lets an
-/// unprivileged user move a process only between cgroups whose cgroup.procs
-/// they may write, and a cgroup the user could not leave by themselves (an
-/// admin's, a service's, another login session's) is not left through gov.
-fn may_take_from(
-    tree: &Tree,
-    caller_uid: u32,
-    caller_cg: Option<&Path>,
-    cg: &Path,
-) -> std::result::Result<(), String> {
-    if let Some(part) = tree.part_holding(cg) {
-        return Err(format!(
-            "already in {part}: a gate's processes cannot leave it"
-        ));
-    }
-    if caller_uid == 0 || caller_cg == Some(cg) {
-        return Ok(());
-    }
-    let delegated = std::fs::metadata(cg.join("cgroup.procs"))
-        .is_ok_and(|m| m.uid() == caller_uid && m.mode() & 0o200 != 0);
-    if delegated {
-        return Ok(());
-    }
-    let shown = cg.strip_prefix(&tree.mount).unwrap_or(cg);
-    Err(format!(
-        "in cgroup /{}, which you could not leave yourself",
-        shown.display()
-    ))
 }

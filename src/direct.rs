@@ -68,7 +68,8 @@ pub fn kill(tree: &Tree, id: &str) -> Result<()> {
 /// The record of gate `id`, to act on it.
 fn record(tree: &Tree, id: &str) -> Result<(GateDir, Record)> {
     let dir = find(tree, id)?;
-    let record = Record::read(&dir.cgroup)?.with_context(|| format!("gate {id} has no tags"))?;
+    let record = Record::read(&dir.cgroup, gate::now_ms())?
+        .with_context(|| format!("gate {id} has no tags"))?;
     Ok((dir, record))
 }
 

@@ -2,7 +2,6 @@
 //! whose tags (trusted.gov.* xattrs) say whose it is. cgroupfs is the
 //! durable truth: everything here can be rebuilt by walking the tree.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,6 +11,7 @@ use crate::names;
 pub use crate::protocol::MemorySource;
 use crate::protocol::{GateInfo, Next, Spared};
 use crate::reaper::Phase;
+pub use crate::record::{Tag, Tags};
 
 /// How long a whole-tree kill may take before we call it stuck. 1,000
 /// processes die in ~150 ms here; this leaves room for a loaded machine.
@@ -238,189 +238,6 @@ impl GateDir {
     }
 }
 
-/// The name of one tag (`trusted.gov.<name>`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Tag {
-    Project,
-    Session,
-    OwnerUid,
-    OwnerPid,
-    OwnerStart,
-    MainPid,
-    MainStart,
-    Created,
-    MaxRuntime,
-    Pinned,
-    LastActive,
-    Frozen,
-    FrozenManual,
-    Orphaned,
-    Reaping,
-    OnMainExit,
-    MainExited,
-    /// The gate's main process is a keeper (`gov spawn --hibernate`).
-    Keeper,
-    /// Where it is in hibernation (see `record::phase_of`).
-    Hibernate,
-}
-
-impl Tag {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tag::Project => "project",
-            Tag::Session => "session",
-            Tag::OwnerUid => "owner_uid",
-            Tag::OwnerPid => "owner_pid",
-            Tag::OwnerStart => "owner_start",
-            Tag::MainPid => "main_pid",
-            Tag::MainStart => "main_start",
-            Tag::Created => "created",
-            Tag::MaxRuntime => "max_runtime",
-            Tag::Pinned => "pinned",
-            Tag::LastActive => "last_active",
-            Tag::Frozen => "frozen",
-            Tag::FrozenManual => "frozen_manual",
-            Tag::Orphaned => "orphaned",
-            Tag::Reaping => "reaping",
-            Tag::OnMainExit => "on_main_exit",
-            Tag::MainExited => "main_exited",
-            Tag::Keeper => "keeper",
-            Tag::Hibernate => "hibernate",
-        }
-    }
-
-    /// Writes this tag, or removes it when `value` is None.
-    pub fn set(self, cg: &Cgroup, value: Option<&str>) -> Result<(), CgroupError> {
-        match value {
-            Some(v) => cg.write_tag(self.as_str(), v),
-            None => cg.remove_tag(self.as_str()),
-        }
-    }
-}
-
-/// The tags of a gate, as stored in trusted.gov.* xattrs. Times are unix
-/// milliseconds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Tags {
-    pub project: String,
-    pub session: String,
-    pub owner_uid: u32,
-    /// The process that asked for the gate (the host); its exit orphans it.
-    pub owner_pid: Option<u32>,
-    pub owner_start: Option<u64>,
-    /// The gate's main process (the one that exec'd CMD): it gets
-    /// stop_signal first, so it can shut down cleanly.
-    pub main_pid: Option<u32>,
-    pub main_start: Option<u64>,
-    pub created_ms: u64,
-    pub max_runtime_ms: Option<u64>,
-    pub pinned: bool,
-    /// Persisted so a daemon restart does not reset every idle clock.
-    pub last_active_ms: Option<u64>,
-    pub frozen_ms: Option<u64>,
-    /// Frozen by a person (`gov freeze`), not by the reaper.
-    pub frozen_manual: bool,
-    pub orphaned_ms: Option<u64>,
-    /// Reap intent ("stop:idle:<ms>", "kill:orphan"), so a restarted daemon
-    /// finishes a teardown it had begun.
-    pub reaping: Option<String>,
-    /// Asked at spawn: stop the rest once the main process exits (true) or
-    /// keep it (false); None: the policy decides.
-    pub stop_on_main_exit: Option<bool>,
-    /// When the main process exited.
-    pub main_exited_ms: Option<u64>,
-    /// Its main process is a keeper, its worker in `<gate>/w`: it can be
-    /// hibernated.
-    pub keeper: bool,
-    /// Its hibernation step ("hibernated 123", "dumping", "refused ...").
-    pub hibernate: Option<String>,
-}
-
-fn opt<T: ToString>(v: &Option<T>) -> Option<String> {
-    v.as_ref().map(ToString::to_string)
-}
-
-impl Tags {
-    fn to_map(&self) -> BTreeMap<Tag, Option<String>> {
-        BTreeMap::from([
-            (Tag::Project, Some(self.project.clone())),
-            (Tag::Session, Some(self.session.clone())),
-            (Tag::OwnerUid, Some(self.owner_uid.to_string())),
-            (Tag::OwnerPid, opt(&self.owner_pid)),
-            (Tag::OwnerStart, opt(&self.owner_start)),
-            (Tag::MainPid, opt(&self.main_pid)),
-            (Tag::MainStart, opt(&self.main_start)),
-            (Tag::Created, Some(self.created_ms.to_string())),
-            (Tag::MaxRuntime, opt(&self.max_runtime_ms)),
-            (Tag::Pinned, self.pinned.then(|| "1".to_string())),
-            (Tag::LastActive, opt(&self.last_active_ms)),
-            (Tag::Frozen, opt(&self.frozen_ms)),
-            (
-                Tag::FrozenManual,
-                self.frozen_manual.then(|| "1".to_string()),
-            ),
-            (Tag::Orphaned, opt(&self.orphaned_ms)),
-            (Tag::Reaping, self.reaping.clone()),
-            (
-                Tag::OnMainExit,
-                self.stop_on_main_exit
-                    .map(|stop| if stop { "stop" } else { "keep" }.to_string()),
-            ),
-            (Tag::MainExited, opt(&self.main_exited_ms)),
-            (Tag::Keeper, self.keeper.then(|| "1".to_string())),
-            (Tag::Hibernate, self.hibernate.clone()),
-        ])
-    }
-
-    /// Writes every tag that has a value (and only those).
-    pub fn write(&self, cg: &Cgroup) -> Result<(), CgroupError> {
-        for (tag, value) in self.to_map() {
-            if let Some(v) = value {
-                tag.set(cg, Some(&v))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Reads a gate's tags. None when it has no project tag: not ours, or
-    /// caught between mkdir and tagging.
-    pub fn read(cg: &Cgroup) -> Result<Option<Tags>, CgroupError> {
-        Ok(Tags::from_map(&cg.read_tags()?))
-    }
-
-    pub fn from_map(m: &BTreeMap<String, String>) -> Option<Tags> {
-        let get = |t: Tag| m.get(t.as_str());
-        let num = |t: Tag| get(t).and_then(|v| v.parse::<u64>().ok());
-        let pid = |t: Tag| get(t).and_then(|v| v.parse::<u32>().ok());
-        let flag = |t: Tag| get(t).is_some_and(|v| v == "1");
-        Some(Tags {
-            project: get(Tag::Project)?.clone(),
-            session: get(Tag::Session).cloned().unwrap_or_default(),
-            owner_uid: pid(Tag::OwnerUid)?,
-            owner_pid: pid(Tag::OwnerPid),
-            owner_start: num(Tag::OwnerStart),
-            main_pid: pid(Tag::MainPid),
-            main_start: num(Tag::MainStart),
-            created_ms: num(Tag::Created).unwrap_or(0),
-            max_runtime_ms: num(Tag::MaxRuntime),
-            pinned: flag(Tag::Pinned),
-            last_active_ms: num(Tag::LastActive),
-            frozen_ms: num(Tag::Frozen),
-            frozen_manual: flag(Tag::FrozenManual),
-            orphaned_ms: num(Tag::Orphaned),
-            reaping: get(Tag::Reaping).cloned(),
-            stop_on_main_exit: get(Tag::OnMainExit).and_then(|v| match v.as_str() {
-                "stop" => Some(true),
-                "keep" => Some(false),
-                _ => None,
-            }),
-            main_exited_ms: num(Tag::MainExited),
-            keeper: flag(Tag::Keeper),
-            hibernate: get(Tag::Hibernate).cloned(),
-        })
-    }
-}
-
 /// How long one gate's PSS may take to read. smaps_rollup walks a
 /// process's page tables: ~9 ms for a process mapping 512 MB here, so a gate
 /// of a thousand such processes would take seconds.
@@ -574,38 +391,6 @@ pub struct InfoExtra {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tags_round_trip_through_a_map() {
-        let tags = Tags {
-            project: "/home/ann/src/MyPkg".into(),
-            session: "3fa2c1d0".into(),
-            owner_uid: 1000,
-            owner_pid: Some(42),
-            owner_start: Some(7),
-            main_pid: Some(43),
-            main_start: Some(8),
-            created_ms: 1_700_000_000_000,
-            max_runtime_ms: None,
-            pinned: true,
-            last_active_ms: Some(1_700_000_000_500),
-            frozen_ms: None,
-            frozen_manual: true,
-            orphaned_ms: None,
-            reaping: Some("stop:idle:5".into()),
-            stop_on_main_exit: Some(true),
-            main_exited_ms: Some(1_700_000_000_900),
-            keeper: true,
-            hibernate: Some("hibernated 42".into()),
-        };
-        let m: BTreeMap<String, String> = tags
-            .to_map()
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k.as_str().to_string(), v)))
-            .collect();
-        assert_eq!(Tags::from_map(&m), Some(tags));
-        assert_eq!(Tags::from_map(&BTreeMap::new()), None);
-    }
 
     #[test]
     fn memory_reads_stop_at_their_deadline() {

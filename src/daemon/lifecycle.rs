@@ -16,7 +16,7 @@
 //!
 //! The owner reaches the rest of the daemon only through its `Ctx`: the
 //! policy, the journal, CRIU, the kernel, and a weak way back to the
-//! registry. So when the daemon lets go of the registry, every owner's
+//! registry (`leave`). So when the daemon lets go of the registry, every owner's
 //! channel closes and the owner ends.
 
 use std::collections::BTreeMap;
@@ -24,7 +24,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,7 +42,6 @@ use super::journal::Journal;
 use super::kernel::Kernel;
 use super::lock;
 use super::mailbox::{self, Receiver, Sender};
-use super::registry::Registry;
 
 /// How soon a failed kill or removal is tried again.
 const RETRY: Duration = Duration::from_secs(1);
@@ -54,9 +53,10 @@ pub struct Ctx {
     /// CRIU, found and checked at start; None: hibernation is off.
     pub criu: Option<crate::criu::Criu>,
     pub kernel: Arc<dyn Kernel>,
-    /// Where an owner takes its gate out as it ends; weak, so the registry
-    /// (which holds the owners' channels) is not kept alive by them.
-    pub registry: Weak<Registry>,
+    /// Takes a gate out of the registry as its owner ends. It holds the
+    /// registry weakly: the registry holds the owners' channels, and an
+    /// owner must see its channel close when the daemon lets go.
+    pub leave: Box<dyn Fn(&str) + Send + Sync>,
 }
 
 impl Ctx {
@@ -479,9 +479,7 @@ impl Owner {
         }
         // Gone: out of the registry first, so nothing new arrives, then
         // answer what came meanwhile.
-        if let Some(registry) = self.cx.registry.upgrade() {
-            registry.remove(&self.id);
-        }
+        (self.cx.leave)(&self.id);
         self.rx.close();
         while let Some((cmd, answer)) = self.rx.try_recv() {
             let result = cmd.gone(&self.id);
@@ -1241,10 +1239,13 @@ mod tests {
     use crate::daemon::kernel::fake::Fake;
     use crate::gate::Tag;
 
+    /// The gates whose owners still run, as the daemon's registry has them.
+    type Managed = Arc<Mutex<std::collections::HashSet<String>>>;
+
     struct Kit {
         fake: Arc<Fake>,
         cx: Arc<Ctx>,
-        registry: Arc<Registry>,
+        managed: Managed,
         cg: Cgroup,
     }
 
@@ -1253,13 +1254,16 @@ mod tests {
     fn start_gate(policy: &str, tags: impl FnOnce(&mut Tags)) -> (Kit, Handle) {
         let policy = Arc::new(Policy::parse(policy, std::path::Path::new("test")).unwrap());
         let fake = Arc::new(Fake::default());
-        let registry = Arc::new(Registry::default());
+        let managed = Managed::default();
+        let left = managed.clone();
         let cx = Arc::new(Ctx {
             policy: watch::channel(policy.clone()).1,
             journal: Arc::new(Journal::new(100)),
             criu: None,
             kernel: fake.clone(),
-            registry: Arc::downgrade(&registry),
+            leave: Box::new(move |id| {
+                lock(&left).remove(id);
+            }),
         });
         let cg = Cgroup::new("/fake/gov/p/g1");
         let store = fake.add(&cg);
@@ -1284,11 +1288,11 @@ mod tests {
         };
         let gate = Gate::found(dir, t, &*fake, policy);
         let handle = start(&cx, gate);
-        registry.insert("g1".into(), handle.clone());
+        lock(&managed).insert("g1".into());
         let kit = Kit {
             fake,
             cx,
-            registry,
+            managed,
             cg,
         };
         (kit, handle)
@@ -1368,7 +1372,7 @@ mod tests {
         assert_eq!(events(&kit.cx, EventKind::Stopping).len(), 1);
         let mut view = h.view.clone();
         while view.changed().await.is_ok() {}
-        assert!(!kit.registry.contains("g1"), "the owner took it out");
+        assert!(!lock(&kit.managed).contains("g1"), "the owner took it out");
         // A command that comes later finds no gate.
         assert_eq!(
             h.ask("g1", Cmd::Touch).await.unwrap_err().code,
@@ -1423,14 +1427,13 @@ mod tests {
         assert!(h.view().tags().pinned);
     }
 
-    /// Owners hold the daemon's registry weakly: when it lets go, their
-    /// channels close and they end.
+    /// Owners hold the daemon's registry weakly: when it lets go of their
+    /// handles, their channels close and they end.
     #[tokio::test]
     async fn the_owner_ends_when_the_registry_lets_go() {
-        let (kit, h) = start_gate("", |_| {});
+        let (_kit, h) = start_gate("", |_| {});
         let mut view = h.view.clone();
         drop(h);
-        drop(kit.registry);
         let ended = tokio::time::timeout(Duration::from_secs(10), async {
             while view.changed().await.is_ok() {}
         })

@@ -151,7 +151,14 @@ impl Daemon {
             journal: journal.clone(),
             criu: criu.clone(),
             kernel: Arc::new(kernel::Cgroupfs),
-            registry: Arc::downgrade(&gates),
+            leave: {
+                let gates = Arc::downgrade(&gates);
+                Box::new(move |id| {
+                    if let Some(gates) = gates.upgrade() {
+                        gates.remove(id);
+                    }
+                })
+            },
         });
         Ok(Arc::new(Daemon {
             criu,

@@ -1320,6 +1320,12 @@ pub fn render_show(g: &GateInfo) -> String {
             format!("off in this daemon, suspended instead: {why}"),
         ));
     }
+    if !g.wakes_on.is_empty() {
+        lines.push(("wakes on", g.wakes_on.join(", ")));
+    }
+    if let Some(why) = &g.wake_note {
+        lines.push(("wake note", why.clone()));
+    }
     if let Some(why) = &g.failure {
         lines.push(("last failure", why.clone()));
     }
@@ -1414,6 +1420,8 @@ mod tests {
             hibernate_refused: None,
             hibernation_off: None,
             failure: None,
+            wakes_on: Vec::new(),
+            wake_note: None,
             cgroup: String::new(),
         }
     }

@@ -368,6 +368,8 @@ pub fn info(dir: &GateDir, tags: &Tags, extra: &InfoExtra) -> Result<GateInfo, C
         // A daemon knows whether it has CRIU; the gate's files do not.
         hibernation_off: None,
         failure: extra.failure.clone(),
+        wakes_on: extra.wakes_on.clone(),
+        wake_note: extra.wake_note.clone(),
         cgroup: dir.cgroup.path().display().to_string(),
     })
 }
@@ -386,6 +388,9 @@ pub struct InfoExtra {
     pub wanted: Vec<Wanted>,
     pub hibernate_refused: Option<String>,
     pub failure: Option<String>,
+    /// What input would wake it (`wake::summary`), while it sleeps.
+    pub wakes_on: Vec<String>,
+    pub wake_note: Option<String>,
 }
 
 #[cfg(test)]

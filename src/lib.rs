@@ -23,4 +23,5 @@ pub mod record;
 pub mod spawn;
 pub mod target;
 pub mod units;
+pub mod wake;
 pub mod watch;

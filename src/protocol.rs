@@ -402,6 +402,8 @@ pub enum EventKind {
     Hibernated,
     /// Restored from its image.
     Restored,
+    /// Input woke it (`reason` names the input: "stdin pipe", ...).
+    Woken,
     Stopping,
     Killing,
     /// Torn down by gov; `reason` says why and how ("idle (stopped)").
@@ -429,6 +431,7 @@ impl EventKind {
             EventKind::MainExited => "main_exited",
             EventKind::Hibernated => "hibernated",
             EventKind::Restored => "restored",
+            EventKind::Woken => "woken",
             EventKind::Stopping => "stopping",
             EventKind::Killing => "killing",
             EventKind::Removed => "removed",
@@ -501,6 +504,13 @@ pub struct GateInfo {
     /// The last action on it that failed, and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<String>,
+    /// What input would wake it while it sleeps ("stdin pipe",
+    /// "tcp 127.0.0.1:8888 listener", "2 connections").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wakes_on: Vec<String>,
+    /// Why some of its inputs are not watched, if any are not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_note: Option<String>,
     pub cgroup: String,
 }
 

@@ -46,6 +46,12 @@ pub enum Phase {
     Restoring {
         since_ms: u64,
     },
+    /// Running because input woke it, not because it was active: suspended
+    /// again at `until_ms` unless it was active meanwhile. Its idle clock
+    /// (`last_active_ms`) goes on meanwhile (`idle_bound`).
+    Woken {
+        until_ms: u64,
+    },
     /// stop_signal sent at this time; the tree may exit by itself.
     Stopping {
         since_ms: u64,
@@ -96,7 +102,7 @@ impl Phase {
             | Phase::DumpRefused { .. }
             | Phase::Dumping { .. } => GateState::Suspended,
             Phase::Hibernated { .. } | Phase::Restoring { .. } => GateState::Hibernated,
-            Phase::Running => GateState::Running,
+            Phase::Running | Phase::Woken { .. } => GateState::Running,
         }
     }
 
@@ -158,6 +164,8 @@ pub struct View {
     pub traced: bool,
     /// It can be hibernated: it runs under a keeper and CRIU is here.
     pub hibernatable: bool,
+    /// When input last woke it: a dump waits hibernate_after past that.
+    pub last_input_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,6 +231,7 @@ pub fn step(v: &View, s: &GateSettings, now: u64) -> Decision {
         Phase::Running
         | Phase::Suspended { .. }
         | Phase::DumpRefused { .. }
+        | Phase::Woken { .. }
         | Phase::Hibernated { .. } => {}
     }
     // A pin is the owner's own word (only they, an admin or root may pin a
@@ -260,6 +269,19 @@ pub fn step(v: &View, s: &GateSettings, now: u64) -> Decision {
             next: soonest.into_iter().min_by_key(|n| n.at_ms),
         };
     }
+    // A gate that input woke since it was last active is on the idle clock
+    // it had when it fell asleep: each wake restarts its suspension, so
+    // without this bound a host that pings an abandoned gate would keep it
+    // forever. Past the time the idle rules would have stopped it had it
+    // slept on undisturbed, it is stopped.
+    let woken = v.last_input_ms.is_some_and(|i| i > v.last_active_ms);
+    let idle_end = idle_bound(v, s).filter(|_| woken && !v.busy);
+    if let (Some(end), false) = (idle_end, matches!(v.phase, Phase::Suspended { manual: true, .. })) {
+        if now >= end {
+            return Decision::Stop(Reason::Idle);
+        }
+        soonest.push(next(NextAction::StopIdle, end));
+    }
     let mut spared = None;
     match &v.phase {
         // A person's freeze is a person's word, as a pin is, but of the
@@ -279,9 +301,13 @@ pub fn step(v: &View, s: &GateSettings, now: u64) -> Decision {
             // gate then costs no RAM and loses nothing. A refused dump is
             // not tried again until the gate ran.
             let refused = matches!(v.phase, Phase::DumpRefused { .. });
+            // A gate that input woke is not dumped again until
+            // hibernate_after passed without input: a host that pings every
+            // few seconds cannot make gov dump and restore in a loop.
+            let quiet_since = v.last_input_ms.map_or(*since_ms, |i| i.max(*since_ms));
             let hibernate_at = ms(s.hibernate_after)
                 .filter(|_| v.hibernatable && !refused)
-                .map(|h| since_ms.saturating_add(h))
+                .map(|h| quiet_since.saturating_add(h))
                 .filter(|&h| h < at);
             if let Some(h) = hibernate_at {
                 if now >= h {
@@ -304,6 +330,12 @@ pub fn step(v: &View, s: &GateSettings, now: u64) -> Decision {
             }
         }
         _ if v.busy => spared = Some(Spared::Busy),
+        Phase::Woken { until_ms } => {
+            if now >= *until_ms {
+                return Decision::Suspend(Reason::Idle);
+            }
+            soonest.push(next(NextAction::Suspend, *until_ms));
+        }
         _ => {
             if let Some(idle) = ms(s.idle_timeout) {
                 let at = v.last_active_ms.saturating_add(idle);
@@ -329,6 +361,20 @@ pub fn step(v: &View, s: &GateSettings, now: u64) -> Decision {
         spared,
         next: soonest.into_iter().min_by_key(|n| n.at_ms),
     }
+}
+
+/// When an idle gate, left asleep, would have been stopped: idle_timeout
+/// after its last activity, then frozen_hold, or hibernate_after and
+/// hibernate_hold where it would have been hibernated first. None where no
+/// idle rule ends it.
+fn idle_bound(v: &View, s: &GateSettings) -> Option<u64> {
+    let idle = ms(s.idle_timeout)?;
+    let frozen_hold = ms(Some(s.frozen_hold)).unwrap_or(0);
+    let asleep = match ms(s.hibernate_after).filter(|_| v.hibernatable) {
+        Some(after) if after < frozen_hold => after.saturating_add(ms(s.hibernate_hold)?),
+        _ => frozen_hold,
+    };
+    Some(v.last_active_ms.saturating_add(idle).saturating_add(asleep))
 }
 
 fn keep_spared(s: Spared) -> Decision {
@@ -494,7 +540,108 @@ mod tests {
             busy: false,
             traced: false,
             hibernatable: false,
+            last_input_ms: None,
         }
+    }
+
+    /// Input woke it: it runs until the quiet time ends, then sleeps again,
+    /// unless it is busy.
+    #[test]
+    fn a_gate_woken_by_input_sleeps_again_after_the_quiet_time() {
+        let s = settings();
+        let woken = View {
+            phase: Phase::Woken { until_ms: 100 * S },
+            last_active_ms: 0,
+            last_input_ms: Some(90 * S),
+            ..view()
+        };
+        assert_eq!(
+            step(&woken, &s, 95 * S),
+            Decision::Keep {
+                spared: None,
+                next: Some(next(NextAction::Suspend, 100 * S))
+            }
+        );
+        assert_eq!(step(&woken, &s, 100 * S), Decision::Suspend(Reason::Idle));
+        let busy = View {
+            busy: true,
+            ..woken.clone()
+        };
+        assert!(!step(&busy, &s, 100 * S).is_reap());
+    }
+
+    /// A host that pings an abandoned gate wakes it each time, and each
+    /// wake starts a new suspension; the gate is still stopped when its
+    /// idle time, had it slept undisturbed, ran out.
+    #[test]
+    fn pings_cannot_keep_an_idle_gate_from_being_reaped() {
+        let s = settings(); // idle 30m, frozen_hold 1h
+        let end = 90 * MIN;
+        for phase in [
+            Phase::Woken {
+                until_ms: end + MIN,
+            },
+            Phase::Suspended {
+                since_ms: end - MIN,
+                manual: false,
+            },
+        ] {
+            let pinged = View {
+                phase: phase.clone(),
+                last_active_ms: 0,
+                last_input_ms: Some(end - 2 * MIN),
+                ..view()
+            };
+            assert!(!step(&pinged, &s, end - 1).is_reap(), "{phase:?}");
+            assert_eq!(step(&pinged, &s, end), Decision::Stop(Reason::Idle), "{phase:?}");
+            // Real activity after the last wake: the bound moves with it.
+            let used = View {
+                last_active_ms: end - MIN,
+                ..pinged
+            };
+            assert_eq!(step(&used, &s, end), step(&View { last_input_ms: None, ..used.clone() }, &s, end));
+        }
+        // A hibernatable gate would have slept on disk: hibernate_after,
+        // then hibernate_hold.
+        let mut h = settings();
+        h.hibernate_after = Some(std::time::Duration::from_secs(10 * 60));
+        h.hibernate_hold = Some(std::time::Duration::from_secs(24 * 3600));
+        let pinged = View {
+            phase: Phase::Woken { until_ms: 0 },
+            hibernatable: true,
+            last_active_ms: 0,
+            last_input_ms: Some(S),
+            ..view()
+        };
+        let end = 30 * MIN + 10 * MIN + 24 * 60 * MIN;
+        assert!(!matches!(step(&pinged, &h, end - 1), Decision::Stop(_)));
+        assert_eq!(step(&pinged, &h, end), Decision::Stop(Reason::Idle));
+    }
+
+    /// A gate that input woke is dumped again only once hibernate_after
+    /// passed without input.
+    #[test]
+    fn a_woken_gate_is_dumped_again_only_after_hibernate_after_without_input() {
+        let mut s = settings();
+        s.hibernate_after = Some(std::time::Duration::from_secs(10 * 60));
+        let suspended = View {
+            phase: Phase::Suspended {
+                since_ms: 0,
+                manual: false,
+            },
+            hibernatable: true,
+            last_active_ms: 0,
+            last_input_ms: Some(20 * MIN),
+            ..view()
+        };
+        assert_eq!(
+            step(&suspended, &s, 25 * MIN),
+            Decision::Keep {
+                spared: None,
+                next: Some(next(NextAction::Hibernate, 30 * MIN))
+            }
+        );
+        assert_eq!(step(&suspended, &s, 30 * MIN), Decision::Hibernate);
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub enum Tag {
     Keeper,
     /// Where it is in hibernation (see `record::phase_of`).
     Hibernate,
+    /// Input woke it: suspended again at this time unless active.
+    Woken,
+    /// When input last woke it.
+    LastInput,
 }
 
 impl Tag {
@@ -60,6 +64,8 @@ impl Tag {
             Tag::MainExited => "main_exited",
             Tag::Keeper => "keeper",
             Tag::Hibernate => "hibernate",
+            Tag::Woken => "woken",
+            Tag::LastInput => "last_input",
         }
     }
 
@@ -108,6 +114,10 @@ pub struct Tags {
     pub keeper: bool,
     /// Its hibernation step ("hibernated 123", "dumping", "refused ...").
     pub hibernate: Option<String>,
+    /// Input woke it; it is suspended again at this time unless active.
+    pub woken_until_ms: Option<u64>,
+    /// When input last woke it (hibernation waits hibernate_after past it).
+    pub last_input_ms: Option<u64>,
 }
 
 fn opt<T: ToString>(v: &Option<T>) -> Option<String> {
@@ -143,6 +153,8 @@ impl Tags {
             (Tag::MainExited, opt(&self.main_exited_ms)),
             (Tag::Keeper, self.keeper.then(|| "1".to_string())),
             (Tag::Hibernate, self.hibernate.clone()),
+            (Tag::Woken, opt(&self.woken_until_ms)),
+            (Tag::LastInput, opt(&self.last_input_ms)),
         ])
     }
 
@@ -191,6 +203,8 @@ impl Tags {
             main_exited_ms: num(Tag::MainExited),
             keeper: flag(Tag::Keeper),
             hibernate: get(Tag::Hibernate).cloned(),
+            woken_until_ms: num(Tag::Woken),
+            last_input_ms: num(Tag::LastInput),
         })
     }
 }
@@ -272,6 +286,11 @@ impl Record {
                 .write(Tag::Hibernate, want.hibernate.as_deref())?;
             self.tags.hibernate = want.hibernate;
         }
+        if want.woken_until_ms != have.woken_until_ms {
+            let v = want.woken_until_ms.map(|ms| ms.to_string());
+            self.store.write(Tag::Woken, v.as_deref())?;
+            self.tags.woken_until_ms = want.woken_until_ms;
+        }
         if want.frozen_manual != have.frozen_manual {
             self.store
                 .write(Tag::FrozenManual, want.frozen_manual.then_some("1"))?;
@@ -312,6 +331,13 @@ impl Record {
         Ok(())
     }
 
+    /// Input woke it at `ms`.
+    pub fn set_last_input(&mut self, ms: u64) -> Result<(), CgroupError> {
+        self.store.write(Tag::LastInput, Some(&ms.to_string()))?;
+        self.tags.last_input_ms = Some(ms);
+        Ok(())
+    }
+
     /// The main process exited at `ms`.
     pub fn set_main_exited(&mut self, ms: u64) -> Result<(), CgroupError> {
         self.store.write(Tag::MainExited, Some(&ms.to_string()))?;
@@ -325,6 +351,7 @@ impl Record {
 struct PhaseTags {
     reaping: Option<String>,
     hibernate: Option<String>,
+    woken_until_ms: Option<u64>,
     frozen_manual: bool,
     frozen_ms: Option<u64>,
 }
@@ -353,6 +380,10 @@ impl PhaseTags {
                 image_bytes,
             } => frozen(*since_ms, Some(format!("hibernated {image_bytes}"))),
             Phase::Restoring { since_ms } => frozen(*since_ms, Some("restoring".into())),
+            Phase::Woken { until_ms } => PhaseTags {
+                woken_until_ms: Some(*until_ms),
+                ..PhaseTags::default()
+            },
             Phase::Stopping { .. } | Phase::Killing { .. } => PhaseTags {
                 reaping: phase.intent_tag(),
                 ..PhaseTags::default()
@@ -364,6 +395,7 @@ impl PhaseTags {
         PhaseTags {
             reaping: tags.reaping.clone(),
             hibernate: tags.hibernate.clone(),
+            woken_until_ms: tags.woken_until_ms,
             frozen_manual: tags.frozen_manual,
             frozen_ms: tags.frozen_ms,
         }
@@ -401,6 +433,9 @@ pub fn phase_of(tags: &Tags, frozen: bool, now_ms: u64) -> Phase {
             }
         }
         _ => {}
+    }
+    if let (false, Some(until_ms)) = (frozen, tags.woken_until_ms) {
+        return Phase::Woken { until_ms };
     }
     if frozen {
         // A freeze we did not record is taken for a person's (both ways to
@@ -464,6 +499,7 @@ mod tests {
                 image_bytes: 200 << 20,
             },
             Phase::Restoring { since_ms: 4 },
+            Phase::Woken { until_ms: 13 },
             Phase::Stopping {
                 since_ms: 5,
                 reason: Reason::Orphan,
@@ -513,6 +549,8 @@ mod tests {
             main_exited_ms: Some(1_700_000_000_900),
             keeper: true,
             hibernate: Some("hibernated 42".into()),
+            woken_until_ms: Some(1_700_000_001_000),
+            last_input_ms: Some(1_700_000_000_950),
         };
         let m: BTreeMap<String, String> = tags
             .to_map()

@@ -158,15 +158,9 @@ impl Asked {
             created_ms: gate::now_ms(),
             max_runtime_ms: self.max_runtime_ms,
             pinned: self.pinned,
-            last_active_ms: None,
-            frozen_ms: None,
-            frozen_manual: false,
-            orphaned_ms: None,
-            reaping: None,
             stop_on_main_exit: self.stop_on_main_exit,
-            main_exited_ms: None,
             keeper: self.keeper,
-            hibernate: None,
+            ..Tags::default()
         }
     }
 }

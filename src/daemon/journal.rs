@@ -18,6 +18,8 @@ struct Counters {
     refused: u64,
     reaps: BTreeMap<&'static str, u64>,
     limit_hits: BTreeMap<String, u64>,
+    /// Wakes on input, by the kind of input (`wake::Kind`).
+    wakes: BTreeMap<&'static str, u64>,
 }
 
 impl Counters {
@@ -30,6 +32,9 @@ impl Counters {
         }
         for (k, n) in &other.limit_hits {
             *self.limit_hits.entry(k.clone()).or_default() += n;
+        }
+        for (k, n) in &other.wakes {
+            *self.wakes.entry(k).or_default() += n;
         }
     }
 }
@@ -202,6 +207,11 @@ impl Journal {
         self.count(uid, |c| c.touches += n);
     }
 
+    /// A gate of user `uid` woken by input of this kind.
+    pub fn count_wake(&self, uid: u32, kind: &'static str) {
+        self.count(uid, |c| *c.wakes.entry(kind).or_default() += 1);
+    }
+
     /// A spawn of user `uid` refused by a cap.
     pub fn count_refused(&self, uid: u32) {
         self.count(uid, |c| c.refused += 1);
@@ -268,6 +278,11 @@ impl Journal {
         out += "# HELP gov_limit_hits_total Times gates hit a limit (pids.max, memory.max, oom_kill, ...).\n# TYPE gov_limit_hits_total counter\n";
         for (k, n) in &c.limit_hits {
             out += &format!("gov_limit_hits_total{{limit=\"{k}\"}} {n}\n");
+        }
+        out += "# HELP gov_wakes_total Gates woken by input, by the kind of input (stdin, listener, connection).\n# TYPE gov_wakes_total counter\n";
+        for kind in ["stdin", "listener", "connection"] {
+            let n = c.wakes.get(kind).unwrap_or(&0);
+            out += &format!("gov_wakes_total{{kind=\"{kind}\"}} {n}\n");
         }
         out += &format!("# HELP gov_spawns_total Gates spawned.\n# TYPE gov_spawns_total counter\ngov_spawns_total {}\n", c.spawns);
         out += &format!("# HELP gov_touches_total Touches received.\n# TYPE gov_touches_total counter\ngov_touches_total {}\n", c.touches);

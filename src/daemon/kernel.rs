@@ -14,6 +14,7 @@ use crate::cgroup::{Cgroup, CgroupError, Events};
 use crate::gate::{self, GateDir, Measured, Tags};
 use crate::proc;
 use crate::record::TagStore;
+use crate::wake;
 
 pub trait Kernel: Send + Sync + 'static {
     /// Where the gate at `cg` keeps its tags.
@@ -38,6 +39,10 @@ pub trait Kernel: Send + Sync + 'static {
     fn traced(&self, cg: &Cgroup) -> bool;
     /// stop_signal to the gate's main process, else to every member.
     fn stop_signal(&self, cg: &Cgroup, tags: &Tags, sig: Signal);
+    /// The inputs its host reaches a sleeping gate by, borrowed
+    /// (`wake::find`); `main` is its main process, if still the one tagged,
+    /// and whether that is a keeper.
+    fn inputs(&self, dir: &GateDir, main: Option<(u32, bool)>) -> wake::Found;
 }
 
 /// The real kernel.
@@ -137,6 +142,10 @@ impl Kernel for Cgroupfs {
             }
         }
     }
+
+    fn inputs(&self, dir: &GateDir, main: Option<(u32, bool)>) -> wake::Found {
+        wake::find(&dir.pids().unwrap_or_default(), main)
+    }
 }
 
 /// Faults for the root tests in tests/, set through GOV_TEST_FAULT
@@ -206,6 +215,7 @@ mod faults {
 #[cfg(test)]
 pub mod fake {
     use std::collections::HashMap;
+    use std::os::fd::OwnedFd;
     use std::path::PathBuf;
     use std::sync::{Condvar, Mutex};
 
@@ -231,6 +241,8 @@ pub mod fake {
         pub held: bool,
         /// Calls that panic instead ("freeze", "kill_all").
         pub panics: Vec<&'static str>,
+        /// What `inputs` lends: the read ends of the test's pipes.
+        pub inputs: Vec<OwnedFd>,
     }
 
     #[derive(Default)]
@@ -370,6 +382,27 @@ pub mod fake {
 
         fn stop_signal(&self, _: &Cgroup, _: &Tags, _: Signal) {
             self.call("stop_signal");
+        }
+
+        fn inputs(&self, _: &GateDir, _: Option<(u32, bool)>) -> wake::Found {
+            self.call("inputs");
+            let state = self.lock();
+            let inputs = state.inputs.iter().map(|fd| {
+                use std::os::unix::fs::MetadataExt;
+                let file = std::fs::File::from(fd.try_clone().expect("dup"));
+                let ino = file.metadata().map(|m| m.ino()).unwrap_or(0);
+                wake::Input {
+                    label: "stdin pipe".into(),
+                    kind: wake::Kind::Stdin,
+                    ino,
+                    is_tcp_listener: false,
+                    fd: file.into(),
+                }
+            });
+            wake::Found {
+                inputs: inputs.collect(),
+                missed: None,
+            }
         }
     }
 }

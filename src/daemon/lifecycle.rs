@@ -38,6 +38,7 @@ use crate::reaper::{self, Decision, Phase, View};
 use crate::record::Record;
 
 use super::failure::Failure;
+use super::inputs::{self, Watch, Woke};
 use super::journal::Journal;
 use super::kernel::Kernel;
 use super::lock;
@@ -45,6 +46,13 @@ use super::mailbox::{self, Receiver, Sender};
 
 /// How soon a failed kill or removal is tried again.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// Wakes on input a gate may have in WAKE_WINDOW before it is kept awake
+/// until the window has passed (systemd's TriggerLimitBurst and
+/// TriggerLimitIntervalSec): an input that wakes it again and again (a
+/// host in a loop) costs a wake a minute, not a freeze and thaw a second.
+const WAKE_BURST: usize = 10;
+const WAKE_WINDOW_MS: u64 = 60_000;
 
 /// What an owner may use of the daemon, and nothing more.
 pub struct Ctx {
@@ -89,6 +97,18 @@ pub struct Gate {
     /// Policy for this gate, cached with the policy it came from.
     policy: Arc<Policy>,
     settings: GateSettings,
+    /// What input would wake it, while it sleeps (`wake::summary`).
+    pub wakes_on: Vec<String>,
+    /// Inputs not watched, and why.
+    pub wake_note: Option<String>,
+    /// Its wakes on input in the last WAKE_WINDOW_MS.
+    wakes: Vec<u64>,
+    /// The input that woke it last, and what waited on it then.
+    last_woke: Option<Woke>,
+    /// A wake on input failed (a restore, a thaw): its inputs are not
+    /// watched again before this time, so a failing wake is retried once a
+    /// minute, not in a loop.
+    wake_paused_until: Option<u64>,
 }
 
 impl Gate {
@@ -116,6 +136,11 @@ impl Gate {
             freed: None,
             policy,
             settings,
+            wakes_on: Vec::new(),
+            wake_note: None,
+            wakes: Vec::new(),
+            last_woke: None,
+            wake_paused_until: None,
         }
     }
 
@@ -180,7 +205,29 @@ impl Gate {
                 _ => None,
             },
             failure: self.failure.clone(),
+            wakes_on: self.wakes_on.clone(),
+            wake_note: self.wake_note.clone(),
         }
+    }
+
+    /// Asleep in a way input ends: suspended by the reaper, or on disk. A
+    /// person's freeze is theirs to end.
+    fn wakes_on_input(&self) -> bool {
+        self.settings.wake_on_input
+            && matches!(
+                self.phase(),
+                Phase::Suspended { manual: false, .. }
+                    | Phase::DumpRefused { .. }
+                    | Phase::Hibernated { .. }
+            )
+    }
+
+    /// Its main process, if it is still the one tagged at spawn, and
+    /// whether that is a keeper.
+    fn main_process(&self) -> Option<(u32, bool)> {
+        let t = self.tags();
+        let pid = t.main_pid?;
+        (t.main_start.is_some() && proc::start_time(pid) == t.main_start).then_some((pid, t.keeper))
     }
 
     fn follow(&mut self, policy: &Arc<Policy>) {
@@ -210,6 +257,7 @@ impl Gate {
             busy: self.busy,
             traced,
             hibernatable: criu && t.keeper,
+            last_input_ms: t.last_input_ms,
         }
     }
 }
@@ -245,6 +293,8 @@ pub enum Cmd {
     Tag(String),
     /// Start an unprivileged keeper's worker.
     StartWorker(Vec<std::ffi::OsString>),
+    /// Input came while it slept.
+    Input(Woke),
 }
 
 /// A command, and where its answer goes (a request waits for it).
@@ -265,6 +315,7 @@ impl Cmd {
             Cmd::Pin(_) => "pin",
             Cmd::Tag(_) => "tag",
             Cmd::StartWorker(_) => "start worker",
+            Cmd::Input(_) => "input",
         }
     }
 
@@ -273,7 +324,12 @@ impl Cmd {
     fn is_rule_book(&self) -> bool {
         matches!(
             self,
-            Cmd::Observe(_) | Cmd::Changed | Cmd::Orphaned | Cmd::MainExited | Cmd::Evict(_)
+            Cmd::Observe(_)
+                | Cmd::Changed
+                | Cmd::Orphaned
+                | Cmd::MainExited
+                | Cmd::Evict(_)
+                | Cmd::Input(_)
         )
     }
 
@@ -394,6 +450,7 @@ pub fn start(cx: &Arc<Ctx>, gate: Gate) -> Handle {
         rx,
         observing,
         exits,
+        watch: None,
     };
     tokio::spawn(owner.run());
     handle
@@ -418,16 +475,24 @@ struct Owner {
     /// The owner process's and the main process's exits, watched here rather
     /// than by tasks of their own (two tasks a gate were 5 MB at 5,000 gates).
     exits: [Option<Exit>; 2],
+    /// Its inputs, while it sleeps.
+    watch: Option<Watch>,
 }
 
 impl Owner {
     async fn run(mut self) {
+        // A gate found asleep (a restart) is watched from the start.
+        let mut now_due = self.sync_watch().await;
         loop {
             // A deadline of the gate's own (the end of a stop grace, a kill
             // to try again, a stop due at a known time) wakes the owner
             // without a command.
             let wake = wake_at(&self.gate);
-            let (cmd, answer) = tokio::select! {
+            let woken = matches!(self.gate.phase(), Phase::Woken { .. });
+            let (cmd, answer) = if let Some(woke) = now_due.take() {
+                (Cmd::Input(woke), None)
+            } else {
+                tokio::select! {
                 letter = self.rx.recv() => match letter {
                     Some(letter) => letter,
                     // The registry let go: the daemon is stopping.
@@ -436,12 +501,15 @@ impl Owner {
                 _ = sleep_until_ms(wake) => (Cmd::Observe(Observation {
                     now: now_ms(),
                     full: true,
-                    measure_cpu: false,
+                    // A woken gate's quiet time ends: was it busy meanwhile?
+                    measure_cpu: woken,
                     policy: self.cx.policy(),
                 }), None),
                 i = first_exit(&self.exits, self.cx.policy().global.scan_interval) => {
                     self.exits[i] = None;
                     (if i == 0 { Cmd::Orphaned } else { Cmd::MainExited }, None)
+                }
+                woke = inputs::first(&self.watch) => (Cmd::Input(woke), None),
                 }
             };
             if matches!(cmd, Cmd::Observe(_)) {
@@ -452,6 +520,7 @@ impl Owner {
                 cx: &self.cx,
                 g: &mut self.gate,
                 memory: &self.memory,
+                watch: &mut self.watch,
             };
             let done = CatchUnwind(Box::pin(action.act(cmd))).await;
             let (flow, result) = done.unwrap_or_else(|e| {
@@ -468,6 +537,9 @@ impl Owner {
                 ));
                 (Flow::Go, Err(failed))
             });
+            if flow == Flow::Go {
+                now_due = self.sync_watch().await;
+            }
             // What the answer says is what readers see from then on.
             self.publish.send_replace(Arc::new(self.gate.clone()));
             if let Some(tx) = answer {
@@ -490,11 +562,54 @@ impl Owner {
     }
 }
 
+impl Owner {
+    /// Watches a sleeping gate's inputs, and only a sleeping gate's: armed
+    /// when it has fallen asleep, dropped as soon as it runs or ends.
+    /// Returns an input that is readable already (it came before or during
+    /// the freeze): the gate wakes at once.
+    async fn sync_watch(&mut self) -> Option<Woke> {
+        let paused = self.gate.wake_paused_until.is_some_and(|t| t > now_ms());
+        if !self.gate.wakes_on_input() || paused {
+            self.watch = None;
+            self.gate.wakes_on.clear();
+            return None;
+        }
+        if self.watch.is_some() {
+            return None;
+        }
+        let (k, dir, main) = (
+            self.cx.kernel.clone(),
+            self.gate.dir.clone(),
+            self.gate.main_process(),
+        );
+        let found = blocking(move || k.inputs(&dir, main)).await;
+        let armed = inputs::arm(found, self.gate.last_woke.as_ref());
+        if armed.note != self.gate.wake_note {
+            if let Some(note) = &armed.note {
+                tracing::warn!(gate = %self.id, "{note}");
+            }
+        }
+        self.gate.wake_note = armed.note;
+        self.gate.wakes_on = armed.wakes_on;
+        self.watch = Some(armed.watch);
+        armed.ready
+    }
+}
+
 /// When the owner must act without a command.
 fn wake_at(g: &Gate) -> Option<u64> {
+    if let Some(t) = g.wake_paused_until.filter(|&t| t > now_ms()) {
+        // Its inputs are watched again then.
+        return Some(t.min(wake_at_phase(g).unwrap_or(t)));
+    }
+    wake_at_phase(g)
+}
+
+fn wake_at_phase(g: &Gate) -> Option<u64> {
     let retry = || now_ms() + RETRY.as_millis() as u64;
     match g.phase() {
         Phase::Stopping { .. } => g.next.map(|n| n.at_ms),
+        Phase::Woken { until_ms } => Some(*until_ms),
         Phase::Killing { .. } => Some(retry()),
         p if p.in_hibernation_step() => Some(retry()),
         _ if !g.populated => Some(retry()),
@@ -559,6 +674,7 @@ struct Action<'a> {
     cx: &'a Ctx,
     g: &'a mut Gate,
     memory: &'a MemoryCell,
+    watch: &'a mut Option<Watch>,
 }
 
 impl Action<'_> {
@@ -606,6 +722,7 @@ impl Action<'_> {
             },
             Cmd::Tag(session) => go(self.tag(&session)),
             Cmd::StartWorker(cmd) => go(self.start_worker(cmd).await),
+            Cmd::Input(woke) => (self.input(woke).await, Ok(())),
         }
     }
 
@@ -681,7 +798,8 @@ impl Action<'_> {
             self.g.busy = percent >= self.g.settings.busy_cpu_percent;
         }
         self.g.cpu_sample = Some((usage, now));
-        if self.g.busy && *self.g.phase() == Phase::Running {
+        let running = matches!(self.g.phase(), Phase::Running | Phase::Woken { .. });
+        if self.g.busy && running && self.g.settings.activity.cpu {
             self.mark_active(now);
         }
     }
@@ -693,6 +811,74 @@ impl Action<'_> {
         if let Err(e) = self.g.record.set_last_active(now) {
             tracing::debug!(gate = %self.g.dir.id, "last_active not tagged: {e}");
         }
+        // Woken by input and now active: it runs on as any running gate.
+        if let Phase::Woken { .. } = self.g.phase() {
+            if let Err(e) = self.g.record.enter(Phase::Running) {
+                self.failed("active after a wake", e);
+            }
+        }
+    }
+
+    /// Input came while the gate slept: it runs again before a byte of the
+    /// input is read (the watch only polled), through the same thaw or
+    /// restore as a touch. Input is not activity unless the policy says so
+    /// (`activity`): a gate with nothing else to do is suspended again
+    /// `wake_quiet` later, on its old idle clock (`reaper::idle_bound`).
+    async fn input(&mut self, woke: Woke) -> Flow {
+        if !self.g.wakes_on_input() {
+            return Flow::Go;
+        }
+        let now = now_ms();
+        // Given back before the gate runs: a borrowed copy keeps files alive.
+        *self.watch = None;
+        let back = match self.g.phase() {
+            Phase::Hibernated { .. } => self.wake().await,
+            _ => match self.kernel(|k, cg| k.thaw(cg)).await {
+                Ok(()) => self.g.record.enter(Phase::Running).map_err(Failure::from),
+                Err(e) => Err(e.into()),
+            },
+        };
+        if let Err(e) = back {
+            self.g.wake_paused_until = Some(now + WAKE_WINDOW_MS);
+            self.failed("wake on input (tried again in a minute)", &e.message);
+            return Flow::Go;
+        }
+        self.g.wakes.retain(|&t| now.saturating_sub(t) < WAKE_WINDOW_MS);
+        self.g.wakes.push(now);
+        if let Err(e) = self.g.record.set_last_input(now) {
+            tracing::debug!(gate = %self.g.dir.id, "last_input not tagged: {e}");
+        }
+        self.cx
+            .journal
+            .count_wake(self.g.tags().owner_uid, woke.kind.as_str());
+        self.event(EventKind::Woken, Some(woke.label.clone()), None);
+        self.g.last_woke = Some(woke);
+        self.g.failure = None;
+        // What its CPU use over the quiet time is measured against.
+        if let Ok(usage) = self.cx.kernel.cpu_usage_usec(&self.g.dir.cgroup) {
+            self.g.cpu_sample = Some((usage, now));
+        }
+        if self.g.settings.activity.input {
+            self.mark_active(now);
+            return self.review(now).await;
+        }
+        let quiet = u64::try_from(self.g.settings.wake_quiet.as_millis()).unwrap_or(u64::MAX);
+        let mut until_ms = now.saturating_add(quiet);
+        if self.g.wakes.len() > WAKE_BURST {
+            let window_end = self.g.wakes[0] + WAKE_WINDOW_MS;
+            if window_end > until_ms {
+                tracing::warn!(
+                    gate = %self.g.dir.id,
+                    "woken {} times within a minute: kept awake until the minute has passed",
+                    self.g.wakes.len()
+                );
+                until_ms = window_end;
+            }
+        }
+        if let Err(e) = self.g.record.enter(Phase::Woken { until_ms }) {
+            self.failed("wake on input", e);
+        }
+        self.review(now).await
     }
 
     /// Asks the reaper's rule book and performs its decision.
@@ -790,7 +976,9 @@ impl Action<'_> {
 
     async fn touch(&mut self) -> Result<(), Failure> {
         self.may_act()?;
-        self.mark_active(now_ms());
+        if self.g.settings.activity.touch {
+            self.mark_active(now_ms());
+        }
         if self.g.phase().is_asleep() {
             self.resume("touch").await?;
         }
@@ -801,6 +989,8 @@ impl Action<'_> {
     /// runs when this returns Ok.
     async fn resume(&mut self, why: &str) -> Result<(), Failure> {
         self.may_act()?;
+        *self.watch = None;
+        self.g.wake_paused_until = None;
         let was = self.g.phase().clone();
         if let Phase::Hibernated { .. } = was {
             // Back from disk; the thaw is part of the restore.
@@ -1006,17 +1196,38 @@ impl Action<'_> {
         // Root's alone (0700), below directories only root controls; made
         // if missing, never chmod'ed through a symlink.
         if let Err(e) = crate::criu::ensure_private_dir(dir.parent().unwrap_or(&dir)) {
-            let since_ms = self.g.phase().asleep_since().unwrap_or_else(now_ms);
-            let reason = e.to_string();
-            match self.g.record.enter(Phase::DumpRefused {
-                since_ms,
-                reason: reason.clone(),
-            }) {
-                Ok(()) => self.failed("hibernate refused", reason),
-                Err(e) => self.failed("hibernate", e),
-            }
+            self.refuse_dump(e.to_string());
             return;
         }
+        // Its host must reach it while it is on disk. The keeper holds its
+        // stdio; a socket it listens on or is connected by would be gone
+        // (CRIU re-creates sockets, and cannot hand them back as it hands
+        // back pipes), so such a gate stays suspended and wakes on input.
+        if self.g.settings.wake_on_input {
+            let sockets = match self.watch.as_ref() {
+                Some(w) => w.sockets(),
+                None => {
+                    let (k, d, main) = (self.cx.kernel.clone(), self.g.dir.clone(), self.g.main_process());
+                    let found = blocking(move || k.inputs(&d, main)).await;
+                    let labels: Vec<_> = found
+                        .inputs
+                        .iter()
+                        .filter(|i| i.kind != crate::wake::Kind::Stdin)
+                        .map(|i| (i.kind, i.label.clone()))
+                        .collect();
+                    crate::wake::summary(&labels)
+                }
+            };
+            if !sockets.is_empty() {
+                self.refuse_dump(format!(
+                    "its host reaches it through sockets ({}), which CRIU cannot hand back to a restored worker: it stays suspended and wakes on input",
+                    sockets.join(", ")
+                ));
+                return;
+            }
+        }
+        // Given back before the dump: a borrowed copy keeps files alive.
+        *self.watch = None;
         let r = self
             .hibernation_step(move |cg, record| {
                 crate::hibernate::hibernate(&criu, cg, record, keeper, &dir, &opts)
@@ -1034,6 +1245,19 @@ impl Action<'_> {
             })) => {}
             // Suspended as before (DumpRefused), the reason shown.
             Err(e) => self.failed("hibernate refused", e.reason()),
+        }
+    }
+
+    /// Leaves the suspended gate as it is, with the reason a dump was
+    /// refused; no dump is tried again until it ran.
+    fn refuse_dump(&mut self, reason: String) {
+        let since_ms = self.g.phase().asleep_since().unwrap_or_else(now_ms);
+        match self.g.record.enter(Phase::DumpRefused {
+            since_ms,
+            reason: reason.clone(),
+        }) {
+            Ok(()) => self.failed("hibernate refused", reason),
+            Err(e) => self.failed("hibernate", e),
         }
     }
 
@@ -1249,8 +1473,8 @@ mod tests {
         cg: Cgroup,
     }
 
-    /// One gate under `policy` (gov.toml text), created at unix ms 1 with
-    /// these tags changed, its owner started.
+    /// One gate under `policy` (gov.toml text), created now with these
+    /// tags changed, its owner started.
     fn start_gate(policy: &str, tags: impl FnOnce(&mut Tags)) -> (Kit, Handle) {
         let policy = Arc::new(Policy::parse(policy, std::path::Path::new("test")).unwrap());
         let fake = Arc::new(Fake::default());
@@ -1277,7 +1501,7 @@ mod tests {
         }
         let mut t = Tags {
             project: "/p".into(),
-            created_ms: 1,
+            created_ms: now_ms(),
             ..Tags::default()
         };
         tags(&mut t);
@@ -1323,7 +1547,7 @@ mod tests {
     /// The reaper's freeze of the idle gate begins, and is held open.
     async fn idle_freeze_held(kit: &Kit, h: &Handle) {
         kit.fake.hold_freezes(true);
-        observe(h, &kit.cx, 1_000_000);
+        observe(h, &kit.cx, now_ms() + 5_000);
         let fake = kit.fake.clone();
         tokio::task::spawn_blocking(move || fake.wait_held())
             .await
@@ -1361,7 +1585,7 @@ mod tests {
         let (kit, h) = start_gate("[defaults]\nstop_grace = \"1h\"\n", |t| {
             t.max_runtime_ms = Some(10)
         });
-        observe(&h, &kit.cx, 1_000);
+        observe(&h, &kit.cx, now_ms() + 1_000);
         let pending = h.begin("g1", Cmd::Kill);
         pending.wait().await.unwrap();
         assert_eq!(kit.fake.calls("stop_signal"), 1);
@@ -1388,7 +1612,7 @@ mod tests {
         let reads = kit.fake.calls("events");
         idle_freeze_held(&kit, &h).await;
         for i in 0..100 {
-            observe(&h, &kit.cx, 1_000_000 + i);
+            observe(&h, &kit.cx, now_ms() + 5_000 + i);
         }
         kit.fake.hold_freezes(false);
         // Behind the one coalesced observation.
@@ -1459,6 +1683,131 @@ mod tests {
         h.ask("g1", Cmd::Thaw).await.unwrap();
         let on_disk = tags.read().unwrap();
         assert!(!on_disk.frozen_manual && on_disk.frozen_ms.is_none());
+        assert!(!kit.fake.frozen(&kit.cg));
+    }
+
+    /// A pipe the fake kernel lends as the gate's stdin; the test writes
+    /// to the other end, as a host would.
+    fn stdin_of(kit: &Kit) -> (std::fs::File, std::fs::File) {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        kit.fake.lock().inputs.push(r.try_clone().unwrap());
+        (std::fs::File::from(r), std::fs::File::from(w))
+    }
+
+    /// Waits for the owner to publish a gate that `done` accepts.
+    async fn until(h: &Handle, what: &str, done: impl Fn(&Gate) -> bool) -> Arc<Gate> {
+        let mut view = h.view.clone();
+        let wait = async {
+            loop {
+                let g = view.borrow_and_update().clone();
+                if done(&g) {
+                    return g;
+                }
+                view.changed().await.expect("the owner ended");
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(10), wait).await {
+            Ok(g) => g,
+            Err(_) => panic!("{what}: not within 10 s; the gate is {:?}", h.view().phase()),
+        }
+    }
+
+    const WAKE: &str = "[defaults]\nidle_timeout = \"1s\"\nbusy_cpu_percent = 100.0\nwake_quiet = \"100ms\"\n";
+
+    /// Input that comes while the reaper's freeze is in flight is not left
+    /// waiting: once frozen, the gate finds it and wakes at once.
+    #[tokio::test]
+    async fn input_during_a_freeze_wakes_the_gate_at_once() {
+        use std::io::Write;
+        let (kit, h) = start_gate(WAKE, |_| {});
+        let (_r, mut w) = stdin_of(&kit);
+        idle_freeze_held(&kit, &h).await;
+        w.write_all(b"ping\n").unwrap();
+        kit.fake.hold_freezes(false);
+        let g = until(&h, "woken", |g| matches!(g.phase(), Phase::Woken { .. })).await;
+        assert!(!kit.fake.frozen(&kit.cg));
+        let woken = events(&kit.cx, EventKind::Woken);
+        assert_eq!(woken.len(), 1);
+        assert_eq!(woken[0].reason.as_deref(), Some("stdin pipe"));
+        assert!(g.tags().last_input_ms.is_some());
+        assert_eq!(g.last_active_ms, g.tags().created_ms, "input is not activity");
+    }
+
+    /// Woken by input and read, a gate with nothing else to do sleeps again
+    /// wake_quiet later, watched again; a second input wakes it again.
+    #[tokio::test]
+    async fn a_woken_gate_sleeps_again_after_the_quiet_time_and_wakes_again() {
+        use std::io::{Read, Write};
+        let (kit, h) = start_gate(WAKE, |_| {});
+        let (mut r, mut w) = stdin_of(&kit);
+        observe(&h, &kit.cx, now_ms() + 5_000);
+        until(&h, "suspended", |g| g.wakes_on == ["stdin pipe"]).await;
+        for round in 1..=2 {
+            w.write_all(b"line\n").unwrap();
+            until(&h, "woken", |g| matches!(g.phase(), Phase::Woken { .. })).await;
+            // The gate reads its input.
+            let mut buf = [0u8; 5];
+            r.read_exact(&mut buf).unwrap();
+            let g = until(&h, "asleep again", |g| {
+                matches!(g.phase(), Phase::Suspended { manual: false, .. }) && !g.wakes_on.is_empty()
+            })
+            .await;
+            assert!(kit.fake.frozen(&kit.cg), "round {round}");
+            assert_eq!(g.wake_note, None);
+            assert_eq!(events(&kit.cx, EventKind::Woken).len(), round);
+        }
+    }
+
+    /// A host that closed its end leaves stdin readable for good (end of
+    /// file): it wakes the gate once, so the gate sees it; found so again
+    /// with nothing taken, it is no longer watched, and said.
+    #[tokio::test]
+    async fn an_end_of_file_wakes_once_then_is_dropped_and_said() {
+        let (kit, h) = start_gate(WAKE, |_| {});
+        let (_r, w) = stdin_of(&kit);
+        observe(&h, &kit.cx, now_ms() + 5_000);
+        until(&h, "suspended", |g| !g.wakes_on.is_empty()).await;
+        drop(w);
+        until(&h, "woken", |g| matches!(g.phase(), Phase::Woken { .. })).await;
+        let g = until(&h, "asleep, unwatched", |g| {
+            matches!(g.phase(), Phase::Suspended { .. }) && g.wake_note.is_some()
+        })
+        .await;
+        assert!(g.wake_note.as_deref().unwrap().contains("end of file"), "{:?}", g.wake_note);
+        assert!(g.wakes_on.is_empty());
+        assert_eq!(events(&kit.cx, EventKind::Woken).len(), 1);
+    }
+
+    /// A person's freeze is theirs to end: input does not end it.
+    #[tokio::test]
+    async fn input_does_not_end_a_persons_freeze() {
+        use std::io::Write;
+        let (kit, h) = start_gate(WAKE, |_| {});
+        let (_r, mut w) = stdin_of(&kit);
+        h.ask("g1", Cmd::Freeze).await.unwrap();
+        w.write_all(b"x").unwrap();
+        // A pin goes through the owner after anything the input could do.
+        h.ask("g1", Cmd::Pin(false)).await.unwrap();
+        assert!(h.view().wakes_on.is_empty());
+        assert!(kit.fake.frozen(&kit.cg));
+        assert_eq!(kit.fake.calls("inputs"), 0);
+    }
+
+    /// Where input counts as activity, a wake restarts the idle clock and
+    /// the gate simply runs.
+    #[tokio::test]
+    async fn where_input_is_activity_a_wake_is_a_touch() {
+        use std::io::Write;
+        let policy = format!("{WAKE}activity = [\"touch\", \"cpu\", \"input\"]\n");
+        let (kit, h) = start_gate(&policy, |_| {});
+        let (_r, mut w) = stdin_of(&kit);
+        observe(&h, &kit.cx, now_ms() + 5_000);
+        until(&h, "suspended", |g| !g.wakes_on.is_empty()).await;
+        w.write_all(b"x").unwrap();
+        let g = until(&h, "running", |g| *g.phase() == Phase::Running).await;
+        // Marked active at the very time of the input.
+        assert!(g.tags().last_input_ms.is_some());
+        assert_eq!(g.tags().last_active_ms, g.tags().last_input_ms);
         assert!(!kit.fake.frozen(&kit.cg));
     }
 }

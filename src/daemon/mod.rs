@@ -20,6 +20,7 @@
 mod admission;
 mod failure;
 mod host;
+mod inputs;
 mod journal;
 mod kernel;
 mod lifecycle;

@@ -210,6 +210,39 @@ keys! {
     hibernate_after: Option<Duration> = |v, _| time(v, true, true);
     /// Timeout: how long a hibernated gate stays restorable; above zero or "never".
     hibernate_hold: Option<Duration> = |v, _| time(v, true, false);
+    /// Boolean: a suspended or hibernated gate comes back when its host writes
+    /// to its stdin or to a socket it holds, or connects to one it listens on.
+    wake_on_input: bool = |v, _| flag(v);
+    /// Duration: a gate that input woke, with no activity since, is suspended
+    /// again this long after the wake; above zero.
+    wake_quiet: Duration = |v, _| duration(v, false);
+    /// List: what counts as activity and restarts the idle clock, of "touch",
+    /// "cpu" (use above busy_cpu_percent) and "input" (a wake on input).
+    activity: Activity = |v, _| activity(v);
+}
+
+/// What counts as a gate's activity (`activity`): which events restart its
+/// idle clock. A touch and CPU use by default; input too where a host never
+/// pings and its real calls cost little CPU (an agent's MCP server).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Activity {
+    pub touch: bool,
+    pub cpu: bool,
+    pub input: bool,
+}
+
+impl Activity {
+    pub const NAMES: [&'static str; 3] = ["touch", "cpu", "input"];
+
+    /// The names set, in gov.toml's order.
+    pub fn names(self) -> Vec<&'static str> {
+        let on = [self.touch, self.cpu, self.input];
+        Activity::NAMES
+            .into_iter()
+            .zip(on)
+            .filter_map(|(n, on)| on.then_some(n))
+            .collect()
+    }
 }
 
 /// CRIU for the daemon over `criu_path`, as GOV_SOCKET names its socket.

@@ -92,6 +92,13 @@ fn embedded_defaults_are_as_documented() {
             main_exit_grace: Duration::from_secs(5),
             hibernate_after: None,
             hibernate_hold: Some(Duration::from_secs(7 * 86400)),
+            wake_on_input: true,
+            wake_quiet: Duration::from_secs(10),
+            activity: Activity {
+                touch: true,
+                cpu: true,
+                input: false,
+            },
         }
     );
     assert!(p.rules.is_empty());

@@ -339,6 +339,33 @@ pub(super) fn env_names(v: &DeValue<'_>) -> Result<Vec<String>, String> {
     items.iter().map(read).collect()
 }
 
+/// What counts as activity: a list of "touch", "cpu", "input", each at most
+/// once. An empty list is allowed: then nothing restarts a gate's idle
+/// clock, and it is suspended idle_timeout after its start, whatever it does.
+pub(super) fn activity(v: &DeValue<'_>) -> Result<super::Activity, String> {
+    let expected = "a list of \"touch\", \"cpu\", \"input\"";
+    let DeValue::Array(items) = v else {
+        return Err(wrong(expected, v));
+    };
+    let mut a = super::Activity {
+        touch: false,
+        cpu: false,
+        input: false,
+    };
+    for item in items.iter() {
+        let slot = match text(item.get_ref(), expected)? {
+            "touch" => &mut a.touch,
+            "cpu" => &mut a.cpu,
+            "input" => &mut a.input,
+            other => return Err(format!("expected {expected}, found {other:?}")),
+        };
+        if std::mem::replace(slot, true) {
+            return Err(format!("{:?} is listed twice", text(item.get_ref(), expected)?));
+        }
+    }
+    Ok(a)
+}
+
 /// A `[[project]]` rule's label for logs and tags: short, printable, one line.
 pub(super) fn rule_name(v: &DeValue<'_>) -> Result<String, String> {
     match text(v, "a name")? {
@@ -399,4 +426,5 @@ spell! {
     CpuMax => |c| c.to_string().into();
     OnLimit => |o| o.as_str().into();
     OnMainExit => |o| o.as_str().into();
+    super::Activity => |a| a.names().into();
 }

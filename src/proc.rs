@@ -98,6 +98,15 @@ pub fn user_name(uid: u32) -> String {
         .unwrap_or_else(|| uid.to_string())
 }
 
+/// Bytes `pid` has read so far with read(2) and its kind (`rchar` of
+/// /proc/PID/io: pipes and sockets too); None when it is gone.
+pub fn read_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// pidfd_open(2): a handle on one process that a recycled pid cannot fool.
 /// nix has no wrapper, so it is a raw syscall.
 pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {

@@ -276,7 +276,10 @@ pub fn step(v: &View, s: &GateSettings, now: u64) -> Decision {
     // slept on undisturbed, it is stopped.
     let woken = v.last_input_ms.is_some_and(|i| i > v.last_active_ms);
     let idle_end = idle_bound(v, s).filter(|_| woken && !v.busy);
-    if let (Some(end), false) = (idle_end, matches!(v.phase, Phase::Suspended { manual: true, .. })) {
+    if let (Some(end), false) = (
+        idle_end,
+        matches!(v.phase, Phase::Suspended { manual: true, .. }),
+    ) {
         if now >= end {
             return Decision::Stop(Reason::Idle);
         }
@@ -593,13 +596,27 @@ mod tests {
                 ..view()
             };
             assert!(!step(&pinged, &s, end - 1).is_reap(), "{phase:?}");
-            assert_eq!(step(&pinged, &s, end), Decision::Stop(Reason::Idle), "{phase:?}");
+            assert_eq!(
+                step(&pinged, &s, end),
+                Decision::Stop(Reason::Idle),
+                "{phase:?}"
+            );
             // Real activity after the last wake: the bound moves with it.
             let used = View {
                 last_active_ms: end - MIN,
                 ..pinged
             };
-            assert_eq!(step(&used, &s, end), step(&View { last_input_ms: None, ..used.clone() }, &s, end));
+            assert_eq!(
+                step(&used, &s, end),
+                step(
+                    &View {
+                        last_input_ms: None,
+                        ..used.clone()
+                    },
+                    &s,
+                    end
+                )
+            );
         }
         // A hibernatable gate would have slept on disk: hibernate_after,
         // then hibernate_hold.

@@ -101,7 +101,8 @@ pub fn find(pids: &[u32], main: Option<(u32, bool)>) -> Found {
         let borrowed = match borrow(pidfd, fd) {
             Ok(b) => b,
             Err(e) => {
-                if e.raw_os_error() == Some(libc::EMFILE) || e.raw_os_error() == Some(libc::ENFILE) {
+                if e.raw_os_error() == Some(libc::EMFILE) || e.raw_os_error() == Some(libc::ENFILE)
+                {
                     found.missed = Some(format!("not watched: {e} (RLIMIT_NOFILE)"));
                 }
                 return;
@@ -161,13 +162,19 @@ fn socket_fds(pid: u32) -> Vec<RawFd> {
         .collect()
 }
 
-fn stdin_input(what: &str, ino: u64, fd: OwnedFd) -> Option<Input> {
-    let label = match what {
-        "pipe" => "stdin pipe",
-        "socket" => "stdin socket",
-        tty if tty.starts_with("/dev/pts/") || tty.starts_with("/dev/tty") => "stdin tty",
-        // /dev/null, a file: nothing a host writes to later.
-        _ => return None,
+/// A stdin a host writes to: a pipe (a FIFO too), a socket, a terminal;
+/// not /dev/null or a file, which nobody writes to later.
+fn stdin_input(_what: &str, ino: u64, fd: OwnedFd) -> Option<Input> {
+    use nix::sys::stat::{fstat, SFlag};
+    let kind = SFlag::from_bits_truncate(fstat(&fd).ok()?.st_mode) & SFlag::S_IFMT;
+    let label = if kind == SFlag::S_IFSOCK {
+        "stdin socket"
+    } else if kind == SFlag::S_IFIFO {
+        "stdin pipe"
+    } else if kind == SFlag::S_IFCHR && nix::unistd::isatty(&fd).unwrap_or(false) {
+        "stdin tty"
+    } else {
+        return None;
     };
     Some(Input {
         label: label.into(),
@@ -221,7 +228,9 @@ fn socket_input(ino: u64, fd: OwnedFd, members: &HashSet<u32>) -> Option<Input> 
     // Not connected (yet, or any more): nothing a host writes to.
     nix::sys::socket::getpeername::<nix::sys::socket::SockaddrStorage>(fd.as_raw_fd()).ok()?;
     if proto == "unix" {
-        let cred = nix::sys::socket::getsockopt(&fd.as_fd(), nix::sys::socket::sockopt::PeerCredentials).ok()?;
+        let cred =
+            nix::sys::socket::getsockopt(&fd.as_fd(), nix::sys::socket::sockopt::PeerCredentials)
+                .ok()?;
         // Both ends inside the gate: nothing from its host comes this way.
         if members.contains(&(cred.pid() as u32)) {
             return None;
@@ -301,7 +310,10 @@ pub fn summary(labels: &[(Kind, String)]) -> Vec<String> {
         .map(|(_, l)| l.clone())
         .collect();
     out.dedup();
-    let connections = labels.iter().filter(|(k, _)| *k == Kind::Connection).count();
+    let connections = labels
+        .iter()
+        .filter(|(k, _)| *k == Kind::Connection)
+        .count();
     match connections {
         0 => {}
         1 => out.push("1 connection".into()),

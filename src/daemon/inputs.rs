@@ -62,12 +62,14 @@ pub struct Armed {
     pub note: Option<String>,
 }
 
-/// Watches what was found. `last` is the input that woke the gate last
-/// time and what waited on it then: found readable again with the same
-/// waiting (an end of file on stdin, bytes or a backlog nobody took), it
-/// would wake the gate again at once, forever; it is dropped from the
-/// watch instead, and said.
-pub fn arm(found: Found, last: Option<&Woke>) -> Armed {
+/// Watches what was found. `ended` are the inputs that already woke the
+/// gate with nothing to read (an end of file, a hang-up): found so again,
+/// such an input would wake the gate at once, forever; it is dropped from
+/// the watch instead, and said. Bytes or
+/// connections that wait again are not taken for stuck (the gate may have
+/// taken the last ones and more came: a count cannot tell); the wake limit
+/// (WAKE_BURST a minute) bounds what a reader that never reads costs.
+pub fn arm(found: Found, ended: &[u64]) -> Armed {
     let mut note = found.missed;
     let mut entries = Vec::new();
     let mut ready = None;
@@ -92,18 +94,11 @@ pub fn arm(found: Found, last: Option<&Woke>) -> Armed {
         };
         if wake::ready_now(entry.fd.get_ref()) {
             let now = entry.woke();
-            let stuck = last.is_some_and(|l| {
-                l.ino == now.ino && l.pending == now.pending && now.pending.is_some()
-            });
+            let stuck = now.pending == Some(0) && ended.contains(&now.ino);
             if stuck {
                 let why = format!(
-                    "{} stays readable after a wake with nothing taken ({}): no longer watched",
-                    now.label,
-                    match now.pending {
-                        Some(0) => "end of file".to_string(),
-                        Some(n) => format!("{n} waiting"),
-                        None => String::new(),
-                    }
+                    "{} stays readable with nothing to read after a wake (end of file): no longer watched",
+                    now.label
                 );
                 note = Some(why);
                 continue;

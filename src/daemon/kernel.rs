@@ -43,6 +43,8 @@ pub trait Kernel: Send + Sync + 'static {
     /// (`wake::find`); `main` is its main process, if still the one tagged,
     /// and whether that is a keeper.
     fn inputs(&self, dir: &GateDir, main: Option<(u32, bool)>) -> wake::Found;
+    /// Bytes its processes have read so far, together (/proc/PID/io rchar).
+    fn read_bytes(&self, dir: &GateDir) -> u64;
 }
 
 /// The real kernel.
@@ -146,6 +148,14 @@ impl Kernel for Cgroupfs {
     fn inputs(&self, dir: &GateDir, main: Option<(u32, bool)>) -> wake::Found {
         wake::find(&dir.pids().unwrap_or_default(), main)
     }
+
+    fn read_bytes(&self, dir: &GateDir) -> u64 {
+        dir.pids()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(proc::read_bytes)
+            .fold(0, u64::wrapping_add)
+    }
 }
 
 /// Faults for the root tests in tests/, set through GOV_TEST_FAULT
@@ -243,6 +253,10 @@ pub mod fake {
         pub panics: Vec<&'static str>,
         /// What `inputs` lends: the read ends of the test's pipes.
         pub inputs: Vec<OwnedFd>,
+        /// What the gate has read; a freeze held open may have it read more
+        /// (`read_during_freeze`).
+        pub read: u64,
+        pub read_during_freeze: u64,
     }
 
     #[derive(Default)]
@@ -344,6 +358,7 @@ pub mod fake {
                 s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
             }
             s.held = false;
+            s.read += s.read_during_freeze;
             drop(s);
             self.with(cg, |g| g.frozen = true)
         }
@@ -403,6 +418,10 @@ pub mod fake {
                 inputs: inputs.collect(),
                 missed: None,
             }
+        }
+
+        fn read_bytes(&self, _: &GateDir) -> u64 {
+            self.lock().read
         }
     }
 }

@@ -50,8 +50,10 @@ const RETRY: Duration = Duration::from_secs(1);
 /// Wakes on input a gate may have in WAKE_WINDOW before it is kept awake
 /// until the window has passed (systemd's TriggerLimitBurst and
 /// TriggerLimitIntervalSec): an input that wakes it again and again (a
-/// host in a loop) costs a wake a minute, not a freeze and thaw a second.
-const WAKE_BURST: usize = 10;
+/// reader that never reads what waits) costs a freeze and thaw every half
+/// second at most (~0.5 ms each), and a busy host's gate simply stays
+/// awake while it is busy.
+const WAKE_BURST: usize = 120;
 const WAKE_WINDOW_MS: u64 = 60_000;
 
 /// What an owner may use of the daemon, and nothing more.
@@ -103,8 +105,8 @@ pub struct Gate {
     pub wake_note: Option<String>,
     /// Its wakes on input in the last WAKE_WINDOW_MS.
     wakes: Vec<u64>,
-    /// The input that woke it last, and what waited on it then.
-    last_woke: Option<Woke>,
+    /// The inputs that woke it with nothing to read (an end of file).
+    ended_inputs: Vec<u64>,
     /// A wake on input failed (a restore, a thaw): its inputs are not
     /// watched again before this time, so a failing wake is retried once a
     /// minute, not in a loop.
@@ -139,7 +141,7 @@ impl Gate {
             wakes_on: Vec::new(),
             wake_note: None,
             wakes: Vec::new(),
-            last_woke: None,
+            ended_inputs: Vec::new(),
             wake_paused_until: None,
         }
     }
@@ -583,7 +585,7 @@ impl Owner {
             self.gate.main_process(),
         );
         let found = blocking(move || k.inputs(&dir, main)).await;
-        let armed = inputs::arm(found, self.gate.last_woke.as_ref());
+        let armed = inputs::arm(found, &self.gate.ended_inputs);
         if armed.note != self.gate.wake_note {
             if let Some(note) = &armed.note {
                 tracing::warn!(gate = %self.id, "{note}");
@@ -843,7 +845,9 @@ impl Action<'_> {
             self.failed("wake on input (tried again in a minute)", &e.message);
             return Flow::Go;
         }
-        self.g.wakes.retain(|&t| now.saturating_sub(t) < WAKE_WINDOW_MS);
+        self.g
+            .wakes
+            .retain(|&t| now.saturating_sub(t) < WAKE_WINDOW_MS);
         self.g.wakes.push(now);
         if let Err(e) = self.g.record.set_last_input(now) {
             tracing::debug!(gate = %self.g.dir.id, "last_input not tagged: {e}");
@@ -852,7 +856,9 @@ impl Action<'_> {
             .journal
             .count_wake(self.g.tags().owner_uid, woke.kind.as_str());
         self.event(EventKind::Woken, Some(woke.label.clone()), None);
-        self.g.last_woke = Some(woke);
+        if woke.pending == Some(0) && !self.g.ended_inputs.contains(&woke.ino) {
+            self.g.ended_inputs.push(woke.ino);
+        }
         self.g.failure = None;
         // What its CPU use over the quiet time is measured against.
         if let Ok(usage) = self.cx.kernel.cpu_usage_usec(&self.g.dir.cgroup) {
@@ -934,7 +940,26 @@ impl Action<'_> {
     /// freeze does not complete, it is undone: never a gate half frozen
     /// while it is shown running.
     async fn suspend(&mut self, reason: Reason, manual: bool) -> Result<(), Failure> {
+        // Input that came while the freeze was in flight may have been read
+        // by a process not yet frozen: no longer waiting in the pipe for the
+        // watch to see, but in the frozen process, its host waiting for the
+        // answer. Whatever the gate read during the freeze, it is thawed at
+        // once: left running, never frozen with input taken.
+        let watched = !manual && self.g.settings.wake_on_input;
+        let (k, dir) = (self.cx.kernel.clone(), self.g.dir.clone());
+        let before = match watched {
+            true => blocking(move || k.read_bytes(&dir)).await,
+            false => 0,
+        };
         self.kernel(|k, cg| k.freeze(cg)).await?;
+        if watched {
+            let (k, dir) = (self.cx.kernel.clone(), self.g.dir.clone());
+            if blocking(move || k.read_bytes(&dir)).await != before {
+                self.kernel(|k, cg| k.thaw(cg)).await?;
+                tracing::debug!(gate = %self.g.dir.id, "it read during its freeze: left running");
+                return Ok(());
+            }
+        }
         let now = now_ms();
         self.g.record.enter(Phase::Suspended {
             since_ms: now,
@@ -1207,7 +1232,11 @@ impl Action<'_> {
             let sockets = match self.watch.as_ref() {
                 Some(w) => w.sockets(),
                 None => {
-                    let (k, d, main) = (self.cx.kernel.clone(), self.g.dir.clone(), self.g.main_process());
+                    let (k, d, main) = (
+                        self.cx.kernel.clone(),
+                        self.g.dir.clone(),
+                        self.g.main_process(),
+                    );
                     let found = blocking(move || k.inputs(&d, main)).await;
                     let labels: Vec<_> = found
                         .inputs
@@ -1708,11 +1737,15 @@ mod tests {
         };
         match tokio::time::timeout(Duration::from_secs(10), wait).await {
             Ok(g) => g,
-            Err(_) => panic!("{what}: not within 10 s; the gate is {:?}", h.view().phase()),
+            Err(_) => panic!(
+                "{what}: not within 10 s; the gate is {:?}",
+                h.view().phase()
+            ),
         }
     }
 
-    const WAKE: &str = "[defaults]\nidle_timeout = \"1s\"\nbusy_cpu_percent = 100.0\nwake_quiet = \"100ms\"\n";
+    const WAKE: &str =
+        "[defaults]\nidle_timeout = \"1s\"\nbusy_cpu_percent = 100.0\nwake_quiet = \"100ms\"\n";
 
     /// Input that comes while the reaper's freeze is in flight is not left
     /// waiting: once frozen, the gate finds it and wakes at once.
@@ -1730,7 +1763,11 @@ mod tests {
         assert_eq!(woken.len(), 1);
         assert_eq!(woken[0].reason.as_deref(), Some("stdin pipe"));
         assert!(g.tags().last_input_ms.is_some());
-        assert_eq!(g.last_active_ms, g.tags().created_ms, "input is not activity");
+        assert_eq!(
+            g.last_active_ms,
+            g.tags().created_ms,
+            "input is not activity"
+        );
     }
 
     /// Woken by input and read, a gate with nothing else to do sleeps again
@@ -1749,7 +1786,8 @@ mod tests {
             let mut buf = [0u8; 5];
             r.read_exact(&mut buf).unwrap();
             let g = until(&h, "asleep again", |g| {
-                matches!(g.phase(), Phase::Suspended { manual: false, .. }) && !g.wakes_on.is_empty()
+                matches!(g.phase(), Phase::Suspended { manual: false, .. })
+                    && !g.wakes_on.is_empty()
             })
             .await;
             assert!(kit.fake.frozen(&kit.cg), "round {round}");
@@ -1773,7 +1811,11 @@ mod tests {
             matches!(g.phase(), Phase::Suspended { .. }) && g.wake_note.is_some()
         })
         .await;
-        assert!(g.wake_note.as_deref().unwrap().contains("end of file"), "{:?}", g.wake_note);
+        assert!(
+            g.wake_note.as_deref().unwrap().contains("end of file"),
+            "{:?}",
+            g.wake_note
+        );
         assert!(g.wakes_on.is_empty());
         assert_eq!(events(&kit.cx, EventKind::Woken).len(), 1);
     }
@@ -1809,5 +1851,21 @@ mod tests {
         assert!(g.tags().last_input_ms.is_some());
         assert_eq!(g.tags().last_active_ms, g.tags().last_input_ms);
         assert!(!kit.fake.frozen(&kit.cg));
+    }
+
+    /// What the gate read while its freeze was in flight (a line its host
+    /// wrote then, taken by a process not yet frozen) is nowhere the watch
+    /// could see it: the gate is thawed at once, never left frozen.
+    #[tokio::test]
+    async fn a_read_during_the_freeze_leaves_the_gate_running() {
+        let (kit, h) = start_gate(WAKE, |_| {});
+        kit.fake.lock().read_during_freeze = 6;
+        idle_freeze_held(&kit, &h).await;
+        kit.fake.hold_freezes(false);
+        h.ask("g1", Cmd::Pin(false)).await.unwrap();
+        assert!(!kit.fake.frozen(&kit.cg));
+        assert_eq!(*h.view().phase(), Phase::Running);
+        assert_eq!(kit.fake.calls("thaw"), 1);
+        assert!(events(&kit.cx, EventKind::Suspended).is_empty());
     }
 }

@@ -360,7 +360,10 @@ pub(super) fn activity(v: &DeValue<'_>) -> Result<super::Activity, String> {
             other => return Err(format!("expected {expected}, found {other:?}")),
         };
         if std::mem::replace(slot, true) {
-            return Err(format!("{:?} is listed twice", text(item.get_ref(), expected)?));
+            return Err(format!(
+                "{:?} is listed twice",
+                text(item.get_ref(), expected)?
+            ));
         }
     }
     Ok(a)

@@ -59,10 +59,15 @@ fn state(root: &TestRoot, id: &str) -> Option<String> {
 }
 
 /// The policy of these tests: hibernation on, one second idle and one
-/// second suspended before a dump, never busy, never orphaned.
+/// second suspended before a dump, never busy, never orphaned. Their
+/// workers answer on a Unix socket, which the test asks while the gate
+/// runs: with wake on input such a gate is refused a dump (its host would
+/// lose the socket), so these tests of the dump itself turn it off, as a
+/// project that wakes its gates by `gov touch` does (tests/wake.rs has the
+/// gates that wake on input).
 fn hibernating(images: &Path, idle: &str) -> String {
     format!(
-        "hibernate_dir = {:?}\n[defaults]\nidle_timeout = \"{idle}\"\nfrozen_hold = \"1h\"\nhibernate_after = \"1s\"\norphan_grace = \"never\"\nbusy_cpu_percent = 100.0\n",
+        "hibernate_dir = {:?}\n[defaults]\nidle_timeout = \"{idle}\"\nfrozen_hold = \"1h\"\nhibernate_after = \"1s\"\norphan_grace = \"never\"\nbusy_cpu_percent = 100.0\nwake_on_input = false\n",
         images.display().to_string()
     )
 }

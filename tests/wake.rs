@@ -349,3 +349,143 @@ impl Sha256Stream {
         out.split_whitespace().next().unwrap().to_string()
     }
 }
+
+/// CRIU for a daemon, or None (skipped, said; a failure under
+/// GOV_REQUIRE_CRIU=1).
+fn criu_or_skip(test: &str) -> Option<std::path::PathBuf> {
+    let cached =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/.cache/criu/4.2.1/criu");
+    let found = std::env::var_os("GOV_CRIU")
+        .map(std::path::PathBuf::from)
+        .or_else(|| cached.exists().then_some(cached))
+        .filter(|p| gov::criu::Criu::find(Some(p)).is_ok());
+    if found.is_none() {
+        assert!(
+            std::env::var("GOV_REQUIRE_CRIU").as_deref() != Ok("1"),
+            "{test}: CRIU is required here (GOV_REQUIRE_CRIU=1)"
+        );
+        common::skip(test, "no criu >= 4.2; build it with integration/build-criu");
+    }
+    found
+}
+
+/// A daemon that hibernates idle `--hibernate` gates at once.
+fn hibernating_daemon(root: &TestRoot, criu: &std::path::Path) -> Logged {
+    let images = root.socket.with_file_name("images");
+    let config = root.policy_file(&format!(
+        "hibernate_dir = {:?}\n{}hibernate_after = \"0s\"\n",
+        images.display().to_string(),
+        FAST
+    ));
+    Logged(Daemon::start_env(
+        root,
+        &config,
+        &[("GOV_CRIU", criu.to_str().unwrap())],
+    ))
+}
+
+fn spawn_hibernatable(root: &TestRoot, project: &str, program: &str) -> Kid {
+    Kid::new(
+        root.gov()
+            .args(["spawn", "--hibernate", "--project", project, "--"])
+            .args(["python3", "-u", "-c", program])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("gov spawn starts"),
+    )
+}
+
+/// Lines written to a hibernated gate restore it, and reach it once each,
+/// in order: the keeper holds the pipe across the dump, and the worker
+/// restored on the same pipe reads what waited there. Twice: a gate woken
+/// by input sleeps again and is dumped again.
+#[test]
+fn lines_to_a_hibernated_gate_restore_it_and_arrive_once_in_order() {
+    let test = "lines_to_a_hibernated_gate_restore_it_and_arrive_once_in_order";
+    let Some(criu) = criu_or_skip(test) else {
+        return;
+    };
+    if !python_or_skip(test) {
+        return;
+    }
+    let root = TestRoot::new();
+    let _d = hibernating_daemon(&root, &criu);
+    let mut host = spawn_hibernatable(&root, "/srv/wake-hibernated", ECHO);
+    let id = root.gate_of(host.id());
+    let lines = common::lines_of(&mut host);
+    let mut stdin = host.stdin.take().unwrap();
+    for round in 1..=2 {
+        wait_state(&root, &id, "hibernated");
+        let show = root.ok(&["show", &id]);
+        assert!(show.contains("stdin pipe"), "round {round}: {show}");
+        // Several lines at once, while it is on disk.
+        let sent: Vec<String> = (1..=5).map(|i| format!("r{round}-{i}")).collect();
+        stdin
+            .write_all(format!("{}\n", sent.join("\n")).as_bytes())
+            .unwrap();
+        for s in &sent {
+            assert_eq!(
+                next_line(&lines, "a reply from the restored gate"),
+                format!("got {s}")
+            );
+        }
+        assert!(
+            lines.recv_timeout(Duration::from_millis(300)).is_err(),
+            "round {round}: a line answered twice"
+        );
+    }
+    let restored = events_of(&root, &id, "restored").len();
+    let woken = events_of(&root, &id, "woken").len();
+    assert!(
+        restored >= 2 && woken >= 2,
+        "restored {restored}, woken {woken}"
+    );
+    drop(stdin);
+    assert_eq!(host.reap(Duration::from_secs(30)), Some(0));
+}
+
+/// A `--hibernate` gate that listens on TCP is refused a dump (its host
+/// would find nobody listening), says why, stays suspended, and a
+/// connection wakes it.
+#[test]
+fn a_hibernatable_gate_with_a_tcp_listener_stays_suspended_and_wakes_on_a_connection() {
+    let test = "a_hibernatable_gate_with_a_tcp_listener_stays_suspended_and_wakes_on_a_connection";
+    let Some(criu) = criu_or_skip(test) else {
+        return;
+    };
+    if !python_or_skip(test) {
+        return;
+    }
+    let root = TestRoot::new();
+    let _d = hibernating_daemon(&root, &criu);
+    let server = "import socket\ns = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(8)\nprint(s.getsockname()[1], flush=True)\nwhile True:\n    c, _ = s.accept(); c.sendall(b'hello\\n'); c.close()\n";
+    let mut host = spawn_hibernatable(&root, "/srv/wake-tcp", server);
+    let id = root.gate_of(host.id());
+    let lines = common::lines_of(&mut host);
+    let port: u16 = next_line(&lines, "the port").parse().unwrap();
+    wait_state(&root, &id, "suspended");
+    wait_until_show(&root, &id, "refused");
+    let show = root.ok(&["show", &id]);
+    assert!(
+        show.contains("sockets") && show.contains("listener"),
+        "{show}"
+    );
+    assert_eq!(state(&root, &id).as_deref(), Some("suspended"));
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = String::new();
+    c.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "hello\n");
+    assert!(events_of(&root, &id, "woken")
+        .iter()
+        .any(|e| e["reason"].as_str().is_some_and(|r| r.contains("listener"))));
+}
+
+fn wait_until_show(root: &TestRoot, gate: &str, word: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !root.ok(&["show", gate]).contains(word) {
+        assert!(Instant::now() < deadline, "gov show never said {word:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

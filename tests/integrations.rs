@@ -175,9 +175,10 @@ fn the_doc_shows_the_tested_scripts_verbatim() {
 
 /// The host starts its "julia" (our wrapper) with the session id in the
 /// environment, learns one pid, calls `gov touch --session` at every tool
-/// call and pings the worker for health. Pings keep nothing alive; touches
-/// do; a suspended worker resumes on the next tool call with its state; left
-/// idle it is stopped and its escaped grandchild goes with it.
+/// call and pings the worker for health. Pings keep nothing alive, though
+/// each is answered (it wakes the suspended worker); touches do; a
+/// suspended worker resumes on the next tool call with its state; left idle
+/// it is stopped and its escaped grandchild goes with it.
 #[test]
 fn a_repl_host_starts_its_worker_through_the_wrapper_and_touches_at_each_tool_call() {
     if host_only("a_repl_host_starts_its_worker_through_the_wrapper") {
@@ -186,7 +187,10 @@ fn a_repl_host_starts_its_worker_through_the_wrapper_and_touches_at_each_tool_ca
     let root = TestRoot::new();
     // A longer hold than FAST's, so the test can act on a suspended gate
     // before it is stopped even on a busy machine.
-    let _d = root.daemon(&FAST.replace("frozen_hold = \"1s\"", "frozen_hold = \"3s\""));
+    let _d = root.daemon(&FAST.replace(
+        "frozen_hold = \"1s\"",
+        "frozen_hold = \"3s\"\nwake_quiet = \"300ms\"",
+    ));
     let project = open_dir(root.dir.path().join("MyPkg"));
     let session = "3fa2c1d0";
 
@@ -256,8 +260,10 @@ fn a_repl_host_starts_its_worker_through_the_wrapper_and_touches_at_each_tool_ca
     }
     assert_eq!(state(&root, &gate), "running");
 
-    // Health pings alone do not: the gate is suspended (frozen) while the
-    // host keeps pinging a few times a second.
+    // Health pings alone do not: the gate is suspended while the host keeps
+    // pinging. A ping to the suspended worker wakes it (input) and is
+    // answered, and since input is not activity it sleeps again
+    // `wake_quiet` later.
     wait_until(Duration::from_secs(10), "suspension despite pings", || {
         if state(&root, &gate) == "suspended" {
             return true;
@@ -268,22 +274,22 @@ fn a_repl_host_starts_its_worker_through_the_wrapper_and_touches_at_each_tool_ca
         }
         false
     });
-    // A ping to the frozen worker waits (after any pong sent just before
-    // the freeze)...
     while let Some(l) = from_worker.try_next(Duration::from_millis(100)) {
         assert_eq!(l, "pong");
     }
     send("ping");
-    assert_eq!(from_worker.try_next(Duration::from_millis(300)), None);
-
-    // ...until the next tool call resumes it as it was: the pending pongs
-    // arrive, then the call's own output, and the runner is still there.
-    let out = tool_call(&mut send, "echo still $$");
-    let (last, pongs) = out.split_last().unwrap();
-    assert!(
-        !pongs.is_empty() && pongs.iter().all(|l| l == "pong"),
-        "{out:?}"
+    assert_eq!(
+        from_worker.try_next(Duration::from_secs(10)).as_deref(),
+        Some("pong"),
+        "a ping to the suspended worker is answered"
     );
+    wait_until(Duration::from_secs(10), "asleep again after the ping", || {
+        state(&root, &gate) == "suspended"
+    });
+
+    // The next tool call resumes it as it was, and the runner is still there.
+    let out = tool_call(&mut send, "echo still $$");
+    let last = out.last().unwrap();
     assert_eq!(last, &format!("still {}", host.id()));
     assert_eq!(state(&root, &gate), "running");
     assert!(alive(runner));

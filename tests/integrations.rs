@@ -484,6 +484,32 @@ fn jupyter_venv(test: &str) -> Option<PathBuf> {
     Some(dir)
 }
 
+/// `python3 FIXTURE` of `venv`, as a notebook server runs: the gov under
+/// test and the venv first on PATH, kernel specs from `jupyter_path`,
+/// Jupyter's and IPython's own directories under the test's, and the test
+/// daemon's socket. Its stdout piped, in a process group of its own.
+fn jupyter_driver(
+    venv: &Path,
+    root: &TestRoot,
+    fixture_name: &str,
+    jupyter_path: &Path,
+) -> Command {
+    let mut c = Command::new(venv.join("bin/python3"));
+    c.arg(fixture(fixture_name))
+        .env("PATH", path_with(&[&gov_dir(), &venv.join("bin")]))
+        .env("JUPYTER_PATH", jupyter_path)
+        .env(
+            "JUPYTER_RUNTIME_DIR",
+            open_dir(root.dir.path().join("jupyter-runtime")),
+        )
+        .env("JUPYTER_PLATFORM_DIRS", "1")
+        .env("IPYTHONDIR", open_dir(root.dir.path().join("ipython")))
+        .env("GOV_SOCKET", &root.socket)
+        .stdout(Stdio::piped())
+        .process_group(0);
+    c
+}
+
 /// The kernel spec of the doc, launched by jupyter_client's
 /// MultiKernelManager (what jupyter_server uses): the kernel is the gate's
 /// main process, its session is `jupyter-<kernel id>`, its project the
@@ -501,21 +527,10 @@ fn a_jupyter_kernel_and_its_detached_subprocess_are_reaped_when_idle() {
     let root = TestRoot::new();
     let _d = root.daemon(FAST);
     let notebooks = open_dir(root.dir.path().join("notebooks"));
-    let runtime = open_dir(root.dir.path().join("jupyter-runtime"));
-    let ipython = open_dir(root.dir.path().join("ipython"));
 
-    let mut server = Command::new(venv.join("bin/python3"))
-        .arg(fixture("jupyter_driver.py"))
+    let mut server = jupyter_driver(&venv, &root, "jupyter_driver.py", &fixture("jupyter"))
         .args(["gov-python3", notebooks.to_str().unwrap(), "60"])
-        .env("PATH", path_with(&[&gov_dir(), &venv.join("bin")]))
-        .env("JUPYTER_PATH", fixture("jupyter"))
-        .env("JUPYTER_RUNTIME_DIR", &runtime)
-        .env("JUPYTER_PLATFORM_DIRS", "1")
-        .env("IPYTHONDIR", &ipython)
-        .env("GOV_SOCKET", &root.socket)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .process_group(0)
         .spawn()
         .expect("the driver starts");
     let lines = Lines::of(&mut server);
@@ -603,13 +618,15 @@ fn a_hibernatable_jupyter_kernel_answers_and_keeps_its_state_through_hibernation
     let criu = criu_or_say(test);
     let root = TestRoot::new();
     let images = root.dir.path().join("images");
-    // Idle after a second and hibernated a second later (with CRIU), never
-    // busy, never orphaned; without CRIU it just stays running.
+    // Idle after 10 s (the kernel's start and its first cell must fit in:
+    // a gate frozen mid-cell never answers it) and hibernated a second
+    // later (with CRIU); never busy, never orphaned. Without CRIU it just
+    // stays running.
     let policy = format!(
         "hibernate_dir = {:?}\n[defaults]\nidle_timeout = \"{}\"\nfrozen_hold = \"1h\"\n\
          hibernate_after = \"1s\"\norphan_grace = \"never\"\nbusy_cpu_percent = 100.0\n",
         images.display().to_string(),
-        if criu.is_some() { "1s" } else { "1h" },
+        if criu.is_some() { "10s" } else { "1h" },
     );
     let criu_env: Vec<(&str, &str)> = criu
         .iter()
@@ -617,7 +634,6 @@ fn a_hibernatable_jupyter_kernel_answers_and_keeps_its_state_through_hibernation
         .collect();
     let _d = common::Daemon::start_env(&root, &root.policy_file(&policy), &criu_env);
     let notebooks = open_dir(root.dir.path().join("notebooks"));
-    let runtime = open_dir(root.dir.path().join("jupyter-runtime"));
     // IPython's history is a sqlite file it writes under a POSIX lock after
     // each cell; CRIU refuses a tree holding one, and the daemon would then
     // keep the gate suspended. A server hibernating kernels turns it off.
@@ -648,18 +664,10 @@ fn a_hibernatable_jupyter_kernel_answers_and_keeps_its_state_through_hibernation
     )
     .unwrap();
 
-    let mut driver = Command::new(venv.join("bin/python3"))
-        .arg(fixture("jupyter_hibernate_driver.py"))
+    let jupyter = root.dir.path().join("jupyter");
+    let mut driver = jupyter_driver(&venv, &root, "jupyter_hibernate_driver.py", &jupyter)
         .args(["gov-hibernate", notebooks.to_str().unwrap()])
-        .env("PATH", path_with(&[&gov_dir(), &venv.join("bin")]))
-        .env("JUPYTER_PATH", root.dir.path().join("jupyter"))
-        .env("JUPYTER_RUNTIME_DIR", &runtime)
-        .env("JUPYTER_PLATFORM_DIRS", "1")
-        .env("IPYTHONDIR", &ipython)
-        .env("GOV_SOCKET", &root.socket)
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .process_group(0)
         .spawn()
         .expect("the driver starts");
     let mut go = driver.stdin.take().unwrap();

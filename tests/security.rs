@@ -98,6 +98,8 @@ int main(void) {
     say("kill-stop", kill(1, SIGSTOP));
     say("ptrace-attach", ptrace(PTRACE_ATTACH, 1, 0, 0));
     say("ptrace-seize", ptrace(PTRACE_SEIZE, 1, 0, 0));
+    /* CMD's parent is the user's, but a fork of root's ns-init: not dumpable. */
+    say("ptrace-seize-parent", ptrace(PTRACE_SEIZE, getppid(), 0, 0));
     struct iovec local = { buf, 8 }, remote = { (void *)0x400000, 8 };
     say("process-vm-readv", process_vm_readv(1, &local, 1, &remote, 1, 0));
     const char *files[] = { "environ", "mem", "fd/0", "fd/13", "fd/14", "fd/16", "stack" };

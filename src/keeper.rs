@@ -968,7 +968,10 @@ fn cmd_parent(cmd: &[OsString], user: Option<&User>, mask: &SigSet) -> i32 {
         };
         if failed {
             let e = io::Error::last_os_error();
-            eprintln!("gov keeper: becoming uid {}: {e}", c.uid);
+            eprintln!(
+                "gov keeper: becoming uid {} in the keeper's cwd: {e}",
+                c.uid
+            );
             return 126;
         }
     }

@@ -9,7 +9,8 @@
 //! host ──pipes/tty──> keeper (gate cgroup; the pid the host knows)
 //!                       │  relays stdio through pipes it owns
 //!                       └─ ns-init (pid 1 of a new pid namespace, cgroup <gate>/w)
-//!                            └─ CMD (pid 2), its children...
+//!                            └─ CMD's parent (pid 2, the user's)
+//!                                 └─ CMD (pid 3), its children...
 //! ```
 //!
 //! - The worker tree runs in a pid namespace of its own, so a restore gets
@@ -23,6 +24,10 @@
 //!   it, reaps orphans (pid 1's duty), and reports CMD's exit status
 //!   through a pipe, since after a restore it is no longer the keeper's
 //!   child and wait(2) cannot reach it.
+//! - CMD's parent is not ns-init but a fork of it that became the user
+//!   ([`cmd_parent`]): it passes signals on to CMD and ends as CMD ended.
+//!   With ns-init as its parent, CMD's getppid() would be 1, which servers
+//!   such as ipykernel take for their parent's death.
 //! - The keeper forwards SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2
 //!   to CMD through a signal pipe (a byte per signal) read by ns-init:
 //!   pids change across a restore, a pipe does not.
@@ -801,10 +806,11 @@ struct Relay {
 
 /// Runs as pid 1 of the worker's pid namespace, with the worker's pipe ends
 /// at [`WORKER_FDS`] and `mask` blocked: joins the worker cgroup (its
-/// `cgroup.procs` is `procs`), starts CMD (as `user`, in the cwd at
-/// [`FD_CWD`], when the daemon started us for an unprivileged keeper),
-/// forwards signals from the signal pipe, reaps, reports CMD's end on the
-/// status pipe. Returns the code to _exit with.
+/// `cgroup.procs` is `procs`), starts CMD's parent ([`start_cmd`]: it runs
+/// CMD as `user`, in the cwd at [`FD_CWD`], when the daemon started us for
+/// an unprivileged keeper), forwards signals from the signal pipe to it
+/// (it passes them on to CMD), reaps, reports its end, which is CMD's, on
+/// the status pipe. Returns the code to _exit with.
 pub fn worker_init(procs: &Path, cmd: &[OsString], mask: SigSet, user: Option<&User>) -> i32 {
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         eprintln!("gov keeper: {what}: {e}");
@@ -843,25 +849,16 @@ pub fn worker_init(procs: &Path, cmd: &[OsString], mask: SigSet, user: Option<&U
         Ok(s) => s,
         Err(e) => return fail("signalfd", &e),
     };
-    let started = start_cmd(cmd, user);
+    let started = start_cmd(cmd, user, &mask);
     if user.is_some() {
-        // CMD has entered it (or failed to): ns-init holds nothing of the
-        // user's beyond its pipes.
+        // CMD's parent has entered it (or failed to): ns-init holds
+        // nothing of the user's beyond its pipes.
         // SAFETY: closing our own descriptor.
         unsafe { libc::close(FD_CWD) };
     }
     let child = match started {
         Ok(pid) => pid,
-        Err(e) => {
-            let code = if e.kind() == io::ErrorKind::NotFound {
-                127
-            } else {
-                126
-            };
-            eprintln!("gov keeper: cannot run {}: {e}", cmd[0].to_string_lossy());
-            report(Ended::Exit(code));
-            return code;
-        }
+        Err(e) => return fail("fork", &e),
     };
     loop {
         let mut fds = [
@@ -886,7 +883,8 @@ pub fn worker_init(procs: &Path, cmd: &[OsString], mask: SigSet, user: Option<&U
             let n = unsafe { libc::read(FD_SIGNAL, buf.as_mut_ptr().cast(), buf.len()) };
             if n == 0 {
                 // The keeper is gone (all writers closed): so is the host's
-                // view of this gate; end CMD.
+                // view of this gate; end CMD's parent (ns-init follows, and
+                // the namespace's teardown takes CMD).
                 let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
             }
             for &b in &buf[..n.max(0) as usize] {
@@ -929,49 +927,126 @@ fn report(ended: Ended) {
     unsafe { libc::write(FD_STATUS, line.as_ptr().cast(), line.len()) };
 }
 
-/// Starts CMD as ns-init's child; as `user` when the daemon started
-/// ns-init for an unprivileged keeper. ns-init itself stays root: CRIU's
-/// parasite in the namespace's init mounts a procfs of the namespace's own
-/// (this /proc belongs to the host's), which an unprivileged init cannot.
-/// The user's cwd and environment apply only in the child, after it gave
-/// up root: the cwd by fchdir once it is the user (so the kernel checks
-/// the user's right to enter it), the environment at the exec itself (the
-/// std sets `environ` just before execvp, after this pre_exec).
-fn start_cmd(cmd: &[OsString], user: Option<&User>) -> io::Result<Pid> {
+/// Starts CMD's parent, ns-init's child: a fork of ns-init that gives up
+/// root first (as `user`, when the daemon started ns-init for an
+/// unprivileged keeper), then starts CMD and mirrors it ([`cmd_parent`]).
+/// So CMD's parent is pid 2, never pid 1: many servers (ipykernel's parent
+/// poller among them) take a parent of pid 1 for their parent's death.
+/// ns-init itself stays root: CRIU's parasite in the namespace's init
+/// mounts a procfs of the namespace's own (this /proc belongs to the
+/// host's), which an unprivileged init cannot.
+fn start_cmd(cmd: &[OsString], user: Option<&User>, mask: &SigSet) -> io::Result<Pid> {
+    // SAFETY: ns-init is single-threaded, so the child may run ordinary
+    // Rust code; it never returns from here (it _exits).
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Child => {
+            let code = cmd_parent(cmd, user, mask);
+            // SAFETY: leaving the child without running atexit handlers.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => Ok(child),
+    }
+}
+
+/// CMD's parent (pid 2 of the worker's namespace), run in a fork of
+/// ns-init with `mask` blocked: becomes the user (setgroups, setgid,
+/// setuid, then fchdir into the cwd at [`FD_CWD`], so the kernel checks the
+/// user's right to enter it), keeps only 0, 1 and 2 (nothing for CRIU to
+/// miss, nothing of root's), starts CMD with the user's environment (the
+/// std sets `environ` at the exec), passes on every signal it gets, and
+/// ends as CMD ended: CMD's code, or CMD's signal raised on itself, which
+/// ns-init reports as CMD's. Returns the code to _exit with.
+fn cmd_parent(cmd: &[OsString], user: Option<&User>, mask: &SigSet) -> i32 {
+    if let Some(u) = user {
+        let c = &u.creds;
+        // SAFETY: plain syscalls on data we own.
+        let failed = unsafe {
+            libc::setgroups(c.groups.len(), c.groups.as_ptr()) != 0
+                || libc::setgid(c.gid) != 0
+                || libc::setuid(c.uid) != 0
+                || libc::fchdir(FD_CWD) != 0
+        };
+        if failed {
+            let e = io::Error::last_os_error();
+            eprintln!(
+                "gov keeper: becoming uid {} in the keeper's cwd: {e}",
+                c.uid
+            );
+            return 126;
+        }
+    }
+    // The status and signal pipes, the cwd fd, ns-init's signalfd: ns-init
+    // keeps them; CMD's side holds its stdio alone.
+    // SAFETY: closing descriptors this process owns and no longer uses.
+    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    let sfd = match SignalFd::with_flags(mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gov keeper: signalfd: {e}");
+            return 126;
+        }
+    };
     let mut c = std::process::Command::new(&cmd[0]);
     c.args(&cmd[1..]);
     if let Some(u) = user {
         c.env_clear().envs(u.env.iter().map(|(k, v)| (k, v)));
     }
-    let creds = user.map(|u| (u.creds.uid, u.creds.gid, u.creds.groups.clone()));
-    // SAFETY: between fork and exec: only sigprocmask, signal, setgroups,
-    // setgid, setuid, fchdir and close_range, all async-signal-safe, on
-    // data made before.
+    // SAFETY: between fork and exec: only sigprocmask, signal and
+    // close_range, all async-signal-safe.
     unsafe {
-        c.pre_exec(move || {
+        c.pre_exec(|| {
             // Blocked signals and ignored dispositions survive exec: give
             // CMD the defaults it would have had without us.
             let empty = SigSet::empty();
             let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&empty), None);
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-            if let Some((uid, gid, groups)) = &creds {
-                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
-                    || libc::setgid(*gid) != 0
-                    || libc::setuid(*uid) != 0
-                    || libc::fchdir(FD_CWD) != 0
-                {
-                    return Err(io::Error::last_os_error());
-                }
-            }
             // CMD gets 0, 1 and 2, and nothing else of ours.
             cloexec_from(3, u32::MAX)
         });
     }
-    let child = c.spawn()?;
-    let pid = Pid::from_raw(child.id() as i32);
-    // ns-init reaps by waitpid itself; the Child handle is just dropped.
-    std::mem::forget(child);
-    Ok(pid)
+    let child = match c.spawn() {
+        Ok(child) => Pid::from_raw(child.id() as i32),
+        Err(e) => {
+            eprintln!("gov keeper: cannot run {}: {e}", cmd[0].to_string_lossy());
+            return if e.kind() == io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+        }
+    };
+    loop {
+        let mut fds = [libc::pollfd {
+            fd: sfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: one valid pollfd. EINTR (criu's seize and restore) just
+        // goes round again.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) };
+        while let Ok(Some(info)) = sfd.read_signal() {
+            let signo = info.ssi_signo as i32;
+            if signo != libc::SIGCHLD {
+                if let Ok(sig) = Signal::try_from(signo) {
+                    let _ = nix::sys::signal::kill(child, sig);
+                }
+            }
+        }
+        // CMD is our only child (its orphans go to ns-init), and we alone
+        // reap it, so its pid cannot be recycled under the kills above.
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
+            Ok(st) => {
+                if let Some(ended) = Ended::of(st) {
+                    return finish(ended);
+                }
+            }
+            Err(Errno::EINTR) => {}
+            Err(e) => {
+                eprintln!("gov keeper: waitpid: {e}");
+                return 126;
+            }
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -253,7 +253,7 @@ fn a_hibernated_worker_keeps_its_host_pid_pipe_and_state() {
         ],
     );
     // Allocating and touching 200 MB takes a moment on a busy machine.
-    assert_eq!(host.line(Duration::from_secs(60)), "ready 2");
+    assert_eq!(host.line(Duration::from_secs(60)), "ready 3");
     let keeper = host.pid();
     assert_eq!(ask_counter(&sock), 1);
     assert_eq!(host.line(Duration::from_secs(10)), "count 1");
@@ -430,10 +430,10 @@ fn a_refused_dump_leaves_the_worker_frozen_and_intact() {
         &[python(), fixture("uring-worker.py").to_str().unwrap()],
     );
     let line = host.line(Duration::from_secs(30));
-    assert!(line.starts_with("uring 2 "), "{line}");
+    assert!(line.starts_with("uring 3 "), "{line}");
     let keeper = host.pid();
     let pids = gate.w.read_procs().unwrap();
-    assert_eq!(pids.len(), 2, "ns-init and the worker: {pids:?}");
+    assert_eq!(pids.len(), 3, "ns-init, CMD's parent and CMD: {pids:?}");
 
     gate.gate.freeze(Duration::from_secs(5)).unwrap();
     let dir = gate.images();
@@ -509,7 +509,7 @@ fn measure_dump_and_restore() {
                 &procs,
             ],
         );
-        assert_eq!(host.line(Duration::from_secs(120)), "ready 2");
+        assert_eq!(host.line(Duration::from_secs(120)), "ready 3");
         let keeper = host.pid();
         eprintln!(
             "measure: worker processes {}",
@@ -581,9 +581,10 @@ fn the_keeper_relays_stdin_and_stdout_and_passes_the_exit_code_on() {
         .unwrap();
     assert_eq!(host.line(Duration::from_secs(10)), "hello");
     assert_eq!(host.line(Duration::from_secs(10)), "world");
-    // cat is pid 2 of its own namespace, in w; the keeper alone in the gate.
+    // cat is pid 3 of its own namespace (below ns-init and its parent),
+    // in w; the keeper alone in the gate.
     assert_eq!(gate.gate.read_procs().unwrap(), vec![host.pid()]);
-    assert_eq!(gate.w.read_procs().unwrap().len(), 2);
+    assert_eq!(gate.w.read_procs().unwrap().len(), 3);
     // EOF from the host reaches the worker, which exits 0.
     host.stdin = None;
     let status = wait_with_deadline(&mut host.child, Duration::from_secs(10));
@@ -597,6 +598,39 @@ fn the_keeper_relays_stdin_and_stdout_and_passes_the_exit_code_on() {
     let mut host = Host::start(&gate, &["/nonexistent/cmd"]);
     let status = wait_with_deadline(&mut host.child, Duration::from_secs(10));
     assert_eq!(status.code(), Some(127), "{status:?}");
+}
+
+/// CMD's parent inside its namespace is not pid 1: servers that watch for
+/// re-parenting to init (ipykernel's parent poller: "Parent appears to
+/// have exited") would take it for their parent's death. The parent is the
+/// one between ns-init and CMD, and a signal to the keeper still reaches
+/// CMD through it, and CMD's death by it reaches the host.
+#[test]
+fn the_worker_s_parent_is_not_init() {
+    let gate = Gate::new();
+    let mut host = Host::start(&gate, &["sh", "-c", "echo $$ $PPID; read line; echo $line"]);
+    assert_eq!(
+        host.line(Duration::from_secs(10)),
+        "3 2",
+        "CMD's pid and ppid"
+    );
+    let w = gate.w.read_procs().unwrap();
+    assert_eq!(w.len(), 3, "ns-init, CMD's parent, CMD: {w:?}");
+    host.stdin.as_mut().unwrap().write_all(b"fine\n").unwrap();
+    assert_eq!(host.line(Duration::from_secs(10)), "fine");
+    let status = wait_with_deadline(&mut host.child, Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{status:?}");
+
+    let mut host = Host::start(&gate, &["sh", "-c", "echo up; exec sleep 600"]);
+    assert_eq!(host.line(Duration::from_secs(10)), "up");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(host.pid() as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    let status = wait_with_deadline(&mut host.child, Duration::from_secs(10));
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGUSR1), "{status:?}");
 }
 
 #[test]
@@ -615,7 +649,7 @@ fn a_dump_cut_short_before_its_rename_is_recovered() {
             "20",
         ],
     );
-    assert_eq!(host.line(Duration::from_secs(30)), "ready 2");
+    assert_eq!(host.line(Duration::from_secs(30)), "ready 3");
     let keeper = host.pid();
     assert_eq!(ask_counter(&sock), 1);
     assert_eq!(host.line(Duration::from_secs(10)), "count 1");
@@ -963,7 +997,7 @@ fn a_daemon_killed_during_a_dump_and_a_restore_is_recovered() {
             "200",
         ],
     );
-    assert_eq!(host.line(Duration::from_secs(60)), "ready 2");
+    assert_eq!(host.line(Duration::from_secs(60)), "ready 3");
     let keeper = host.pid();
     assert_eq!(ask_counter(&sock), 1);
     assert_eq!(host.line(Duration::from_secs(10)), "count 1");
@@ -1027,7 +1061,7 @@ fn a_dump_over_the_disk_budget_is_refused_before_it_starts() {
             "20",
         ],
     );
-    assert_eq!(host.line(Duration::from_secs(30)), "ready 2");
+    assert_eq!(host.line(Duration::from_secs(30)), "ready 3");
     let keeper = host.pid();
     let estimate = hibernate::estimate_image_bytes(&gate.w).unwrap();
     assert!(estimate >= 20 << 20, "{estimate}");

@@ -490,6 +490,32 @@ fn jupyter_venv(test: &str) -> Option<PathBuf> {
     Some(dir)
 }
 
+/// `python3 FIXTURE` of `venv`, as a notebook server runs: the gov under
+/// test and the venv first on PATH, kernel specs from `jupyter_path`,
+/// Jupyter's and IPython's own directories under the test's, and the test
+/// daemon's socket. Its stdout piped, in a process group of its own.
+fn jupyter_driver(
+    venv: &Path,
+    root: &TestRoot,
+    fixture_name: &str,
+    jupyter_path: &Path,
+) -> Command {
+    let mut c = Command::new(venv.join("bin/python3"));
+    c.arg(fixture(fixture_name))
+        .env("PATH", path_with(&[&gov_dir(), &venv.join("bin")]))
+        .env("JUPYTER_PATH", jupyter_path)
+        .env(
+            "JUPYTER_RUNTIME_DIR",
+            open_dir(root.dir.path().join("jupyter-runtime")),
+        )
+        .env("JUPYTER_PLATFORM_DIRS", "1")
+        .env("IPYTHONDIR", open_dir(root.dir.path().join("ipython")))
+        .env("GOV_SOCKET", &root.socket)
+        .stdout(Stdio::piped())
+        .process_group(0);
+    c
+}
+
 /// The kernel spec of the doc, launched by jupyter_client's
 /// MultiKernelManager (what jupyter_server uses): the kernel is the gate's
 /// main process, its session is `jupyter-<kernel id>`, its project the
@@ -507,21 +533,10 @@ fn a_jupyter_kernel_and_its_detached_subprocess_are_reaped_when_idle() {
     let root = TestRoot::new();
     let _d = root.daemon(FAST);
     let notebooks = open_dir(root.dir.path().join("notebooks"));
-    let runtime = open_dir(root.dir.path().join("jupyter-runtime"));
-    let ipython = open_dir(root.dir.path().join("ipython"));
 
-    let mut server = Command::new(venv.join("bin/python3"))
-        .arg(fixture("jupyter_driver.py"))
+    let mut server = jupyter_driver(&venv, &root, "jupyter_driver.py", &fixture("jupyter"))
         .args(["gov-python3", notebooks.to_str().unwrap(), "60"])
-        .env("PATH", path_with(&[&gov_dir(), &venv.join("bin")]))
-        .env("JUPYTER_PATH", fixture("jupyter"))
-        .env("JUPYTER_RUNTIME_DIR", &runtime)
-        .env("JUPYTER_PLATFORM_DIRS", "1")
-        .env("IPYTHONDIR", &ipython)
-        .env("GOV_SOCKET", &root.socket)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .process_group(0)
         .spawn()
         .expect("the driver starts");
     let lines = Lines::of(&mut server);
@@ -565,4 +580,140 @@ fn a_jupyter_kernel_and_its_detached_subprocess_are_reaped_when_idle() {
     let reason = removed_reason(&root, &gate).expect("a removed event");
     assert!(reason.starts_with("idle"), "{reason}");
     assert_eq!(reap(server, Duration::from_secs(30)), Some(0));
+}
+
+/// CRIU for a daemon (GOV_CRIU, or integration/build-criu's cache); None,
+/// said on stderr, where there is none, and a failure under
+/// GOV_REQUIRE_CRIU=1.
+fn criu_or_say(test: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("GOV_CRIU").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/.cache/criu/4.2.1/criu"),
+        PathBuf::from,
+    );
+    if gov::criu::Criu::find(Some(&path)).is_ok() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("GOV_REQUIRE_CRIU").as_deref() != Ok("1"),
+        "{test}: CRIU is required here (GOV_REQUIRE_CRIU=1)"
+    );
+    say(&format!(
+        "\n**** SKIP (hibernation part of) {test}: no criu >= 4.2 at {}; build it \
+         with integration/build-criu ****",
+        path.display()
+    ));
+    None
+}
+
+/// A hibernatable kernel, as issue 17 found it: jupyter_client starts it
+/// from a kernel.json whose argv is `gov spawn --hibernate -- python -m
+/// ipykernel_launcher -f {connection_file}`. ipykernel's parent poller
+/// (JPY_PARENT_PID is set by jupyter_client) shut it down at once when its
+/// parent was the namespace's init ("Parent appears to have exited"); now
+/// it answers a cell. With CRIU, the daemon also hibernates the idle gate,
+/// a touch brings it back, and the kernel still answers with its variable.
+#[test]
+fn a_hibernatable_jupyter_kernel_answers_and_keeps_its_state_through_hibernation() {
+    let test = "a_hibernatable_jupyter_kernel_answers_and_keeps_its_state_through_hibernation";
+    if host_only(test) {
+        return;
+    }
+    let Some(venv) = jupyter_venv(test) else {
+        return;
+    };
+    let criu = criu_or_say(test);
+    let root = TestRoot::new();
+    let images = root.dir.path().join("images");
+    // Idle after 10 s (the kernel's start and its first cell must fit in:
+    // a gate frozen mid-cell never answers it) and hibernated a second
+    // later (with CRIU); never busy, never orphaned. Without CRIU it just
+    // stays running.
+    let policy = format!(
+        "hibernate_dir = {:?}\n[defaults]\nidle_timeout = \"{}\"\nfrozen_hold = \"1h\"\n\
+         hibernate_after = \"1s\"\norphan_grace = \"never\"\nbusy_cpu_percent = 100.0\n",
+        images.display().to_string(),
+        if criu.is_some() { "10s" } else { "1h" },
+    );
+    let criu_env: Vec<(&str, &str)> = criu
+        .iter()
+        .map(|c| ("GOV_CRIU", c.to_str().unwrap()))
+        .collect();
+    let _d = common::Daemon::start_env(&root, &root.policy_file(&policy), &criu_env);
+    let notebooks = open_dir(root.dir.path().join("notebooks"));
+    // IPython's history is a sqlite file it writes under a POSIX lock after
+    // each cell; CRIU refuses a tree holding one, and the daemon would then
+    // keep the gate suspended. A server hibernating kernels turns it off.
+    let ipython = open_dir(root.dir.path().join("ipython"));
+    open_dir(ipython.join("profile_default"));
+    fs::write(
+        ipython.join("profile_default/ipython_kernel_config.py"),
+        "c.HistoryManager.enabled = False\n",
+    )
+    .unwrap();
+    let spec = open_dir(root.dir.path().join("jupyter/kernels/gov-hibernate"));
+    let argv = serde_json::json!([
+        "gov",
+        "spawn",
+        "--hibernate",
+        "--project",
+        notebooks,
+        "--",
+        "python",
+        "-m",
+        "ipykernel_launcher",
+        "-f",
+        "{connection_file}"
+    ]);
+    fs::write(
+        spec.join("kernel.json"),
+        serde_json::json!({"argv": argv, "display_name": "gov", "language": "python"}).to_string(),
+    )
+    .unwrap();
+
+    let jupyter = root.dir.path().join("jupyter");
+    let mut driver = jupyter_driver(&venv, &root, "jupyter_hibernate_driver.py", &jupyter)
+        .args(["gov-hibernate", notebooks.to_str().unwrap()])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("the driver starts");
+    let mut go = driver.stdin.take().unwrap();
+    let lines = Lines::of(&mut driver);
+    let json = |what: &str| -> serde_json::Value {
+        let line = lines.next(Duration::from_secs(90), what);
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{what}: {e}: {line}"))
+    };
+    let first = json("the kernel to answer its first cell");
+    assert_eq!(first["out"], "2", "{first}");
+    let kernel_pid = first["kernel_pid"].as_u64().unwrap() as u32;
+    let id = root.gate_of(kernel_pid);
+    // The process jupyter_client started is the keeper, the gate's main
+    // process; the kernel runs below it in <gate>/w.
+    assert!(pids_of(&root, &id).contains(&kernel_pid));
+
+    if criu.is_some() {
+        wait_until(Duration::from_secs(90), "the kernel to hibernate", || {
+            state(&root, &id) == "hibernated"
+        });
+        assert!(
+            root.gate_cgroup(&id)
+                .child("w")
+                .read_procs()
+                .unwrap()
+                .is_empty(),
+            "the kernel's processes are gone while hibernated"
+        );
+        assert!(alive(kernel_pid), "jupyter_client saw its kernel exit");
+        root.ok(&["touch", &id]);
+        assert_eq!(state(&root, &id), "running");
+    }
+    writeln!(go, "go").unwrap();
+    let second = json("the kernel to answer again");
+    assert_eq!(second["alive"], true, "{second}");
+    assert_eq!(second["out"], "42", "x was kept: {second}");
+    drop(go);
+    assert_eq!(json("the kernel's shutdown")["shutdown"], true);
+    assert_eq!(reap(driver, Duration::from_secs(30)), Some(0));
+    wait_until(Duration::from_secs(15), "the kernel's gate to go", || {
+        root.gate(&id).is_none()
+    });
 }

@@ -58,7 +58,8 @@ void gconv_end(void *step) {}
 
 /// The hostile CMD of the ns-init test: tries what a process in the gate
 /// could do to the root ns-init above it (pid 1 of its namespace; its host
-/// pid is our PPid in the host's /proc), prints `NAME allowed` or
+/// pid is our parent's PPid in the host's /proc; it prints that and its own
+/// getppid(), which must not be 1), prints `NAME allowed` or
 /// `NAME denied <errno>` per try, then its own descriptors, then waits for
 /// a line on stdin.
 const PROBE: &str = r#"
@@ -78,19 +79,27 @@ static void say(const char *what, long r) {
     if (r >= 0) printf("%s allowed\n", what);
     else printf("%s denied %s\n", what, strerrorname_np(errno));
 }
+static int ppid_of(const char *status) {
+    char buf[256];
+    int ppid = 0;
+    FILE *st = fopen(status, "r");
+    while (st && fgets(buf, sizeof buf, st))
+        if (sscanf(buf, "PPid: %d", &ppid) == 1) break;
+    if (st) fclose(st);
+    return ppid;
+}
 int main(void) {
     char path[128], buf[256];
-    int host = 0;
-    FILE *st = fopen("/proc/self/status", "r");
-    while (st && fgets(buf, sizeof buf, st))
-        if (sscanf(buf, "PPid: %d", &host) == 1) break;
-    if (st) fclose(st);
-    printf("init %d\n", host);
+    snprintf(path, sizeof path, "/proc/%d/status", ppid_of("/proc/self/status"));
+    int host = ppid_of(path);
+    printf("init %d ppid %d\n", host, getppid());
     say("kill-term", kill(1, SIGTERM));
     say("kill-kill", kill(1, SIGKILL));
     say("kill-stop", kill(1, SIGSTOP));
     say("ptrace-attach", ptrace(PTRACE_ATTACH, 1, 0, 0));
     say("ptrace-seize", ptrace(PTRACE_SEIZE, 1, 0, 0));
+    /* CMD's parent is the user's, but a fork of root's ns-init: not dumpable. */
+    say("ptrace-seize-parent", ptrace(PTRACE_SEIZE, getppid(), 0, 0));
     struct iovec local = { buf, 8 }, remote = { (void *)0x400000, 8 };
     say("process-vm-readv", process_vm_readv(1, &local, 1, &remote, 1, 0));
     const char *files[] = { "environ", "mem", "fd/0", "fd/13", "fd/14", "fd/16", "stack" };
@@ -213,14 +222,19 @@ fn uid_of(pid: u32) -> u32 {
 }
 
 /// The processes in a gate's worker cgroup: (ns-init, CMD), told apart by
-/// their uid (ns-init is root's, CMD the user's).
+/// their uid (ns-init is root's, CMD the user's), and CMD from its parent
+/// (the user's too) by its parent, which is not ns-init.
 fn init_and_cmd(root: &TestRoot, id: &str) -> (u32, u32) {
     let w = root.gate_cgroup(id).child("w");
     let pids = w.read_procs().unwrap();
     let init = pids.iter().copied().find(|&p| uid_of(p) == 0);
-    let cmd = pids.iter().copied().find(|&p| uid_of(p) == NOBODY);
+    let init = init.unwrap_or_else(|| panic!("no root ns-init in w: {pids:?}"));
+    let cmd = pids
+        .iter()
+        .copied()
+        .find(|&p| uid_of(p) == NOBODY && gov::proc::parent_pid(p) != Some(init));
     (
-        init.unwrap_or_else(|| panic!("no root ns-init in w: {pids:?}")),
+        init,
         cmd.unwrap_or_else(|| panic!("no CMD of nobody's in w: {pids:?}")),
     )
 }
@@ -443,7 +457,11 @@ fn a_hostile_worker_gains_nothing_from_the_root_ns_init() {
     }
     let id = root.gate_of(host.id());
     let (init, _) = init_and_cmd(&root, &id);
-    assert_eq!(said[0], format!("init {init}"), "the probe found ns-init");
+    assert_eq!(
+        said[0],
+        format!("init {init} ppid 2"),
+        "the probe found ns-init, and its own parent is not init"
+    );
     let tries: Vec<&String> = said[1..].iter().filter(|l| !l.starts_with("fds")).collect();
     assert!(tries.len() >= 15, "{said:?}");
     for t in &tries {

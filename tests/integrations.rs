@@ -627,10 +627,13 @@ fn a_hibernatable_jupyter_kernel_answers_and_keeps_its_state_through_hibernation
     // Idle after 10 s (the kernel's start and its first cell must fit in:
     // a gate frozen mid-cell never answers it) and hibernated a second
     // later (with CRIU); never busy, never orphaned. Without CRIU it just
-    // stays running.
+    // stays running. Its ZeroMQ sockets would keep it from being dumped
+    // with wake on input (its notebook server could not reach it on disk):
+    // this test of the dump turns that off and wakes it by a touch.
     let policy = format!(
         "hibernate_dir = {:?}\n[defaults]\nidle_timeout = \"{}\"\nfrozen_hold = \"1h\"\n\
-         hibernate_after = \"1s\"\norphan_grace = \"never\"\nbusy_cpu_percent = 100.0\n",
+         hibernate_after = \"1s\"\norphan_grace = \"never\"\nbusy_cpu_percent = 100.0\n\
+         wake_on_input = false\n",
         images.display().to_string(),
         if criu.is_some() { "10s" } else { "1h" },
     );

@@ -4,7 +4,7 @@
 //! process in a cgroup its caller could not leave, and a debugger does not
 //! spare a gate its deadline. Against a real daemon and the real cgroupfs.
 
-mod common;
+use gov_testkit as kit;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{alive, gov_as_nobody, gov_for_others, text, wait_until, Kid, TestRoot, NOBODY};
 use gov::cgroup::{self, Cgroup};
+use kit::{alive, gov_as_nobody, gov_for_others, text, wait_until, Kid, TestRoot, NOBODY};
 
 const POLICY: &str =
     "[defaults]\nidle_timeout = \"1h\"\norphan_grace = \"never\"\nstop_grace = \"1s\"\n";
@@ -96,7 +96,7 @@ fn a_process_in_a_gate_cannot_spawn_its_way_out() {
             "{who}: the process left its gate"
         );
         let projects: Vec<_> = root
-            .ps()
+            .ps_json()
             .into_iter()
             .map(|g| g["project"].clone())
             .collect();
@@ -140,16 +140,16 @@ fn adopt_leaves_a_child_in_another_gate_where_it_is() {
     let parent = Kid::new(
         Command::new("sh")
             .args(["-c", &script])
-            .env("GOV", common::gov_bin())
+            .env("GOV", kit::gov_bin())
             .env("GOV_SOCKET", &root.socket)
             .stdin(Stdio::null())
             .spawn()
             .unwrap(),
     );
     wait_until(Duration::from_secs(10), "both children", || {
-        !common::read_pids(&gated).is_empty() && !common::read_pids(&plain).is_empty()
+        !kit::read_pids(&gated).is_empty() && !kit::read_pids(&plain).is_empty()
     });
-    let (gated, plain) = (common::read_pids(&gated)[0], common::read_pids(&plain)[0]);
+    let (gated, plain) = (kit::read_pids(&gated)[0], kit::read_pids(&plain)[0]);
     let other = root.gate_of(gated);
     let out = root.run(&["adopt", &parent.id().to_string(), "-p", "/srv/adopted"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -192,16 +192,16 @@ impl Fence {
 
 impl Drop for Fence {
     fn drop(&mut self) {
-        common::remove_tree(self.0.path());
+        kit::remove_tree(self.0.path());
     }
 }
 
 /// gov's root below the test's own, so the test's cgroups sit beside it.
-fn daemon_below(root: &TestRoot) -> common::Daemon {
+fn daemon_below(root: &TestRoot) -> kit::Daemon {
     fs::create_dir_all(&root.path).unwrap();
     let gov_root = root.path.join("gov");
     let config = root.policy_file(POLICY);
-    common::Daemon::start_env(
+    kit::Daemon::start_env(
         root,
         &config,
         &[("GOV_CGROUP_ROOT", gov_root.to_str().unwrap())],
@@ -219,7 +219,7 @@ fn adopt_takes_only_from_a_cgroup_the_user_could_leave() {
     let kid = fence.sleeper();
     let pid = kid.id().to_string();
     // nobody, from the test's own cgroup: refused, and the process stays.
-    let out = common::as_user(
+    let out = kit::as_user(
         NOBODY,
         gov_as_nobody(&root).args(["adopt", &pid, "-p", "/srv/fenced"]),
     );
@@ -230,7 +230,11 @@ fn adopt_takes_only_from_a_cgroup_the_user_could_leave() {
         text(&out.stderr)
     );
     assert_eq!(cgroup_of(kid.id()), fence.0.path());
-    assert!(root.ps().is_empty(), "a gate was made: {:?}", root.ps());
+    assert!(
+        root.ps_json().is_empty(),
+        "a gate was made: {:?}",
+        root.ps_json()
+    );
     // nobody, from inside the fence itself: as good as a spawn from there.
     let gov = gov_for_others(&root);
     let procs = fence.0.path().join("cgroup.procs");
@@ -245,14 +249,14 @@ fn adopt_takes_only_from_a_cgroup_the_user_could_leave() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let id = text(&out.stdout).trim().to_string();
     assert_eq!(root.gate_of(kid.id()), id);
-    assert_eq!(root.gate(&id).unwrap()["user"], "nobody");
+    assert_eq!(root.gate_json(&id).unwrap()["user"], "nobody");
     // A cgroup delegated to nobody (its cgroup.procs theirs to write).
     let delegated = Fence::new(&root, "delegated");
     let owner = Some(nix::unistd::Uid::from_raw(NOBODY));
     nix::unistd::chown(delegated.0.path(), owner, None).unwrap();
     nix::unistd::chown(&delegated.0.path().join("cgroup.procs"), owner, None).unwrap();
     let theirs = delegated.sleeper();
-    let out = common::as_user(
+    let out = kit::as_user(
         NOBODY,
         gov_as_nobody(&root).args(["adopt", &theirs.id().to_string(), "-p", "/srv/deleg"]),
     );
@@ -287,11 +291,11 @@ fn a_traced_gate_is_stopped_at_its_deadline() {
         gov::proc::tracer_pid(kid.id()).is_some()
     });
     wait_until(Duration::from_secs(20), "the traced gate to go", || {
-        root.gate(&gate).is_none()
+        root.gate_json(&gate).is_none()
     });
     assert!(!alive(kid.id()), "the traced process outlived its gate");
     let removed = root
-        .events()
+        .events_json()
         .into_iter()
         .find(|e| e["gate"] == gate.as_str() && e["kind"] == "removed")
         .expect("a removed event");

@@ -11,7 +11,9 @@
 //! GOV_REQUIRE_JUPYTER=1. In the VM suite (GOV_VM, busybox only) these tests
 //! say SKIP: they need bash and python3.
 
-mod common;
+use gov_testkit as kit;
+use kit::fixture;
+use kit::{gov_dir, path_with};
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -21,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{alive, gov_bin, reap, wait_until, TestRoot};
+use kit::{alive, reap, wait_until, TestRoot};
 
 /// Short timeouts so a gate goes idle -> suspended -> stopping -> removed in
 /// a few seconds. Orphans are left alone: these tests are about idleness.
@@ -35,41 +37,8 @@ orphan_grace = \"never\"
 
 const NOBODY: u32 = 65534;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-/// Writes to the real stderr: libtest captures eprintln! of passing tests,
-/// and a skip must not pass unnoticed.
-fn say(text: &str) {
-    let _ = writeln!(std::io::stderr(), "{text}");
-}
-
-/// These recipes need bash, python3 and PyPI: host only.
-fn host_only(test: &str) -> bool {
-    if std::env::var_os("GOV_VM").is_some() {
-        say(&format!(
-            "SKIP {test}: host-only (bash, python3, PyPI); the VM has busybox only"
-        ));
-        return true;
-    }
-    false
-}
-
-/// PATH with the gov under test first, as if it were installed.
-fn path_with(dirs: &[&Path]) -> std::ffi::OsString {
-    let mut parts: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
-    parts.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    ));
-    std::env::join_paths(parts).unwrap()
-}
-
-fn gov_dir() -> PathBuf {
-    gov_bin().parent().unwrap().to_path_buf()
-}
+/// What these tests need that only a host has (the VM has busybox).
+const HOST_NEEDS: &str = "bash, python3, PyPI";
 
 /// A directory anyone may enter (for unprivileged clients).
 fn open_dir(path: PathBuf) -> PathBuf {
@@ -90,13 +59,13 @@ fn removed_reason(root: &TestRoot, gate: &str) -> Option<String> {
 }
 
 fn state(root: &TestRoot, gate: &str) -> String {
-    root.gate(gate)
+    root.gate_json(gate)
         .map(|g| g["state"].as_str().unwrap().to_string())
         .unwrap_or_else(|| "gone".into())
 }
 
 fn pids_of(root: &TestRoot, gate: &str) -> Vec<u32> {
-    root.gate(gate)
+    root.gate_json(gate)
         .map(|g| {
             g["pids"]
                 .as_array()
@@ -155,7 +124,7 @@ impl Lines {
 
 #[test]
 fn the_doc_shows_the_tested_scripts_verbatim() {
-    if host_only("the_doc_shows_the_tested_scripts_verbatim") {
+    if kit::host_only("the_doc_shows_the_tested_scripts_verbatim", HOST_NEEDS) {
         return;
     }
     let doc =
@@ -180,7 +149,10 @@ fn the_doc_shows_the_tested_scripts_verbatim() {
 /// idle it is stopped and its escaped grandchild goes with it.
 #[test]
 fn a_repl_host_starts_its_worker_through_the_wrapper_and_touches_at_each_tool_call() {
-    if host_only("a_repl_host_starts_its_worker_through_the_wrapper") {
+    if kit::host_only(
+        "a_repl_host_starts_its_worker_through_the_wrapper",
+        HOST_NEEDS,
+    ) {
         return;
     }
     let root = TestRoot::new();
@@ -214,7 +186,7 @@ fn a_repl_host_starts_its_worker_through_the_wrapper_and_touches_at_each_tool_ca
     let gate = f[2].to_string();
     assert_eq!(f[3], session);
     assert_eq!(Path::new(f[4]), project);
-    let g = root.gate(&gate).expect("the worker's gate is listed");
+    let g = root.gate_json(&gate).expect("the worker's gate is listed");
     assert_eq!(g["session"], session);
     assert_eq!(g["project"], project.to_str().unwrap());
 
@@ -245,7 +217,7 @@ fn a_repl_host_starts_its_worker_through_the_wrapper_and_touches_at_each_tool_ca
     assert!(
         pids_of(&root, &gate).contains(&runner),
         "{:?}",
-        root.gate(&gate)
+        root.gate_json(&gate)
     );
 
     // Tool calls for longer than idle_timeout keep the gate running.
@@ -297,7 +269,7 @@ fn a_repl_host_starts_its_worker_through_the_wrapper_and_touches_at_each_tool_ca
     let status = host.wait().unwrap();
     assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
     wait_until(Duration::from_secs(10), "the gate to be removed", || {
-        root.gate(&gate).is_none()
+        root.gate_json(&gate).is_none()
     });
     assert!(
         !alive(runner),
@@ -314,7 +286,7 @@ fn a_repl_host_starts_its_worker_through_the_wrapper_and_touches_at_each_tool_ca
 /// GOV_* and lives in the gate; a gate whose processes all exited goes away.
 #[test]
 fn a_shell_user_runs_bash_in_a_gate() {
-    if host_only("a_shell_user_runs_bash_in_a_gate") {
+    if kit::host_only("a_shell_user_runs_bash_in_a_gate", HOST_NEEDS) {
         return;
     }
     let root = TestRoot::new();
@@ -349,7 +321,7 @@ fn a_shell_user_runs_bash_in_a_gate() {
         "bash ran inside its gate: {stdout}"
     );
     wait_until(Duration::from_secs(10), "the exited gate to go", || {
-        root.gate(&gate).is_none()
+        root.gate_json(&gate).is_none()
     });
 }
 
@@ -358,7 +330,7 @@ fn a_shell_user_runs_bash_in_a_gate() {
 /// gov reaps the leftover.
 #[test]
 fn a_shell_users_leftovers_are_reaped_when_idle() {
-    if host_only("a_shell_users_leftovers_are_reaped_when_idle") {
+    if kit::host_only("a_shell_users_leftovers_are_reaped_when_idle", HOST_NEEDS) {
         return;
     }
     let root = TestRoot::new();
@@ -387,7 +359,7 @@ fn a_shell_users_leftovers_are_reaped_when_idle() {
     assert_eq!(reap(bash, Duration::from_secs(10)), Some(0));
 
     // The user sees their gate, with the job still in it.
-    let ps = common::as_user(NOBODY, root.gov().args(["ps", "--json"]));
+    let ps = kit::as_user(NOBODY, root.gov().args(["ps", "--json"]));
     assert!(
         ps.status.success(),
         "{}",
@@ -402,7 +374,7 @@ fn a_shell_users_leftovers_are_reaped_when_idle() {
     assert!(g["pids"].as_array().unwrap().iter().any(|p| p == job));
 
     wait_until(Duration::from_secs(15), "the leftover to be reaped", || {
-        !alive(job) && root.gate(gate).is_none()
+        !alive(job) && root.gate_json(gate).is_none()
     });
     let reason = removed_reason(&root, gate).expect("a removed event");
     assert!(reason.starts_with("idle"), "{reason}");
@@ -410,79 +382,6 @@ fn a_shell_users_leftovers_are_reaped_when_idle() {
 
 // ---------------------------------------------------------------------------
 // A Jupyter kernel
-
-const JUPYTER_PACKAGES: &[&str] = &["ipykernel==7.4.0", "jupyter_client==8.10.0"];
-
-/// pip's words for "cannot reach the index" (as opposed to a real failure).
-fn looks_offline(stderr: &str) -> bool {
-    [
-        "NewConnectionError",
-        "Temporary failure in name resolution",
-        "Name or service not known",
-        "Network is unreachable",
-        "ConnectTimeoutError",
-        "ReadTimeoutError",
-        "ProxyError",
-        "Connection refused",
-        "(from versions: none)",
-    ]
-    .iter()
-    .any(|p| stderr.contains(p))
-}
-
-/// A venv with ipykernel and jupyter_client, built once under target/tmp and
-/// reused while the pinned versions stay the same. None (after saying so)
-/// when PyPI is unreachable.
-fn jupyter_venv(test: &str) -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gov-jupyter-venv");
-    let want = JUPYTER_PACKAGES.join("\n");
-    let stamp = "gov-packages.txt";
-    if fs::read_to_string(dir.join(stamp)).ok().as_deref() == Some(want.as_str()) {
-        return Some(dir);
-    }
-    // Built beside and renamed into place, so a concurrent or interrupted
-    // run never leaves a half-made venv behind the stamp. (A venv run as
-    // `python -m` does not care about its directory's name.)
-    let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    let t0 = Instant::now();
-    let st = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&tmp)
-        .status()
-        .expect("python3 runs");
-    assert!(st.success(), "python3 -m venv {} failed", tmp.display());
-    let out = Command::new(tmp.join("bin/python3"))
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
-        .args(["--timeout", "30", "--retries", "2"])
-        .args(JUPYTER_PACKAGES)
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        let _ = fs::remove_dir_all(&tmp);
-        if looks_offline(&err) && std::env::var_os("GOV_REQUIRE_JUPYTER").is_none() {
-            say(&format!(
-                "\n**** SKIP {test}: PyPI is unreachable, so ipykernel and jupyter_client \
-                 cannot be installed. THIS TEST DID NOT RUN. (GOV_REQUIRE_JUPYTER=1 makes \
-                 this a failure.) pip said:\n{err}\n****"
-            ));
-            return None;
-        }
-        panic!("pip install {JUPYTER_PACKAGES:?} failed:\n{err}");
-    }
-    fs::write(tmp.join(stamp), &want).unwrap();
-    let _ = fs::remove_dir_all(&dir);
-    if fs::rename(&tmp, &dir).is_err() {
-        // Another run put its venv there first; use that one.
-        let _ = fs::remove_dir_all(&tmp);
-    }
-    say(&format!(
-        "{test}: made the Jupyter venv in {:.1?}",
-        t0.elapsed()
-    ));
-    Some(dir)
-}
 
 /// The kernel spec of the doc, launched by jupyter_client's
 /// MultiKernelManager (what jupyter_server uses): the kernel is the gate's
@@ -492,10 +391,10 @@ fn jupyter_venv(test: &str) -> Option<PathBuf> {
 #[test]
 fn a_jupyter_kernel_and_its_detached_subprocess_are_reaped_when_idle() {
     let test = "a_jupyter_kernel_and_its_detached_subprocess_are_reaped_when_idle";
-    if host_only(test) {
+    if kit::host_only(test, HOST_NEEDS) {
         return;
     }
-    let Some(venv) = jupyter_venv(test) else {
+    let Some(venv) = kit::jupyter::venv_or_skip(test) else {
         return;
     };
     let root = TestRoot::new();
@@ -535,7 +434,7 @@ fn a_jupyter_kernel_and_its_detached_subprocess_are_reaped_when_idle() {
     let session = format!("jupyter-{kernel_id}");
     assert_eq!(cell["session"], session.as_str());
     assert_eq!(cell["project"], notebooks.to_str().unwrap());
-    let g = root.gate(&gate).expect("the kernel's gate is listed");
+    let g = root.gate_json(&gate).expect("the kernel's gate is listed");
     assert_eq!(g["session"], session.as_str());
     let pids = pids_of(&root, &gate);
     assert!(
@@ -552,7 +451,7 @@ fn a_jupyter_kernel_and_its_detached_subprocess_are_reaped_when_idle() {
     wait_until(
         Duration::from_secs(15),
         "the kernel's gate to be removed",
-        || root.gate(&gate).is_none(),
+        || root.gate_json(&gate).is_none(),
     );
     assert!(!alive(kernel_pid), "the kernel is dead");
     assert!(!alive(child), "the detached subprocess is dead");

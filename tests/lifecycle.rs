@@ -2,12 +2,12 @@
 //! each held open on purpose and checked deterministically, against a real
 //! daemon, real processes and the real cgroupfs.
 
-mod common;
+use gov_testkit as kit;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{alive, reap, text, wait_until, Daemon, Kid, TestRoot};
+use kit::{alive, reap, text, wait_until, Daemon, Kid, TestRoot};
 use serde_json::Value;
 
 fn spawn_sh(root: &TestRoot, project: &str, script: &str) -> Kid {
@@ -15,14 +15,14 @@ fn spawn_sh(root: &TestRoot, project: &str, script: &str) -> Kid {
 }
 
 fn events_of(root: &TestRoot, gate: &str, kind: &str) -> Vec<Value> {
-    root.events()
+    root.events_json()
         .into_iter()
         .filter(|e| e["gate"] == gate && e["kind"] == kind)
         .collect()
 }
 
 fn state(root: &TestRoot, gate: &str) -> Option<String> {
-    root.gate(gate)
+    root.gate_json(gate)
         .and_then(|g| g["state"].as_str().map(str::to_string))
 }
 
@@ -135,7 +135,7 @@ fn a_kill_during_a_stop_grace_is_one_teardown() {
         "the kill answered before the gate went"
     );
     assert!(started.elapsed() < Duration::from_secs(30));
-    assert!(root.gate(&id).is_none());
+    assert!(root.gate_json(&id).is_none());
     let removed = events_of(&root, &id, "removed");
     assert_eq!(removed.len(), 1, "one teardown: {removed:?}");
     assert_eq!(removed[0]["reason"], "idle (killed)");
@@ -171,7 +171,7 @@ fn a_panicking_action_leaves_the_gate_managed() {
     assert!(failed[0]["reason"].as_str().unwrap().starts_with("pin"));
     assert!(d.log_text().contains("panicked"), "logged");
     root.ok(&["kill", &id]);
-    assert!(root.gate(&id).is_none());
+    assert!(root.gate_json(&id).is_none());
     assert!(matches!(d.child.try_wait(), Ok(None)), "the daemon lives");
     assert_eq!(kid.reap(Duration::from_secs(10)), None);
 }
@@ -259,7 +259,7 @@ fn a_thousand_concurrent_spawns_and_touches_all_succeed() {
         &failed[..failed.len().min(3)]
     );
     wait_until(Duration::from_secs(30), "the emptied gates to go", || {
-        root.ps().is_empty()
+        root.ps_json().is_empty()
     });
 
     let kid = spawn_sh(&root, "/srv/touched", "sleep 600");
@@ -297,7 +297,7 @@ fn a_second_daemon_on_the_same_root_or_socket_is_refused() {
     let leaf_before = std::fs::read_to_string(root.path.join("daemon/cgroup.procs")).unwrap();
 
     let try_daemon = |config: &std::path::Path, cgroup_root: &std::path::Path| {
-        let child = Command::new(common::gov_bin())
+        let child = Command::new(kit::gov_bin())
             .args(["daemon", "--config"])
             .arg(config)
             .env("GOV_CGROUP_ROOT", cgroup_root)
@@ -315,7 +315,7 @@ fn a_second_daemon_on_the_same_root_or_socket_is_refused() {
     // Same root, another socket.
     let other_socket = root.dir.path().join("other.sock");
     let config = root.dir.path().join("other.toml");
-    common::write_policy(&config, &other_socket, "");
+    kit::write_policy(&config, &other_socket, "");
     let (code, err) = try_daemon(&config, &root.path);
     assert_ne!(code, Some(0), "the second daemon started: {err}");
     assert!(
@@ -341,7 +341,7 @@ fn a_second_daemon_on_the_same_root_or_socket_is_refused() {
         root.path.file_name().unwrap().to_str().unwrap()
     ));
     let config = root.dir.path().join("same-socket.toml");
-    common::write_policy(&config, &root.socket, "");
+    kit::write_policy(&config, &root.socket, "");
     let (code, err) = try_daemon(&config, &other_root);
     assert_ne!(code, Some(0));
     assert!(err.contains(&format!("pid {}", first.pid())), "{err}");

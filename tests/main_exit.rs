@@ -2,13 +2,13 @@
 //! from processes already running (`gov adopt`), against a real daemon and
 //! the real cgroupfs.
 
-mod common;
+use gov_testkit as kit;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{alive, gov_as_nobody, read_pids, text, wait_until, Kid, TestRoot};
+use kit::{alive, gov_as_nobody, read_pids, text, wait_until, Kid, TestRoot};
 
 const POLICY: &str = "[defaults]\nidle_timeout = \"1h\"\norphan_grace = \"never\"\nstop_grace = \"1s\"\nmain_exit_grace = \"2s\"\n";
 
@@ -59,7 +59,7 @@ fn leftovers_of_a_killed_main_process_are_stopped_after_main_exit_grace() {
     let killed_at = Instant::now();
     let (_kid, mut pipe, id, leftover) = gate_with_a_leftover(&root, "stop");
     wait_until(Duration::from_secs(10), "main_exited event", || {
-        root.events()
+        root.events_json()
             .iter()
             .any(|e| e["gate"] == id.as_str() && e["kind"] == "main_exited")
     });
@@ -75,10 +75,10 @@ fn leftovers_of_a_killed_main_process_are_stopped_after_main_exit_grace() {
         killed_at.elapsed()
     );
     wait_until(Duration::from_secs(10), "the gate to go", || {
-        root.gate(&id).is_none()
+        root.gate_json(&id).is_none()
     });
     let removed = root
-        .events()
+        .events_json()
         .into_iter()
         .find(|e| e["gate"] == id.as_str() && e["kind"] == "removed")
         .expect("a removed event");
@@ -97,7 +97,7 @@ fn with_keep_the_leftover_lives_on() {
     let _d = root.daemon(POLICY);
     let (_kid, _pipe, id, leftover) = gate_with_a_leftover(&root, "keep");
     wait_until(Duration::from_secs(10), "main_exited event", || {
-        root.events()
+        root.events_json()
             .iter()
             .any(|e| e["gate"] == id.as_str() && e["kind"] == "main_exited")
     });
@@ -107,7 +107,7 @@ fn with_keep_the_leftover_lives_on() {
         root.wait_scans(1);
     }
     assert!(alive(leftover), "keep stopped the leftover");
-    assert_eq!(root.gate(&id).unwrap()["state"], "running");
+    assert_eq!(root.gate_json(&id).unwrap()["state"], "running");
     root.ok(&["kill", &id]);
     assert!(!alive(leftover));
 }
@@ -145,7 +145,7 @@ fn adopt_moves_a_running_tree_and_the_reaper_takes_it() {
         "{}",
         text(&out.stderr)
     );
-    let gate = root.gate(&id).expect("the adopted gate is listed");
+    let gate = root.gate_json(&id).expect("the adopted gate is listed");
     let mut members: Vec<u64> = gate["pids"]
         .as_array()
         .unwrap()
@@ -160,7 +160,7 @@ fn adopt_moves_a_running_tree_and_the_reaper_takes_it() {
     wait_until(
         Duration::from_secs(20),
         "the adopted gate to be reaped",
-        || root.gate(&id).is_none(),
+        || root.gate_json(&id).is_none(),
     );
     for p in pids {
         assert!(!alive(p), "{p} survived the reap");
@@ -183,7 +183,11 @@ fn adopt_takes_only_what_is_yours() {
     assert!(!out.status.success(), "nobody adopted root's process");
     let err = text(&out.stderr);
     assert!(err.contains("no process"), "{err}");
-    assert!(root.ps().is_empty(), "a gate was made: {:?}", root.ps());
+    assert!(
+        root.ps_json().is_empty(),
+        "a gate was made: {:?}",
+        root.ps_json()
+    );
     let out = root.run(&["adopt", "1", "--project", "/srv/init"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("cannot be adopted"));
@@ -216,12 +220,12 @@ fn the_main_exit_stop_comes_at_the_grace_not_at_a_scan() {
     let scans = root.scans();
     let (_kid, _pipe, id, leftover) = gate_with_a_leftover(&root, "stop");
     wait_until(Duration::from_secs(15), "the gate to go", || {
-        root.gate(&id).is_none()
+        root.gate_json(&id).is_none()
     });
     assert!(!alive(leftover), "the leftover outlived its gate");
     assert_eq!(root.scans(), scans, "a scan ran: the stop waited for it");
     let removed = root
-        .events()
+        .events_json()
         .into_iter()
         .find(|e| e["gate"] == id.as_str() && e["kind"] == "removed")
         .expect("a removed event");

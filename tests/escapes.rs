@@ -4,6 +4,7 @@
 //! process in a cgroup its caller could not leave, and a debugger does not
 //! spare a gate its deadline. Against a real daemon and the real cgroupfs.
 
+use gov::protocol::EventKind;
 use gov_testkit as kit;
 
 use std::fs;
@@ -95,11 +96,7 @@ fn a_process_in_a_gate_cannot_spawn_its_way_out() {
             gate,
             "{who}: the process left its gate"
         );
-        let projects: Vec<_> = root
-            .ps_json()
-            .into_iter()
-            .map(|g| g["project"].clone())
-            .collect();
+        let projects: Vec<_> = root.ps().into_iter().map(|g| g.project.clone()).collect();
         assert!(
             !projects.iter().any(|p| p == "/srv/out"),
             "{who}: a gate was made: {projects:?}"
@@ -230,11 +227,7 @@ fn adopt_takes_only_from_a_cgroup_the_user_could_leave() {
         text(&out.stderr)
     );
     assert_eq!(cgroup_of(kid.id()), fence.0.path());
-    assert!(
-        root.ps_json().is_empty(),
-        "a gate was made: {:?}",
-        root.ps_json()
-    );
+    assert!(root.ps().is_empty(), "a gate was made: {:?}", root.ps());
     // nobody, from inside the fence itself: as good as a spawn from there.
     let gov = gov_for_others(&root);
     let procs = fence.0.path().join("cgroup.procs");
@@ -249,7 +242,7 @@ fn adopt_takes_only_from_a_cgroup_the_user_could_leave() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let id = text(&out.stdout).trim().to_string();
     assert_eq!(root.gate_of(kid.id()), id);
-    assert_eq!(root.gate_json(&id).unwrap()["user"], "nobody");
+    assert_eq!(root.gate(&id).unwrap().user, "nobody");
     // A cgroup delegated to nobody (its cgroup.procs theirs to write).
     let delegated = Fence::new(&root, "delegated");
     let owner = Some(nix::unistd::Uid::from_raw(NOBODY));
@@ -291,17 +284,17 @@ fn a_traced_gate_is_stopped_at_its_deadline() {
         gov::proc::tracer_pid(kid.id()).is_some()
     });
     wait_until(Duration::from_secs(20), "the traced gate to go", || {
-        root.gate_json(&gate).is_none()
+        root.gate(&gate).is_none()
     });
     assert!(!alive(kid.id()), "the traced process outlived its gate");
     let removed = root
-        .events_json()
+        .events()
         .into_iter()
-        .find(|e| e["gate"] == gate.as_str() && e["kind"] == "removed")
+        .find(|e| e.gate == gate.as_str() && e.kind == EventKind::Removed)
         .expect("a removed event");
     assert!(
-        removed["reason"].as_str().unwrap().starts_with("deadline"),
-        "{removed}"
+        removed.reason.as_deref().unwrap().starts_with("deadline"),
+        "{removed:?}"
     );
 }
 

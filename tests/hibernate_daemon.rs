@@ -3,6 +3,7 @@
 //! it: real daemon, real CRIU, real cgroupfs. (tests/hibernate.rs tests the
 //! steps themselves.)
 
+use gov::protocol::{EventKind, MemorySource};
 use gov_testkit as kit;
 
 use std::io::{BufRead, BufReader, Read};
@@ -13,7 +14,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use kit::{lines_of, wait_until, Kid, TestRoot};
-use serde_json::Value;
 
 /// CRIU (kit::criu) and python3 for the worker, or a skip that says which
 /// is missing (a failure under GOV_REQUIRE_CRIU).
@@ -32,8 +32,7 @@ fn ask_counter(sock: &Path) -> u64 {
 }
 
 fn state(root: &TestRoot, id: &str) -> Option<String> {
-    root.gate_json(id)
-        .and_then(|g| g["state"].as_str().map(str::to_string))
+    root.gate(id).map(|g| g.state.as_str().to_string())
 }
 
 /// The policy of these tests: hibernation on, one second idle and one
@@ -92,16 +91,16 @@ fn an_idle_gate_is_hibernated_and_a_touch_brings_it_back_with_its_state() {
     wait_until(Duration::from_secs(60), "the gate to hibernate", || {
         state(&root, &id).as_deref() == Some("hibernated")
     });
-    let events = root.events_json();
-    let hibernated: &Value = events
+    let events = root.events();
+    let hibernated = events
         .iter()
-        .find(|e| e["gate"] == id.as_str() && e["kind"] == "hibernated")
+        .find(|e| e.gate == id.as_str() && e.kind == EventKind::Hibernated)
         .expect("a hibernated event");
-    let image = hibernated["freed_bytes"].as_u64().unwrap();
+    let image = hibernated.freed_bytes.unwrap();
     assert!(image >= 180 << 20, "image of {image} bytes for 200 MB");
-    let shown = root.gate_json(&id).unwrap();
-    assert_eq!(shown["memory_source"], "image", "{shown}");
-    assert_eq!(shown["memory_bytes"].as_u64(), Some(image));
+    let shown = root.gate(&id).unwrap();
+    assert_eq!(shown.memory_source, MemorySource::Image, "{shown:?}");
+    assert_eq!(shown.memory_bytes, image);
     assert!(images.join(&id).exists(), "its image is on disk");
     // Counted as hibernated in metrics, and shown as disk, not RAM, by ps.
     let metrics = root.ok(&["metrics"]);
@@ -117,10 +116,7 @@ fn an_idle_gate_is_hibernated_and_a_touch_brings_it_back_with_its_state() {
     let w = root.gate_cgroup(&id).child("w");
     assert!(w.read_procs().unwrap().is_empty(), "the worker still runs");
     assert_eq!(
-        root.gate_json(&id).unwrap()["pids"]
-            .as_array()
-            .unwrap()
-            .len(),
+        root.gate(&id).unwrap().pids.len(),
         1,
         "only the keeper is left"
     );
@@ -273,13 +269,13 @@ fn a_refused_hibernation_leaves_the_gate_suspended_and_says_why() {
     assert!(first.starts_with("uring"), "{first}");
     let id = root.gate_of(host.id());
     let refused = |root: &TestRoot| {
-        root.events_json()
+        root.events()
             .into_iter()
             .filter(|e| {
-                e["gate"] == id.as_str()
-                    && e["kind"] == "failed"
-                    && e["reason"]
-                        .as_str()
+                e.gate == id.as_str()
+                    && e.kind == EventKind::Failed
+                    && e.reason
+                        .as_deref()
                         .unwrap_or("")
                         .starts_with("hibernate refused")
             })
@@ -425,12 +421,7 @@ fn start_worker_is_refused_to_anyone_but_a_keeper() {
     let _d = root.daemon("");
     let kid = Kid::new(root.spawn_sh("/srv/plain", "sleep 600"));
     let id = root.gate_of(kid.id());
-    let pids = || {
-        root.gate_json(&id).unwrap()["pids"]
-            .as_array()
-            .unwrap()
-            .len()
-    };
+    let pids = || root.gate(&id).unwrap().pids.len();
     wait_until(Duration::from_secs(10), "the gate's processes", || {
         pids() >= 1
     });
@@ -680,10 +671,10 @@ fn a_hibernate_dir_that_is_a_symlink_is_refused_and_never_chmoded() {
         &[],
     );
     wait_until(Duration::from_secs(60), "the dump to be refused", || {
-        root.events_json().iter().any(|e| {
-            e["gate"] == id.as_str()
-                && e["kind"] == "failed"
-                && e["reason"].as_str().unwrap_or("").contains("symlink")
+        root.events().iter().any(|e| {
+            e.gate == id.as_str()
+                && e.kind == EventKind::Failed
+                && e.reason.as_deref().unwrap_or("").contains("symlink")
         })
     });
     assert_eq!(state(&root, &id).as_deref(), Some("suspended"));
@@ -724,11 +715,11 @@ fn a_users_tree_holding_a_file_they_cannot_open_is_not_dumped() {
     std::fs::set_permissions(&notes, std::fs::Permissions::from_mode(0o600)).unwrap();
     root.ok(&["unpin", &id]);
     let refused = || {
-        root.events_json().into_iter().find(|e| {
-            e["gate"] == id.as_str()
-                && e["kind"] == "failed"
-                && e["reason"]
-                    .as_str()
+        root.events().into_iter().find(|e| {
+            e.gate == id.as_str()
+                && e.kind == EventKind::Failed
+                && e.reason
+                    .as_deref()
                     .unwrap_or("")
                     .starts_with("hibernate refused")
         })
@@ -736,7 +727,7 @@ fn a_users_tree_holding_a_file_they_cannot_open_is_not_dumped() {
     wait_until(Duration::from_secs(60), "the dump to be refused", || {
         refused().is_some()
     });
-    let why = refused().unwrap()["reason"].as_str().unwrap().to_string();
+    let why = refused().unwrap().reason.as_deref().unwrap().to_string();
     assert!(
         why.contains("cannot open") && why.contains(notes.to_str().unwrap()),
         "{why}"

@@ -2,6 +2,7 @@
 //! each held open on purpose and checked deterministically, against a real
 //! daemon, real processes and the real cgroupfs.
 
+use gov::protocol::{Event, EventKind};
 use gov_testkit as kit;
 
 use std::process::{Command, Stdio};
@@ -14,16 +15,15 @@ fn spawn_sh(root: &TestRoot, project: &str, script: &str) -> Kid {
     Kid::new(root.spawn_sh(project, script))
 }
 
-fn events_of(root: &TestRoot, gate: &str, kind: &str) -> Vec<Value> {
-    root.events_json()
+fn events_of(root: &TestRoot, gate: &str, kind: EventKind) -> Vec<Event> {
+    root.events()
         .into_iter()
-        .filter(|e| e["gate"] == gate && e["kind"] == kind)
+        .filter(|e| e.gate == gate && e.kind == kind)
         .collect()
 }
 
 fn state(root: &TestRoot, gate: &str) -> Option<String> {
-    root.gate_json(gate)
-        .and_then(|g| g["state"].as_str().map(str::to_string))
+    root.gate(gate).map(|g| g.state.as_str().to_string())
 }
 
 /// The sum of gov_reaps_total over its reasons.
@@ -90,8 +90,8 @@ fn a_touch_during_an_in_flight_freeze_leaves_the_gate_running() {
             !cg.read_cgroup_events().unwrap().frozen,
             "round {round}: frozen again before its idle_timeout"
         );
-        assert_eq!(events_of(&root, &id, "suspended").len(), round);
-        assert_eq!(events_of(&root, &id, "thawed").len(), round);
+        assert_eq!(events_of(&root, &id, EventKind::Suspended).len(), round);
+        assert_eq!(events_of(&root, &id, EventKind::Thawed).len(), round);
     }
     eprintln!("touches that met cgroup.freeze=1 with frozen 0: {saw_kernel_midway} of 3");
     root.ok(&["kill", &id]);
@@ -123,7 +123,7 @@ fn a_kill_during_a_stop_grace_is_one_teardown() {
     assert_eq!(shown["state"], "stopping");
     assert_eq!(shown["next"]["action"], "kill");
     assert!(
-        events_of(&root, &id, "suspended").is_empty(),
+        events_of(&root, &id, EventKind::Suspended).is_empty(),
         "frozen_hold 0s: never suspended"
     );
     let cg = root.gate_cgroup(&id);
@@ -135,14 +135,14 @@ fn a_kill_during_a_stop_grace_is_one_teardown() {
         "the kill answered before the gate went"
     );
     assert!(started.elapsed() < Duration::from_secs(30));
-    assert!(root.gate_json(&id).is_none());
-    let removed = events_of(&root, &id, "removed");
+    assert!(root.gate(&id).is_none());
+    let removed = events_of(&root, &id, EventKind::Removed);
     assert_eq!(removed.len(), 1, "one teardown: {removed:?}");
-    assert_eq!(removed[0]["reason"], "idle (killed)");
+    assert_eq!(removed[0].reason.as_deref(), Some("idle (killed)"));
     assert_eq!(reaps_total(&root), 1, "the reap is counted once");
     // Nothing more happens to it later, either.
     root.wait_scans(3);
-    assert_eq!(events_of(&root, &id, "removed").len(), 1);
+    assert_eq!(events_of(&root, &id, EventKind::Removed).len(), 1);
     assert_eq!(kid.reap(Duration::from_secs(10)), None);
 }
 
@@ -166,12 +166,12 @@ fn a_panicking_action_leaves_the_gate_managed() {
     root.ok(&["freeze", &id]);
     assert_eq!(state(&root, &id).as_deref(), Some("frozen"));
     root.ok(&["thaw", &id]);
-    let failed = events_of(&root, &id, "failed");
+    let failed = events_of(&root, &id, EventKind::Failed);
     assert_eq!(failed.len(), 1, "{failed:?}");
-    assert!(failed[0]["reason"].as_str().unwrap().starts_with("pin"));
+    assert!(failed[0].reason.as_deref().unwrap().starts_with("pin"));
     assert!(d.log_text().contains("panicked"), "logged");
     root.ok(&["kill", &id]);
-    assert!(root.gate_json(&id).is_none());
+    assert!(root.gate(&id).is_none());
     assert!(matches!(d.child.try_wait(), Ok(None)), "the daemon lives");
     assert_eq!(kid.reap(Duration::from_secs(10)), None);
 }
@@ -200,8 +200,8 @@ fn pin_unpin_and_tag_show_at_once_and_are_events() {
     assert_eq!(g["next"]["action"], "suspend");
     root.ok(&["tag", &id, "--session", "later-s"]);
     assert_eq!(show(&root)["session"], "later-s");
-    for kind in ["pinned", "unpinned", "tagged"] {
-        assert_eq!(events_of(&root, &id, kind).len(), 1, "{kind}");
+    for kind in [EventKind::Pinned, EventKind::Unpinned, EventKind::Tagged] {
+        assert_eq!(events_of(&root, &id, kind).len(), 1, "{kind:?}");
     }
     root.ok(&["kill", &id]);
     assert_eq!(kid.reap(Duration::from_secs(10)), None);
@@ -259,7 +259,7 @@ fn a_thousand_concurrent_spawns_and_touches_all_succeed() {
         &failed[..failed.len().min(3)]
     );
     wait_until(Duration::from_secs(30), "the emptied gates to go", || {
-        root.ps_json().is_empty()
+        root.ps().is_empty()
     });
 
     let kid = spawn_sh(&root, "/srv/touched", "sleep 600");

@@ -3,6 +3,7 @@
 //! (integration/vm-test), where GOV_REQUIRE_CONTROLLERS=1 turns a skip into
 //! a failure.
 
+use gov::protocol::EventKind;
 use gov_testkit as kit;
 
 use std::time::{Duration, Instant};
@@ -62,9 +63,9 @@ fn a_fork_bomb_stays_under_pids_max_and_the_hits_are_reported() {
         t.elapsed()
     );
     wait_until(Duration::from_secs(20), "limit event", || {
-        root.events_json()
+        root.events()
             .iter()
-            .any(|e| e["gate"] == id.as_str() && e["kind"] == "limit")
+            .any(|e| e.gate == id.as_str() && e.kind == EventKind::Limit)
     });
     let show = root.ok(&["show", &id]);
     assert!(show.contains("pids.max"), "{show}");
@@ -124,9 +125,9 @@ fn memory_max_oom_kills_inside_the_gate_only_and_oom_group_takes_the_whole_gate(
     let sibling = kit::read_pids(&pids)[0];
     assert!(alive(sibling), "the sibling survives a plain OOM kill");
     wait_until(Duration::from_secs(20), "limit event for the OOM", || {
-        root.events_json()
+        root.events()
             .iter()
-            .any(|e| e["gate"] == alone_id.as_str() && e["kind"] == "limit")
+            .any(|e| e.gate == alone_id.as_str() && e.kind == EventKind::Limit)
     });
     assert!(alive(std::process::id()), "the test itself was not touched");
 
@@ -139,7 +140,7 @@ fn memory_max_oom_kills_inside_the_gate_only_and_oom_group_takes_the_whole_gate(
         });
     }
     wait_until(Duration::from_secs(20), "grouped gate removed", || {
-        root.gate_json(&grouped_id).is_none()
+        root.gate(&grouped_id).is_none()
     });
     root.ok(&["kill", &alone_id]);
 }
@@ -252,22 +253,19 @@ fn memory_reclaim_on_a_frozen_gate_lowers_memory_current() {
         cg.read_procs().ok()
     );
     wait_until(Duration::from_secs(30), "suspended", || {
-        root.events_json()
+        root.events()
             .iter()
-            .any(|e| e["gate"] == id.as_str() && e["kind"] == "suspended")
+            .any(|e| e.gate == id.as_str() && e.kind == EventKind::Suspended)
     });
     let after = cg.read_memory_current().unwrap().unwrap();
     assert!(after < before / 2, "memory.current {before} -> {after}");
-    let ev = root.events_json();
+    let ev = root.events();
     let suspended = ev
         .iter()
-        .find(|e| e["gate"] == id.as_str() && e["kind"] == "suspended")
+        .find(|e| e.gate == id.as_str() && e.kind == EventKind::Suspended)
         .unwrap();
     // gov reports what it reclaimed (memory.current before and after).
-    assert!(
-        suspended["freed_bytes"].as_u64().unwrap_or(0) > 0,
-        "{suspended}"
-    );
+    assert!(suspended.freed_bytes.unwrap_or(0) > 0, "{suspended:?}");
     // Still there, as it was: thaw brings it back.
     root.ok(&["thaw", &id]);
     assert!(alive(gate.id()));

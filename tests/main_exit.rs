@@ -2,6 +2,7 @@
 //! from processes already running (`gov adopt`), against a real daemon and
 //! the real cgroupfs.
 
+use gov::protocol::{EventKind, GateState};
 use gov_testkit as kit;
 
 use std::io::Read;
@@ -59,9 +60,9 @@ fn leftovers_of_a_killed_main_process_are_stopped_after_main_exit_grace() {
     let killed_at = Instant::now();
     let (_kid, mut pipe, id, leftover) = gate_with_a_leftover(&root, "stop");
     wait_until(Duration::from_secs(10), "main_exited event", || {
-        root.events_json()
+        root.events()
             .iter()
-            .any(|e| e["gate"] == id.as_str() && e["kind"] == "main_exited")
+            .any(|e| e.gate == id.as_str() && e.kind == EventKind::MainExited)
     });
     assert!(alive(leftover), "stopped before main_exit_grace");
     wait_until(
@@ -75,16 +76,16 @@ fn leftovers_of_a_killed_main_process_are_stopped_after_main_exit_grace() {
         killed_at.elapsed()
     );
     wait_until(Duration::from_secs(10), "the gate to go", || {
-        root.gate_json(&id).is_none()
+        root.gate(&id).is_none()
     });
     let removed = root
-        .events_json()
+        .events()
         .into_iter()
-        .find(|e| e["gate"] == id.as_str() && e["kind"] == "removed")
+        .find(|e| e.gate == id.as_str() && e.kind == EventKind::Removed)
         .expect("a removed event");
     assert!(
-        removed["reason"].as_str().unwrap().starts_with("main-exit"),
-        "{removed}"
+        removed.reason.as_deref().unwrap().starts_with("main-exit"),
+        "{removed:?}"
     );
     // The host's pipe ends: nobody holds it any more.
     let mut rest = Vec::new();
@@ -97,9 +98,9 @@ fn with_keep_the_leftover_lives_on() {
     let _d = root.daemon(POLICY);
     let (_kid, _pipe, id, leftover) = gate_with_a_leftover(&root, "keep");
     wait_until(Duration::from_secs(10), "main_exited event", || {
-        root.events_json()
+        root.events()
             .iter()
-            .any(|e| e["gate"] == id.as_str() && e["kind"] == "main_exited")
+            .any(|e| e.gate == id.as_str() && e.kind == EventKind::MainExited)
     });
     // Well past main_exit_grace (2 s at a 200 ms scan): nothing happens.
     let until = Instant::now() + Duration::from_secs(3);
@@ -107,7 +108,7 @@ fn with_keep_the_leftover_lives_on() {
         root.wait_scans(1);
     }
     assert!(alive(leftover), "keep stopped the leftover");
-    assert_eq!(root.gate_json(&id).unwrap()["state"], "running");
+    assert_eq!(root.gate(&id).unwrap().state, GateState::Running);
     root.ok(&["kill", &id]);
     assert!(!alive(leftover));
 }
@@ -145,22 +146,17 @@ fn adopt_moves_a_running_tree_and_the_reaper_takes_it() {
         "{}",
         text(&out.stderr)
     );
-    let gate = root.gate_json(&id).expect("the adopted gate is listed");
-    let mut members: Vec<u64> = gate["pids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_u64().unwrap())
-        .collect();
+    let gate = root.gate(&id).expect("the adopted gate is listed");
+    let mut members = gate.pids;
     members.sort();
-    let mut want: Vec<u64> = pids.iter().map(|&p| p as u64).collect();
+    let mut want = pids.clone();
     want.sort();
     assert_eq!(members, want, "every process of the tree is in the gate");
     // Idle past idle_timeout with frozen_hold 0s: stopped, then gone.
     wait_until(
         Duration::from_secs(20),
         "the adopted gate to be reaped",
-        || root.gate_json(&id).is_none(),
+        || root.gate(&id).is_none(),
     );
     for p in pids {
         assert!(!alive(p), "{p} survived the reap");
@@ -183,11 +179,7 @@ fn adopt_takes_only_what_is_yours() {
     assert!(!out.status.success(), "nobody adopted root's process");
     let err = text(&out.stderr);
     assert!(err.contains("no process"), "{err}");
-    assert!(
-        root.ps_json().is_empty(),
-        "a gate was made: {:?}",
-        root.ps_json()
-    );
+    assert!(root.ps().is_empty(), "a gate was made: {:?}", root.ps());
     let out = root.run(&["adopt", "1", "--project", "/srv/init"]);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("cannot be adopted"));
@@ -220,17 +212,17 @@ fn the_main_exit_stop_comes_at_the_grace_not_at_a_scan() {
     let scans = root.scans();
     let (_kid, _pipe, id, leftover) = gate_with_a_leftover(&root, "stop");
     wait_until(Duration::from_secs(15), "the gate to go", || {
-        root.gate_json(&id).is_none()
+        root.gate(&id).is_none()
     });
     assert!(!alive(leftover), "the leftover outlived its gate");
     assert_eq!(root.scans(), scans, "a scan ran: the stop waited for it");
     let removed = root
-        .events_json()
+        .events()
         .into_iter()
-        .find(|e| e["gate"] == id.as_str() && e["kind"] == "removed")
+        .find(|e| e.gate == id.as_str() && e.kind == EventKind::Removed)
         .expect("a removed event");
     assert!(
-        removed["reason"].as_str().unwrap().starts_with("main-exit"),
-        "{removed}"
+        removed.reason.as_deref().unwrap().starts_with("main-exit"),
+        "{removed:?}"
     );
 }

@@ -173,14 +173,13 @@ fn top_in_a_terminal_shows_sorts_and_kills() {
     let big_pid = big.id();
     let big_id = root.gate_of(big_pid);
     wait_until(Duration::from_secs(15), "the big gate to hold 10M", || {
-        root.gate_json(&big_id)
-            .is_some_and(|g| g["memory_bytes"].as_u64().unwrap() > 10 << 20)
+        root.gate(&big_id)
+            .is_some_and(|g| g.memory_bytes > 10 << 20)
     });
     // The small one idle for 2s or more, the big one just touched: by idle
     // the small one leads, by memory the big one.
     wait_until(Duration::from_secs(15), "the small gate to idle 2s", || {
-        root.gate_json(&small_id)
-            .is_some_and(|g| g["idle_s"].as_u64().unwrap() >= 2)
+        root.gate(&small_id).is_some_and(|g| g.idle_s >= 2)
     });
     root.ok(&["touch", &big_id]);
     tmux.wait_for("both gates on screen", |s| {
@@ -207,24 +206,18 @@ fn top_in_a_terminal_shows_sorts_and_kills() {
     tmux.wait_for("the question", |s| {
         s.contains(&format!("kill gate {big_id}? y/n"))
     });
-    assert!(
-        root.gate_json(&big_id).is_some(),
-        "nothing is killed before y"
-    );
+    assert!(root.gate(&big_id).is_some(), "nothing is killed before y");
     tmux.keys(&["y"]);
     tmux.wait_for("the gate gone from the screen", |s| {
         !s.contains(&format!("{big_id} ")) && s.contains(&format!("killed {big_id}"))
     });
-    assert!(
-        root.gate_json(&big_id).is_none(),
-        "the daemon lists it no more"
-    );
+    assert!(root.gate(&big_id).is_none(), "the daemon lists it no more");
     // Its process was killed: `gov spawn` exec'd the shell, our child.
     let code = big.reap(Duration::from_secs(10));
     assert_eq!(code, None, "killed by a signal");
     assert!(!alive(big_pid));
     assert!(
-        root.gate_json(&small_id).is_some(),
+        root.gate(&small_id).is_some(),
         "the other gate is untouched"
     );
 

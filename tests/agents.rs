@@ -15,6 +15,7 @@
 //! `GOV_REQUIRE_AGENTS=1` (CI) they fail instead.
 //!
 
+use gov::protocol::{EventKind, GateInfo, GateState};
 use gov_testkit as kit;
 use kit::{gov_dir, path_with};
 
@@ -85,31 +86,19 @@ fn cmdline(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-fn pids(g: &Value) -> Vec<u32> {
-    g["pids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p.as_u64())
-                .map(|p| p as u32)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The gates of one session, sorted by id.
-fn gates_of_session(root: &TestRoot, session: &str) -> Vec<Value> {
-    let mut v: Vec<Value> = root
-        .ps_json()
+fn gates_of_session(root: &TestRoot, session: &str) -> Vec<GateInfo> {
+    let mut v: Vec<GateInfo> = root
+        .ps()
         .into_iter()
-        .filter(|g| g["session"] == session)
+        .filter(|g| g.session == session)
         .collect();
-    v.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    v.sort_by(|a, b| a.id.cmp(&b.id));
     v
 }
 
 /// The one gate of a session, once it is listed.
-fn gate_of_session(root: &TestRoot, session: &str) -> Value {
+fn gate_of_session(root: &TestRoot, session: &str) -> GateInfo {
     let mut found = None;
     wait_until(Duration::from_secs(10), "the session's gate", || {
         let g = gates_of_session(root, session);
@@ -122,16 +111,16 @@ fn gate_of_session(root: &TestRoot, session: &str) -> Value {
 }
 
 fn removed_reason(root: &TestRoot, gate: &str) -> Option<String> {
-    root.events_json()
+    root.events()
         .into_iter()
-        .find(|e| e["gate"] == gate && e["kind"] == "removed")
-        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+        .find(|e| e.gate == gate && e.kind == EventKind::Removed)
+        .map(|e| e.reason.unwrap_or_default())
 }
 
 fn ended_by_itself(root: &TestRoot, gate: &str) -> bool {
-    root.events_json()
+    root.events()
         .iter()
-        .any(|e| e["gate"] == gate && e["kind"] == "exited")
+        .any(|e| e.gate == gate && e.kind == EventKind::Exited)
 }
 
 /// One request on the daemon's socket, as a host without our CLI sends it.
@@ -147,9 +136,7 @@ fn socket_request(root: &TestRoot, req: Value) -> Value {
 /// Waits until the gate is gone, then checks that nothing of it is left:
 /// no listed gate, no cgroup, none of `members` alive.
 fn assert_gone(root: &TestRoot, gate: &str, members: &[u32], within: Duration) {
-    wait_until(within, "the gate to be gone", || {
-        root.gate_json(gate).is_none()
-    });
+    wait_until(within, "the gate to be gone", || root.gate(gate).is_none());
     for &p in members {
         wait_until(Duration::from_secs(5), "a member to be dead", || !alive(p));
     }
@@ -357,22 +344,28 @@ fn server_spec(
 
 /// The real server: the node process running mcp-server-memory, a
 /// grandchild of the launcher (npm exec -> sh -c -> node).
-fn server_pid(g: &Value) -> u32 {
-    let main = g["main_pid"].as_u64().unwrap() as u32;
-    pids(g)
-        .into_iter()
+fn server_pid(g: &GateInfo) -> u32 {
+    let main = g.main_pid.unwrap();
+    g.pids
+        .iter()
+        .copied()
         .find(|&p| {
             p != main && cmdline(p).starts_with("node ") && cmdline(p).contains("mcp-server-memory")
         })
-        .unwrap_or_else(|| panic!("no server process in {g}"))
+        .unwrap_or_else(|| panic!("no server process in {g:?}"))
 }
 
 /// Checks the gate an MCP server runs in: the launcher the SDK started is
 /// its main process, the real server is in it too, the agent is not.
-fn check_mcp_gate(root: &TestRoot, agent: &Agent, started: &Value, session: &str) -> (Value, u32) {
+fn check_mcp_gate(
+    root: &TestRoot,
+    agent: &Agent,
+    started: &Value,
+    session: &str,
+) -> (GateInfo, u32) {
     let launcher = started["launcher"].as_u64().unwrap() as u32;
     let g = gate_of_session(root, session);
-    assert_eq!(g["main_pid"].as_u64(), Some(launcher as u64), "{g}");
+    assert_eq!(g.main_pid, Some(launcher), "{g:?}");
     assert!(
         cmdline(launcher).starts_with("npm exec"),
         "the gate's main process is the npx launcher: {}",
@@ -380,8 +373,8 @@ fn check_mcp_gate(root: &TestRoot, agent: &Agent, started: &Value, session: &str
     );
     let server = server_pid(&g);
     assert!(
-        !pids(&g).contains(&agent.pid()),
-        "the agent is outside: {g}"
+        !g.pids.contains(&agent.pid()),
+        "the agent is outside: {g:?}"
     );
     (g, server)
 }
@@ -412,10 +405,10 @@ fn an_mcp_server_runs_in_a_gate_and_goes_when_its_agent_is_killed() {
         &[],
     ));
     let (g, server) = check_mcp_gate(&root, &agent, &started, session);
-    let gate = g["id"].as_str().unwrap().to_string();
-    assert_eq!(g["project"], project.to_str().unwrap());
-    assert_eq!(g["owner_pid"].as_u64(), Some(agent.pid() as u64), "{g}");
-    let members = pids(&g);
+    let gate = g.id.clone();
+    assert_eq!(g.project, project.to_str().unwrap());
+    assert_eq!(g.owner_pid, Some(agent.pid()), "{g:?}");
+    let members = g.pids.clone();
 
     agent.sigkill();
     assert_gone(&root, &gate, &members, Duration::from_secs(20));
@@ -451,7 +444,7 @@ fn an_mcp_server_whose_launcher_was_killed_stays_with_keep() {
         &[],
     ));
     let (g, server) = check_mcp_gate(&root, &agent, &started, session);
-    let gate = g["id"].as_str().unwrap().to_string();
+    let gate = g.id.clone();
 
     agent.send(json!({"op": "kill_launcher", "name": "memory"}));
     let launcher = agent.reply("memory", "kill_launcher", Duration::from_secs(10))["pid"]
@@ -465,9 +458,9 @@ fn an_mcp_server_whose_launcher_was_killed_stays_with_keep() {
     // its pipes.
     for _ in 0..5 {
         root.wait_scans(3);
-        let g = root.gate_json(&gate).expect("the gate stays");
-        assert_eq!(g["state"], "running", "{g}");
-        assert!(pids(&g).contains(&server), "{g}");
+        let g = root.gate(&gate).expect("the gate stays");
+        assert_eq!(g.state, GateState::Running, "{g:?}");
+        assert!(g.pids.contains(&server), "{g:?}");
     }
     agent.send(json!({"op": "call", "name": "memory"}));
     let r = agent.reply("memory", "call", Duration::from_secs(10));
@@ -501,7 +494,7 @@ fn an_mcp_servers_leftovers_are_stopped_when_its_launcher_dies_with_on_main_exit
         &[],
     ));
     let (g, server) = check_mcp_gate(&root, &agent, &started, session);
-    let gate = g["id"].as_str().unwrap().to_string();
+    let gate = g.id.clone();
 
     agent.send(json!({"op": "kill_launcher", "name": "memory"}));
     agent.reply("memory", "kill_launcher", Duration::from_secs(10));
@@ -544,15 +537,10 @@ fn the_docs_claude_code_mcp_config_puts_the_server_in_the_sessions_gate() {
         ],
     ));
     let (g, _) = check_mcp_gate(&root, &agent, &started, session);
-    assert_eq!(g["project"], project.to_str().unwrap());
+    assert_eq!(g.project, project.to_str().unwrap());
     agent.send(json!({"op": "close", "name": "memory"}));
     agent.reply("memory", "close", Duration::from_secs(20));
-    assert_gone(
-        &root,
-        g["id"].as_str().unwrap(),
-        &pids(&g),
-        Duration::from_secs(15),
-    );
+    assert_gone(&root, g.id.as_str(), &g.pids, Duration::from_secs(15));
 }
 
 /// The doc's entry for the daemon of issue 12: `gov` straight as the
@@ -576,12 +564,7 @@ fn the_docs_issue12_mcp_config_takes_the_session_and_stops_leftovers() {
     let (g, server) = check_mcp_gate(&root, &agent, &started, session);
     agent.send(json!({"op": "kill_launcher", "name": "memory"}));
     agent.reply("memory", "kill_launcher", Duration::from_secs(10));
-    assert_gone(
-        &root,
-        g["id"].as_str().unwrap(),
-        &[server],
-        Duration::from_secs(15),
-    );
+    assert_gone(&root, g.id.as_str(), &[server], Duration::from_secs(15));
 }
 
 /// Sessions work today: servers started with one session id are touched
@@ -611,7 +594,7 @@ fn the_mcp_servers_of_one_session_are_touched_together() {
     }
     let ours: Vec<String> = gates_of_session(&root, s)
         .iter()
-        .map(|g| g["id"].as_str().unwrap().to_string())
+        .map(|g| g.id.clone())
         .collect();
     assert_eq!(ours.len(), 2, "{ours:?}");
     let r = socket_request(&root, json!({"v": 1, "type": "touch", "session": s}));
@@ -657,16 +640,11 @@ fn gov_kill_session_ends_every_mcp_server_of_that_session() {
     }
     let ours = gates_of_session(&root, s);
     assert_eq!(ours.len(), 2);
-    let members: Vec<u32> = ours.iter().flat_map(pids).collect();
+    let members: Vec<u32> = ours.iter().flat_map(|g| g.pids.iter().copied()).collect();
 
     root.ok(&["kill", "--session", s]);
     for g in &ours {
-        assert_gone(
-            &root,
-            g["id"].as_str().unwrap(),
-            &members,
-            Duration::from_secs(15),
-        );
+        assert_gone(&root, g.id.as_str(), &members, Duration::from_secs(15));
     }
     assert_eq!(gates_of_session(&root, t).len(), 1);
     agent.send(json!({"op": "call", "name": "b1"}));
@@ -827,13 +805,13 @@ fn a_language_server_runs_in_a_gate_as_an_editor_starts_it() {
     );
     lsp.notify("initialized", json!({}));
     let g = gate_of_session(&root, session);
-    let gate = g["id"].as_str().unwrap().to_string();
+    let gate = g.id.clone();
     assert_eq!(
-        g["main_pid"].as_u64(),
-        Some(server.id() as u64),
-        "the process the editor started is the server, in its gate: {g}"
+        g.main_pid,
+        Some(server.id()),
+        "the process the editor started is the server, in its gate: {g:?}"
     );
-    assert_eq!(g["project"], project.to_str().unwrap());
+    assert_eq!(g.project, project.to_str().unwrap());
 
     lsp.notify(
         "textDocument/didOpen",
@@ -856,7 +834,7 @@ fn a_language_server_runs_in_a_gate_as_an_editor_starts_it() {
     assert!(r.is_null(), "{r}");
     lsp.notify("exit", Value::Null);
     assert_eq!(server.reap(Duration::from_secs(20)), Some(0));
-    assert_gone(&root, &gate, &pids(&g), Duration::from_secs(10));
+    assert_gone(&root, &gate, &g.pids, Duration::from_secs(10));
     assert!(
         ended_by_itself(&root, &gate),
         "the gate ended with its server"
@@ -936,10 +914,10 @@ fn an_agents_test_runner_gets_a_gate_and_a_deadline_through_the_shell_prefix() {
     let prefix = Kid::new(child);
 
     let g = gate_of_session(&root, session);
-    let gate = g["id"].as_str().unwrap().to_string();
-    assert_eq!(g["main_pid"].as_u64(), Some(prefix.id() as u64), "{g}");
-    assert_eq!(g["max_runtime_s"].as_u64(), Some(3), "{g}");
-    assert_eq!(g["project"], project.to_str().unwrap());
+    let gate = g.id.clone();
+    assert_eq!(g.main_pid, Some(prefix.id()), "{g:?}");
+    assert_eq!(g.max_runtime_s, Some(3), "{g:?}");
+    assert_eq!(g.project, project.to_str().unwrap());
     let mut runner = Vec::new();
     wait_until(Duration::from_secs(10), "the runner's pids", || {
         runner = kit::read_pids(&pidfile);
@@ -947,7 +925,7 @@ fn an_agents_test_runner_gets_a_gate_and_a_deadline_through_the_shell_prefix() {
     });
     let seen = fs::read_to_string(&gatefile).unwrap();
     assert_eq!(seen.trim(), gate, "the runner sees GOV_GATE");
-    assert!(pids(&root.gate_json(&gate).unwrap()).contains(&runner[1]));
+    assert!(root.gate(&gate).unwrap().pids.contains(&runner[1]));
 
     // At the deadline: SIGTERM to the command's shell, then the kill of
     // everything left, the setsid sleep too.
@@ -1001,7 +979,7 @@ fn a_short_command_through_the_shell_prefix_keeps_its_output_and_status() {
         fs::canonicalize(&project).unwrap().to_str().unwrap()
     );
     wait_until(Duration::from_secs(10), "the gate to go", || {
-        root.gate_json(first[1]).is_none()
+        root.gate(first[1]).is_none()
     });
 
     let out = prefixed(&root, &project, &["sh", "-c", "exit 4"], &[])
@@ -1055,15 +1033,8 @@ fn a_gov_spawn_through_the_shell_prefix_moves_into_its_own_gate() {
     .unwrap();
     let server = Kid::new(child);
     let inner = gate_of_session(&root, "inner");
-    assert_eq!(
-        inner["main_pid"].as_u64(),
-        Some(server.id() as u64),
-        "{inner}"
-    );
-    assert!(
-        inner.get("max_runtime_s").is_none_or(|m| m.is_null()),
-        "{inner}"
-    );
+    assert_eq!(inner.main_pid, Some(server.id()), "{inner:?}");
+    assert_eq!(inner.max_runtime_s, None, "{inner:?}");
     wait_until(
         Duration::from_secs(10),
         "the refused prefix's gate to go",
@@ -1140,8 +1111,8 @@ fn kaimons_julia_bin_wrapper_forwards_its_arguments_and_gates_the_worker() {
         "every argument forwarded"
     );
     let runner: u32 = lines.last().unwrap().parse().unwrap();
-    let g = root.gate_json(&gate).expect("listed");
-    assert!(pids(&g).contains(&runner), "{g}");
+    let g = root.gate(&gate).expect("listed");
+    assert!(g.pids.contains(&runner), "{g:?}");
 
     // Kaimon's stop: SIGTERM to its worker (the pty's child). The worker
     // goes; the runner it left is still in the gate, where gov ps shows it
@@ -1157,8 +1128,8 @@ fn kaimons_julia_bin_wrapper_forwards_its_arguments_and_gates_the_worker() {
         None,
         "killed by SIGTERM"
     );
-    let g = root.gate_json(&gate).expect("the leftover keeps the gate");
-    assert_eq!(pids(&g), vec![runner]);
+    let g = root.gate(&gate).expect("the leftover keeps the gate");
+    assert_eq!(g.pids, vec![runner]);
     root.ok(&["kill", &gate]);
     assert_gone(&root, &gate, &[runner], Duration::from_secs(10));
 }

@@ -6,6 +6,7 @@
 //! daemon would move the test runner into a gate. Raw spawns come from a
 //! child process: this test binary re-run as `raw_client_child`.
 
+use gov::protocol::EventKind;
 use gov_testkit as kit;
 
 use std::collections::BTreeMap;
@@ -310,13 +311,12 @@ fn a_spawn_moves_only_the_caller_whatever_the_request_names() {
                     "uid {uid}: the caller itself is moved into {gate}: {f:?}"
                 );
                 // The gate is the caller's, whatever the request said.
-                let events: Vec<Value> =
-                    serde_json::from_str(&root.ok(&["events", "--json", "-n", "1000"])).unwrap();
+                let events = root.events();
                 let ev = events
                     .iter()
-                    .find(|e| e["gate"] == gate && e["kind"] == "spawned")
+                    .find(|e| e.gate == gate && e.kind == EventKind::Spawned)
                     .unwrap_or_else(|| panic!("no spawned event for {gate}: {events:?}"));
-                assert_eq!(ev["uid"], uid, "owner uid comes from peer credentials");
+                assert_eq!(ev.uid, uid, "owner uid comes from peer credentials");
             }
             Some("error") => assert_eq!(f["after"], f["before"], "refused, so not moved"),
             _ => panic!("uid {uid}: unexpected reply {reply}"),

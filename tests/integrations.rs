@@ -11,6 +11,7 @@
 //! GOV_REQUIRE_JUPYTER=1. In the VM suite (GOV_VM, busybox only) these tests
 //! say SKIP: they need bash and python3.
 
+use gov::protocol::{EventKind, GateInfo};
 use gov_testkit as kit;
 use kit::fixture;
 use kit::{gov_dir, path_with};
@@ -47,34 +48,21 @@ fn open_dir(path: PathBuf) -> PathBuf {
     path
 }
 
-fn events(root: &TestRoot) -> Vec<serde_json::Value> {
-    serde_json::from_str(&root.ok(&["events", "--json", "-n", "1000"])).unwrap()
-}
-
 fn removed_reason(root: &TestRoot, gate: &str) -> Option<String> {
-    events(root)
+    root.events()
         .into_iter()
-        .find(|e| e["gate"] == gate && e["kind"] == "removed")
-        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+        .find(|e| e.gate == gate && e.kind == EventKind::Removed)
+        .map(|e| e.reason.unwrap_or_default())
 }
 
 fn state(root: &TestRoot, gate: &str) -> String {
-    root.gate_json(gate)
-        .map(|g| g["state"].as_str().unwrap().to_string())
+    root.gate(gate)
+        .map(|g| g.state.as_str().to_string())
         .unwrap_or_else(|| "gone".into())
 }
 
 fn pids_of(root: &TestRoot, gate: &str) -> Vec<u32> {
-    root.gate_json(gate)
-        .map(|g| {
-            g["pids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p.as_u64().unwrap() as u32)
-                .collect()
-        })
-        .unwrap_or_default()
+    root.gate(gate).map(|g| g.pids).unwrap_or_default()
 }
 
 /// Lines of a child's stdout, read on a thread so a frozen worker cannot
@@ -186,9 +174,9 @@ fn a_repl_host_starts_its_worker_through_the_wrapper_and_touches_at_each_tool_ca
     let gate = f[2].to_string();
     assert_eq!(f[3], session);
     assert_eq!(Path::new(f[4]), project);
-    let g = root.gate_json(&gate).expect("the worker's gate is listed");
-    assert_eq!(g["session"], session);
-    assert_eq!(g["project"], project.to_str().unwrap());
+    let g = root.gate(&gate).expect("the worker's gate is listed");
+    assert_eq!(g.session, session);
+    assert_eq!(g.project, project.to_str().unwrap());
 
     let mut send = |line: &str| {
         writeln!(to_worker, "{line}").unwrap();
@@ -217,7 +205,7 @@ fn a_repl_host_starts_its_worker_through_the_wrapper_and_touches_at_each_tool_ca
     assert!(
         pids_of(&root, &gate).contains(&runner),
         "{:?}",
-        root.gate_json(&gate)
+        root.gate(&gate)
     );
 
     // Tool calls for longer than idle_timeout keep the gate running.
@@ -269,7 +257,7 @@ fn a_repl_host_starts_its_worker_through_the_wrapper_and_touches_at_each_tool_ca
     let status = host.wait().unwrap();
     assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
     wait_until(Duration::from_secs(10), "the gate to be removed", || {
-        root.gate_json(&gate).is_none()
+        root.gate(&gate).is_none()
     });
     assert!(
         !alive(runner),
@@ -321,7 +309,7 @@ fn a_shell_user_runs_bash_in_a_gate() {
         "bash ran inside its gate: {stdout}"
     );
     wait_until(Duration::from_secs(10), "the exited gate to go", || {
-        root.gate_json(&gate).is_none()
+        root.gate(&gate).is_none()
     });
 }
 
@@ -365,16 +353,16 @@ fn a_shell_users_leftovers_are_reaped_when_idle() {
         "{}",
         String::from_utf8_lossy(&ps.stderr)
     );
-    let gates: Vec<serde_json::Value> = serde_json::from_slice(&ps.stdout).unwrap();
+    let gates: Vec<GateInfo> = serde_json::from_slice(&ps.stdout).unwrap();
     let g = gates
         .iter()
-        .find(|g| g["id"] == gate)
+        .find(|g| g.id == gate)
         .expect("nobody sees the gate");
-    assert_eq!(g["user"], "nobody");
-    assert!(g["pids"].as_array().unwrap().iter().any(|p| p == job));
+    assert_eq!(g.user, "nobody");
+    assert!(g.pids.contains(&job));
 
     wait_until(Duration::from_secs(15), "the leftover to be reaped", || {
-        !alive(job) && root.gate_json(gate).is_none()
+        !alive(job) && root.gate(gate).is_none()
     });
     let reason = removed_reason(&root, gate).expect("a removed event");
     assert!(reason.starts_with("idle"), "{reason}");
@@ -434,8 +422,8 @@ fn a_jupyter_kernel_and_its_detached_subprocess_are_reaped_when_idle() {
     let session = format!("jupyter-{kernel_id}");
     assert_eq!(cell["session"], session.as_str());
     assert_eq!(cell["project"], notebooks.to_str().unwrap());
-    let g = root.gate_json(&gate).expect("the kernel's gate is listed");
-    assert_eq!(g["session"], session.as_str());
+    let g = root.gate(&gate).expect("the kernel's gate is listed");
+    assert_eq!(g.session, session);
     let pids = pids_of(&root, &gate);
     assert!(
         pids.contains(&kernel_pid) && pids.contains(&child),
@@ -451,7 +439,7 @@ fn a_jupyter_kernel_and_its_detached_subprocess_are_reaped_when_idle() {
     wait_until(
         Duration::from_secs(15),
         "the kernel's gate to be removed",
-        || root.gate_json(&gate).is_none(),
+        || root.gate(&gate).is_none(),
     );
     assert!(!alive(kernel_pid), "the kernel is dead");
     assert!(!alive(child), "the detached subprocess is dead");

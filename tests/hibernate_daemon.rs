@@ -230,9 +230,9 @@ fn an_unprivileged_keeper_gets_its_worker_from_the_daemon() {
         assert_eq!(ask_counter(&sock), 2);
         assert_eq!(line(Duration::from_secs(10)), "count 2");
     } else {
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!("SKIP {test} (hibernation part): this root lacks CAP_SYS_RESOURCE, which CRIU needs to dump another user's tree\n").as_bytes(),
+        kit::skip(
+            &format!("{test} (hibernation part)"),
+            "this root lacks CAP_SYS_RESOURCE, which CRIU needs to dump another user's tree",
         );
     }
     assert!(matches!(host.try_wait(), Ok(None)));
@@ -449,7 +449,6 @@ fn start_worker_is_refused_to_anyone_but_a_keeper() {
 /// CRIU at GOV_VM_CRIU there) and our hosts lack. Elsewhere a loud SKIP;
 /// where the VM was packed with GOV_REQUIRE_CRIU=1 (CI), a failure.
 fn criu_for_users_trees(test: &str) -> Option<PathBuf> {
-    let required = std::env::var("GOV_VM_REQUIRE_CRIU").as_deref() == Ok("1");
     let found = std::env::var_os("GOV_VM_CRIU")
         .or_else(|| std::env::var_os("GOV_CRIU"))
         .map(PathBuf::from)
@@ -460,11 +459,7 @@ fn criu_for_users_trees(test: &str) -> Option<PathBuf> {
         (Some(_), false) => "this root lacks CAP_SYS_RESOURCE, which CRIU needs to dump another user's tree (the VM suite has it)",
         (Some(_), true) => return found,
     };
-    assert!(
-        !required,
-        "{test}: required here (GOV_VM_REQUIRE_CRIU=1): {why}"
-    );
-    kit::skip(test, why);
+    kit::skip::skip_unless_required(test, "GOV_VM_REQUIRE_CRIU", why);
     None
 }
 

@@ -133,11 +133,7 @@ int main(void) {
 /// None in the VM suite (no compiler there), said loudly. On the host a
 /// missing compiler fails the test: a skip is not a pass.
 fn cc(test: &str, source: &str, out: &Path, extra: &[&str]) -> Option<()> {
-    if std::env::var_os("GOV_VM").is_some() {
-        kit::skip(
-            test,
-            "needs a C compiler, which the VM suite lacks; it runs on the host",
-        );
+    if kit::host_only(test, "a C compiler") {
         return None;
     }
     let c = out.with_extension("c");

@@ -14,8 +14,7 @@ use kit::*;
 /// Is tmux here? In the VM, no (SKIP); on a host without it, SKIP, or a
 /// failure where GOV_REQUIRE_TMUX=1.
 fn tmux_ready(test: &str) -> bool {
-    if std::env::var_os("GOV_VM").is_some() {
-        skip(test, "host-only (tmux); the VM has busybox only");
+    if host_only(test, "tmux") {
         return false;
     }
     let found = Command::new("tmux")
@@ -27,12 +26,9 @@ fn tmux_ready(test: &str) -> bool {
     if found {
         return true;
     }
-    assert!(
-        std::env::var_os("GOV_REQUIRE_TMUX").is_none(),
-        "{test}: tmux is required here (GOV_REQUIRE_TMUX=1) but not installed"
-    );
-    skip(
+    kit::skip::skip_unless_required(
         test,
+        "GOV_REQUIRE_TMUX",
         "tmux is not installed (apt-get install tmux); THIS TEST DID NOT RUN",
     );
     false

@@ -15,7 +15,9 @@
 //! `GOV_REQUIRE_AGENTS=1` (CI) they fail instead.
 //!
 
-mod common;
+use gov::protocol::{EventKind, GateInfo, GateState};
+use gov_testkit as kit;
+use kit::{gov_dir, path_with};
 
 use std::collections::HashMap;
 use std::fs;
@@ -23,12 +25,13 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
-use std::sync::{mpsc, OnceLock};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{alive, gov_bin, wait_until, Kid, TestRoot};
+use kit::agents::Packages;
+use kit::{alive, wait_until, Kid, TestRoot};
 
 /// The npm MCP server the tests run, exactly as an agent's config names it.
 const MCP_PKG: &str = "@modelcontextprotocol/server-memory@2026.8.31";
@@ -41,108 +44,35 @@ orphan_grace = \"1s\"
 stop_grace = \"1s\"
 ";
 
-fn manifest() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+/// What these tests need that only a host has (the VM has busybox).
+const HOST_NEEDS: &str = "python3, node, PyPI, npm";
 
-/// Straight to fd 2: libtest captures eprintln! of passing tests, and a
-/// skip must be seen.
-fn say(text: &str) {
-    let _ = writeln!(std::io::stderr(), "{text}");
-}
-
-/// bash, python3, node: host only; the VM has busybox.
-fn host_only(test: &str) -> bool {
-    if std::env::var_os("GOV_VM").is_some() {
-        say(&format!(
-            "SKIP {test}: host-only (python3, node, PyPI, npm); the VM has busybox only"
-        ));
-        return true;
+/// Every agent test's start: on a host only, a root and a daemon on
+/// POLICY plus `extra`. (Bound as a tuple, the daemon drops first.)
+fn start(test: &str, extra: &str) -> Option<(TestRoot, kit::Daemon)> {
+    if kit::host_only(test, HOST_NEEDS) {
+        return None;
     }
-    false
+    let root = TestRoot::new();
+    let daemon = root.daemon(&format!("{POLICY}{extra}"));
+    Some((root, daemon))
 }
 
-// ---------------------------------------------------------------------------
-// The packages
-
-struct AgentKit {
-    /// The venv with mcp and python-lsp-server.
-    venv: PathBuf,
-    /// The npm prefix with the MCP server (node_modules, its own .npm cache).
-    npm: PathBuf,
-}
-
-/// The installed packages, made once per test binary. None (after saying
-/// so) when a registry is unreachable and GOV_REQUIRE_AGENTS is unset.
-fn kit(test: &str) -> Option<&'static AgentKit> {
-    static KIT: OnceLock<Result<AgentKit, String>> = OnceLock::new();
-    let made = KIT.get_or_init(|| {
-        if let (Some(v), Some(n)) = (
-            std::env::var_os("GOV_AGENTS_VENV"),
-            std::env::var_os("GOV_AGENTS_NPM"),
-        ) {
-            return Ok(AgentKit {
-                venv: v.into(),
-                npm: n.into(),
-            });
-        }
-        let t0 = Instant::now();
-        let out = Command::new(manifest().join("integration/setup-agents"))
-            .stdin(Stdio::null())
-            .output()
-            .expect("integration/setup-agents runs");
-        let log = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        match out.status.code() {
-            Some(0) => {
-                say(&format!("agents: packages ready in {:.1?}", t0.elapsed()));
-                let cache = std::env::var_os("GOV_AGENTS_CACHE")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| manifest().join("integration/.cache"));
-                Ok(AgentKit {
-                    venv: cache.join("agents-venv"),
-                    npm: cache.join("npm"),
-                })
-            }
-            Some(2) => Err(log),
-            _ => panic!("integration/setup-agents failed:\n{log}"),
-        }
-    });
-    match made {
-        Ok(k) => Some(k),
-        Err(log) => {
-            assert!(
-                std::env::var_os("GOV_REQUIRE_AGENTS").is_none(),
-                "{test}: GOV_REQUIRE_AGENTS=1 but the packages cannot be installed:\n{log}"
-            );
-            say(&format!(
-                "\n**** SKIP {test}: PyPI or npm is unreachable, so the MCP SDK, the MCP \
-                 server and the language server cannot be installed. THIS TEST DID NOT RUN. \
-                 (GOV_REQUIRE_AGENTS=1 makes this a failure.)\n{log}\n****"
-            ));
-            None
-        }
+/// The same, with the agent packages (kit::agents) installed.
+fn start_with_packages(
+    test: &str,
+    extra: &str,
+) -> Option<(TestRoot, kit::Daemon, &'static Packages)> {
+    if kit::host_only(test, HOST_NEEDS) {
+        return None;
     }
+    let pkgs = kit::agents::packages_or_skip(test)?;
+    let (root, daemon) = start(test, extra)?;
+    Some((root, daemon, pkgs))
 }
 
 // ---------------------------------------------------------------------------
 // Small helpers
-
-fn gov_dir() -> PathBuf {
-    gov_bin().parent().unwrap().to_path_buf()
-}
-
-/// PATH with these directories first (the gov under test, as if installed).
-fn path_with(dirs: &[&Path]) -> String {
-    let mut parts: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
-    parts.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    ));
-    std::env::join_paths(parts).unwrap().into_string().unwrap()
-}
 
 fn project_dir(root: &TestRoot, name: &str) -> PathBuf {
     let p = root.dir.path().join(name);
@@ -156,31 +86,19 @@ fn cmdline(pid: u32) -> String {
         .unwrap_or_default()
 }
 
-fn pids(g: &Value) -> Vec<u32> {
-    g["pids"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p.as_u64())
-                .map(|p| p as u32)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The gates of one session, sorted by id.
-fn gates_of_session(root: &TestRoot, session: &str) -> Vec<Value> {
-    let mut v: Vec<Value> = root
+fn gates_of_session(root: &TestRoot, session: &str) -> Vec<GateInfo> {
+    let mut v: Vec<GateInfo> = root
         .ps()
         .into_iter()
-        .filter(|g| g["session"] == session)
+        .filter(|g| g.session == session)
         .collect();
-    v.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    v.sort_by(|a, b| a.id.cmp(&b.id));
     v
 }
 
 /// The one gate of a session, once it is listed.
-fn gate_of_session(root: &TestRoot, session: &str) -> Value {
+fn gate_of_session(root: &TestRoot, session: &str) -> GateInfo {
     let mut found = None;
     wait_until(Duration::from_secs(10), "the session's gate", || {
         let g = gates_of_session(root, session);
@@ -195,14 +113,14 @@ fn gate_of_session(root: &TestRoot, session: &str) -> Value {
 fn removed_reason(root: &TestRoot, gate: &str) -> Option<String> {
     root.events()
         .into_iter()
-        .find(|e| e["gate"] == gate && e["kind"] == "removed")
-        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+        .find(|e| e.gate == gate && e.kind == EventKind::Removed)
+        .map(|e| e.reason.unwrap_or_default())
 }
 
 fn ended_by_itself(root: &TestRoot, gate: &str) -> bool {
     root.events()
         .iter()
-        .any(|e| e["gate"] == gate && e["kind"] == "exited")
+        .any(|e| e.gate == gate && e.kind == EventKind::Exited)
 }
 
 /// One request on the daemon's socket, as a host without our CLI sends it.
@@ -241,9 +159,9 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(kit: &AgentKit, root: &TestRoot) -> Agent {
-        let mut child = Command::new(kit.venv.join("bin/python3"))
-            .arg(manifest().join("tests/agents/mcp_agent.py"))
+    fn start(pkgs: &Packages, root: &TestRoot) -> Agent {
+        let mut child = Command::new(pkgs.venv.join("bin/python3"))
+            .arg(kit::repo().join("tests/agents/mcp_agent.py"))
             .current_dir(root.dir.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -341,7 +259,7 @@ impl Agent {
 fn mcp_server(
     name: &str,
     root: &TestRoot,
-    kit: &AgentKit,
+    pkgs: &Packages,
     project: &Path,
     gov_args: &[&str],
     env: &[(&str, &str)],
@@ -350,18 +268,18 @@ fn mcp_server(
     args.push(project.to_str().unwrap().into());
     args.extend(gov_args.iter().map(|s| s.to_string()));
     args.extend(["--", "npx", "-y", MCP_PKG].map(String::from));
-    server_spec(name, root, kit, "gov", args, env)
+    server_spec(name, root, pkgs, "gov", args, env)
 }
 
 /// The server entry of an agent config the doc shows (tests/fixtures/agents/).
 fn mcp_server_from_config(
     name: &str,
     root: &TestRoot,
-    kit: &AgentKit,
+    pkgs: &Packages,
     config: &str,
     env: &[(&str, &str)],
 ) -> Value {
-    let text = fs::read_to_string(manifest().join("tests/fixtures/agents").join(config)).unwrap();
+    let text = fs::read_to_string(kit::repo().join("tests/fixtures/agents").join(config)).unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
     let entry = &v["mcpServers"]["memory"];
     let args = entry["args"]
@@ -373,7 +291,7 @@ fn mcp_server_from_config(
     server_spec(
         name,
         root,
-        kit,
+        pkgs,
         entry["command"].as_str().unwrap(),
         args,
         env,
@@ -385,7 +303,7 @@ fn mcp_server_from_config(
 fn server_spec(
     name: &str,
     root: &TestRoot,
-    kit: &AgentKit,
+    pkgs: &Packages,
     command: &str,
     args: Vec<String>,
     env: &[(&str, &str)],
@@ -396,7 +314,7 @@ fn server_spec(
         ("PATH".into(), path_with(&[&gov_dir()])),
         (
             "npm_config_cache".into(),
-            kit.npm.join(".npm").display().to_string(),
+            pkgs.npm.join(".npm").display().to_string(),
         ),
         // The launcher must not reach the registry: the package is local.
         ("npm_config_offline".into(), "true".into()),
@@ -420,28 +338,34 @@ fn server_spec(
         "args": args,
         "env": e,
         // npx finds the pinned package in this prefix's node_modules.
-        "cwd": kit.npm.display().to_string(),
+        "cwd": pkgs.npm.display().to_string(),
     })
 }
 
 /// The real server: the node process running mcp-server-memory, a
 /// grandchild of the launcher (npm exec -> sh -c -> node).
-fn server_pid(g: &Value) -> u32 {
-    let main = g["main_pid"].as_u64().unwrap() as u32;
-    pids(g)
-        .into_iter()
+fn server_pid(g: &GateInfo) -> u32 {
+    let main = g.main_pid.unwrap();
+    g.pids
+        .iter()
+        .copied()
         .find(|&p| {
             p != main && cmdline(p).starts_with("node ") && cmdline(p).contains("mcp-server-memory")
         })
-        .unwrap_or_else(|| panic!("no server process in {g}"))
+        .unwrap_or_else(|| panic!("no server process in {g:?}"))
 }
 
 /// Checks the gate an MCP server runs in: the launcher the SDK started is
 /// its main process, the real server is in it too, the agent is not.
-fn check_mcp_gate(root: &TestRoot, agent: &Agent, started: &Value, session: &str) -> (Value, u32) {
+fn check_mcp_gate(
+    root: &TestRoot,
+    agent: &Agent,
+    started: &Value,
+    session: &str,
+) -> (GateInfo, u32) {
     let launcher = started["launcher"].as_u64().unwrap() as u32;
     let g = gate_of_session(root, session);
-    assert_eq!(g["main_pid"].as_u64(), Some(launcher as u64), "{g}");
+    assert_eq!(g.main_pid, Some(launcher), "{g:?}");
     assert!(
         cmdline(launcher).starts_with("npm exec"),
         "the gate's main process is the npx launcher: {}",
@@ -449,8 +373,8 @@ fn check_mcp_gate(root: &TestRoot, agent: &Agent, started: &Value, session: &str
     );
     let server = server_pid(&g);
     assert!(
-        !pids(&g).contains(&agent.pid()),
-        "the agent is outside: {g}"
+        !g.pids.contains(&agent.pid()),
+        "the agent is outside: {g:?}"
     );
     (g, server)
 }
@@ -465,29 +389,26 @@ fn check_mcp_gate(root: &TestRoot, agent: &Agent, started: &Value, session: &str
 #[test]
 fn an_mcp_server_runs_in_a_gate_and_goes_when_its_agent_is_killed() {
     let test = "an_mcp_server_runs_in_a_gate_and_goes_when_its_agent_is_killed";
-    if host_only(test) {
+    let Some((root, _d, pkgs)) = start_with_packages(test, "") else {
         return;
-    }
-    let Some(kit) = kit(test) else { return };
-    let root = TestRoot::new();
-    let _d = root.daemon(POLICY);
+    };
     let project = project_dir(&root, "app");
-    let mut agent = Agent::start(kit, &root);
+    let mut agent = Agent::start(pkgs, &root);
 
     let session = "mcp-agent-killed";
     let started = agent.start_server(mcp_server(
         "memory",
         &root,
-        kit,
+        pkgs,
         &project,
         &["--session", session],
         &[],
     ));
     let (g, server) = check_mcp_gate(&root, &agent, &started, session);
-    let gate = g["id"].as_str().unwrap().to_string();
-    assert_eq!(g["project"], project.to_str().unwrap());
-    assert_eq!(g["owner_pid"].as_u64(), Some(agent.pid() as u64), "{g}");
-    let members = pids(&g);
+    let gate = g.id.clone();
+    assert_eq!(g.project, project.to_str().unwrap());
+    assert_eq!(g.owner_pid, Some(agent.pid()), "{g:?}");
+    let members = g.pids.clone();
 
     agent.sigkill();
     assert_gone(&root, &gate, &members, Duration::from_secs(20));
@@ -507,26 +428,23 @@ fn an_mcp_server_runs_in_a_gate_and_goes_when_its_agent_is_killed() {
 #[test]
 fn an_mcp_server_whose_launcher_was_killed_stays_with_keep() {
     let test = "an_mcp_server_whose_launcher_was_killed_stays_with_keep";
-    if host_only(test) {
+    let Some((root, _d, pkgs)) = start_with_packages(test, "") else {
         return;
-    }
-    let Some(kit) = kit(test) else { return };
-    let root = TestRoot::new();
-    let _d = root.daemon(POLICY);
+    };
     let project = project_dir(&root, "app");
-    let mut agent = Agent::start(kit, &root);
+    let mut agent = Agent::start(pkgs, &root);
 
     let session = "mcp-launcher-killed-keep";
     let started = agent.start_server(mcp_server(
         "memory",
         &root,
-        kit,
+        pkgs,
         &project,
         &["--session", session],
         &[],
     ));
     let (g, server) = check_mcp_gate(&root, &agent, &started, session);
-    let gate = g["id"].as_str().unwrap().to_string();
+    let gate = g.id.clone();
 
     agent.send(json!({"op": "kill_launcher", "name": "memory"}));
     let launcher = agent.reply("memory", "kill_launcher", Duration::from_secs(10))["pid"]
@@ -535,14 +453,14 @@ fn an_mcp_server_whose_launcher_was_killed_stays_with_keep() {
     wait_until(Duration::from_secs(5), "the launcher to die", || {
         !alive(launcher)
     });
-    // Fifteen scans (200 ms each) with nothing due: the server is alive,
-    // in the running gate, and still serves the agent through its pipes.
-    let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until {
+    // Fifteen scans with nothing due, counted by the daemon: the server
+    // is alive, in the running gate, and still serves the agent through
+    // its pipes.
+    for _ in 0..5 {
+        root.wait_scans(3);
         let g = root.gate(&gate).expect("the gate stays");
-        assert_eq!(g["state"], "running", "{g}");
-        assert!(pids(&g).contains(&server), "{g}");
-        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(g.state, GateState::Running, "{g:?}");
+        assert!(g.pids.contains(&server), "{g:?}");
     }
     agent.send(json!({"op": "call", "name": "memory"}));
     let r = agent.reply("memory", "call", Duration::from_secs(10));
@@ -558,29 +476,25 @@ fn an_mcp_server_whose_launcher_was_killed_stays_with_keep() {
 /// (the gate's main process) has exited, what it left behind gets
 /// stop_signal after main_exit_grace, then the kill. The agent lives on.
 #[test]
-
 fn an_mcp_servers_leftovers_are_stopped_when_its_launcher_dies_with_on_main_exit_stop() {
     let test = "an_mcp_servers_leftovers_are_stopped_when_its_launcher_dies";
-    if host_only(test) {
+    let Some((root, _d, pkgs)) = start_with_packages(test, "main_exit_grace = \"2s\"\n") else {
         return;
-    }
-    let Some(kit) = kit(test) else { return };
-    let root = TestRoot::new();
-    let _d = root.daemon(&format!("{POLICY}main_exit_grace = \"2s\"\n"));
+    };
     let project = project_dir(&root, "app");
-    let mut agent = Agent::start(kit, &root);
+    let mut agent = Agent::start(pkgs, &root);
 
     let session = "mcp-launcher-killed-stop";
     let started = agent.start_server(mcp_server(
         "memory",
         &root,
-        kit,
+        pkgs,
         &project,
         &["--session", session, "--on-main-exit", "stop"],
         &[],
     ));
     let (g, server) = check_mcp_gate(&root, &agent, &started, session);
-    let gate = g["id"].as_str().unwrap().to_string();
+    let gate = g.id.clone();
 
     agent.send(json!({"op": "kill_launcher", "name": "memory"}));
     agent.reply("memory", "kill_launcher", Duration::from_secs(10));
@@ -605,19 +519,16 @@ fn an_mcp_servers_leftovers_are_stopped_when_its_launcher_dies_with_on_main_exit
 #[test]
 fn the_docs_claude_code_mcp_config_puts_the_server_in_the_sessions_gate() {
     let test = "the_docs_claude_code_mcp_config_puts_the_server_in_the_sessions_gate";
-    if host_only(test) {
+    let Some((root, _d, pkgs)) = start_with_packages(test, "") else {
         return;
-    }
-    let Some(kit) = kit(test) else { return };
-    let root = TestRoot::new();
-    let _d = root.daemon(POLICY);
+    };
     let project = project_dir(&root, "app");
-    let mut agent = Agent::start(kit, &root);
+    let mut agent = Agent::start(pkgs, &root);
     let session = "2f7c9d1e-5b3a-4c8d-9e0f-a1b2c3d4e5f6";
     let started = agent.start_server(mcp_server_from_config(
         "memory",
         &root,
-        kit,
+        pkgs,
         "claude-code.mcp.json",
         &[
             ("CLAUDE_PROJECT_DIR", project.to_str().unwrap()),
@@ -626,48 +537,34 @@ fn the_docs_claude_code_mcp_config_puts_the_server_in_the_sessions_gate() {
         ],
     ));
     let (g, _) = check_mcp_gate(&root, &agent, &started, session);
-    assert_eq!(g["project"], project.to_str().unwrap());
+    assert_eq!(g.project, project.to_str().unwrap());
     agent.send(json!({"op": "close", "name": "memory"}));
     agent.reply("memory", "close", Duration::from_secs(20));
-    assert_gone(
-        &root,
-        g["id"].as_str().unwrap(),
-        &pids(&g),
-        Duration::from_secs(15),
-    );
+    assert_gone(&root, g.id.as_str(), &g.pids, Duration::from_secs(15));
 }
 
 /// The doc's entry for the daemon of issue 12: `gov` straight as the
 /// command, the session from CLAUDE_CODE_SESSION_ID (session_env), leftovers
 /// stopped when the launcher dies (on_main_exit).
 #[test]
-
 fn the_docs_issue12_mcp_config_takes_the_session_and_stops_leftovers() {
     let test = "the_docs_issue12_mcp_config_takes_the_session_and_stops_leftovers";
-    if host_only(test) {
+    let Some((root, _d, pkgs)) = start_with_packages(test, "main_exit_grace = \"1s\"\n") else {
         return;
-    }
-    let Some(kit) = kit(test) else { return };
-    let root = TestRoot::new();
-    let _d = root.daemon(&format!("{POLICY}main_exit_grace = \"1s\"\n"));
-    let mut agent = Agent::start(kit, &root);
+    };
+    let mut agent = Agent::start(pkgs, &root);
     let session = "3a8d0e2f-6c4b-4d9e-8f1a-b2c3d4e5f6a7";
     let started = agent.start_server(mcp_server_from_config(
         "memory",
         &root,
-        kit,
+        pkgs,
         "claude-code-issue12.mcp.json",
         &[("CLAUDE_CODE_SESSION_ID", session), ("CLAUDECODE", "1")],
     ));
     let (g, server) = check_mcp_gate(&root, &agent, &started, session);
     agent.send(json!({"op": "kill_launcher", "name": "memory"}));
     agent.reply("memory", "kill_launcher", Duration::from_secs(10));
-    assert_gone(
-        &root,
-        g["id"].as_str().unwrap(),
-        &[server],
-        Duration::from_secs(15),
-    );
+    assert_gone(&root, g.id.as_str(), &[server], Duration::from_secs(15));
 }
 
 /// Sessions work today: servers started with one session id are touched
@@ -675,21 +572,18 @@ fn the_docs_issue12_mcp_config_takes_the_session_and_stops_leftovers() {
 #[test]
 fn the_mcp_servers_of_one_session_are_touched_together() {
     let test = "the_mcp_servers_of_one_session_are_touched_together";
-    if host_only(test) {
+    let Some((root, _d, pkgs)) = start_with_packages(test, "") else {
         return;
-    }
-    let Some(kit) = kit(test) else { return };
-    let root = TestRoot::new();
-    let _d = root.daemon(POLICY);
+    };
     let project = project_dir(&root, "app");
-    let mut agent = Agent::start(kit, &root);
+    let mut agent = Agent::start(pkgs, &root);
 
     let (s, t) = ("5e55a0aa-0001", "5e55a0aa-0002");
     for (name, session) in [("a1", s), ("a2", s), ("b1", t)] {
         agent.send(mcp_server(
             name,
             &root,
-            kit,
+            pkgs,
             &project,
             &["--session", session],
             &[],
@@ -700,7 +594,7 @@ fn the_mcp_servers_of_one_session_are_touched_together() {
     }
     let ours: Vec<String> = gates_of_session(&root, s)
         .iter()
-        .map(|g| g["id"].as_str().unwrap().to_string())
+        .map(|g| g.id.clone())
         .collect();
     assert_eq!(ours.len(), 2, "{ours:?}");
     let r = socket_request(&root, json!({"v": 1, "type": "touch", "session": s}));
@@ -722,24 +616,20 @@ fn the_mcp_servers_of_one_session_are_touched_together() {
 /// `gov kill --session S` ends every server of one agent session, and
 /// leaves another session's server serving.
 #[test]
-
 fn gov_kill_session_ends_every_mcp_server_of_that_session() {
     let test = "gov_kill_session_ends_every_mcp_server_of_that_session";
-    if host_only(test) {
+    let Some((root, _d, pkgs)) = start_with_packages(test, "") else {
         return;
-    }
-    let Some(kit) = kit(test) else { return };
-    let root = TestRoot::new();
-    let _d = root.daemon(POLICY);
+    };
     let project = project_dir(&root, "app");
-    let mut agent = Agent::start(kit, &root);
+    let mut agent = Agent::start(pkgs, &root);
 
     let (s, t) = ("5e55a0aa-0003", "5e55a0aa-0004");
     for (name, session) in [("a1", s), ("a2", s), ("b1", t)] {
         agent.send(mcp_server(
             name,
             &root,
-            kit,
+            pkgs,
             &project,
             &["--session", session],
             &[],
@@ -750,16 +640,11 @@ fn gov_kill_session_ends_every_mcp_server_of_that_session() {
     }
     let ours = gates_of_session(&root, s);
     assert_eq!(ours.len(), 2);
-    let members: Vec<u32> = ours.iter().flat_map(pids).collect();
+    let members: Vec<u32> = ours.iter().flat_map(|g| g.pids.iter().copied()).collect();
 
     root.ok(&["kill", "--session", s]);
     for g in &ours {
-        assert_gone(
-            &root,
-            g["id"].as_str().unwrap(),
-            &members,
-            Duration::from_secs(15),
-        );
+        assert_gone(&root, g.id.as_str(), &members, Duration::from_secs(15));
     }
     assert_eq!(gates_of_session(&root, t).len(), 1);
     agent.send(json!({"op": "call", "name": "b1"}));
@@ -778,23 +663,19 @@ fn gov_kill_session_ends_every_mcp_server_of_that_session() {
 /// its servers (Claude Code: CLAUDE_CODE_SESSION_ID, 2.1.154+), so an MCP
 /// config needs no per-session line.
 #[test]
-
 fn an_mcp_servers_session_comes_from_claude_code_session_id() {
     let test = "an_mcp_servers_session_comes_from_claude_code_session_id";
-    if host_only(test) {
+    let Some((root, _d, pkgs)) = start_with_packages(test, "") else {
         return;
-    }
-    let Some(kit) = kit(test) else { return };
-    let root = TestRoot::new();
-    let _d = root.daemon(POLICY);
+    };
     let project = project_dir(&root, "app");
-    let mut agent = Agent::start(kit, &root);
+    let mut agent = Agent::start(pkgs, &root);
 
     let session = "0b6e5c1e-6f1c-4a3e-9d0b-1c2d3e4f5a6b";
     let started = agent.start_server(mcp_server(
         "memory",
         &root,
-        kit,
+        pkgs,
         &project,
         &[],
         &[("CLAUDE_CODE_SESSION_ID", session), ("CLAUDECODE", "1")],
@@ -888,12 +769,9 @@ impl Lsp {
 #[test]
 fn a_language_server_runs_in_a_gate_as_an_editor_starts_it() {
     let test = "a_language_server_runs_in_a_gate_as_an_editor_starts_it";
-    if host_only(test) {
+    let Some((root, _d, pkgs)) = start_with_packages(test, "") else {
         return;
-    }
-    let Some(kit) = kit(test) else { return };
-    let root = TestRoot::new();
-    let _d = root.daemon(POLICY);
+    };
     let project = project_dir(&root, "pyproj");
     let file = project.join("hello.py");
     let text = "import os\nos.pa";
@@ -905,7 +783,7 @@ fn a_language_server_runs_in_a_gate_as_an_editor_starts_it() {
         .args(["spawn", "--project"])
         .arg(&project)
         .args(["--session", session, "--"])
-        .arg(kit.venv.join("bin/pylsp"))
+        .arg(pkgs.venv.join("bin/pylsp"))
         .current_dir(&project)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -927,13 +805,13 @@ fn a_language_server_runs_in_a_gate_as_an_editor_starts_it() {
     );
     lsp.notify("initialized", json!({}));
     let g = gate_of_session(&root, session);
-    let gate = g["id"].as_str().unwrap().to_string();
+    let gate = g.id.clone();
     assert_eq!(
-        g["main_pid"].as_u64(),
-        Some(server.id() as u64),
-        "the process the editor started is the server, in its gate: {g}"
+        g.main_pid,
+        Some(server.id()),
+        "the process the editor started is the server, in its gate: {g:?}"
     );
-    assert_eq!(g["project"], project.to_str().unwrap());
+    assert_eq!(g.project, project.to_str().unwrap());
 
     lsp.notify(
         "textDocument/didOpen",
@@ -956,7 +834,7 @@ fn a_language_server_runs_in_a_gate_as_an_editor_starts_it() {
     assert!(r.is_null(), "{r}");
     lsp.notify("exit", Value::Null);
     assert_eq!(server.reap(Duration::from_secs(20)), Some(0));
-    assert_gone(&root, &gate, &pids(&g), Duration::from_secs(10));
+    assert_gone(&root, &gate, &g.pids, Duration::from_secs(10));
     assert!(
         ended_by_itself(&root, &gate),
         "the gate ended with its server"
@@ -967,7 +845,7 @@ fn a_language_server_runs_in_a_gate_as_an_editor_starts_it() {
 // An agent's shell commands through a command prefix
 
 fn shell_prefix() -> PathBuf {
-    manifest().join("packaging/gov-shell-prefix")
+    kit::repo().join("packaging/gov-shell-prefix")
 }
 
 /// Runs the prefix as Claude Code does (docs: the whole command, one
@@ -995,11 +873,9 @@ fn prefixed(root: &TestRoot, project: &Path, args: &[&str], env: &[(&str, &str)]
 #[test]
 fn an_agents_test_runner_gets_a_gate_and_a_deadline_through_the_shell_prefix() {
     let test = "an_agents_test_runner_gets_a_gate_and_a_deadline_through_the_shell_prefix";
-    if host_only(test) {
+    let Some((root, _d)) = start(test, "") else {
         return;
-    }
-    let root = TestRoot::new();
-    let _d = root.daemon(POLICY);
+    };
     let project = project_dir(&root, "repo");
     let pidfile = project.join("runner.pids");
     let gatefile = project.join("runner.gate");
@@ -1038,18 +914,18 @@ fn an_agents_test_runner_gets_a_gate_and_a_deadline_through_the_shell_prefix() {
     let prefix = Kid::new(child);
 
     let g = gate_of_session(&root, session);
-    let gate = g["id"].as_str().unwrap().to_string();
-    assert_eq!(g["main_pid"].as_u64(), Some(prefix.id() as u64), "{g}");
-    assert_eq!(g["max_runtime_s"].as_u64(), Some(3), "{g}");
-    assert_eq!(g["project"], project.to_str().unwrap());
+    let gate = g.id.clone();
+    assert_eq!(g.main_pid, Some(prefix.id()), "{g:?}");
+    assert_eq!(g.max_runtime_s, Some(3), "{g:?}");
+    assert_eq!(g.project, project.to_str().unwrap());
     let mut runner = Vec::new();
     wait_until(Duration::from_secs(10), "the runner's pids", || {
-        runner = common::read_pids(&pidfile);
+        runner = kit::read_pids(&pidfile);
         runner.len() == 2
     });
     let seen = fs::read_to_string(&gatefile).unwrap();
     assert_eq!(seen.trim(), gate, "the runner sees GOV_GATE");
-    assert!(pids(&root.gate(&gate).unwrap()).contains(&runner[1]));
+    assert!(root.gate(&gate).unwrap().pids.contains(&runner[1]));
 
     // At the deadline: SIGTERM to the command's shell, then the kill of
     // everything left, the setsid sleep too.
@@ -1071,11 +947,9 @@ fn an_agents_test_runner_gets_a_gate_and_a_deadline_through_the_shell_prefix() {
 #[test]
 fn a_short_command_through_the_shell_prefix_keeps_its_output_and_status() {
     let test = "a_short_command_through_the_shell_prefix_keeps_its_output_and_status";
-    if host_only(test) {
+    let Some((root, _d)) = start(test, "") else {
         return;
-    }
-    let root = TestRoot::new();
-    let _d = root.daemon(POLICY);
+    };
     let project = project_dir(&root, "repo");
     let snapshot = project.join("snapshot.sh");
     fs::write(&snapshot, "export FROM_SNAPSHOT=yes\n").unwrap();
@@ -1126,11 +1000,9 @@ fn a_short_command_through_the_shell_prefix_keeps_its_output_and_status() {
 #[test]
 fn a_gov_spawn_through_the_shell_prefix_moves_into_its_own_gate() {
     let test = "a_gov_spawn_through_the_shell_prefix_moves_into_its_own_gate";
-    if host_only(test) {
+    let Some((root, _d)) = start(test, "") else {
         return;
-    }
-    let root = TestRoot::new();
-    let _d = root.daemon(POLICY);
+    };
     let project = project_dir(&root, "repo");
     let fifo = root.dir.path().join("go");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
@@ -1161,15 +1033,8 @@ fn a_gov_spawn_through_the_shell_prefix_moves_into_its_own_gate() {
     .unwrap();
     let server = Kid::new(child);
     let inner = gate_of_session(&root, "inner");
-    assert_eq!(
-        inner["main_pid"].as_u64(),
-        Some(server.id() as u64),
-        "{inner}"
-    );
-    assert!(
-        inner.get("max_runtime_s").is_none_or(|m| m.is_null()),
-        "{inner}"
-    );
+    assert_eq!(inner.main_pid, Some(server.id()), "{inner:?}");
+    assert_eq!(inner.max_runtime_s, None, "{inner:?}");
     wait_until(
         Duration::from_secs(10),
         "the refused prefix's gate to go",
@@ -1191,11 +1056,9 @@ fn a_gov_spawn_through_the_shell_prefix_moves_into_its_own_gate() {
 #[test]
 fn kaimons_julia_bin_wrapper_forwards_its_arguments_and_gates_the_worker() {
     let test = "kaimons_julia_bin_wrapper_forwards_its_arguments_and_gates_the_worker";
-    if host_only(test) {
+    let Some((root, _d)) = start(test, "") else {
         return;
-    }
-    let root = TestRoot::new();
-    let _d = root.daemon(POLICY);
+    };
     let project = project_dir(&root, "MyPkg.jl");
     let out_file = root.dir.path().join("worker.out");
     // A stand-in julia: says what it was given and where it runs, starts a
@@ -1220,7 +1083,7 @@ fn kaimons_julia_bin_wrapper_forwards_its_arguments_and_gates_the_worker() {
         "-e",
         "using KaimonGate; KaimonGate.serve(; name = \"MyPkg\")",
     ];
-    let child = Command::new(manifest().join("tests/fixtures/julia-gated"))
+    let child = Command::new(kit::repo().join("tests/fixtures/julia-gated"))
         .args(kaimon_args)
         .env("GATE_WORKER", &fake)
         .env("PATH", path_with(&[&gov_dir()]))
@@ -1249,7 +1112,7 @@ fn kaimons_julia_bin_wrapper_forwards_its_arguments_and_gates_the_worker() {
     );
     let runner: u32 = lines.last().unwrap().parse().unwrap();
     let g = root.gate(&gate).expect("listed");
-    assert!(pids(&g).contains(&runner), "{g}");
+    assert!(g.pids.contains(&runner), "{g:?}");
 
     // Kaimon's stop: SIGTERM to its worker (the pty's child). The worker
     // goes; the runner it left is still in the gate, where gov ps shows it
@@ -1266,7 +1129,7 @@ fn kaimons_julia_bin_wrapper_forwards_its_arguments_and_gates_the_worker() {
         "killed by SIGTERM"
     );
     let g = root.gate(&gate).expect("the leftover keeps the gate");
-    assert_eq!(pids(&g), vec![runner]);
+    assert_eq!(g.pids, vec![runner]);
     root.ok(&["kill", &gate]);
     assert_gone(&root, &gate, &[runner], Duration::from_secs(10));
 }
@@ -1276,17 +1139,17 @@ fn kaimons_julia_bin_wrapper_forwards_its_arguments_and_gates_the_worker() {
 
 #[test]
 fn the_doc_shows_the_agent_scripts_verbatim() {
-    if host_only("the_doc_shows_the_agent_scripts_verbatim") {
+    if kit::host_only("the_doc_shows_the_agent_scripts_verbatim", HOST_NEEDS) {
         return;
     }
-    let doc = fs::read_to_string(manifest().join("docs/integrations.md")).unwrap();
+    let doc = fs::read_to_string(kit::repo().join("docs/integrations.md")).unwrap();
     for f in [
         "packaging/gov-shell-prefix",
         "tests/fixtures/julia-gated",
         "tests/fixtures/agents/claude-code.mcp.json",
         "tests/fixtures/agents/claude-code-issue12.mcp.json",
     ] {
-        let text = fs::read_to_string(manifest().join(f)).unwrap();
+        let text = fs::read_to_string(kit::repo().join(f)).unwrap();
         assert!(
             doc.contains(text.trim_end()),
             "docs/integrations.md must show {f} verbatim"

@@ -3,7 +3,7 @@
 //! mistyped option before CMD, and packaging/install. Host tests: root and
 //! cgroup2 required.
 
-mod common;
+use gov_testkit as kit;
 
 use std::fs;
 use std::os::unix::net::UnixStream;
@@ -12,27 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{alive, gov_bin, text, wait_until, Kid, TestRoot};
+use kit::{alive, gov_bin, text, wait_until, Kid, TestRoot};
 use serde_json::Value;
 
 const README: &str = include_str!("../README.md");
-
-/// `gov spawn -p PROJECT [-s SESSION] -- sh -c SCRIPT`, and its gate's id.
-fn spawn_gate(root: &TestRoot, project: &str, session: Option<&str>) -> (Kid, String) {
-    let mut c = root.gov();
-    c.args(["spawn", "-p", project]);
-    if let Some(s) = session {
-        c.args(["-s", s]);
-    }
-    let kid = Kid::new(
-        c.args(["--", "sh", "-c", "sleep 600"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("gov spawn starts"),
-    );
-    let id = root.gate_of(kid.id());
-    (kid, id)
-}
 
 fn fails(out: &Output, what: &str) -> String {
     assert!(
@@ -127,7 +110,7 @@ fn readme_first_command_starts_a_gate_and_its_stop_instruction_stops_only_that_d
     fs::create_dir_all(checkout.join("target/release")).unwrap();
     std::os::unix::fs::symlink(gov_bin(), checkout.join("target/release/gov")).unwrap();
     let config = root.dir.path().join("gov.toml");
-    common::write_policy(&config, &root.socket, "");
+    kit::write_policy(&config, &root.socket, "");
     let env = |c: &mut Command| {
         c.current_dir(&checkout)
             .env("GOV_SOCKET", &root.socket)
@@ -169,7 +152,7 @@ fn readme_first_command_starts_a_gate_and_its_stop_instruction_stops_only_that_d
     assert_eq!(code, Some(0), "README's first command failed:\n{output}");
 
     // One gate, of this checkout, listed by the gate's own `gov ps`.
-    let gates = root.ps();
+    let gates = root.ps_json();
     assert_eq!(gates.len(), 1, "{gates:?}");
     let gate = gates[0]["id"].as_str().unwrap().to_string();
     assert_eq!(gates[0]["project"], checkout.to_str().unwrap());
@@ -209,7 +192,7 @@ fn readme_first_command_starts_a_gate_and_its_stop_instruction_stops_only_that_d
     );
     assert_eq!(daemon_pid_at(&other.socket), other_daemon.pid());
     // And the stopped daemon's gate runs on (root sees it on cgroupfs).
-    assert_eq!(ids(&root.ps()), [gate]);
+    assert_eq!(ids(&root.ps_json()), [gate]);
     assert!(pids.iter().all(|&p| alive(p)));
     let st = root.run(&["status"]);
     assert_eq!(st.status.code(), Some(3), "no daemon: {}", text(&st.stdout));
@@ -237,46 +220,46 @@ fn status_names_the_daemon_on_the_socket() {
 fn a_unique_prefix_names_its_gate_in_every_command() {
     let root = TestRoot::new();
     let _d = root.daemon("");
-    let (_a, a) = spawn_gate(&root, "p", Some("sa"));
-    let (_b, b) = spawn_gate(&root, "p", Some("sb"));
+    let (_a, a) = root.sleeping_gate(root.gov(), "p", Some("sa"));
+    let (_b, b) = root.sleeping_gate(root.gov(), "p", Some("sb"));
     let pa = unique_prefix(&a, &[&b]);
 
     let shown: Value = serde_json::from_str(&root.ok(&["show", &pa, "--json"])).unwrap();
     assert_eq!(shown["id"], a.as_str());
     root.ok(&["touch", &pa]);
     root.ok(&["freeze", &pa]);
-    assert_eq!(root.gate(&a).unwrap()["state"], "frozen");
-    assert_eq!(root.gate(&b).unwrap()["state"], "running");
+    assert_eq!(root.gate_json(&a).unwrap()["state"], "frozen");
+    assert_eq!(root.gate_json(&b).unwrap()["state"], "running");
     root.ok(&["thaw", &pa]);
-    assert_eq!(root.gate(&a).unwrap()["state"], "running");
+    assert_eq!(root.gate_json(&a).unwrap()["state"], "running");
     root.ok(&["pin", &pa]);
-    assert_eq!(root.gate(&a).unwrap()["pinned"], true);
-    assert_eq!(root.gate(&b).unwrap()["pinned"], false);
+    assert_eq!(root.gate_json(&a).unwrap()["pinned"], true);
+    assert_eq!(root.gate_json(&b).unwrap()["pinned"], false);
     root.ok(&["unpin", &pa]);
-    assert_eq!(root.gate(&a).unwrap()["pinned"], false);
+    assert_eq!(root.gate_json(&a).unwrap()["pinned"], false);
     root.ok(&["tag", &pa, "--session", "late"]);
-    assert_eq!(root.gate(&a).unwrap()["session"], "late");
-    assert_eq!(root.gate(&b).unwrap()["session"], "sb");
+    assert_eq!(root.gate_json(&a).unwrap()["session"], "late");
+    assert_eq!(root.gate_json(&b).unwrap()["session"], "sb");
     root.ok(&["kill", &pa]);
-    assert_eq!(ids(&root.ps()), [b]);
+    assert_eq!(ids(&root.ps_json()), [b]);
 }
 
 /// Root without a daemon resolves prefixes by walking the tree.
 #[test]
 fn a_unique_prefix_works_without_a_daemon() {
     let root = TestRoot::new();
-    let (_a, a) = spawn_gate(&root, "p", Some("sa"));
-    let (_b, b) = spawn_gate(&root, "p", Some("sb"));
+    let (_a, a) = root.sleeping_gate(root.gov(), "p", Some("sa"));
+    let (_b, b) = root.sleeping_gate(root.gov(), "p", Some("sb"));
     let pa = unique_prefix(&a, &[&b]);
     let shown: Value = serde_json::from_str(&root.ok(&["show", &pa, "--json"])).unwrap();
     assert_eq!(shown["id"], a.as_str());
     root.ok(&["freeze", &pa]);
-    assert_eq!(root.gate(&a).unwrap()["state"], "frozen");
+    assert_eq!(root.gate_json(&a).unwrap()["state"], "frozen");
     root.ok(&["kill", &pa]);
-    assert_eq!(ids(&root.ps()), [b]);
+    assert_eq!(ids(&root.ps_json()), [b]);
     // Sessions too.
     root.ok(&["kill", "sb"]);
-    assert!(root.ps().is_empty());
+    assert!(root.ps_json().is_empty());
 }
 
 /// "g" starts every gate id: with two gates it is ambiguous, the error
@@ -285,14 +268,14 @@ fn a_unique_prefix_works_without_a_daemon() {
 fn an_ambiguous_prefix_lists_the_candidates_and_changes_nothing() {
     let root = TestRoot::new();
     let _d = root.daemon("");
-    let (_a, a) = spawn_gate(&root, "p", None);
-    let (_b, b) = spawn_gate(&root, "q", None);
+    let (_a, a) = root.sleeping_gate(root.gov(), "p", None);
+    let (_b, b) = root.sleeping_gate(root.gov(), "q", None);
     for cmd in ["kill", "freeze", "pin", "touch", "show"] {
         let err = fails(&root.run(&[cmd, "g"]), cmd);
         assert!(err.contains("ambiguous"), "{cmd}: {err}");
         assert!(err.contains(&a) && err.contains(&b), "{cmd}: {err}");
     }
-    let gates = root.ps();
+    let gates = root.ps_json();
     assert_eq!(ids(&gates), {
         let mut v = vec![a, b];
         v.sort();
@@ -308,7 +291,7 @@ fn an_ambiguous_prefix_lists_the_candidates_and_changes_nothing() {
 fn a_prefix_or_word_that_names_nothing_is_an_error() {
     let root = TestRoot::new();
     let _d = root.daemon("");
-    let (_a, a) = spawn_gate(&root, "p", Some("s1"));
+    let (_a, a) = root.sleeping_gate(root.gov(), "p", Some("s1"));
     // A prefix no gate has: a second character other than a's.
     let other = if a.as_bytes()[1] == b'0' { "g1" } else { "g0" };
     for cmd in ["kill", "show", "touch", "pin"] {
@@ -338,7 +321,7 @@ fn a_prefix_or_word_that_names_nothing_is_an_error() {
         "kill --session",
     );
     assert!(err.contains("no gate of yours has session"), "{err}");
-    assert_eq!(ids(&root.ps()), [a]);
+    assert_eq!(ids(&root.ps_json()), [a]);
 }
 
 /// A session where a gate was expected: touch, show, freeze, thaw and kill
@@ -347,27 +330,27 @@ fn a_prefix_or_word_that_names_nothing_is_an_error() {
 fn a_session_given_where_a_gate_was_expected() {
     let root = TestRoot::new();
     let _d = root.daemon("");
-    let (_a, a) = spawn_gate(&root, "p", Some("3fa2c1d0"));
-    let (_b, b) = spawn_gate(&root, "p", Some("other"));
+    let (_a, a) = root.sleeping_gate(root.gov(), "p", Some("3fa2c1d0"));
+    let (_b, b) = root.sleeping_gate(root.gov(), "p", Some("other"));
 
     root.ok(&["touch", "3fa2c1d0"]);
     let shown: Value = serde_json::from_str(&root.ok(&["show", "3fa2c1d0", "--json"])).unwrap();
     assert_eq!(shown["id"], a.as_str());
     root.ok(&["freeze", "3fa2c1d0"]);
-    assert_eq!(root.gate(&a).unwrap()["state"], "frozen");
-    assert_eq!(root.gate(&b).unwrap()["state"], "running");
+    assert_eq!(root.gate_json(&a).unwrap()["state"], "frozen");
+    assert_eq!(root.gate_json(&b).unwrap()["state"], "running");
     root.ok(&["thaw", "3fa2c1d0"]);
-    assert_eq!(root.gate(&a).unwrap()["state"], "running");
+    assert_eq!(root.gate_json(&a).unwrap()["state"], "running");
 
     let err = fails(&root.run(&["pin", "3fa2c1d0"]), "pin SESSION");
     assert!(
         err.contains("is a session") && err.contains("--session"),
         "{err}"
     );
-    assert_eq!(root.gate(&a).unwrap()["pinned"], false);
+    assert_eq!(root.gate_json(&a).unwrap()["pinned"], false);
 
     // A second gate in the session: show wants one, or --session for all.
-    let (_c, c) = spawn_gate(&root, "q", Some("3fa2c1d0"));
+    let (_c, c) = root.sleeping_gate(root.gov(), "q", Some("3fa2c1d0"));
     let err = fails(&root.run(&["show", "3fa2c1d0"]), "show SESSION of 2");
     assert!(err.contains("--session") && err.contains(&c), "{err}");
     let both: Vec<Value> =
@@ -379,16 +362,16 @@ fn a_session_given_where_a_gate_was_expected() {
     });
     // kill takes the session's every gate, and only those.
     root.ok(&["kill", "3fa2c1d0"]);
-    assert_eq!(ids(&root.ps()), [b]);
+    assert_eq!(ids(&root.ps_json()), [b]);
 }
 
 #[test]
 fn ps_filters_by_project_and_session() {
     let root = TestRoot::new();
     let _d = root.daemon("");
-    let (_a, a) = spawn_gate(&root, "/src/one", Some("s1"));
-    let (_b, b) = spawn_gate(&root, "/src/one", Some("s2"));
-    let (_c, c) = spawn_gate(&root, "two", Some("s1"));
+    let (_a, a) = root.sleeping_gate(root.gov(), "/src/one", Some("s1"));
+    let (_b, b) = root.sleeping_gate(root.gov(), "/src/one", Some("s2"));
+    let (_c, c) = root.sleeping_gate(root.gov(), "two", Some("s1"));
     let ps = |args: &[&str]| -> Vec<String> {
         let mut all = vec!["ps", "--json"];
         all.extend_from_slice(args);
@@ -438,7 +421,7 @@ fn a_mistyped_flag_before_dashdash_is_refused_and_runs_nothing() {
     assert!(err.contains("unexpected argument '--sesion'"), "{err}");
     assert!(err.contains("'--session'"), "{err}");
     assert!(!marker.exists(), "the command ran");
-    assert!(root.ps().is_empty(), "a gate was made");
+    assert!(root.ps_json().is_empty(), "a gate was made");
     assert!(root.gate_dirs().is_empty());
 }
 
@@ -447,8 +430,7 @@ fn a_mistyped_flag_before_dashdash_is_refused_and_runs_nothing() {
 
 #[test]
 fn packaging_install_puts_gov_on_path_and_the_unit_points_at_it() {
-    if std::env::var_os("GOV_VM").is_some() {
-        common::skip("packaging_install", "host-only (bash, the source tree)");
+    if kit::host_only("packaging_install", "bash, the source tree") {
         return;
     }
     let dest = tempfile::tempdir().unwrap();
@@ -487,17 +469,14 @@ fn packaging_install_puts_gov_on_path_and_the_unit_points_at_it() {
 fn prefixes_and_sessions_name_only_the_callers_own_gates() {
     let root = TestRoot::new();
     let _d = root.daemon("");
-    let (_a, a) = spawn_gate(&root, "p", Some("roots"));
+    let (_a, a) = root.sleeping_gate(root.gov(), "p", Some("roots"));
     for word in [&a[..4], "roots"] {
         for cmd in ["show", "kill", "touch"] {
-            let out = common::as_user(
-                common::NOBODY,
-                common::gov_as_nobody(&root).args([cmd, word]),
-            );
+            let out = kit::as_user(kit::NOBODY, kit::gov_as_nobody(&root).args([cmd, word]));
             let err = fails(&out, &format!("nobody: gov {cmd} {word}"));
             assert!(err.contains("of yours"), "{cmd} {word}: {err}");
             assert!(!err.contains(&a), "{cmd} {word} names root's gate: {err}");
         }
     }
-    assert_eq!(root.gate(&a).unwrap()["state"], "running");
+    assert_eq!(root.gate_json(&a).unwrap()["state"], "running");
 }

@@ -5,7 +5,7 @@
 //! answers, it must offer nothing, print nothing and not hang. Host tests:
 //! root, cgroup2 and bash (the VM has busybox only).
 
-mod common;
+use gov_testkit as kit;
 
 use std::fs;
 use std::os::unix::net::UnixListener;
@@ -14,16 +14,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{gov_for_others, text, Kid, TestRoot, NOBODY};
 use gov::cli::complete::{registration, DEADLINE};
+use kit::{gov_for_others, text, TestRoot, NOBODY};
 
-fn host_only(test: &str) -> bool {
-    if std::env::var_os("GOV_VM").is_some() {
-        common::skip(test, "host-only (bash); the VM has busybox only");
-        return true;
-    }
-    false
-}
+/// What these tests need that only a host has (the VM has busybox).
+const HOST_NEEDS: &str = "bash";
 
 /// What bash does at a TAB, run by bash: tests/fixtures/bash-complete
 /// (packaging/smoke-deb runs it on the installed script). Given to `bash -c`,
@@ -107,34 +102,19 @@ impl Shell {
     }
 }
 
-/// `gov spawn -p PROJECT -s SESSION -- sleep 600` (as `uid` if given), and
-/// its gate's id.
-fn spawn_gate(root: &TestRoot, uid: Option<u32>, project: &str, session: &str) -> (Kid, String) {
-    let mut c = match uid {
-        Some(NOBODY) => common::gov_as_nobody(root),
-        Some(other) => panic!("no test user {other}"),
-        None => root.gov(),
-    };
-    let kid = Kid::new(
-        c.args(["spawn", "-p", project, "-s", session, "--", "sleep", "600"])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("gov spawn starts"),
-    );
-    let id = root.gate_of(kid.id());
-    (kid, id)
-}
-
 #[test]
 fn a_tab_offers_the_callers_gate_ids_sessions_and_projects_from_the_daemon() {
-    if host_only("a_tab_offers_the_callers_gate_ids_sessions_and_projects_from_the_daemon") {
+    if kit::host_only(
+        "a_tab_offers_the_callers_gate_ids_sessions_and_projects_from_the_daemon",
+        HOST_NEEDS,
+    ) {
         return;
     }
     let root = TestRoot::new();
     let _d = root.daemon("");
     let shell = Shell::new(&root);
     let project = root.dir.path().join("proj").display().to_string();
-    let (_g, id) = spawn_gate(&root, None, &project, "sess-tab-1");
+    let (_g, id) = root.sleeping_gate(root.gov(), &project, Some("sess-tab-1"));
     let complete = |words: &[&str]| {
         let (reply, err, _) = shell.complete(&root, None, words);
         assert!(err.is_empty(), "{words:?} printed: {err}");
@@ -194,14 +174,14 @@ fn a_tab_offers_the_callers_gate_ids_sessions_and_projects_from_the_daemon() {
 /// The daemon lists each user's own gates only; completion shows no more.
 #[test]
 fn a_tab_offers_only_the_callers_own_gates() {
-    if host_only("a_tab_offers_only_the_callers_own_gates") {
+    if kit::host_only("a_tab_offers_only_the_callers_own_gates", HOST_NEEDS) {
         return;
     }
     let root = TestRoot::new();
     let _d = root.daemon("");
     let shell = Shell::new(&root);
-    let (_r, roots) = spawn_gate(&root, None, "p", "sess-root");
-    let (_n, nobodys) = spawn_gate(&root, Some(NOBODY), "p", "sess-nobody");
+    let (_r, roots) = root.sleeping_gate(root.gov(), "p", Some("sess-root"));
+    let (_n, nobodys) = root.sleeping_gate(kit::gov_as_nobody(&root), "p", Some("sess-nobody"));
 
     let (reply, err, _) = shell.complete(&root, Some(NOBODY), &["gov", "kill", "g"]);
     assert!(err.is_empty(), "{err}");
@@ -220,7 +200,10 @@ fn a_tab_offers_only_the_callers_own_gates() {
 /// and no waiting. Root, as `gov ps` does, still lists the tree directly.
 #[test]
 fn without_a_daemon_a_tab_offers_nothing_says_nothing_and_does_not_wait() {
-    if host_only("without_a_daemon_a_tab_offers_nothing_says_nothing_and_does_not_wait") {
+    if kit::host_only(
+        "without_a_daemon_a_tab_offers_nothing_says_nothing_and_does_not_wait",
+        HOST_NEEDS,
+    ) {
         return;
     }
     let root = TestRoot::new();
@@ -242,7 +225,7 @@ fn without_a_daemon_a_tab_offers_nothing_says_nothing_and_does_not_wait() {
         }
     }
     // A gate root made without a daemon is on cgroupfs: root's TAB finds it.
-    let (_g, id) = spawn_gate(&root, None, "p", "sess-direct");
+    let (_g, id) = root.sleeping_gate(root.gov(), "p", Some("sess-direct"));
     let (reply, err, _) = shell.complete(&root, None, &["gov", "kill", "g"]);
     assert_eq!(reply, [id], "{err}");
     let (reply, _, _) = shell.complete(&root, Some(NOBODY), &["gov", "kill", "g"]);
@@ -253,7 +236,10 @@ fn without_a_daemon_a_tab_offers_nothing_says_nothing_and_does_not_wait() {
 /// the TAB gives up at the deadline, silently, instead of hanging the shell.
 #[test]
 fn a_daemon_that_never_answers_costs_a_tab_the_deadline_not_a_hang() {
-    if host_only("a_daemon_that_never_answers_costs_a_tab_the_deadline_not_a_hang") {
+    if kit::host_only(
+        "a_daemon_that_never_answers_costs_a_tab_the_deadline_not_a_hang",
+        HOST_NEEDS,
+    ) {
         return;
     }
     let root = TestRoot::new();

@@ -6,7 +6,8 @@
 //! daemon would move the test runner into a gate. Raw spawns come from a
 //! child process: this test binary re-run as `raw_client_child`.
 
-mod common;
+use gov::protocol::EventKind;
+use gov_testkit as kit;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -16,33 +17,20 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{alive, gov_as_nobody, root_rel, text, wait_until, Daemon, Kid, TestRoot, NOBODY};
+use kit::{
+    alive, gov_as_nobody, root_rel, spawn_gate, text, wait_until, Daemon, Kid, TestRoot, NOBODY,
+};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
 fn nobody_run(root: &TestRoot, args: &[&str]) -> Output {
-    common::as_user(NOBODY, gov_as_nobody(root).args(args))
+    kit::as_user(NOBODY, gov_as_nobody(root).args(args))
 }
 
 fn nobody_ps(root: &TestRoot) -> Vec<Value> {
     let out = nobody_run(root, &["ps", "--json"]);
     assert!(out.status.success(), "ps as nobody: {}", text(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-/// `gov spawn -p PROJECT [-s SESSION] -- sh -c SCRIPT` through the daemon.
-fn spawn_gate(root: &TestRoot, project: &str, session: Option<&str>, script: &str) -> Kid {
-    let mut c = root.gov();
-    c.args(["spawn", "-p", project]);
-    if let Some(s) = session {
-        c.args(["-s", s]);
-    }
-    Kid::new(
-        c.args(["--", "sh", "-c", script])
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
 }
 
 fn proc_status(pid: u32, key: &str) -> Option<String> {
@@ -104,15 +92,15 @@ fn assert_error_reply(reply: Option<Value>, what: &str) -> Value {
 }
 
 /// The raw client's half, run in a child process: this same test binary,
-/// re-run with only this test selected and GOV_RAW_SOCKET set. It prints
-/// its cgroup before and after sending GOV_RAW_REQUEST (with __SELF__
-/// replaced by its own pid) and the daemon's reply. Without the variable it
-/// does nothing, so as an ordinary test it passes at once.
+/// re-run with only this test selected (`--ignored`) and GOV_RAW_SOCKET
+/// set. It prints its cgroup before and after sending GOV_RAW_REQUEST (with
+/// __SELF__ replaced by its own pid) and the daemon's reply. Ignored, so it
+/// is never counted as a test that passed having checked nothing.
 #[test]
+#[ignore = "a helper: raw_client runs it in a child process"]
 fn raw_client_child() {
-    let Some(socket) = std::env::var_os("GOV_RAW_SOCKET") else {
-        return;
-    };
+    let socket =
+        std::env::var_os("GOV_RAW_SOCKET").expect("run by raw_client, with GOV_RAW_SOCKET");
     let request = std::env::var("GOV_RAW_REQUEST").unwrap();
     let cg = || {
         let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
@@ -121,13 +109,8 @@ fn raw_client_child() {
     let me = std::process::id();
     println!("self={me}");
     println!("before={}", cg());
-    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    use std::io::{BufRead, Write};
-    s.write_all(format!("{}\n", request.replace("__SELF__", &me.to_string())).as_bytes())
-        .unwrap();
-    let mut reply = String::new();
-    std::io::BufReader::new(&s).read_line(&mut reply).unwrap();
+    let reply =
+        kit::Conn::connect(Path::new(&socket)).call(&request.replace("__SELF__", &me.to_string()));
     println!("reply={}", reply.trim());
     println!("after={}", cg());
 }
@@ -138,6 +121,7 @@ fn raw_client(root: &TestRoot, uid: u32, request: &str) -> BTreeMap<String, Stri
     let mut c = Command::new(std::env::current_exe().unwrap());
     c.args([
         "--exact",
+        "--ignored",
         "raw_client_child",
         "--nocapture",
         "--test-threads=1",
@@ -147,7 +131,7 @@ fn raw_client(root: &TestRoot, uid: u32, request: &str) -> BTreeMap<String, Stri
     .env("GOV_RAW_REQUEST", request)
     .env("HOME", "/")
     .current_dir("/");
-    let out = common::as_user(uid, &mut c);
+    let out = kit::as_user(uid, &mut c);
     assert!(
         out.status.success(),
         "raw client failed: {}{}",
@@ -186,7 +170,12 @@ fn an_unprivileged_client_owns_its_gate_and_cannot_touch_roots() {
             .spawn()
             .unwrap(),
     );
-    let mine = spawn_gate(&root, "/srv/root-proj", Some("root-1"), "exec sleep 300");
+    let mine = spawn_gate(
+        root.gov(),
+        "/srv/root-proj",
+        Some("root-1"),
+        "exec sleep 300",
+    );
     let their_id = root.gate_of(theirs.id());
     let my_id = root.gate_of(mine.id());
 
@@ -202,13 +191,13 @@ fn an_unprivileged_client_owns_its_gate_and_cannot_touch_roots() {
 
     // Root sees both, with the right owners.
     wait_until(Duration::from_secs(5), "root to see both gates", || {
-        root.ps().len() == 2
+        root.ps_json().len() == 2
     });
-    let g = root.gate(&their_id).unwrap();
+    let g = root.gate_json(&their_id).unwrap();
     assert_eq!(g["uid"], NOBODY);
     assert_eq!(g["user"], "nobody");
     assert_eq!(g["session"], "nb-1");
-    assert_eq!(root.gate(&my_id).unwrap()["uid"], 0);
+    assert_eq!(root.gate_json(&my_id).unwrap()["uid"], 0);
 
     // nobody sees only their own.
     let listed = nobody_ps(&root);
@@ -250,7 +239,7 @@ fn an_unprivileged_client_owns_its_gate_and_cannot_touch_roots() {
         assert_eq!(err.trim_end().lines().count(), 1, "gov {args:?}: {err}");
         assert!(!err.contains("panicked"), "{err}");
     }
-    let g = root.gate(&my_id).expect("root's gate is still there");
+    let g = root.gate_json(&my_id).expect("root's gate is still there");
     assert_eq!(g["state"], "running");
     assert_eq!(g["pinned"], false);
     assert_eq!(g["session"], "root-1");
@@ -286,7 +275,7 @@ fn an_unprivileged_client_owns_its_gate_and_cannot_touch_roots() {
         !alive(theirs.id())
     });
     assert!(alive(mine.id()));
-    assert_eq!(root.ps().len(), 1);
+    assert_eq!(root.ps_json().len(), 1);
     theirs.reap(Duration::from_secs(5));
 }
 
@@ -322,13 +311,12 @@ fn a_spawn_moves_only_the_caller_whatever_the_request_names() {
                     "uid {uid}: the caller itself is moved into {gate}: {f:?}"
                 );
                 // The gate is the caller's, whatever the request said.
-                let events: Vec<Value> =
-                    serde_json::from_str(&root.ok(&["events", "--json", "-n", "1000"])).unwrap();
+                let events = root.events();
                 let ev = events
                     .iter()
-                    .find(|e| e["gate"] == gate && e["kind"] == "spawned")
+                    .find(|e| e.gate == gate && e.kind == EventKind::Spawned)
                     .unwrap_or_else(|| panic!("no spawned event for {gate}: {events:?}"));
-                assert_eq!(ev["uid"], uid, "owner uid comes from peer credentials");
+                assert_eq!(ev.uid, uid, "owner uid comes from peer credentials");
             }
             Some("error") => assert_eq!(f["after"], f["before"], "refused, so not moved"),
             _ => panic!("uid {uid}: unexpected reply {reply}"),
@@ -610,7 +598,7 @@ fn bad_policies_are_refused_naming_line_and_key() {
     ];
     for (i, (extra, line, key)) in cases.iter().enumerate() {
         let file = root.dir.path().join(format!("bad-{i}.toml"));
-        common::write_policy(&file, &root.socket, extra);
+        kit::write_policy(&file, &root.socket, extra);
         let where_ = format!("{}:{line}", file.display());
 
         let out = root.run(&["check-config", file.to_str().unwrap()]);
@@ -632,7 +620,7 @@ fn bad_policies_are_refused_naming_line_and_key() {
     }
     // And a good file passes.
     let good = root.dir.path().join("good.toml");
-    common::write_policy(
+    kit::write_policy(
         &good,
         &root.socket,
         "[defaults]\nidle_timeout = \"5m\"\nmemory_max = \"4G\"\n",
@@ -694,11 +682,11 @@ fn a_missing_config_given_is_refused_naming_it() {
 fn sighup_keeps_the_old_policy_on_a_bad_file_and_applies_a_good_one() {
     let root = TestRoot::new();
     let d = root.daemon("");
-    let a = spawn_gate(&root, "/srv/hup", None, "exec sleep 300");
+    let a = spawn_gate(root.gov(), "/srv/hup", None, "exec sleep 300");
     root.gate_of(a.id());
 
     // The bad file would cap root at one gate, but must not apply.
-    common::write_policy(
+    kit::write_policy(
         &d.config,
         &root.socket,
         "max_gates_per_user = 1\n[defaults]\nidle_timout = \"5m\"\n",
@@ -720,12 +708,16 @@ fn sighup_keeps_the_old_policy_on_a_bad_file_and_applies_a_good_one() {
         line.contains(&format!("{}:5", d.config.display())),
         "and the line: {line}"
     );
-    let b = spawn_gate(&root, "/srv/hup", None, "exec sleep 300");
+    let b = spawn_gate(root.gov(), "/srv/hup", None, "exec sleep 300");
     root.gate_of(b.id());
-    assert_eq!(root.ps().len(), 2, "the old policy (no cap) still rules");
+    assert_eq!(
+        root.ps_json().len(),
+        2,
+        "the old policy (no cap) still rules"
+    );
 
     // A good file with a cap of 2: the third gate is refused.
-    common::write_policy(&d.config, &root.socket, "max_gates_per_user = 2\n");
+    kit::write_policy(&d.config, &root.socket, "max_gates_per_user = 2\n");
     d.signal(Signal::SIGHUP);
     wait_until(
         Duration::from_secs(5),
@@ -736,7 +728,7 @@ fn sighup_keeps_the_old_policy_on_a_bad_file_and_applies_a_good_one() {
     assert!(!out.status.success(), "the new cap applies");
     let err = text(&out.stderr);
     assert!(err.contains("max_gates_per_user"), "{err}");
-    assert_eq!(root.ps().len(), 2);
+    assert_eq!(root.ps_json().len(), 2);
     assert!(alive(a.id()) && alive(b.id()));
 }
 
@@ -748,7 +740,7 @@ fn a_sigkilled_daemon_restarts_and_adopts_every_gate_untouched() {
     let d = root.daemon("");
     let owner = Kid::new(Command::new("sleep").arg("300").spawn().unwrap());
     let a = spawn_gate(
-        &root,
+        root.gov(),
         "/srv/restart",
         Some("rs-a"),
         "sleep 300 & exec sleep 300",
@@ -793,7 +785,7 @@ fn a_sigkilled_daemon_restarts_and_adopts_every_gate_untouched() {
     ];
     root.ok(&["freeze", &ids[2]]);
     wait_until(Duration::from_secs(5), "a's two processes", || {
-        root.gate(&ids[0])
+        root.gate_json(&ids[0])
             .is_some_and(|g| g["pids"].as_array().unwrap().len() == 2)
     });
     let keep = [
@@ -817,7 +809,7 @@ fn a_sigkilled_daemon_restarts_and_adopts_every_gate_untouched() {
             })
             .collect()
     };
-    let before = snapshot(root.ps());
+    let before = snapshot(root.ps_json());
     assert_eq!(before.len(), 3);
     assert_eq!(before[&ids[1]]["owner_pid"], owner.id());
     assert_eq!(before[&ids[1]]["pinned"], true);
@@ -844,7 +836,7 @@ fn a_sigkilled_daemon_restarts_and_adopts_every_gate_untouched() {
     let d = Daemon::start_with(&root, &config);
     let mut after = BTreeMap::new();
     wait_until(Duration::from_secs(5), "every gate to be adopted", || {
-        after = snapshot(root.ps());
+        after = snapshot(root.ps_json());
         after.len() == 3
     });
     assert_eq!(after, before, "every gate is back with its tags and state");
@@ -861,7 +853,7 @@ fn a_sigkilled_daemon_restarts_and_adopts_every_gate_untouched() {
             .frozen,
         "still frozen"
     );
-    assert_eq!(root.gate(&ids[0]).unwrap()["state"], "running");
+    assert_eq!(root.gate_json(&ids[0]).unwrap()["state"], "running");
 }
 
 /// A gate of the layout before project keys carried the uid
@@ -897,11 +889,11 @@ fn a_gate_of_the_older_layout_is_managed_where_it_lies() {
 
     let _d = root.daemon("");
     wait_until(Duration::from_secs(10), "the old gate managed", || {
-        root.gate(id).is_some_and(|g| g["project"] == project)
+        root.gate_json(id).is_some_and(|g| g["project"] == project)
     });
     let new = Kid::new(root.spawn_sh(project, "sleep 300 & wait"));
     let new_id = root.gate_of(new.id());
-    let new_project = common::cgroup_parent(&root.gate_cgroup(&new_id));
+    let new_project = kit::cgroup_parent(&root.gate_cgroup(&new_id));
     assert_eq!(
         new_project.path(),
         root.path.join(gov::names::project_key(0, project))
@@ -923,17 +915,17 @@ fn sigterm_stops_the_daemon_and_leaves_gates_running() {
     let root = TestRoot::new();
     let mut d = root.daemon("");
     let a = spawn_gate(
-        &root,
+        root.gov(),
         "/srv/term",
         Some("term-1"),
         "sleep 300 & exec sleep 300",
     );
     let id = root.gate_of(a.id());
     wait_until(Duration::from_secs(5), "both processes", || {
-        root.gate(&id)
+        root.gate_json(&id)
             .is_some_and(|g| g["pids"].as_array().unwrap().len() == 2)
     });
-    let before = root.gate(&id).unwrap();
+    let before = root.gate_json(&id).unwrap();
 
     d.signal(Signal::SIGTERM);
     let mut status = None;
@@ -960,7 +952,7 @@ fn sigterm_stops_the_daemon_and_leaves_gates_running() {
     let ev = root.gate_cgroup(&id).read_cgroup_events().unwrap();
     assert!(ev.populated && !ev.frozen, "{ev:?}");
     // No daemon now: root's direct ps reads the same gate off cgroupfs.
-    let g = root.gate(&id).expect("listed without a daemon");
+    let g = root.gate_json(&id).expect("listed without a daemon");
     for k in ["project", "session", "uid", "owner_pid", "pids", "state"] {
         assert_eq!(g[k], before[k], "{k}");
     }
@@ -982,7 +974,7 @@ fn a_daemon_started_in_its_leaf_leaves_the_leaf_to_whoever_made_it() {
         ])
         .arg("sh")
         .arg(leaf.join("cgroup.procs"))
-        .arg(common::gov_bin())
+        .arg(kit::gov_bin())
         .arg(&config)
         .env("GOV_CGROUP_ROOT", "delegated")
         .env("GOV_SOCKET", &root.socket)
@@ -1049,17 +1041,17 @@ fn hibernation_off_is_said_at_spawn_show_status_and_in_the_log() {
         || fs::read_to_string(&err_file).is_ok_and(|s| s.contains("gov: hibernation is off")),
     );
 
-    let g = root.gate(&id).unwrap();
+    let g = root.gate_json(&id).unwrap();
     let why = g["hibernation_off"].as_str().unwrap_or_default();
     assert!(why.contains(missing.to_str().unwrap()), "{g}");
     let show = root.ok(&["show", &id]);
     assert!(show.contains("off in this daemon"), "{show}");
 
     // A gate not spawned to hibernate is not told about it.
-    let plain = spawn_gate(&root, "/srv/hib-off", None, "exec sleep 300");
+    let plain = spawn_gate(root.gov(), "/srv/hib-off", None, "exec sleep 300");
     let plain_id = root.gate_of(plain.id());
     assert!(root
-        .gate(&plain_id)
+        .gate_json(&plain_id)
         .unwrap()
         .get("hibernation_off")
         .is_none());
@@ -1078,22 +1070,22 @@ fn tag_changes_the_session_and_touch_by_session_reaches_all_its_gates() {
     let root = TestRoot::new();
     let _d = root.daemon("");
     let kids = [
-        spawn_gate(&root, "/srv/touch", Some("sess-s"), "exec sleep 300"),
-        spawn_gate(&root, "/srv/touch", Some("sess-s"), "exec sleep 300"),
-        spawn_gate(&root, "/srv/touch-2", Some("sess-t"), "exec sleep 300"),
-        spawn_gate(&root, "/srv/touch-2", Some("sess-t"), "exec sleep 300"),
+        spawn_gate(root.gov(), "/srv/touch", Some("sess-s"), "exec sleep 300"),
+        spawn_gate(root.gov(), "/srv/touch", Some("sess-s"), "exec sleep 300"),
+        spawn_gate(root.gov(), "/srv/touch-2", Some("sess-t"), "exec sleep 300"),
+        spawn_gate(root.gov(), "/srv/touch-2", Some("sess-t"), "exec sleep 300"),
     ];
     let ids: Vec<String> = kids.iter().map(|k| root.gate_of(k.id())).collect();
     wait_until(Duration::from_secs(5), "four gates", || {
-        root.ps().len() == 4
+        root.ps_json().len() == 4
     });
 
     root.ok(&["tag", &ids[3], "--session", "sess-s"]);
-    assert_eq!(root.gate(&ids[3]).unwrap()["session"], "sess-s");
-    assert_eq!(root.gate(&ids[2]).unwrap()["session"], "sess-t");
+    assert_eq!(root.gate_json(&ids[3]).unwrap()["session"], "sess-s");
+    assert_eq!(root.gate_json(&ids[2]).unwrap()["session"], "sess-t");
     let out = root.run(&["tag", &ids[2], "--session", "../x"]);
     assert!(!out.status.success(), "a session with .. is refused");
-    assert_eq!(root.gate(&ids[2]).unwrap()["session"], "sess-t");
+    assert_eq!(root.gate_json(&ids[2]).unwrap()["session"], "sess-t");
 
     let touches = || -> u64 {
         root.ok(&["metrics"])
@@ -1111,7 +1103,7 @@ fn tag_changes_the_session_and_touch_by_session_reaches_all_its_gates() {
     for (i, id) in ids.iter().enumerate() {
         let frozen = root.gate_cgroup(id).read_cgroup_events().unwrap().frozen;
         assert_eq!(frozen, i == 2, "gate {i} frozen={frozen}");
-        let state = root.gate(id).unwrap()["state"].clone();
+        let state = root.gate_json(id).unwrap()["state"].clone();
         assert_eq!(state == "running", i != 2, "gate {i}: {state}");
     }
     let out = root.run(&["touch", "--session", "sess-none"]);
@@ -1129,14 +1121,14 @@ fn tag_changes_the_session_and_touch_by_session_reaches_all_its_gates() {
 fn a_freeze_asked_by_a_person_shows_frozen_and_thaw_resumes() {
     let root = TestRoot::new();
     let _d = root.daemon("");
-    let a = spawn_gate(&root, "/srv/freeze", None, "exec sleep 300");
+    let a = spawn_gate(root.gov(), "/srv/freeze", None, "exec sleep 300");
     let id = root.gate_of(a.id());
     root.ok(&["freeze", &id]);
     assert!(root.gate_cgroup(&id).read_cgroup_events().unwrap().frozen);
-    assert_eq!(root.gate(&id).unwrap()["state"], "frozen");
+    assert_eq!(root.gate_json(&id).unwrap()["state"], "frozen");
     root.ok(&["thaw", &id]);
     assert!(!root.gate_cgroup(&id).read_cgroup_events().unwrap().frozen);
-    assert_eq!(root.gate(&id).unwrap()["state"], "running");
+    assert_eq!(root.gate_json(&id).unwrap()["state"], "running");
     assert!(alive(a.id()));
 }
 
@@ -1147,12 +1139,12 @@ fn a_freeze_asked_by_a_person_shows_frozen_and_thaw_resumes() {
 fn others_cannot_list_gov_s_cgroup_tree() {
     let root = TestRoot::new();
     let _d = root.daemon("");
-    let a = spawn_gate(&root, "/srv/secret", None, "exec sleep 300");
+    let a = spawn_gate(root.gov(), "/srv/secret", None, "exec sleep 300");
     let id = root.gate_of(a.id());
     let gate_dir = root.gate_cgroup(&id).path().to_path_buf();
     let project_dir = gate_dir.parent().unwrap().to_path_buf();
     for dir in [&root.path, &project_dir] {
-        let out = common::as_user(NOBODY, Command::new("ls").arg(dir));
+        let out = kit::as_user(NOBODY, Command::new("ls").arg(dir));
         assert!(!out.status.success(), "nobody listed {}", dir.display());
         assert!(
             text(&out.stderr).contains("Permission denied"),
@@ -1163,7 +1155,7 @@ fn others_cannot_list_gov_s_cgroup_tree() {
         let mode = fs::metadata(dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o711, "{}", dir.display());
     }
-    let out = common::as_user(
+    let out = kit::as_user(
         NOBODY,
         Command::new("cat").arg(gate_dir.join("cgroup.events")),
     );
@@ -1264,7 +1256,7 @@ fn one_users_flood_of_events_keeps_anothers_history() {
             .unwrap(),
     );
     let their_id = root.gate_of(theirs.id());
-    let mine = spawn_gate(&root, "/srv/mine", None, "exec sleep 300");
+    let mine = spawn_gate(root.gov(), "/srv/mine", None, "exec sleep 300");
     let my_id = root.gate_of(mine.id());
     let spawned = |events: &[Value]| {
         events
@@ -1272,7 +1264,7 @@ fn one_users_flood_of_events_keeps_anothers_history() {
             .any(|e| e["gate"] == their_id.as_str() && e["kind"] == "spawned")
     };
     wait_until(Duration::from_secs(5), "nobody's spawn event", || {
-        spawned(&root.events())
+        spawned(&root.events_json())
     });
     for i in 0..300 {
         let req = if i % 2 == 0 {
@@ -1289,7 +1281,7 @@ fn one_users_flood_of_events_keeps_anothers_history() {
             other => panic!("pin/unpin: {other:?}"),
         }
     }
-    let all = root.events();
+    let all = root.events_json();
     assert_eq!(all.len(), 100, "the history holds event_history events");
     assert!(spawned(&all), "root sees nobody's spawn in the merge");
     let out = nobody_run(&root, &["events", "--json", "-n", "1000"]);
@@ -1312,7 +1304,7 @@ fn one_users_flood_of_events_keeps_anothers_history() {
 fn a_user_with_no_gates_sees_no_counts_in_metrics() {
     let root = TestRoot::new();
     let _d = root.daemon("");
-    let a = spawn_gate(&root, "/srv/secret", None, "exec sleep 300");
+    let a = spawn_gate(root.gov(), "/srv/secret", None, "exec sleep 300");
     let id = root.gate_of(a.id());
     root.ok(&["touch", &id]);
     root.ok(&["kill", &id]);

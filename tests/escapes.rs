@@ -4,7 +4,8 @@
 //! process in a cgroup its caller could not leave, and a debugger does not
 //! spare a gate its deadline. Against a real daemon and the real cgroupfs.
 
-mod common;
+use gov::protocol::EventKind;
+use gov_testkit as kit;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -13,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{alive, gov_as_nobody, gov_for_others, text, wait_until, Kid, TestRoot, NOBODY};
 use gov::cgroup::{self, Cgroup};
+use kit::{alive, gov_as_nobody, gov_for_others, text, wait_until, Kid, TestRoot, NOBODY};
 
 const POLICY: &str =
     "[defaults]\nidle_timeout = \"1h\"\norphan_grace = \"never\"\nstop_grace = \"1s\"\n";
@@ -95,11 +96,7 @@ fn a_process_in_a_gate_cannot_spawn_its_way_out() {
             gate,
             "{who}: the process left its gate"
         );
-        let projects: Vec<_> = root
-            .ps()
-            .into_iter()
-            .map(|g| g["project"].clone())
-            .collect();
+        let projects: Vec<_> = root.ps().into_iter().map(|g| g.project.clone()).collect();
         assert!(
             !projects.iter().any(|p| p == "/srv/out"),
             "{who}: a gate was made: {projects:?}"
@@ -140,16 +137,16 @@ fn adopt_leaves_a_child_in_another_gate_where_it_is() {
     let parent = Kid::new(
         Command::new("sh")
             .args(["-c", &script])
-            .env("GOV", common::gov_bin())
+            .env("GOV", kit::gov_bin())
             .env("GOV_SOCKET", &root.socket)
             .stdin(Stdio::null())
             .spawn()
             .unwrap(),
     );
     wait_until(Duration::from_secs(10), "both children", || {
-        !common::read_pids(&gated).is_empty() && !common::read_pids(&plain).is_empty()
+        !kit::read_pids(&gated).is_empty() && !kit::read_pids(&plain).is_empty()
     });
-    let (gated, plain) = (common::read_pids(&gated)[0], common::read_pids(&plain)[0]);
+    let (gated, plain) = (kit::read_pids(&gated)[0], kit::read_pids(&plain)[0]);
     let other = root.gate_of(gated);
     let out = root.run(&["adopt", &parent.id().to_string(), "-p", "/srv/adopted"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -192,16 +189,16 @@ impl Fence {
 
 impl Drop for Fence {
     fn drop(&mut self) {
-        common::remove_tree(self.0.path());
+        kit::remove_tree(self.0.path());
     }
 }
 
 /// gov's root below the test's own, so the test's cgroups sit beside it.
-fn daemon_below(root: &TestRoot) -> common::Daemon {
+fn daemon_below(root: &TestRoot) -> kit::Daemon {
     fs::create_dir_all(&root.path).unwrap();
     let gov_root = root.path.join("gov");
     let config = root.policy_file(POLICY);
-    common::Daemon::start_env(
+    kit::Daemon::start_env(
         root,
         &config,
         &[("GOV_CGROUP_ROOT", gov_root.to_str().unwrap())],
@@ -219,7 +216,7 @@ fn adopt_takes_only_from_a_cgroup_the_user_could_leave() {
     let kid = fence.sleeper();
     let pid = kid.id().to_string();
     // nobody, from the test's own cgroup: refused, and the process stays.
-    let out = common::as_user(
+    let out = kit::as_user(
         NOBODY,
         gov_as_nobody(&root).args(["adopt", &pid, "-p", "/srv/fenced"]),
     );
@@ -245,14 +242,14 @@ fn adopt_takes_only_from_a_cgroup_the_user_could_leave() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let id = text(&out.stdout).trim().to_string();
     assert_eq!(root.gate_of(kid.id()), id);
-    assert_eq!(root.gate(&id).unwrap()["user"], "nobody");
+    assert_eq!(root.gate(&id).unwrap().user, "nobody");
     // A cgroup delegated to nobody (its cgroup.procs theirs to write).
     let delegated = Fence::new(&root, "delegated");
     let owner = Some(nix::unistd::Uid::from_raw(NOBODY));
     nix::unistd::chown(delegated.0.path(), owner, None).unwrap();
     nix::unistd::chown(&delegated.0.path().join("cgroup.procs"), owner, None).unwrap();
     let theirs = delegated.sleeper();
-    let out = common::as_user(
+    let out = kit::as_user(
         NOBODY,
         gov_as_nobody(&root).args(["adopt", &theirs.id().to_string(), "-p", "/srv/deleg"]),
     );
@@ -293,11 +290,11 @@ fn a_traced_gate_is_stopped_at_its_deadline() {
     let removed = root
         .events()
         .into_iter()
-        .find(|e| e["gate"] == gate.as_str() && e["kind"] == "removed")
+        .find(|e| e.gate == gate.as_str() && e.kind == EventKind::Removed)
         .expect("a removed event");
     assert!(
-        removed["reason"].as_str().unwrap().starts_with("deadline"),
-        "{removed}"
+        removed.reason.as_deref().unwrap().starts_with("deadline"),
+        "{removed:?}"
     );
 }
 

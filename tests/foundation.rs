@@ -3,7 +3,7 @@
 //! (set by TestRoot::gov) names a socket nobody listens on, so every command
 //! here takes the direct path. Host tests: root and cgroup2 required.
 
-mod common;
+use gov_testkit as kit;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{alive, gov_as_nobody, read_pids, root_rel, text, wait_until, Kid, TestRoot, NOBODY};
 use gov::names;
+use kit::{alive, gov_as_nobody, read_pids, root_rel, text, wait_until, Kid, TestRoot, NOBODY};
 
 /// Runs a command to completion within `timeout` (its output is small, so
 /// reading the pipes after the exit cannot deadlock).
@@ -216,7 +216,7 @@ fn an_escaping_tree_that_ignores_sigterm_is_counted_and_killed_whole() {
         "ps to list exactly the tree",
         || {
             listed = root
-                .gate(&id)
+                .gate_json(&id)
                 .map(|g| {
                     g["pids"]
                         .as_array()
@@ -243,7 +243,10 @@ fn an_escaping_tree_that_ignores_sigterm_is_counted_and_killed_whole() {
         "cgroup left: {:?}",
         root.gate_dirs()
     );
-    assert!(root.gate(&id).is_none(), "ps still lists the killed gate");
+    assert!(
+        root.gate_json(&id).is_none(),
+        "ps still lists the killed gate"
+    );
     assert_eq!(
         kid.reap(Duration::from_secs(5)),
         None,
@@ -391,10 +394,10 @@ fn freeze_stops_a_burning_gate_and_thaw_resumes_it() {
     wait_until(Duration::from_secs(5), "the gate to burn CPU", || {
         usage() > u0 + 50_000
     });
-    assert_eq!(root.gate(&id).unwrap()["state"], "running");
+    assert_eq!(root.gate_json(&id).unwrap()["state"], "running");
 
     root.ok(&["freeze", &id]);
-    assert_eq!(root.gate(&id).unwrap()["state"], "frozen");
+    assert_eq!(root.gate_json(&id).unwrap()["state"], "frozen");
     assert!(
         cg.read_cgroup_events().unwrap().frozen,
         "cgroup.events says frozen"
@@ -406,7 +409,7 @@ fn freeze_stops_a_burning_gate_and_thaw_resumes_it() {
     assert!(alive(kid.id()), "frozen, not dead");
 
     root.ok(&["thaw", &id]);
-    assert_eq!(root.gate(&id).unwrap()["state"], "running");
+    assert_eq!(root.gate_json(&id).unwrap()["state"], "running");
     assert!(!cg.read_cgroup_events().unwrap().frozen);
     wait_until(
         Duration::from_secs(5),
@@ -441,7 +444,7 @@ fn tags_survive_the_process_that_wrote_them() {
     );
     let pid = kid.id();
     let id = root.gate_of(pid);
-    let g = root.gate(&id).expect("a new gov ps lists the gate");
+    let g = root.gate_json(&id).expect("a new gov ps lists the gate");
     assert_eq!(g["project"], "/srv/tagged proj");
     assert_eq!(g["session"], "tags-1");
     assert_eq!(g["uid"], 0);
@@ -573,7 +576,7 @@ fn a_non_root_caller_without_a_daemon_gets_one_clear_line() {
         &["kill", "g0123456789"],
     ];
     for args in runs {
-        let out = common::as_user(
+        let out = kit::as_user(
             NOBODY,
             gov_as_nobody(&root)
                 .args(args)

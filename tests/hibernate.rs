@@ -6,7 +6,8 @@
 //! PATH. Without one the tests say SKIP, and fail when GOV_REQUIRE_CRIU=1
 //! (CI builds CRIU, so there a skip would hide a failure).
 
-mod common;
+use gov_testkit as kit;
+use kit::fixture;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -16,35 +17,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use common::TestRoot;
 use gov::cgroup::Cgroup;
 use gov::criu::{self, Criu, CriuError, ImageState};
 use gov::gate::Tags;
 use gov::hibernate;
 use gov::reaper::Phase;
 use gov::record::{self, Record};
-
-fn criu_or_skip(test: &str) -> Option<Criu> {
-    let cached = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/.cache/criu/4.2.1/criu");
-    let explicit = std::env::var_os("GOV_CRIU")
-        .map(PathBuf::from)
-        .or_else(|| cached.exists().then_some(cached));
-    match Criu::find(explicit.as_deref()) {
-        Ok(c) => Some(c),
-        Err(e) => {
-            assert!(
-                std::env::var("GOV_REQUIRE_CRIU").as_deref() != Ok("1"),
-                "{test}: CRIU is required here (GOV_REQUIRE_CRIU=1): {e}"
-            );
-            // Straight to fd 2, past libtest's capture: a skip must be seen.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIP {test}: {e}; build it with integration/build-criu"
-            );
-            None
-        }
-    }
-}
+use kit::TestRoot;
 
 fn python() -> &'static str {
     if Path::new("/usr/bin/python3").exists() {
@@ -52,12 +31,6 @@ fn python() -> &'static str {
     } else {
         "python3"
     }
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
 }
 
 /// A gate as the daemon would make it for `gov spawn --hibernate`:
@@ -119,7 +92,7 @@ impl Host {
     /// `--external`: it waits for the daemon to start its worker.
     fn start_as(gate: &Gate, user: Option<u32>, cmd: &[&str]) -> Host {
         let procs = gate.gate.path().join("cgroup.procs");
-        let mut c = Command::new(common::gov_bin());
+        let mut c = Command::new(kit::gov_bin());
         c.arg("keeper").arg("--worker-cgroup").arg(gate.w.path());
         if user.is_some() {
             c.arg("--external");
@@ -238,7 +211,9 @@ const MB: u64 = 200;
 
 #[test]
 fn a_hibernated_worker_keeps_its_host_pid_pipe_and_state() {
-    let Some(criu) = criu_or_skip("a_hibernated_worker_keeps_its_host_pid_pipe_and_state") else {
+    let Some(criu) =
+        kit::criu::criu_or_skip("a_hibernated_worker_keeps_its_host_pid_pipe_and_state")
+    else {
         return;
     };
     let gate = Gate::new();
@@ -421,7 +396,8 @@ fn wait_with_deadline(child: &mut Child, within: Duration) -> std::process::Exit
 
 #[test]
 fn a_refused_dump_leaves_the_worker_frozen_and_intact() {
-    let Some(criu) = criu_or_skip("a_refused_dump_leaves_the_worker_frozen_and_intact") else {
+    let Some(criu) = kit::criu::criu_or_skip("a_refused_dump_leaves_the_worker_frozen_and_intact")
+    else {
         return;
     };
     let gate = Gate::new();
@@ -491,7 +467,7 @@ fn a_refused_dump_leaves_the_worker_frozen_and_intact() {
 fn measure_dump_and_restore() {
     // GOV_HIBERNATE_PROCS=2000: the worker forks that many sleeping children.
     let procs = std::env::var("GOV_HIBERNATE_PROCS").unwrap_or_else(|_| "0".into());
-    let Some(criu) = criu_or_skip("measure_dump_and_restore") else {
+    let Some(criu) = kit::criu::criu_or_skip("measure_dump_and_restore") else {
         return;
     };
     let sizes = std::env::var("GOV_HIBERNATE_SIZES").unwrap_or_else(|_| "100,1024".into());
@@ -635,7 +611,8 @@ fn the_worker_s_parent_is_not_init() {
 
 #[test]
 fn a_dump_cut_short_before_its_rename_is_recovered() {
-    let Some(criu) = criu_or_skip("a_dump_cut_short_before_its_rename_is_recovered") else {
+    let Some(criu) = kit::criu::criu_or_skip("a_dump_cut_short_before_its_rename_is_recovered")
+    else {
         return;
     };
     let gate = Gate::new();
@@ -703,7 +680,8 @@ fn a_dump_cut_short_before_its_rename_is_recovered() {
 
 #[test]
 fn an_established_tcp_connection_survives_hibernation() {
-    let Some(criu) = criu_or_skip("an_established_tcp_connection_survives_hibernation") else {
+    let Some(criu) = kit::criu::criu_or_skip("an_established_tcp_connection_survives_hibernation")
+    else {
         return;
     };
     let gate = Gate::new();
@@ -757,59 +735,13 @@ fn an_established_tcp_connection_survives_hibernation() {
 // ---------------------------------------------------------------------------
 // A real Jupyter kernel
 
-/// The same pins and venv as tests/integrations.rs (shared under
-/// target/tmp, so whichever test runs first builds it).
-const JUPYTER_PACKAGES: &[&str] = &["ipykernel==7.4.0", "jupyter_client==8.10.0"];
-
-fn jupyter_venv(test: &str) -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gov-jupyter-venv");
-    let want = JUPYTER_PACKAGES.join("\n");
-    let stamp = "gov-packages.txt";
-    if std::fs::read_to_string(dir.join(stamp)).ok().as_deref() == Some(want.as_str()) {
-        return Some(dir);
-    }
-    let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let st = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&tmp)
-        .status()
-        .expect("python3 runs");
-    assert!(st.success(), "python3 -m venv {} failed", tmp.display());
-    let out = Command::new(tmp.join("bin/python3"))
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
-        .args(["--timeout", "30", "--retries", "2"])
-        .args(JUPYTER_PACKAGES)
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        let _ = std::fs::remove_dir_all(&tmp);
-        assert!(
-            std::env::var_os("GOV_REQUIRE_JUPYTER").is_none(),
-            "{test}: pip install {JUPYTER_PACKAGES:?} failed:\n{err}"
-        );
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIP {test}: cannot install {JUPYTER_PACKAGES:?}: {err}"
-        );
-        return None;
-    }
-    std::fs::write(tmp.join(stamp), &want).unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-    if std::fs::rename(&tmp, &dir).is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    Some(dir)
-}
-
 #[test]
 fn a_jupyter_kernel_keeps_its_variables_through_hibernation() {
     let test = "a_jupyter_kernel_keeps_its_variables_through_hibernation";
-    let Some(criu) = criu_or_skip(test) else {
+    let Some(criu) = kit::criu::criu_or_skip(test) else {
         return;
     };
-    let Some(venv) = jupyter_venv(test) else {
+    let Some(venv) = kit::jupyter::venv_or_skip(test) else {
         return;
     };
     let py = venv.join("bin/python3");
@@ -855,7 +787,7 @@ fn a_jupyter_kernel_keeps_its_variables_through_hibernation() {
     // one (the daemon then keeps the gate suspended). An idle kernel, as the
     // daemon would hibernate it, holds none: wait for that.
     let worker = gate.w.read_procs().unwrap();
-    common::wait_until(
+    kit::wait_until(
         Duration::from_secs(10),
         "the kernel's file locks to go",
         || !holds_file_locks(&worker),
@@ -982,7 +914,8 @@ fn kill_mid_step(mut child: Child, criu: &Criu, dir: &Path) {
 
 #[test]
 fn a_daemon_killed_during_a_dump_and_a_restore_is_recovered() {
-    let Some(criu) = criu_or_skip("a_daemon_killed_during_a_dump_and_a_restore_is_recovered")
+    let Some(criu) =
+        kit::criu::criu_or_skip("a_daemon_killed_during_a_dump_and_a_restore_is_recovered")
     else {
         return;
     };
@@ -1047,7 +980,9 @@ fn a_daemon_killed_during_a_dump_and_a_restore_is_recovered() {
 
 #[test]
 fn a_dump_over_the_disk_budget_is_refused_before_it_starts() {
-    let Some(criu) = criu_or_skip("a_dump_over_the_disk_budget_is_refused_before_it_starts") else {
+    let Some(criu) =
+        kit::criu::criu_or_skip("a_dump_over_the_disk_budget_is_refused_before_it_starts")
+    else {
         return;
     };
     let gate = Gate::new();

@@ -3,7 +3,8 @@
 //! it: real daemon, real CRIU, real cgroupfs. (tests/hibernate.rs tests the
 //! steps themselves.)
 
-mod common;
+use gov::protocol::{EventKind, MemorySource};
+use gov_testkit as kit;
 
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::net::UnixStream;
@@ -12,37 +13,14 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{lines_of, wait_until, Kid, TestRoot};
-use serde_json::Value;
+use kit::{lines_of, wait_until, Kid, TestRoot};
 
-/// criu >= 4.2 (GOV_CRIU, or integration/build-criu's cache); a skip says
-/// so, and fails where GOV_REQUIRE_CRIU=1 (CI).
+/// CRIU (kit::criu) and python3 for the worker, or a skip that says which
+/// is missing (a failure under GOV_REQUIRE_CRIU).
 fn criu_or_skip(test: &str) -> Option<PathBuf> {
-    let cached = Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/.cache/criu/4.2.1/criu");
-    let path = std::env::var_os("GOV_CRIU")
-        .map(PathBuf::from)
-        .or_else(|| cached.exists().then_some(cached));
-    let found = path.filter(|p| gov::criu::Criu::find(Some(p)).is_ok());
-    if found.is_none() {
-        assert!(
-            std::env::var("GOV_REQUIRE_CRIU").as_deref() != Ok("1"),
-            "{test}: CRIU is required here (GOV_REQUIRE_CRIU=1)"
-        );
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!("SKIP {test}: no criu >= 4.2; build it with integration/build-criu\n")
-                .as_bytes(),
-        );
-    }
-    found.filter(|_| Path::new("/usr/bin/python3").exists() || which_python())
-}
-
-fn which_python() -> bool {
-    std::process::Command::new("python3")
-        .arg("-c")
-        .arg("")
-        .status()
-        .is_ok_and(|s| s.success())
+    let criu = kit::criu::criu_or_skip(test)?;
+    kit::criu::python3_or_skip(test)?;
+    Some(criu.path().to_path_buf())
 }
 
 fn ask_counter(sock: &Path) -> u64 {
@@ -54,8 +32,7 @@ fn ask_counter(sock: &Path) -> u64 {
 }
 
 fn state(root: &TestRoot, id: &str) -> Option<String> {
-    root.gate(id)
-        .and_then(|g| g["state"].as_str().map(str::to_string))
+    root.gate(id).map(|g| g.state.as_str().to_string())
 }
 
 /// The policy of these tests: hibernation on, one second idle and one
@@ -79,8 +56,8 @@ fn criu_env(criu: &Path) -> [(&'static str, &str); 1] {
 }
 
 /// A daemon on `policy` that hibernates with `criu`.
-fn daemon_with(root: &TestRoot, criu: &Path, policy: &str) -> common::Daemon {
-    common::Daemon::start_env(root, &root.policy_file(policy), &criu_env(criu))
+fn daemon_with(root: &TestRoot, criu: &Path, policy: &str) -> kit::Daemon {
+    kit::Daemon::start_env(root, &root.policy_file(policy), &criu_env(criu))
 }
 
 #[test]
@@ -93,7 +70,7 @@ fn an_idle_gate_is_hibernated_and_a_touch_brings_it_back_with_its_state() {
     let images = root.dir.path().join("images");
     let _d = daemon_with(&root, &criu, &hibernating(&images, "1s"));
     let sock = root.dir.path().join("counter.sock");
-    let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hibernate-worker.py");
+    let worker = kit::fixture("hibernate-worker.py");
     // The host: it started the gate, holds its stdout pipe and may wait on it.
     let mut host = Kid::new(
         root.gov()
@@ -120,15 +97,15 @@ fn an_idle_gate_is_hibernated_and_a_touch_brings_it_back_with_its_state() {
         state(&root, &id).as_deref() == Some("hibernated")
     });
     let events = root.events();
-    let hibernated: &Value = events
+    let hibernated = events
         .iter()
-        .find(|e| e["gate"] == id.as_str() && e["kind"] == "hibernated")
+        .find(|e| e.gate == id.as_str() && e.kind == EventKind::Hibernated)
         .expect("a hibernated event");
-    let image = hibernated["freed_bytes"].as_u64().unwrap();
+    let image = hibernated.freed_bytes.unwrap();
     assert!(image >= 180 << 20, "image of {image} bytes for 200 MB");
     let shown = root.gate(&id).unwrap();
-    assert_eq!(shown["memory_source"], "image", "{shown}");
-    assert_eq!(shown["memory_bytes"].as_u64(), Some(image));
+    assert_eq!(shown.memory_source, MemorySource::Image, "{shown:?}");
+    assert_eq!(shown.memory_bytes, image);
     assert!(images.join(&id).exists(), "its image is on disk");
     // Counted as hibernated in metrics, and shown as disk, not RAM, by ps.
     let metrics = root.ok(&["metrics"]);
@@ -144,7 +121,7 @@ fn an_idle_gate_is_hibernated_and_a_touch_brings_it_back_with_its_state() {
     let w = root.gate_cgroup(&id).child("w");
     assert!(w.read_procs().unwrap().is_empty(), "the worker still runs");
     assert_eq!(
-        root.gate(&id).unwrap()["pids"].as_array().unwrap().len(),
+        root.gate(&id).unwrap().pids.len(),
         1,
         "only the keeper is left"
     );
@@ -216,11 +193,11 @@ fn an_unprivileged_keeper_gets_its_worker_from_the_daemon() {
     );
     let dir = root.dir.path().join("nobody");
     std::fs::create_dir(&dir).unwrap();
-    std::os::unix::fs::chown(&dir, Some(common::NOBODY), Some(common::NOBODY)).unwrap();
+    std::os::unix::fs::chown(&dir, Some(kit::NOBODY), Some(kit::NOBODY)).unwrap();
     let sock = dir.join("counter.sock");
-    let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hibernate-worker.py");
+    let worker = kit::fixture("hibernate-worker.py");
     let mut host = Kid::new(
-        common::gov_as_nobody(&root)
+        kit::gov_as_nobody(&root)
             .args(["spawn", "--hibernate", "--project", "/srv/theirs", "--"])
             .arg("python3")
             .arg(&worker)
@@ -245,22 +222,22 @@ fn an_unprivileged_keeper_gets_its_worker_from_the_daemon() {
     assert_eq!(line(Duration::from_secs(10)), "count 1");
     // Others may pass through gov's tree but not list it; the keeper,
     // nobody's, still follows its worker's cgroup.events through it.
-    let out = common::as_user(common::NOBODY, Command::new("ls").arg(&root.path));
+    let out = kit::as_user(kit::NOBODY, Command::new("ls").arg(&root.path));
     assert!(!out.status.success(), "nobody listed gov's root");
     if dumps {
         wait_until(Duration::from_secs(60), "the gate to hibernate", || {
             state(&root, &id).as_deref() == Some("hibernated")
         });
-        common::gov_as_nobody(&root)
+        kit::gov_as_nobody(&root)
             .args(["touch", &id])
             .status()
             .unwrap();
         assert_eq!(ask_counter(&sock), 2);
         assert_eq!(line(Duration::from_secs(10)), "count 2");
     } else {
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!("SKIP {test} (hibernation part): this root lacks CAP_SYS_RESOURCE, which CRIU needs to dump another user's tree\n").as_bytes(),
+        kit::skip(
+            &format!("{test} (hibernation part)"),
+            "this root lacks CAP_SYS_RESOURCE, which CRIU needs to dump another user's tree",
         );
     }
     assert!(matches!(host.try_wait(), Ok(None)));
@@ -279,7 +256,7 @@ fn a_refused_hibernation_leaves_the_gate_suspended_and_says_why() {
     let root = TestRoot::new();
     let images = root.dir.path().join("images");
     let _d = daemon_with(&root, &criu, &hibernating(&images, "1s"));
-    let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/uring-worker.py");
+    let worker = kit::fixture("uring-worker.py");
     let mut host = Kid::new(
         root.gov()
             .args(["spawn", "--hibernate", "--project", "/srv/uring", "--"])
@@ -300,10 +277,10 @@ fn a_refused_hibernation_leaves_the_gate_suspended_and_says_why() {
         root.events()
             .into_iter()
             .filter(|e| {
-                e["gate"] == id.as_str()
-                    && e["kind"] == "failed"
-                    && e["reason"]
-                        .as_str()
+                e.gate == id.as_str()
+                    && e.kind == EventKind::Failed
+                    && e.reason
+                        .as_deref()
                         .unwrap_or("")
                         .starts_with("hibernate refused")
             })
@@ -346,9 +323,9 @@ fn a_daemon_killed_during_a_dump_and_a_restore_recovers_the_gate() {
     let images = root.dir.path().join("images");
     let policy = hibernating(&images, "1s");
     let config = root.policy_file(&policy);
-    let daemon = common::Daemon::start_env(&root, &config, &criu_env(&criu));
+    let daemon = kit::Daemon::start_env(&root, &config, &criu_env(&criu));
     let sock = root.dir.path().join("counter.sock");
-    let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hibernate-worker.py");
+    let worker = kit::fixture("hibernate-worker.py");
     // Big enough that its dump and restore take a while.
     let mut host = Kid::new(
         root.gov()
@@ -390,7 +367,7 @@ fn a_daemon_killed_during_a_dump_and_a_restore_recovers_the_gate() {
     // The dump begins: the daemon dies.
     wait_tag("dumping");
     daemon.sigkill();
-    let daemon = common::Daemon::start_env(&root, &config, &criu_env(&criu));
+    let daemon = kit::Daemon::start_env(&root, &config, &criu_env(&criu));
     let deadline = Instant::now() + Duration::from_secs(60);
     while state(&root, &id).as_deref() != Some("hibernated") {
         assert!(
@@ -416,7 +393,7 @@ fn a_daemon_killed_during_a_dump_and_a_restore_recovers_the_gate() {
     wait_tag("restoring");
     daemon.sigkill();
     let _ = touch.wait();
-    let _daemon = common::Daemon::start_env(&root, &config, &criu_env(&criu));
+    let _daemon = kit::Daemon::start_env(&root, &config, &criu_env(&criu));
     // The restore is finished; the gate runs, with its state.
     wait_until(
         Duration::from_secs(60),
@@ -449,7 +426,7 @@ fn start_worker_is_refused_to_anyone_but_a_keeper() {
     let _d = root.daemon("");
     let kid = Kid::new(root.spawn_sh("/srv/plain", "sleep 600"));
     let id = root.gate_of(kid.id());
-    let pids = || root.gate(&id).unwrap()["pids"].as_array().unwrap().len();
+    let pids = || root.gate(&id).unwrap().pids.len();
     wait_until(Duration::from_secs(10), "the gate's processes", || {
         pids() >= 1
     });
@@ -477,26 +454,17 @@ fn start_worker_is_refused_to_anyone_but_a_keeper() {
 /// CRIU at GOV_VM_CRIU there) and our hosts lack. Elsewhere a loud SKIP;
 /// where the VM was packed with GOV_REQUIRE_CRIU=1 (CI), a failure.
 fn criu_for_users_trees(test: &str) -> Option<PathBuf> {
-    let required = std::env::var("GOV_VM_REQUIRE_CRIU").as_deref() == Ok("1");
     let found = std::env::var_os("GOV_VM_CRIU")
         .or_else(|| std::env::var_os("GOV_CRIU"))
         .map(PathBuf::from)
-        .or_else(|| {
-            let cached =
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/.cache/criu/4.2.1/criu");
-            cached.exists().then_some(cached)
-        })
+        .or_else(|| Some(kit::criu::cached()))
         .filter(|p| gov::criu::Criu::find(Some(p)).is_ok());
     let why = match (&found, has_cap_sys_resource()) {
         (None, _) => "no criu >= 4.2 (the VM suite packs integration/build-criu's)",
         (Some(_), false) => "this root lacks CAP_SYS_RESOURCE, which CRIU needs to dump another user's tree (the VM suite has it)",
         (Some(_), true) => return found,
     };
-    assert!(
-        !required,
-        "{test}: required here (GOV_VM_REQUIRE_CRIU=1): {why}"
-    );
-    common::skip(test, why);
+    kit::skip::skip_unless_required(test, "GOV_VM_REQUIRE_CRIU", why);
     None
 }
 
@@ -521,7 +489,7 @@ fn held_files(cg: &gov::cgroup::Cgroup) -> Vec<(u64, u64, PathBuf)> {
 /// A worker that holds the file named by $1 open on fd 3 and waits.
 const HOLD_FD3: &str = "exec 3<\"$1\"; echo ready; while :; do sleep 3600; done";
 
-/// A hibernatable gate of `gov` (root's, or `common::gov_as_nobody`'s):
+/// A hibernatable gate of `gov` (root's, or `kit::gov_as_nobody`'s):
 /// `gov spawn --hibernate SPAWN_ARGS -- sh -c SCRIPT sh ARGS`, once SCRIPT
 /// printed "ready". Gives the host, the lines of its stdout and the gate.
 fn sh_gate(
@@ -569,7 +537,7 @@ fn a_users_file_swapped_for_a_link_to_roots_file_is_not_restored() {
     let _d = daemon_with(&root, &criu, &hibernating(&images, "1s"));
     let dir = root.dir.path().join("nobody");
     std::fs::create_dir(&dir).unwrap();
-    std::os::unix::fs::chown(&dir, Some(common::NOBODY), Some(common::NOBODY)).unwrap();
+    std::os::unix::fs::chown(&dir, Some(kit::NOBODY), Some(kit::NOBODY)).unwrap();
     // The user's file and root's secret: the same size and mode, so CRIU's
     // checks at restore (size, mode) cannot tell them apart.
     let notes = dir.join("notes");
@@ -579,8 +547,8 @@ fn a_users_file_swapped_for_a_link_to_roots_file_is_not_restored() {
     assert_eq!(mine.len(), theirs.len());
     // $1 the notes, $2 root's secret, $3 the notes' text.
     let as_nobody = |script: &str| {
-        let out = common::as_user(
-            common::NOBODY,
+        let out = kit::as_user(
+            kit::NOBODY,
             std::process::Command::new("sh")
                 .args(["-c", script, "sh"])
                 .arg(&notes)
@@ -600,7 +568,7 @@ fn a_users_file_swapped_for_a_link_to_roots_file_is_not_restored() {
     // nobody's gate: a shell holding its notes open on fd 3.
     let (mut host, _lines, id) = sh_gate(
         &root,
-        common::gov_as_nobody(&root),
+        kit::gov_as_nobody(&root),
         &["--project", "/srv/swap"],
         HOLD_FD3,
         &[&notes],
@@ -621,7 +589,7 @@ fn a_users_file_swapped_for_a_link_to_roots_file_is_not_restored() {
 
     // The swap, done by the user, then the user's touch.
     as_nobody("rm -f \"$1\" && ln -s \"$2\" \"$1\"");
-    let touch = common::gov_as_nobody(&root)
+    let touch = kit::gov_as_nobody(&root)
         .args(["touch", &id])
         .output()
         .unwrap();
@@ -631,7 +599,7 @@ fn a_users_file_swapped_for_a_link_to_roots_file_is_not_restored() {
         "the restored worker holds root's file: {held:?}; touch said {touch:?}"
     );
     assert!(!touch.status.success(), "the touch succeeded: {touch:?}");
-    let said = common::text(&touch.stderr);
+    let said = kit::text(&touch.stderr);
     assert!(said.contains("cannot open"), "{said}");
     assert_eq!(state(&root, &id).as_deref(), Some("hibernated"));
     assert!(
@@ -639,12 +607,12 @@ fn a_users_file_swapped_for_a_link_to_roots_file_is_not_restored() {
         "a restored tree is left"
     );
     assert!(images.join(&id).exists(), "the image is kept");
-    let show = common::gov_as_nobody(&root)
+    let show = kit::gov_as_nobody(&root)
         .args(["show", &id])
         .output()
         .unwrap();
     assert!(
-        common::text(&show.stdout).contains("cannot open"),
+        kit::text(&show.stdout).contains("cannot open"),
         "show does not say why: {show:?}"
     );
     assert!(matches!(host.try_wait(), Ok(None)), "the host saw an exit");
@@ -656,7 +624,7 @@ fn a_users_file_swapped_for_a_link_to_roots_file_is_not_restored() {
         let m = std::fs::metadata(&notes).unwrap();
         (m.dev(), m.ino())
     };
-    common::gov_as_nobody(&root)
+    kit::gov_as_nobody(&root)
         .args(["touch", &id])
         .status()
         .unwrap();
@@ -667,7 +635,7 @@ fn a_users_file_swapped_for_a_link_to_roots_file_is_not_restored() {
         "the worker does not hold its notes: {held:?}"
     );
     hibernated("the dump after the user's file came back");
-    let again = common::gov_as_nobody(&root)
+    let again = kit::gov_as_nobody(&root)
         .args(["touch", &id])
         .output()
         .unwrap();
@@ -704,9 +672,9 @@ fn a_hibernate_dir_that_is_a_symlink_is_refused_and_never_chmoded() {
     );
     wait_until(Duration::from_secs(60), "the dump to be refused", || {
         root.events().iter().any(|e| {
-            e["gate"] == id.as_str()
-                && e["kind"] == "failed"
-                && e["reason"].as_str().unwrap_or("").contains("symlink")
+            e.gate == id.as_str()
+                && e.kind == EventKind::Failed
+                && e.reason.as_deref().unwrap_or("").contains("symlink")
         })
     });
     assert_eq!(state(&root, &id).as_deref(), Some("suspended"));
@@ -734,11 +702,11 @@ fn a_users_tree_holding_a_file_they_cannot_open_is_not_dumped() {
     let _d = daemon_with(&root, &criu, &hibernating(&images, "1s"));
     let notes = root.dir.path().join("notes");
     std::fs::write(&notes, "nobody's, for now\n").unwrap();
-    std::os::unix::fs::chown(&notes, Some(common::NOBODY), Some(common::NOBODY)).unwrap();
+    std::os::unix::fs::chown(&notes, Some(kit::NOBODY), Some(kit::NOBODY)).unwrap();
     // Pinned: the file changes hands before it may be dumped.
     let (mut host, _lines, id) = sh_gate(
         &root,
-        common::gov_as_nobody(&root),
+        kit::gov_as_nobody(&root),
         &["--pin", "--project", "/srv/held"],
         HOLD_FD3,
         &[&notes],
@@ -748,10 +716,10 @@ fn a_users_tree_holding_a_file_they_cannot_open_is_not_dumped() {
     root.ok(&["unpin", &id]);
     let refused = || {
         root.events().into_iter().find(|e| {
-            e["gate"] == id.as_str()
-                && e["kind"] == "failed"
-                && e["reason"]
-                    .as_str()
+            e.gate == id.as_str()
+                && e.kind == EventKind::Failed
+                && e.reason
+                    .as_deref()
                     .unwrap_or("")
                     .starts_with("hibernate refused")
         })
@@ -759,7 +727,7 @@ fn a_users_tree_holding_a_file_they_cannot_open_is_not_dumped() {
     wait_until(Duration::from_secs(60), "the dump to be refused", || {
         refused().is_some()
     });
-    let why = refused().unwrap()["reason"].as_str().unwrap().to_string();
+    let why = refused().unwrap().reason.as_deref().unwrap().to_string();
     assert!(
         why.contains("cannot open") && why.contains(notes.to_str().unwrap()),
         "{why}"
@@ -768,7 +736,7 @@ fn a_users_tree_holding_a_file_they_cannot_open_is_not_dumped() {
     assert!(!images.join(&id).exists(), "an image was written");
     let w = root.gate_cgroup(&id).child("w");
     assert!(!w.read_procs().unwrap().is_empty(), "the worker is gone");
-    common::gov_as_nobody(&root)
+    kit::gov_as_nobody(&root)
         .args(["touch", &id])
         .status()
         .unwrap();

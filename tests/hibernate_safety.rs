@@ -5,7 +5,7 @@
 //! that is never chmod'ed through a symlink, and the look for a criu at work
 //! that a user's process named criu cannot fool.
 
-mod common;
+use gov_testkit as kit;
 
 use std::fs;
 use std::io::Write;
@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Kid, NOBODY};
 use gov::held::{self, Via};
 use gov::keeper::Creds;
+use kit::{Kid, NOBODY};
 
 fn nobody() -> Creds {
     Creds {
@@ -30,7 +30,7 @@ fn nobody() -> Creds {
 
 /// A 0755 temp dir of root's, so nobody can reach the files in it.
 fn tempdir() -> tempfile::TempDir {
-    common::require_root();
+    kit::require_root();
     let d = tempfile::tempdir().unwrap();
     fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
     d
@@ -252,7 +252,7 @@ fn only_roots_run_of_the_configured_criu_counts_as_a_criu_at_work() {
     // busybox (the VM's sh) picks its applet by argv[0]: it cannot run
     // as "criu".
     if fs::canonicalize(which("sh")).is_ok_and(|p| p.to_string_lossy().contains("busybox")) {
-        common::skip(
+        kit::skip(
             test,
             "sh is busybox here, which cannot run under the name criu",
         );
@@ -302,7 +302,7 @@ fn measure_the_check_on_a_200mb_worker() {
     let d = tempdir();
     let dir = nobodys_dir(d.path());
     let sock = dir.join("counter.sock");
-    let worker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hibernate-worker.py");
+    let worker = kit::fixture("hibernate-worker.py");
     let mut kid = Kid::new(
         Command::new("python3")
             .arg(&worker)

@@ -11,7 +11,10 @@
 //! GOV_REQUIRE_JUPYTER=1. In the VM suite (GOV_VM, busybox only) these tests
 //! say SKIP: they need bash and python3.
 
-mod common;
+use gov::protocol::{EventKind, GateInfo};
+use gov_testkit as kit;
+use kit::fixture;
+use kit::{gov_dir, path_with};
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -21,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{alive, gov_bin, reap, wait_until, TestRoot};
+use kit::{alive, reap, wait_until, TestRoot};
 
 /// Short timeouts so a gate goes idle -> suspended -> stopping -> removed in
 /// a few seconds. Orphans are left alone: these tests are about idleness.
@@ -35,41 +38,8 @@ orphan_grace = \"never\"
 
 const NOBODY: u32 = 65534;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-/// Writes to the real stderr: libtest captures eprintln! of passing tests,
-/// and a skip must not pass unnoticed.
-fn say(text: &str) {
-    let _ = writeln!(std::io::stderr(), "{text}");
-}
-
-/// These recipes need bash, python3 and PyPI: host only.
-fn host_only(test: &str) -> bool {
-    if std::env::var_os("GOV_VM").is_some() {
-        say(&format!(
-            "SKIP {test}: host-only (bash, python3, PyPI); the VM has busybox only"
-        ));
-        return true;
-    }
-    false
-}
-
-/// PATH with the gov under test first, as if it were installed.
-fn path_with(dirs: &[&Path]) -> std::ffi::OsString {
-    let mut parts: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
-    parts.extend(std::env::split_paths(
-        &std::env::var_os("PATH").unwrap_or_default(),
-    ));
-    std::env::join_paths(parts).unwrap()
-}
-
-fn gov_dir() -> PathBuf {
-    gov_bin().parent().unwrap().to_path_buf()
-}
+/// What these tests need that only a host has (the VM has busybox).
+const HOST_NEEDS: &str = "bash, python3, PyPI";
 
 /// A directory anyone may enter (for unprivileged clients).
 fn open_dir(path: PathBuf) -> PathBuf {
@@ -78,34 +48,21 @@ fn open_dir(path: PathBuf) -> PathBuf {
     path
 }
 
-fn events(root: &TestRoot) -> Vec<serde_json::Value> {
-    serde_json::from_str(&root.ok(&["events", "--json", "-n", "1000"])).unwrap()
-}
-
 fn removed_reason(root: &TestRoot, gate: &str) -> Option<String> {
-    events(root)
+    root.events()
         .into_iter()
-        .find(|e| e["gate"] == gate && e["kind"] == "removed")
-        .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+        .find(|e| e.gate == gate && e.kind == EventKind::Removed)
+        .map(|e| e.reason.unwrap_or_default())
 }
 
 fn state(root: &TestRoot, gate: &str) -> String {
     root.gate(gate)
-        .map(|g| g["state"].as_str().unwrap().to_string())
+        .map(|g| g.state.as_str().to_string())
         .unwrap_or_else(|| "gone".into())
 }
 
 fn pids_of(root: &TestRoot, gate: &str) -> Vec<u32> {
-    root.gate(gate)
-        .map(|g| {
-            g["pids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p.as_u64().unwrap() as u32)
-                .collect()
-        })
-        .unwrap_or_default()
+    root.gate(gate).map(|g| g.pids).unwrap_or_default()
 }
 
 /// Lines of a child's stdout, read on a thread so a frozen worker cannot
@@ -155,7 +112,7 @@ impl Lines {
 
 #[test]
 fn the_doc_shows_the_tested_scripts_verbatim() {
-    if host_only("the_doc_shows_the_tested_scripts_verbatim") {
+    if kit::host_only("the_doc_shows_the_tested_scripts_verbatim", HOST_NEEDS) {
         return;
     }
     let doc =
@@ -181,7 +138,10 @@ fn the_doc_shows_the_tested_scripts_verbatim() {
 /// it is stopped and its escaped grandchild goes with it.
 #[test]
 fn a_repl_host_starts_its_worker_through_the_wrapper_and_touches_at_each_tool_call() {
-    if host_only("a_repl_host_starts_its_worker_through_the_wrapper") {
+    if kit::host_only(
+        "a_repl_host_starts_its_worker_through_the_wrapper",
+        HOST_NEEDS,
+    ) {
         return;
     }
     let root = TestRoot::new();
@@ -219,8 +179,8 @@ fn a_repl_host_starts_its_worker_through_the_wrapper_and_touches_at_each_tool_ca
     assert_eq!(f[3], session);
     assert_eq!(Path::new(f[4]), project);
     let g = root.gate(&gate).expect("the worker's gate is listed");
-    assert_eq!(g["session"], session);
-    assert_eq!(g["project"], project.to_str().unwrap());
+    assert_eq!(g.session, session);
+    assert_eq!(g.project, project.to_str().unwrap());
 
     let mut send = |line: &str| {
         writeln!(to_worker, "{line}").unwrap();
@@ -283,9 +243,11 @@ fn a_repl_host_starts_its_worker_through_the_wrapper_and_touches_at_each_tool_ca
         Some("pong"),
         "a ping to the suspended worker is answered"
     );
-    wait_until(Duration::from_secs(10), "asleep again after the ping", || {
-        state(&root, &gate) == "suspended"
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "asleep again after the ping",
+        || state(&root, &gate) == "suspended",
+    );
 
     // The next tool call resumes it as it was, and the runner is still there.
     let out = tool_call(&mut send, "echo still $$");
@@ -320,7 +282,7 @@ fn a_repl_host_starts_its_worker_through_the_wrapper_and_touches_at_each_tool_ca
 /// GOV_* and lives in the gate; a gate whose processes all exited goes away.
 #[test]
 fn a_shell_user_runs_bash_in_a_gate() {
-    if host_only("a_shell_user_runs_bash_in_a_gate") {
+    if kit::host_only("a_shell_user_runs_bash_in_a_gate", HOST_NEEDS) {
         return;
     }
     let root = TestRoot::new();
@@ -364,7 +326,7 @@ fn a_shell_user_runs_bash_in_a_gate() {
 /// gov reaps the leftover.
 #[test]
 fn a_shell_users_leftovers_are_reaped_when_idle() {
-    if host_only("a_shell_users_leftovers_are_reaped_when_idle") {
+    if kit::host_only("a_shell_users_leftovers_are_reaped_when_idle", HOST_NEEDS) {
         return;
     }
     let root = TestRoot::new();
@@ -393,19 +355,19 @@ fn a_shell_users_leftovers_are_reaped_when_idle() {
     assert_eq!(reap(bash, Duration::from_secs(10)), Some(0));
 
     // The user sees their gate, with the job still in it.
-    let ps = common::as_user(NOBODY, root.gov().args(["ps", "--json"]));
+    let ps = kit::as_user(NOBODY, root.gov().args(["ps", "--json"]));
     assert!(
         ps.status.success(),
         "{}",
         String::from_utf8_lossy(&ps.stderr)
     );
-    let gates: Vec<serde_json::Value> = serde_json::from_slice(&ps.stdout).unwrap();
+    let gates: Vec<GateInfo> = serde_json::from_slice(&ps.stdout).unwrap();
     let g = gates
         .iter()
-        .find(|g| g["id"] == gate)
+        .find(|g| g.id == gate)
         .expect("nobody sees the gate");
-    assert_eq!(g["user"], "nobody");
-    assert!(g["pids"].as_array().unwrap().iter().any(|p| p == job));
+    assert_eq!(g.user, "nobody");
+    assert!(g.pids.contains(&job));
 
     wait_until(Duration::from_secs(15), "the leftover to be reaped", || {
         !alive(job) && root.gate(gate).is_none()
@@ -416,79 +378,6 @@ fn a_shell_users_leftovers_are_reaped_when_idle() {
 
 // ---------------------------------------------------------------------------
 // A Jupyter kernel
-
-const JUPYTER_PACKAGES: &[&str] = &["ipykernel==7.4.0", "jupyter_client==8.10.0"];
-
-/// pip's words for "cannot reach the index" (as opposed to a real failure).
-fn looks_offline(stderr: &str) -> bool {
-    [
-        "NewConnectionError",
-        "Temporary failure in name resolution",
-        "Name or service not known",
-        "Network is unreachable",
-        "ConnectTimeoutError",
-        "ReadTimeoutError",
-        "ProxyError",
-        "Connection refused",
-        "(from versions: none)",
-    ]
-    .iter()
-    .any(|p| stderr.contains(p))
-}
-
-/// A venv with ipykernel and jupyter_client, built once under target/tmp and
-/// reused while the pinned versions stay the same. None (after saying so)
-/// when PyPI is unreachable.
-fn jupyter_venv(test: &str) -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gov-jupyter-venv");
-    let want = JUPYTER_PACKAGES.join("\n");
-    let stamp = "gov-packages.txt";
-    if fs::read_to_string(dir.join(stamp)).ok().as_deref() == Some(want.as_str()) {
-        return Some(dir);
-    }
-    // Built beside and renamed into place, so a concurrent or interrupted
-    // run never leaves a half-made venv behind the stamp. (A venv run as
-    // `python -m` does not care about its directory's name.)
-    let tmp = dir.with_extension(format!("tmp-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    let t0 = Instant::now();
-    let st = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&tmp)
-        .status()
-        .expect("python3 runs");
-    assert!(st.success(), "python3 -m venv {} failed", tmp.display());
-    let out = Command::new(tmp.join("bin/python3"))
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "-q"])
-        .args(["--timeout", "30", "--retries", "2"])
-        .args(JUPYTER_PACKAGES)
-        .output()
-        .unwrap();
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        let _ = fs::remove_dir_all(&tmp);
-        if looks_offline(&err) && std::env::var_os("GOV_REQUIRE_JUPYTER").is_none() {
-            say(&format!(
-                "\n**** SKIP {test}: PyPI is unreachable, so ipykernel and jupyter_client \
-                 cannot be installed. THIS TEST DID NOT RUN. (GOV_REQUIRE_JUPYTER=1 makes \
-                 this a failure.) pip said:\n{err}\n****"
-            ));
-            return None;
-        }
-        panic!("pip install {JUPYTER_PACKAGES:?} failed:\n{err}");
-    }
-    fs::write(tmp.join(stamp), &want).unwrap();
-    let _ = fs::remove_dir_all(&dir);
-    if fs::rename(&tmp, &dir).is_err() {
-        // Another run put its venv there first; use that one.
-        let _ = fs::remove_dir_all(&tmp);
-    }
-    say(&format!(
-        "{test}: made the Jupyter venv in {:.1?}",
-        t0.elapsed()
-    ));
-    Some(dir)
-}
 
 /// `python3 FIXTURE` of `venv`, as a notebook server runs: the gov under
 /// test and the venv first on PATH, kernel specs from `jupyter_path`,
@@ -524,10 +413,10 @@ fn jupyter_driver(
 #[test]
 fn a_jupyter_kernel_and_its_detached_subprocess_are_reaped_when_idle() {
     let test = "a_jupyter_kernel_and_its_detached_subprocess_are_reaped_when_idle";
-    if host_only(test) {
+    if kit::host_only(test, HOST_NEEDS) {
         return;
     }
-    let Some(venv) = jupyter_venv(test) else {
+    let Some(venv) = kit::jupyter::venv_or_skip(test) else {
         return;
     };
     let root = TestRoot::new();
@@ -557,7 +446,7 @@ fn a_jupyter_kernel_and_its_detached_subprocess_are_reaped_when_idle() {
     assert_eq!(cell["session"], session.as_str());
     assert_eq!(cell["project"], notebooks.to_str().unwrap());
     let g = root.gate(&gate).expect("the kernel's gate is listed");
-    assert_eq!(g["session"], session.as_str());
+    assert_eq!(g.session, session);
     let pids = pids_of(&root, &gate);
     assert!(
         pids.contains(&kernel_pid) && pids.contains(&child),
@@ -582,29 +471,6 @@ fn a_jupyter_kernel_and_its_detached_subprocess_are_reaped_when_idle() {
     assert_eq!(reap(server, Duration::from_secs(30)), Some(0));
 }
 
-/// CRIU for a daemon (GOV_CRIU, or integration/build-criu's cache); None,
-/// said on stderr, where there is none, and a failure under
-/// GOV_REQUIRE_CRIU=1.
-fn criu_or_say(test: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("GOV_CRIU").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/.cache/criu/4.2.1/criu"),
-        PathBuf::from,
-    );
-    if gov::criu::Criu::find(Some(&path)).is_ok() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("GOV_REQUIRE_CRIU").as_deref() != Ok("1"),
-        "{test}: CRIU is required here (GOV_REQUIRE_CRIU=1)"
-    );
-    say(&format!(
-        "\n**** SKIP (hibernation part of) {test}: no criu >= 4.2 at {}; build it \
-         with integration/build-criu ****",
-        path.display()
-    ));
-    None
-}
-
 /// A hibernatable kernel, as issue 17 found it: jupyter_client starts it
 /// from a kernel.json whose argv is `gov spawn --hibernate -- python -m
 /// ipykernel_launcher -f {connection_file}`. ipykernel's parent poller
@@ -615,13 +481,14 @@ fn criu_or_say(test: &str) -> Option<PathBuf> {
 #[test]
 fn a_hibernatable_jupyter_kernel_answers_and_keeps_its_state_through_hibernation() {
     let test = "a_hibernatable_jupyter_kernel_answers_and_keeps_its_state_through_hibernation";
-    if host_only(test) {
+    if kit::host_only(test, HOST_NEEDS) {
         return;
     }
-    let Some(venv) = jupyter_venv(test) else {
+    let Some(venv) = kit::jupyter::venv_or_skip(test) else {
         return;
     };
-    let criu = criu_or_say(test);
+    // Without CRIU (said), the kernel is still checked to answer.
+    let criu = kit::criu::criu_or_skip(test).map(|c| c.path().to_path_buf());
     let root = TestRoot::new();
     let images = root.dir.path().join("images");
     // Idle after 10 s (the kernel's start and its first cell must fit in:
@@ -641,7 +508,7 @@ fn a_hibernatable_jupyter_kernel_answers_and_keeps_its_state_through_hibernation
         .iter()
         .map(|c| ("GOV_CRIU", c.to_str().unwrap()))
         .collect();
-    let _d = common::Daemon::start_env(&root, &root.policy_file(&policy), &criu_env);
+    let _d = kit::Daemon::start_env(&root, &root.policy_file(&policy), &criu_env);
     let notebooks = open_dir(root.dir.path().join("notebooks"));
     // IPython's history is a sqlite file it writes under a POSIX lock after
     // each cell; CRIU refuses a tree holding one, and the daemon would then

@@ -2,28 +2,28 @@
 //! each held open on purpose and checked deterministically, against a real
 //! daemon, real processes and the real cgroupfs.
 
-mod common;
+use gov::protocol::{Event, EventKind};
+use gov_testkit as kit;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{alive, reap, text, wait_until, Daemon, Kid, TestRoot};
+use kit::{alive, reap, text, wait_until, Daemon, Kid, TestRoot};
 use serde_json::Value;
 
 fn spawn_sh(root: &TestRoot, project: &str, script: &str) -> Kid {
     Kid::new(root.spawn_sh(project, script))
 }
 
-fn events_of(root: &TestRoot, gate: &str, kind: &str) -> Vec<Value> {
+fn events_of(root: &TestRoot, gate: &str, kind: EventKind) -> Vec<Event> {
     root.events()
         .into_iter()
-        .filter(|e| e["gate"] == gate && e["kind"] == kind)
+        .filter(|e| e.gate == gate && e.kind == kind)
         .collect()
 }
 
 fn state(root: &TestRoot, gate: &str) -> Option<String> {
-    root.gate(gate)
-        .and_then(|g| g["state"].as_str().map(str::to_string))
+    root.gate(gate).map(|g| g.state.as_str().to_string())
 }
 
 /// The sum of gov_reaps_total over its reasons.
@@ -90,8 +90,8 @@ fn a_touch_during_an_in_flight_freeze_leaves_the_gate_running() {
             !cg.read_cgroup_events().unwrap().frozen,
             "round {round}: frozen again before its idle_timeout"
         );
-        assert_eq!(events_of(&root, &id, "suspended").len(), round);
-        assert_eq!(events_of(&root, &id, "thawed").len(), round);
+        assert_eq!(events_of(&root, &id, EventKind::Suspended).len(), round);
+        assert_eq!(events_of(&root, &id, EventKind::Thawed).len(), round);
     }
     eprintln!("touches that met cgroup.freeze=1 with frozen 0: {saw_kernel_midway} of 3");
     root.ok(&["kill", &id]);
@@ -123,7 +123,7 @@ fn a_kill_during_a_stop_grace_is_one_teardown() {
     assert_eq!(shown["state"], "stopping");
     assert_eq!(shown["next"]["action"], "kill");
     assert!(
-        events_of(&root, &id, "suspended").is_empty(),
+        events_of(&root, &id, EventKind::Suspended).is_empty(),
         "frozen_hold 0s: never suspended"
     );
     let cg = root.gate_cgroup(&id);
@@ -136,13 +136,13 @@ fn a_kill_during_a_stop_grace_is_one_teardown() {
     );
     assert!(started.elapsed() < Duration::from_secs(30));
     assert!(root.gate(&id).is_none());
-    let removed = events_of(&root, &id, "removed");
+    let removed = events_of(&root, &id, EventKind::Removed);
     assert_eq!(removed.len(), 1, "one teardown: {removed:?}");
-    assert_eq!(removed[0]["reason"], "idle (killed)");
+    assert_eq!(removed[0].reason.as_deref(), Some("idle (killed)"));
     assert_eq!(reaps_total(&root), 1, "the reap is counted once");
     // Nothing more happens to it later, either.
     root.wait_scans(3);
-    assert_eq!(events_of(&root, &id, "removed").len(), 1);
+    assert_eq!(events_of(&root, &id, EventKind::Removed).len(), 1);
     assert_eq!(kid.reap(Duration::from_secs(10)), None);
 }
 
@@ -166,9 +166,9 @@ fn a_panicking_action_leaves_the_gate_managed() {
     root.ok(&["freeze", &id]);
     assert_eq!(state(&root, &id).as_deref(), Some("frozen"));
     root.ok(&["thaw", &id]);
-    let failed = events_of(&root, &id, "failed");
+    let failed = events_of(&root, &id, EventKind::Failed);
     assert_eq!(failed.len(), 1, "{failed:?}");
-    assert!(failed[0]["reason"].as_str().unwrap().starts_with("pin"));
+    assert!(failed[0].reason.as_deref().unwrap().starts_with("pin"));
     assert!(d.log_text().contains("panicked"), "logged");
     root.ok(&["kill", &id]);
     assert!(root.gate(&id).is_none());
@@ -200,8 +200,8 @@ fn pin_unpin_and_tag_show_at_once_and_are_events() {
     assert_eq!(g["next"]["action"], "suspend");
     root.ok(&["tag", &id, "--session", "later-s"]);
     assert_eq!(show(&root)["session"], "later-s");
-    for kind in ["pinned", "unpinned", "tagged"] {
-        assert_eq!(events_of(&root, &id, kind).len(), 1, "{kind}");
+    for kind in [EventKind::Pinned, EventKind::Unpinned, EventKind::Tagged] {
+        assert_eq!(events_of(&root, &id, kind).len(), 1, "{kind:?}");
     }
     root.ok(&["kill", &id]);
     assert_eq!(kid.reap(Duration::from_secs(10)), None);
@@ -297,7 +297,7 @@ fn a_second_daemon_on_the_same_root_or_socket_is_refused() {
     let leaf_before = std::fs::read_to_string(root.path.join("daemon/cgroup.procs")).unwrap();
 
     let try_daemon = |config: &std::path::Path, cgroup_root: &std::path::Path| {
-        let child = Command::new(common::gov_bin())
+        let child = Command::new(kit::gov_bin())
             .args(["daemon", "--config"])
             .arg(config)
             .env("GOV_CGROUP_ROOT", cgroup_root)
@@ -315,7 +315,7 @@ fn a_second_daemon_on_the_same_root_or_socket_is_refused() {
     // Same root, another socket.
     let other_socket = root.dir.path().join("other.sock");
     let config = root.dir.path().join("other.toml");
-    common::write_policy(&config, &other_socket, "");
+    kit::write_policy(&config, &other_socket, "");
     let (code, err) = try_daemon(&config, &root.path);
     assert_ne!(code, Some(0), "the second daemon started: {err}");
     assert!(
@@ -341,7 +341,7 @@ fn a_second_daemon_on_the_same_root_or_socket_is_refused() {
         root.path.file_name().unwrap().to_str().unwrap()
     ));
     let config = root.dir.path().join("same-socket.toml");
-    common::write_policy(&config, &root.socket, "");
+    kit::write_policy(&config, &root.socket, "");
     let (code, err) = try_daemon(&config, &other_root);
     assert_ne!(code, Some(0));
     assert!(err.contains(&format!("pid {}", first.pid())), "{err}");

@@ -3,11 +3,12 @@
 //! (integration/vm-test), where GOV_REQUIRE_CONTROLLERS=1 turns a skip into
 //! a failure.
 
-mod common;
+use gov::protocol::EventKind;
+use gov_testkit as kit;
 
 use std::time::{Duration, Instant};
 
-use common::{alive, needs_controllers, reap, wait_until, TestRoot};
+use kit::{alive, needs_controllers, reap, wait_until, TestRoot};
 
 /// A shell line that makes the shell itself hold about `mb` MiB of heap,
 /// by doubling a string: no fork, so it works beside a fork bomb and under
@@ -64,7 +65,7 @@ fn a_fork_bomb_stays_under_pids_max_and_the_hits_are_reported() {
     wait_until(Duration::from_secs(20), "limit event", || {
         root.events()
             .iter()
-            .any(|e| e["gate"] == id.as_str() && e["kind"] == "limit")
+            .any(|e| e.gate == id.as_str() && e.kind == EventKind::Limit)
     });
     let show = root.ok(&["show", &id]);
     assert!(show.contains("pids.max"), "{show}");
@@ -119,20 +120,20 @@ fn memory_max_oom_kills_inside_the_gate_only_and_oom_group_takes_the_whole_gate(
     );
     // Without oom_group only the hog died; its sibling lives in the gate.
     wait_until(Duration::from_secs(5), "sibling pid", || {
-        !common::read_pids(&pids).is_empty()
+        !kit::read_pids(&pids).is_empty()
     });
-    let sibling = common::read_pids(&pids)[0];
+    let sibling = kit::read_pids(&pids)[0];
     assert!(alive(sibling), "the sibling survives a plain OOM kill");
     wait_until(Duration::from_secs(20), "limit event for the OOM", || {
         root.events()
             .iter()
-            .any(|e| e["gate"] == alone_id.as_str() && e["kind"] == "limit")
+            .any(|e| e.gate == alone_id.as_str() && e.kind == EventKind::Limit)
     });
     assert!(alive(std::process::id()), "the test itself was not touched");
 
     // With oom_group the whole gate goes, and the daemon removes it.
     reap(grouped, Duration::from_secs(60));
-    let grouped_sibling = common::read_pids(&grouped_pids);
+    let grouped_sibling = kit::read_pids(&grouped_pids);
     for p in grouped_sibling {
         wait_until(Duration::from_secs(10), "grouped sibling killed", || {
             !alive(p)
@@ -182,7 +183,7 @@ fn a_project_cap_binds_the_sum_of_its_gates() {
     let a = root.spawn_sh("/src/capped-project", &format!("{}; sleep 300", hog(24)));
     let b = root.spawn_sh("/src/capped-project", &format!("{}; sleep 300", hog(24)));
     let (a_id, b_id) = (root.gate_of(a.id()), root.gate_of(b.id()));
-    let project = common::cgroup_parent(&root.gate_cgroup(&a_id));
+    let project = kit::cgroup_parent(&root.gate_cgroup(&a_id));
     assert_eq!(
         project.read_file("memory.max").unwrap().trim(),
         (64u64 << 20).to_string()
@@ -254,20 +255,17 @@ fn memory_reclaim_on_a_frozen_gate_lowers_memory_current() {
     wait_until(Duration::from_secs(30), "suspended", || {
         root.events()
             .iter()
-            .any(|e| e["gate"] == id.as_str() && e["kind"] == "suspended")
+            .any(|e| e.gate == id.as_str() && e.kind == EventKind::Suspended)
     });
     let after = cg.read_memory_current().unwrap().unwrap();
     assert!(after < before / 2, "memory.current {before} -> {after}");
     let ev = root.events();
     let suspended = ev
         .iter()
-        .find(|e| e["gate"] == id.as_str() && e["kind"] == "suspended")
+        .find(|e| e.gate == id.as_str() && e.kind == EventKind::Suspended)
         .unwrap();
     // gov reports what it reclaimed (memory.current before and after).
-    assert!(
-        suspended["freed_bytes"].as_u64().unwrap_or(0) > 0,
-        "{suspended}"
-    );
+    assert!(suspended.freed_bytes.unwrap_or(0) > 0, "{suspended:?}");
     // Still there, as it was: thaw brings it back.
     root.ok(&["thaw", &id]);
     assert!(alive(gate.id()));
@@ -293,12 +291,12 @@ fn a_spawn_says_which_limits_are_not_applied_and_why() {
         .unwrap();
     let id = root.gate_of(child.id());
     let show = root.ok(&["show", &id]);
-    let gate = root.gate(&id).unwrap();
+    let gate = root.gate_json(&id).unwrap();
     root.ok(&["kill", &id]);
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     reap(child, Duration::from_secs(5));
-    if common::controllers_available() {
+    if kit::controllers_available() {
         assert!(!err.contains("not applied"), "{err}");
         assert!(!show.contains("not applied"), "{show}");
         assert!(gate["not_applied"].is_null(), "{gate}");

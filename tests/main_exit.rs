@@ -2,13 +2,14 @@
 //! from processes already running (`gov adopt`), against a real daemon and
 //! the real cgroupfs.
 
-mod common;
+use gov::protocol::{EventKind, GateState};
+use gov_testkit as kit;
 
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{alive, gov_as_nobody, read_pids, text, wait_until, Kid, TestRoot};
+use kit::{alive, gov_as_nobody, read_pids, text, wait_until, Kid, TestRoot};
 
 const POLICY: &str = "[defaults]\nidle_timeout = \"1h\"\norphan_grace = \"never\"\nstop_grace = \"1s\"\nmain_exit_grace = \"2s\"\n";
 
@@ -61,7 +62,7 @@ fn leftovers_of_a_killed_main_process_are_stopped_after_main_exit_grace() {
     wait_until(Duration::from_secs(10), "main_exited event", || {
         root.events()
             .iter()
-            .any(|e| e["gate"] == id.as_str() && e["kind"] == "main_exited")
+            .any(|e| e.gate == id.as_str() && e.kind == EventKind::MainExited)
     });
     assert!(alive(leftover), "stopped before main_exit_grace");
     wait_until(
@@ -80,11 +81,11 @@ fn leftovers_of_a_killed_main_process_are_stopped_after_main_exit_grace() {
     let removed = root
         .events()
         .into_iter()
-        .find(|e| e["gate"] == id.as_str() && e["kind"] == "removed")
+        .find(|e| e.gate == id.as_str() && e.kind == EventKind::Removed)
         .expect("a removed event");
     assert!(
-        removed["reason"].as_str().unwrap().starts_with("main-exit"),
-        "{removed}"
+        removed.reason.as_deref().unwrap().starts_with("main-exit"),
+        "{removed:?}"
     );
     // The host's pipe ends: nobody holds it any more.
     let mut rest = Vec::new();
@@ -99,7 +100,7 @@ fn with_keep_the_leftover_lives_on() {
     wait_until(Duration::from_secs(10), "main_exited event", || {
         root.events()
             .iter()
-            .any(|e| e["gate"] == id.as_str() && e["kind"] == "main_exited")
+            .any(|e| e.gate == id.as_str() && e.kind == EventKind::MainExited)
     });
     // Well past main_exit_grace (2 s at a 200 ms scan): nothing happens.
     let until = Instant::now() + Duration::from_secs(3);
@@ -107,7 +108,7 @@ fn with_keep_the_leftover_lives_on() {
         root.wait_scans(1);
     }
     assert!(alive(leftover), "keep stopped the leftover");
-    assert_eq!(root.gate(&id).unwrap()["state"], "running");
+    assert_eq!(root.gate(&id).unwrap().state, GateState::Running);
     root.ok(&["kill", &id]);
     assert!(!alive(leftover));
 }
@@ -146,14 +147,9 @@ fn adopt_moves_a_running_tree_and_the_reaper_takes_it() {
         text(&out.stderr)
     );
     let gate = root.gate(&id).expect("the adopted gate is listed");
-    let mut members: Vec<u64> = gate["pids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_u64().unwrap())
-        .collect();
+    let mut members = gate.pids;
     members.sort();
-    let mut want: Vec<u64> = pids.iter().map(|&p| p as u64).collect();
+    let mut want = pids.clone();
     want.sort();
     assert_eq!(members, want, "every process of the tree is in the gate");
     // Idle past idle_timeout with frozen_hold 0s: stopped, then gone.
@@ -223,10 +219,10 @@ fn the_main_exit_stop_comes_at_the_grace_not_at_a_scan() {
     let removed = root
         .events()
         .into_iter()
-        .find(|e| e["gate"] == id.as_str() && e["kind"] == "removed")
+        .find(|e| e.gate == id.as_str() && e.kind == EventKind::Removed)
         .expect("a removed event");
     assert!(
-        removed["reason"].as_str().unwrap().starts_with("main-exit"),
-        "{removed}"
+        removed.reason.as_deref().unwrap().starts_with("main-exit"),
+        "{removed:?}"
     );
 }

@@ -1,7 +1,7 @@
 //! The reaper against a real daemon, real processes and the real cgroupfs,
 //! with timeouts of a few seconds.
 
-mod common;
+use gov_testkit as kit;
 
 use std::fs;
 use std::os::unix::net::UnixStream;
@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{alive, read_pids, reap, wait_until, Kid, TestRoot, NOBODY, OTHER_USER};
+use gov::protocol::{EventKind, GateState, Spared};
+use kit::{alive, read_pids, reap, wait_until, Kid, TestRoot, NOBODY, OTHER_USER};
 
 const FAST: &str = "\
 [defaults]
@@ -21,14 +22,14 @@ orphan_grace = \"never\"
 busy_cpu_percent = 5.0
 ";
 
-fn has_event(root: &TestRoot, gate: &str, kind: &str) -> bool {
+fn has_event(root: &TestRoot, gate: &str, kind: EventKind) -> bool {
     root.events()
         .iter()
-        .any(|e| e["gate"] == gate && e["kind"] == kind)
+        .any(|e| e.gate == gate && e.kind == kind)
 }
 
 fn removed(root: &TestRoot, gate: &str) -> bool {
-    root.gate(gate).is_none() && has_event(root, gate, "removed")
+    root.gate(gate).is_none() && has_event(root, gate, EventKind::Removed)
 }
 
 /// Touches a gate every `every` until dropped.
@@ -85,7 +86,7 @@ fn the_idle_gate_goes_with_its_grandchild_and_the_others_live_on() {
     let tree = read_pids(&pids);
 
     wait_until(Duration::from_secs(10), "idle gate suspended", || {
-        has_event(&root, &idle_id, "suspended")
+        has_event(&root, &idle_id, EventKind::Suspended)
     });
     wait_until(Duration::from_secs(10), "idle gate removed", || {
         removed(&root, &idle_id)
@@ -99,15 +100,16 @@ fn the_idle_gate_goes_with_its_grandchild_and_the_others_live_on() {
         "killed, so no exit code"
     );
 
-    // Two more idle timeouts later the busy and the touched gate still run.
-    std::thread::sleep(Duration::from_secs(3));
+    // Two more idle timeouts (2 s) later, counted in 200 ms scans, the busy
+    // and the touched gate still run.
+    root.wait_scans(2 * 2000 / 200);
     let busy_g = root.gate(&busy_id).expect("busy gate lives");
     let touched_g = root.gate(&touched_id).expect("touched gate lives");
-    assert_eq!(busy_g["state"], "running");
-    assert_eq!(touched_g["state"], "running");
+    assert_eq!(busy_g.state, GateState::Running);
+    assert_eq!(touched_g.state, GateState::Running);
     assert!(alive(busy.id()) && alive(touched.id()));
-    assert!(!has_event(&root, &busy_id, "suspended"));
-    assert!(!has_event(&root, &touched_id, "suspended"));
+    assert!(!has_event(&root, &busy_id, EventKind::Suspended));
+    assert!(!has_event(&root, &touched_id, EventKind::Suspended));
     root.ok(&["kill", &busy_id]);
     root.ok(&["kill", &touched_id]);
     reap(busy, Duration::from_secs(5));
@@ -150,7 +152,7 @@ fn health_pings_over_a_socket_are_not_activity() {
             answered += 1;
         }
         std::thread::sleep(Duration::from_millis(500));
-        if has_event(&root, &id, "suspended") {
+        if has_event(&root, &id, EventKind::Suspended) {
             break;
         }
     }
@@ -163,9 +165,9 @@ fn health_pings_over_a_socket_are_not_activity() {
         "pinged gate reaped as idle",
         || removed(&root, &id),
     );
-    assert!(root.events().iter().any(|e| e["gate"] == id.as_str()
-        && e["kind"] == "removed"
-        && e["reason"].as_str().unwrap().starts_with("idle")));
+    assert!(root.events().iter().any(|e| e.gate == id.as_str()
+        && e.kind == EventKind::Removed
+        && e.reason.as_deref().unwrap().starts_with("idle")));
     reap(child, Duration::from_secs(5));
 }
 
@@ -180,7 +182,7 @@ fn a_gate_whose_owner_dies_is_reaped_after_orphan_grace() {
         .arg("-c")
         .arg(format!(
             "{gov} spawn --project /src/orphan -- sh -c 'echo $$ > {p}; exec sleep 300' & wait",
-            gov = common::gov_bin().display(),
+            gov = kit::gov_bin().display(),
             p = pidfile.display()
         ))
         .env("GOV_CGROUP_ROOT", &root.path)
@@ -192,8 +194,10 @@ fn a_gate_whose_owner_dies_is_reaped_after_orphan_grace() {
     });
     let gate_pid = read_pids(&pidfile)[0];
     let id = root.gate_of(gate_pid);
-    std::thread::sleep(Duration::from_millis(1500));
+    // Past orphan_grace (1 s), counted in 200 ms scans.
+    root.wait_scans(1500 / 200);
     assert!(root.gate(&id).is_some(), "not reaped while the owner lives");
+    assert!(!has_event(&root, &id, EventKind::Orphaned));
 
     let mut owner = owner;
     owner.kill().unwrap();
@@ -204,14 +208,14 @@ fn a_gate_whose_owner_dies_is_reaped_after_orphan_grace() {
     let ev = root.events();
     assert!(ev
         .iter()
-        .any(|e| e["gate"] == id.as_str() && e["kind"] == "orphaned"));
-    assert!(ev.iter().any(|e| e["gate"] == id.as_str()
-        && e["kind"] == "removed"
-        && e["reason"].as_str().unwrap().starts_with("orphan")));
+        .any(|e| e.gate == id.as_str() && e.kind == EventKind::Orphaned));
+    assert!(ev.iter().any(|e| e.gate == id.as_str()
+        && e.kind == EventKind::Removed
+        && e.reason.as_deref().unwrap().starts_with("orphan")));
     // Orphans skip the freeze: they need their memory back now.
     assert!(!ev
         .iter()
-        .any(|e| e["gate"] == id.as_str() && e["kind"] == "suspended"));
+        .any(|e| e.gate == id.as_str() && e.kind == EventKind::Suspended));
     wait_until(Duration::from_secs(5), "gate process gone", || {
         !alive(gate_pid)
     });
@@ -256,7 +260,8 @@ fn a_suspended_gate_touched_within_the_hold_keeps_its_state() {
     };
     // The counter burns little CPU (sleep), so the gate goes idle.
     wait_until(Duration::from_secs(10), "gate suspended", || {
-        root.gate(&id).is_some_and(|g| g["state"] == "suspended")
+        root.gate(&id)
+            .is_some_and(|g| g.state == GateState::Suspended)
     });
     let cg = root.gate_cgroup(&id);
     assert!(
@@ -279,14 +284,13 @@ fn a_suspended_gate_touched_within_the_hold_keeps_its_state() {
     // Pinned, so a slow machine cannot let it idle out again mid-check.
     root.ok(&["pin", &id]);
     let first = ask(&root);
-    std::thread::sleep(Duration::from_millis(700));
-    let second = ask(&root);
-    assert!(
-        second > first,
-        "the same counter goes on: {first} then {second}"
-    );
+    let mut second = first;
+    wait_until(Duration::from_secs(10), "the same counter to go on", || {
+        second = ask(&root);
+        second > first
+    });
     assert!(alive(pid), "same process");
-    assert!(has_event(&root, &id, "thawed"));
+    assert!(has_event(&root, &id, EventKind::Thawed));
     root.ok(&["kill", &id]);
     reap(child, Duration::from_secs(5));
 }
@@ -324,9 +328,9 @@ fn a_stubborn_forking_gate_is_killed_and_a_polite_one_runs_its_exit_handler() {
         "bye",
         "exit handler ran"
     );
-    assert!(root.events().iter().any(|e| e["gate"] == polite_id.as_str()
-        && e["kind"] == "removed"
-        && e["reason"].as_str().unwrap().contains("stopped")));
+    assert!(root.events().iter().any(|e| e.gate == polite_id.as_str()
+        && e.kind == EventKind::Removed
+        && e.reason.as_deref().unwrap().contains("stopped")));
     assert_eq!(
         reap(polite, Duration::from_secs(5)),
         Some(0),
@@ -336,12 +340,9 @@ fn a_stubborn_forking_gate_is_killed_and_a_polite_one_runs_its_exit_handler() {
     wait_until(Duration::from_secs(30), "stubborn gate removed", || {
         removed(&root, &stubborn_id)
     });
-    assert!(root
-        .events()
-        .iter()
-        .any(|e| e["gate"] == stubborn_id.as_str()
-            && e["kind"] == "removed"
-            && e["reason"].as_str().unwrap().contains("killed")));
+    assert!(root.events().iter().any(|e| e.gate == stubborn_id.as_str()
+        && e.kind == EventKind::Removed
+        && e.reason.as_deref().unwrap().contains("killed")));
     for p in read_pids(&pids) {
         wait_until(Duration::from_secs(5), "every forked child dead", || {
             !alive(p)
@@ -363,7 +364,7 @@ fn a_daemon_killed_mid_reap_finishes_the_job_after_restart() {
     root.ok(&["pin", &killing_id]);
     wait_until(Duration::from_secs(10), "gate suspended", || {
         root.gate(&frozen_id)
-            .is_some_and(|g| g["state"] == "suspended")
+            .is_some_and(|g| g.state == GateState::Suspended)
     });
     d.sigkill();
 
@@ -382,12 +383,12 @@ fn a_daemon_killed_mid_reap_finishes_the_job_after_restart() {
 
     // Second life, with a short hold: both end as policy says.
     let config = root.dir.path().join("restart.toml");
-    common::write_policy(
+    kit::write_policy(
         &config,
         &root.socket,
         "[defaults]\nidle_timeout = \"1s\"\nfrozen_hold = \"1s\"\nstop_grace = \"1s\"\n",
     );
-    let _d = common::Daemon::start_with(&root, &config);
+    let _d = kit::Daemon::start_with(&root, &config);
     wait_until(Duration::from_secs(15), "mid-kill gate removed", || {
         removed(&root, &killing_id)
     });
@@ -413,22 +414,21 @@ fn evict_idlest_takes_the_least_recently_active_idle_gate() {
     let pinned_id = root.gate_of(pinned.id());
     root.ok(&["pin", &pinned_id]);
     // The pinned gate is the oldest by activity now; touch nothing else.
-    // Let the daemon see the busy gate burn.
-    wait_until(Duration::from_secs(5), "busy gate seen busy", || {
+    // Let the daemon see the busy gate burn (a new gate's idle_s is 0 at
+    // once, so that says nothing; the daemon's verdict does).
+    wait_until(Duration::from_secs(10), "busy gate seen busy", || {
         root.gate(&busy_id)
-            .is_some_and(|g| g["spared"].as_str().is_some_and(|s| s.contains("busy")))
-            || root.gate(&busy_id).is_some_and(|g| g["idle_s"] == 0)
+            .is_some_and(|g| g.spared == Some(Spared::Busy))
     });
-    std::thread::sleep(Duration::from_millis(500));
 
     let newer = root.spawn_sh("/src/capped", "sleep 300 & wait");
     let newer_id = root.gate_of(newer.id());
     wait_until(Duration::from_secs(10), "old idle gate evicted", || {
         removed(&root, &old_id)
     });
-    assert!(root.events().iter().any(|e| e["gate"] == old_id.as_str()
-        && e["kind"] == "removed"
-        && e["reason"].as_str().unwrap().starts_with("evicted")));
+    assert!(root.events().iter().any(|e| e.gate == old_id.as_str()
+        && e.kind == EventKind::Removed
+        && e.reason.as_deref().unwrap().starts_with("evicted")));
     for id in [&busy_id, &pinned_id, &newer_id] {
         assert!(root.gate(id).is_some(), "{id} kept");
     }
@@ -493,18 +493,18 @@ fn memory_budget_evicts_the_least_recently_active_idle_gate_first() {
     // of the two idle gates.
     wait_until(Duration::from_secs(30), "old gate idle", || {
         root.gate(old_id)
-            .is_some_and(|g| g["idle_s"].as_u64().unwrap_or(0) >= 1 && g["spared"].is_null())
+            .is_some_and(|g| g.idle_s >= 1 && g.spared.is_none())
     });
     root.ok(&["touch", recent_id]);
     wait_until(Duration::from_secs(5), "busy gate seen busy", || {
         root.gate(busy_id)
-            .is_some_and(|g| g["spared"].as_str().is_some_and(|s| s.contains("busy")))
+            .is_some_and(|g| g.spared == Some(Spared::Busy))
     });
 
     // A budget no gate fits: every evictable gate goes, least recently
     // active first; the busy and the pinned gate stay. (A budget "just
     // under" the total depends on memory figures that shift as gates go.)
-    common::write_policy(
+    kit::write_policy(
         &d.config,
         &root.socket,
         &format!("memory_budget = \"4096\"\n{BUDGET_POLICY}"),
@@ -520,22 +520,23 @@ fn memory_budget_evicts_the_least_recently_active_idle_gate_first() {
     let ev = root.events();
     let stopping = |id: &str| {
         ev.iter()
-            .position(|e| e["gate"] == id && e["kind"] == "stopping")
+            .position(|e| e.gate == id && e.kind == EventKind::Stopping)
             .unwrap_or_else(|| panic!("no stopping event for {id}"))
     };
     assert!(
         stopping(old_id) < stopping(recent_id),
         "the least recently active gate goes first"
     );
-    assert!(ev.iter().any(|e| e["gate"] == old_id.as_str()
-        && e["kind"] == "removed"
-        && e["reason"].as_str().unwrap().starts_with("memory-budget")));
-    std::thread::sleep(Duration::from_secs(1));
+    assert!(ev.iter().any(|e| e.gate == old_id.as_str()
+        && e.kind == EventKind::Removed
+        && e.reason.as_deref().unwrap().starts_with("memory-budget")));
+    // Five more scans, each of which could have evicted them.
+    root.wait_scans(5);
     for (what, id) in [("busy", busy_id), ("pinned", pinned_id)] {
         let of_it: Vec<_> = root
             .events()
             .into_iter()
-            .filter(|e| e["gate"] == id.as_str())
+            .filter(|e| e.gate == id.as_str())
             .collect();
         assert!(
             root.gate(id).is_some(),
@@ -551,7 +552,7 @@ fn memory_budget_evicts_the_least_recently_active_idle_gate_first() {
 /// `gov spawn --project P [--pin] -- sh -c SCRIPT` as user `uid`, in the
 /// background.
 fn spawn_as(root: &TestRoot, uid: u32, project: &str, pin: bool, script: &str) -> Kid {
-    let mut c = common::gov_as(root, uid);
+    let mut c = kit::gov_as(root, uid);
     c.args(["spawn", "--project", project]);
     if pin {
         c.arg("--pin");
@@ -562,7 +563,7 @@ fn spawn_as(root: &TestRoot, uid: u32, project: &str, pin: bool, script: &str) -
 
 /// The directory name of a gate's project cgroup.
 fn project_dir(root: &TestRoot, gate: &str) -> String {
-    let cg = common::cgroup_parent(&root.gate_cgroup(gate));
+    let cg = kit::cgroup_parent(&root.gate_cgroup(gate));
     let name = cg.path().file_name().unwrap().to_str().unwrap();
     name.to_string()
 }
@@ -589,7 +590,7 @@ fn another_users_gates_of_the_same_project_neither_evict_nor_cap_mine() {
     // An eviction would have been sent by b2's spawn, before its reply.
     root.wait_scans(2);
     assert!(
-        !has_event(&root, &a1_id, "stopping") && root.gate(&a1_id).is_some(),
+        !has_event(&root, &a1_id, EventKind::Stopping) && root.gate(&a1_id).is_some(),
         "another user's spawns evicted my gate"
     );
     let a2 = spawn_as(&root, NOBODY, project, false, idle);
@@ -648,11 +649,11 @@ fn a_pinned_gate_does_not_make_the_budget_evict_another_users_gate() {
     let pinned_id = root.gate_of(pinned.id());
     wait_until(Duration::from_secs(60), "the pinned gate's 16 MiB", || {
         root.gate(&pinned_id)
-            .is_some_and(|g| g["memory_bytes"].as_u64().unwrap_or(0) >= 16 << 20)
+            .is_some_and(|g| g.memory_bytes >= 16 << 20)
     });
     root.wait_scans(3);
     assert!(
-        !has_event(&root, &idle_id, "stopping") && root.gate(&idle_id).is_some(),
+        !has_event(&root, &idle_id, EventKind::Stopping) && root.gate(&idle_id).is_some(),
         "another user's pinned gate made the budget evict my idle gate"
     );
     for id in [&idle_id, &pinned_id] {
@@ -683,7 +684,7 @@ fn a_deadline_reaps_a_busy_gate_and_show_says_where_memory_comes_from() {
         .unwrap();
     let id = root.gate_of(child.id());
     let show = root.ok(&["show", &id]);
-    let expected = if common::controllers_available() {
+    let expected = if kit::controllers_available() {
         "memory.current"
     } else {
         "PSS"
@@ -692,9 +693,9 @@ fn a_deadline_reaps_a_busy_gate_and_show_says_where_memory_comes_from() {
     wait_until(Duration::from_secs(10), "deadline reap", || {
         removed(&root, &id)
     });
-    assert!(root.events().iter().any(|e| e["gate"] == id.as_str()
-        && e["kind"] == "removed"
-        && e["reason"].as_str().unwrap().starts_with("deadline")));
+    assert!(root.events().iter().any(|e| e.gate == id.as_str()
+        && e.kind == EventKind::Removed
+        && e.reason.as_deref().unwrap().starts_with("deadline")));
     reap(child, Duration::from_secs(5));
 }
 
@@ -720,13 +721,17 @@ fn a_persons_freeze_holds(frozen_hold: &str, past_ms: u64) {
                 root.events()
             )
         });
-        assert_eq!(g["state"], "frozen", "{g}");
+        assert_eq!(g.state, GateState::Frozen, "{g:?}");
     }
-    assert!(!has_event(&root, &id, "stopping"), "{:?}", root.events());
+    assert!(
+        !has_event(&root, &id, EventKind::Stopping),
+        "{:?}",
+        root.events()
+    );
     assert!(root.gate_cgroup(&id).read_cgroup_events().unwrap().frozen);
     assert!(alive(child.id()));
     root.ok(&["thaw", &id]);
-    assert_eq!(root.gate(&id).unwrap()["state"], "running");
+    assert_eq!(root.gate(&id).unwrap().state, GateState::Running);
     root.ok(&["kill", &id]);
     reap(child, Duration::from_secs(5));
 }

@@ -14,7 +14,7 @@
 //! The libraries and the probe are built with the C compiler at test time;
 //! the VM suite (busybox, no compiler) skips these tests and says so.
 
-mod common;
+use gov_testkit as kit;
 
 use std::fs;
 use std::io::Write;
@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{lines_of, Kid, TestRoot, NOBODY};
+use kit::{lines_of, Kid, TestRoot, NOBODY};
 
 /// Notes `uid euid pid comm` of every process that loads it: as a
 /// preload or audit library (constructor, la_version) or as a gconv
@@ -142,11 +142,7 @@ int main(void) {
 /// None in the VM suite (no compiler there), said loudly. On the host a
 /// missing compiler fails the test: a skip is not a pass.
 fn cc(test: &str, source: &str, out: &Path, extra: &[&str]) -> Option<()> {
-    if std::env::var_os("GOV_VM").is_some() {
-        common::skip(
-            test,
-            "needs a C compiler, which the VM suite lacks; it runs on the host",
-        );
+    if kit::host_only(test, "a C compiler") {
         return None;
     }
     let c = out.with_extension("c");
@@ -158,7 +154,7 @@ fn cc(test: &str, source: &str, out: &Path, extra: &[&str]) -> Option<()> {
         .arg(&c)
         .output()
         .expect("a C compiler (cc) is needed to build the test's recorder");
-    assert!(made.status.success(), "cc: {}", common::text(&made.stderr));
+    assert!(made.status.success(), "cc: {}", kit::text(&made.stderr));
     fs::set_permissions(out, fs::Permissions::from_mode(0o755)).unwrap();
     Some(())
 }
@@ -271,7 +267,7 @@ fn hostile_environment(test: &str, env: impl Fn(&Recorder) -> Vec<(&'static str,
     let _d = root.daemon("[defaults]\nidle_timeout = \"1h\"\norphan_grace = \"never\"\n");
     let env = env(&rec);
     let mut host = Kid::new(
-        common::gov_as_nobody(&root)
+        kit::gov_as_nobody(&root)
             .current_dir(&home)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("GOV_TEST_MARK", "mine")
@@ -381,7 +377,7 @@ fn a_deleted_cwd_replaced_by_a_link_does_not_lead_the_worker_elsewhere() {
     let secret = dir(&root, "secret", 0o700, None);
     fs::write(secret.join("key"), "root's").unwrap();
     let _d = root.daemon("[defaults]\nidle_timeout = \"1h\"\norphan_grace = \"never\"\n");
-    let gov = common::gov_for_others(&root);
+    let gov = kit::gov_for_others(&root);
     let script = format!(
         "mkdir d && cd d && rmdir ../d && ln -s {secret:?} '../d (deleted)' && \
          exec {gov:?} spawn --hibernate --project /srv/theirs -- sh -c 'echo ready; read line; exit 0'",
@@ -436,7 +432,7 @@ fn a_hostile_worker_gains_nothing_from_the_root_ns_init() {
     }
     let _d = root.daemon("[defaults]\nidle_timeout = \"1h\"\norphan_grace = \"never\"\n");
     let mut host = Kid::new(
-        common::gov_as_nobody(&root)
+        kit::gov_as_nobody(&root)
             .args(["spawn", "--hibernate", "--project", "/srv/theirs", "--"])
             .arg(&probe)
             .stdin(Stdio::piped())
@@ -492,8 +488,8 @@ fn a_socket_directory_others_can_write_is_refused() {
     let root = TestRoot::new();
     let open = dir(&root, "open", 0o777, None);
     let config = root.dir.path().join("open.toml");
-    common::write_policy(&config, &open.join("gov.sock"), "");
-    let out = Command::new(common::gov_bin())
+    kit::write_policy(&config, &open.join("gov.sock"), "");
+    let out = Command::new(kit::gov_bin())
         .args(["daemon", "--config"])
         .arg(&config)
         .env("GOV_CGROUP_ROOT", &root.path)
@@ -501,7 +497,7 @@ fn a_socket_directory_others_can_write_is_refused() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    let err = common::text(&out.stderr);
+    let err = kit::text(&out.stderr);
     assert!(!out.status.success(), "the daemon started: {err}");
     assert!(err.contains("is not root's alone"), "{err}");
     assert!(!open.join("gov.sock").exists());

@@ -3,19 +3,18 @@
 //! .ci/run; where it is missing the tests say SKIP, and fail when
 //! GOV_REQUIRE_TMUX=1 (CI). The VM suite (busybox only) skips them.
 
-mod common;
+use gov_testkit as kit;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use kit::*;
 
 /// Is tmux here? In the VM, no (SKIP); on a host without it, SKIP, or a
 /// failure where GOV_REQUIRE_TMUX=1.
 fn tmux_ready(test: &str) -> bool {
-    if std::env::var_os("GOV_VM").is_some() {
-        skip(test, "host-only (tmux); the VM has busybox only");
+    if host_only(test, "tmux") {
         return false;
     }
     let found = Command::new("tmux")
@@ -27,12 +26,9 @@ fn tmux_ready(test: &str) -> bool {
     if found {
         return true;
     }
-    assert!(
-        std::env::var_os("GOV_REQUIRE_TMUX").is_none(),
-        "{test}: tmux is required here (GOV_REQUIRE_TMUX=1) but not installed"
-    );
-    skip(
+    kit::skip::skip_unless_required(
         test,
+        "GOV_REQUIRE_TMUX",
         "tmux is not installed (apt-get install tmux); THIS TEST DID NOT RUN",
     );
     false
@@ -174,13 +170,12 @@ fn top_in_a_terminal_shows_sorts_and_kills() {
     let big_id = root.gate_of(big_pid);
     wait_until(Duration::from_secs(15), "the big gate to hold 10M", || {
         root.gate(&big_id)
-            .is_some_and(|g| g["memory_bytes"].as_u64().unwrap() > 10 << 20)
+            .is_some_and(|g| g.memory_bytes > 10 << 20)
     });
     // The small one idle for 2s or more, the big one just touched: by idle
     // the small one leads, by memory the big one.
     wait_until(Duration::from_secs(15), "the small gate to idle 2s", || {
-        root.gate(&small_id)
-            .is_some_and(|g| g["idle_s"].as_u64().unwrap() >= 2)
+        root.gate(&small_id).is_some_and(|g| g.idle_s >= 2)
     });
     root.ok(&["touch", &big_id]);
     tmux.wait_for("both gates on screen", |s| {

@@ -2,15 +2,15 @@
 //! reaper suspended comes back when its host writes to it, with no `gov
 //! touch`, nothing lost and nothing read twice.
 
-mod common;
+use gov_testkit as kit;
 
 use std::io::{Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, Kid, TestRoot};
-use serde_json::Value;
+use gov::protocol::{Event, EventKind};
+use kit::{Daemon, Kid, TestRoot};
 
 /// Short timers: suspended 2 s after the last activity (time for Python to
 /// start and say where it listens), suspended again 150 ms after a wake. Never busy: a worker hashing its input under load
@@ -29,14 +29,13 @@ impl Drop for Logged {
 }
 
 fn state(root: &TestRoot, gate: &str) -> Option<String> {
-    root.gate(gate)
-        .and_then(|g| g["state"].as_str().map(str::to_string))
+    root.gate(gate).map(|g| g.state.as_str().to_string())
 }
 
-fn events_of(root: &TestRoot, gate: &str, kind: &str) -> Vec<Value> {
+fn events_of(root: &TestRoot, gate: &str, kind: EventKind) -> Vec<Event> {
     root.events()
         .into_iter()
-        .filter(|e| e["gate"] == gate && e["kind"] == kind)
+        .filter(|e| e.gate == gate && e.kind == kind)
         .collect()
 }
 
@@ -47,8 +46,8 @@ fn wait_state(root: &TestRoot, gate: &str, want: &str) {
             let show = root.run(&["show", gate]);
             panic!(
                 "gate {gate} not {want} within 20 s:\n{}{}",
-                common::text(&show.stdout),
-                common::text(&show.stderr)
+                kit::text(&show.stdout),
+                kit::text(&show.stderr)
             );
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -92,7 +91,7 @@ fn python_or_skip(test: &str) -> bool {
             std::env::var_os("GOV_REQUIRE_PYTHON").is_none(),
             "{test}: GOV_REQUIRE_PYTHON=1 but python3 is missing"
         );
-        common::skip(test, "no python3 here");
+        kit::skip(test, "no python3 here");
     }
     ok
 }
@@ -115,7 +114,7 @@ fn a_line_to_a_suspended_gate_is_answered_without_a_touch() {
     let _d = root.daemon(FAST);
     let mut host = spawn_python(&root, "/srv/wake-line", ECHO);
     let id = root.gate_of(host.id());
-    let lines = common::lines_of(&mut host);
+    let lines = kit::lines_of(&mut host);
     let mut stdin = host.stdin.take().unwrap();
     writeln!(stdin, "one").unwrap();
     assert_eq!(next_line(&lines, "first reply"), "got one");
@@ -133,10 +132,12 @@ fn a_line_to_a_suspended_gate_is_answered_without_a_touch() {
             format!("got {n}")
         );
     }
-    let woken = events_of(&root, &id, "woken");
+    let woken = events_of(&root, &id, EventKind::Woken);
     assert!(woken.len() >= 2, "{woken:?}");
     assert!(
-        woken.iter().all(|e| e["reason"] == "stdin pipe"),
+        woken
+            .iter()
+            .all(|e| e.reason.as_deref() == Some("stdin pipe")),
         "{woken:?}"
     );
     // Input is not activity: it sleeps again, and the metric counts.
@@ -171,7 +172,7 @@ fn input_during_an_in_flight_freeze_is_answered() {
     let mut host = spawn_python(&root, "/srv/wake-race", ECHO);
     let id = root.gate_of(host.id());
     let cg = root.gate_cgroup(&id);
-    let lines = common::lines_of(&mut host);
+    let lines = kit::lines_of(&mut host);
     let mut stdin = host.stdin.take().unwrap();
     for round in 1..=3 {
         // The freeze begins: cgroup.freeze turns 1.
@@ -236,7 +237,7 @@ fn integrity(test: &str, source: &str) {
     };
     let mut host = spawn_python(&root, "/srv/wake-integrity", &hasher(&source));
     let id = root.gate_of(host.id());
-    let lines = common::lines_of(&mut host);
+    let lines = kit::lines_of(&mut host);
     let stdin = host.stdin.take().unwrap();
     let mut out: Box<dyn Write> = match source.as_str() {
         "stdin" => Box::new(stdin),
@@ -286,7 +287,7 @@ fn integrity(test: &str, source: &str) {
     drop(out);
     let said = next_line(&lines, "the worker's digest");
     assert_eq!(said, format!("{} {}", digest.hex(), digest.len), "{test}");
-    let woken = events_of(&root, &id, "woken").len();
+    let woken = events_of(&root, &id, EventKind::Woken).len();
     assert!(woken >= writes / 100, "{test}: woken only {woken} times");
     assert_eq!(host.reap(Duration::from_secs(20)), Some(0));
 }
@@ -350,27 +351,8 @@ impl Sha256Stream {
     }
 }
 
-/// CRIU for a daemon, or None (skipped, said; a failure under
-/// GOV_REQUIRE_CRIU=1).
-fn criu_or_skip(test: &str) -> Option<std::path::PathBuf> {
-    let cached =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("integration/.cache/criu/4.2.1/criu");
-    let found = std::env::var_os("GOV_CRIU")
-        .map(std::path::PathBuf::from)
-        .or_else(|| cached.exists().then_some(cached))
-        .filter(|p| gov::criu::Criu::find(Some(p)).is_ok());
-    if found.is_none() {
-        assert!(
-            std::env::var("GOV_REQUIRE_CRIU").as_deref() != Ok("1"),
-            "{test}: CRIU is required here (GOV_REQUIRE_CRIU=1)"
-        );
-        common::skip(test, "no criu >= 4.2; build it with integration/build-criu");
-    }
-    found
-}
-
 /// A daemon that hibernates idle `--hibernate` gates at once.
-fn hibernating_daemon(root: &TestRoot, criu: &std::path::Path) -> Logged {
+fn hibernating_daemon(root: &TestRoot, criu: &gov::criu::Criu) -> Logged {
     let images = root.socket.with_file_name("images");
     let config = root.policy_file(&format!(
         "hibernate_dir = {:?}\n{}hibernate_after = \"0s\"\n",
@@ -380,7 +362,7 @@ fn hibernating_daemon(root: &TestRoot, criu: &std::path::Path) -> Logged {
     Logged(Daemon::start_env(
         root,
         &config,
-        &[("GOV_CRIU", criu.to_str().unwrap())],
+        &[("GOV_CRIU", criu.path().to_str().unwrap())],
     ))
 }
 
@@ -403,7 +385,7 @@ fn spawn_hibernatable(root: &TestRoot, project: &str, program: &str) -> Kid {
 #[test]
 fn lines_to_a_hibernated_gate_restore_it_and_arrive_once_in_order() {
     let test = "lines_to_a_hibernated_gate_restore_it_and_arrive_once_in_order";
-    let Some(criu) = criu_or_skip(test) else {
+    let Some(criu) = kit::criu::criu_or_skip(test) else {
         return;
     };
     if !python_or_skip(test) {
@@ -413,7 +395,7 @@ fn lines_to_a_hibernated_gate_restore_it_and_arrive_once_in_order() {
     let _d = hibernating_daemon(&root, &criu);
     let mut host = spawn_hibernatable(&root, "/srv/wake-hibernated", ECHO);
     let id = root.gate_of(host.id());
-    let lines = common::lines_of(&mut host);
+    let lines = kit::lines_of(&mut host);
     let mut stdin = host.stdin.take().unwrap();
     for round in 1..=2 {
         wait_state(&root, &id, "hibernated");
@@ -435,8 +417,8 @@ fn lines_to_a_hibernated_gate_restore_it_and_arrive_once_in_order() {
             "round {round}: a line answered twice"
         );
     }
-    let restored = events_of(&root, &id, "restored").len();
-    let woken = events_of(&root, &id, "woken").len();
+    let restored = events_of(&root, &id, EventKind::Restored).len();
+    let woken = events_of(&root, &id, EventKind::Woken).len();
     assert!(
         restored >= 2 && woken >= 2,
         "restored {restored}, woken {woken}"
@@ -451,7 +433,7 @@ fn lines_to_a_hibernated_gate_restore_it_and_arrive_once_in_order() {
 #[test]
 fn a_hibernatable_gate_with_a_tcp_listener_stays_suspended_and_wakes_on_a_connection() {
     let test = "a_hibernatable_gate_with_a_tcp_listener_stays_suspended_and_wakes_on_a_connection";
-    let Some(criu) = criu_or_skip(test) else {
+    let Some(criu) = kit::criu::criu_or_skip(test) else {
         return;
     };
     if !python_or_skip(test) {
@@ -462,7 +444,7 @@ fn a_hibernatable_gate_with_a_tcp_listener_stays_suspended_and_wakes_on_a_connec
     let server = "import socket\ns = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(8)\nprint(s.getsockname()[1], flush=True)\nwhile True:\n    c, _ = s.accept(); c.sendall(b'hello\\n'); c.close()\n";
     let mut host = spawn_hibernatable(&root, "/srv/wake-tcp", server);
     let id = root.gate_of(host.id());
-    let lines = common::lines_of(&mut host);
+    let lines = kit::lines_of(&mut host);
     let port: u16 = next_line(&lines, "the port").parse().unwrap();
     wait_state(&root, &id, "suspended");
     wait_until_show(&root, &id, "refused");
@@ -477,9 +459,9 @@ fn a_hibernatable_gate_with_a_tcp_listener_stays_suspended_and_wakes_on_a_connec
     let mut got = String::new();
     c.read_to_string(&mut got).unwrap();
     assert_eq!(got, "hello\n");
-    assert!(events_of(&root, &id, "woken")
+    assert!(events_of(&root, &id, EventKind::Woken)
         .iter()
-        .any(|e| e["reason"].as_str().is_some_and(|r| r.contains("listener"))));
+        .any(|e| e.reason.as_deref().is_some_and(|r| r.contains("listener"))));
 }
 
 fn wait_until_show(root: &TestRoot, gate: &str, word: &str) {

@@ -4,7 +4,7 @@
 //!
 //!     CARGO_TARGET_DIR=/tmp/target-bench cargo bench --bench gov [-- SCENARIO...]
 //!
-//! Scenarios: spawn, reap, steady, touch, burst, metrics (all by default). Needs root and a
+//! Scenarios: spawn, reap, steady, touch, burst, metrics, wake (all by default). Needs root and a
 //! cgroup2 mount. Everything it creates lives under `<cgroup2>/gov-bench-<pid>`
 //! and a temp dir, and is removed at the end, on panic and on SIGINT/SIGTERM.
 //! Sizes come from the environment (see docs/BENCHMARKS.md);
@@ -17,10 +17,13 @@ mod spawn;
 mod steady;
 mod touch;
 mod util;
+mod wake;
 
 use std::time::Instant;
 
-const SCENARIOS: [&str; 6] = ["spawn", "reap", "steady", "touch", "burst", "metrics"];
+const SCENARIOS: [&str; 7] = [
+    "spawn", "reap", "steady", "touch", "burst", "metrics", "wake",
+];
 
 fn main() {
     // A helper mode: one spawn request to the daemon (which moves *this*
@@ -33,6 +36,10 @@ fn main() {
     }
     if args.get(1).map(String::as_str) == Some(burst::HELPER) {
         burst::helper(&args[2..]);
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some(wake::HELPER) {
+        wake::helper(&args[2..]);
         return;
     }
     // Before any thread starts: every thread inherits the blocked mask, and
@@ -95,6 +102,10 @@ fn main() {
         }
         if run("metrics") {
             metrics::run(&root, tmp.path());
+            util::conditions();
+        }
+        if run("wake") {
+            wake::run(&root, tmp.path());
             util::conditions();
         }
     });

@@ -1,7 +1,9 @@
 //! What every scenario needs: knobs from the environment, statistics, a
 //! cgroup root of the bench's own, process trees born inside a cgroup,
-//! a daemon of the bench's own, a raw protocol client, and cleanup that runs
-//! on drop, on panic and on SIGINT/SIGTERM.
+//! a daemon of the bench's own, and cleanup that runs on drop, on panic and
+//! on SIGINT/SIGTERM. The daemon, its policy file, the raw protocol client
+//! and the teardown of a cgroup tree are the test kit's (gov-testkit), as
+//! the tests use them; what is here is the bench's own.
 
 use std::collections::HashSet;
 use std::ffi::CString;
@@ -12,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -262,7 +264,7 @@ pub fn cleanup_everything() {
         stop_pid(*pid, Duration::from_secs(5));
     }
     for root in roots.iter().rev() {
-        destroy_tree(root);
+        gov_testkit::remove_tree(root);
     }
     for pid in children {
         kill_and_reap(pid);
@@ -339,7 +341,7 @@ impl BenchRoot {
 
 impl Drop for BenchRoot {
     fn drop(&mut self) {
-        destroy_tree(&self.path);
+        gov_testkit::remove_tree(&self.path);
         with_registry(|r| r.roots.retain(|p| p != &self.path));
     }
 }
@@ -361,31 +363,7 @@ fn remove_stale_roots(mount: &Path) {
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {
             eprintln!("gov-bench: removing a stale root {}", e.path().display());
-            destroy_tree(&e.path());
-        }
-    }
-}
-
-/// Kills every process in a cgroup subtree of ours and removes it, depth
-/// first. Bounded: a subtree that will not empty is reported and left.
-pub fn destroy_tree(path: &Path) {
-    if !path.join("cgroup.procs").exists() {
-        return;
-    }
-    let cg = Cgroup::new(path);
-    let _ = cg.write_freeze(false);
-    let _ = cg.write_kill();
-    let _ = wait_unpopulated(path, Duration::from_secs(10));
-    if let Ok(entries) = fs::read_dir(path) {
-        for e in entries.flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                destroy_tree(&e.path());
-            }
-        }
-    }
-    if let Err(e) = fs::remove_dir(path) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            eprintln!("gov-bench: cannot remove {}: {e}", path.display());
+            gov_testkit::remove_tree(&e.path());
         }
     }
 }
@@ -435,15 +413,9 @@ pub fn wait_unpopulated(path: &Path, timeout: Duration) -> std::io::Result<()> {
     wait_events_tight(path, timeout, Duration::from_millis(1), unpopulated)
 }
 
-/// CPU time of a cgroup in microseconds (cpu.stat usage_usec).
+/// CPU time of a cgroup in microseconds (cpu.stat usage_usec; 0 if gone).
 pub fn cgroup_usage_usec(path: &Path) -> u64 {
-    fs::read_to_string(path.join("cpu.stat"))
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok())
-        })
-        .unwrap_or(0)
+    Cgroup::new(path).read_cpu_usage_usec().unwrap_or(0)
 }
 
 // ---------------------------------------------------------------------------
@@ -609,23 +581,24 @@ fn rand_u32() -> u32 {
 // ---------------------------------------------------------------------------
 // The gov binary and a daemon of our own
 
-pub fn gov_bin() -> PathBuf {
-    std::env::var_os("GOV_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_gov")))
-}
+pub use gov_testkit::{gov_bin, Conn};
 
-/// A policy file: our socket, the scan interval, and `extra` (tables).
+/// A policy file: our socket, the scan interval, a long history, nothing
+/// idle for a day, and `extra` (tables).
 pub fn write_config(path: &Path, socket: &Path, scan_interval: &str, extra: &str) {
-    let text = format!(
-        "socket = {:?}\nscan_interval = {scan_interval:?}\nevent_history = 1000000\n\n[defaults]\nidle_timeout = \"24h\"\n{extra}\n",
-        socket.display().to_string()
+    gov_testkit::write_policy(
+        path,
+        socket,
+        &format!(
+            "scan_interval = {scan_interval:?}\nevent_history = 1000000\n\n[defaults]\nidle_timeout = \"24h\"\n{extra}"
+        ),
     );
-    fs::write(path, text).expect("writing the bench policy");
 }
 
+/// The kit's daemon, registered for the signal cleanup, with what the
+/// scenarios measure it by.
 pub struct Daemon {
-    pub child: Child,
+    daemon: gov_testkit::Daemon,
     pub socket: PathBuf,
     /// The daemon's own leaf cgroup (it moves itself there at start).
     pub cgroup: PathBuf,
@@ -643,21 +616,10 @@ impl Daemon {
         log: &Path,
         nofile: Option<u64>,
     ) -> Daemon {
-        let logfile = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("daemon log");
         let mut cmd = Command::new(gov_bin());
-        cmd.args(["daemon", "--config"])
-            .arg(config)
-            .env("GOV_CGROUP_ROOT", root)
+        cmd.env("GOV_CGROUP_ROOT", root)
             .env("GOV_LOG", "info")
-            .env_remove("GOV_SOCKET")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(logfile)
-            .process_group(0);
+            .env_remove("GOV_SOCKET");
         if let Some(n) = nofile {
             // SAFETY: setrlimit is async-signal-safe.
             unsafe {
@@ -674,34 +636,18 @@ impl Daemon {
             }
         }
         let started = Instant::now();
-        let mut child = cmd.spawn().expect("gov daemon starts");
-        with_registry(|r| r.daemons.push(child.id() as i32));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(st)) = child.try_wait() {
-                let text = fs::read_to_string(log).unwrap_or_default();
-                panic!("gov daemon exited at start ({st}): {text}");
-            }
-            if UnixStream::connect(socket).is_ok() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gov daemon did not listen within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let cgroup = root.join("daemon");
+        let daemon = gov_testkit::Daemon::launch(cmd, config, socket, log);
+        with_registry(|r| r.daemons.push(daemon.pid() as i32));
         Daemon {
-            child,
+            daemon,
             socket: socket.to_path_buf(),
-            cgroup,
+            cgroup: root.join("daemon"),
             started,
         }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.daemon.pid()
     }
 
     pub fn conn(&self) -> Conn {
@@ -779,46 +725,9 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let pid = self.child.id() as i32;
-        stop_pid(pid, Duration::from_secs(10));
+        self.daemon.stop(Duration::from_secs(10));
+        let pid = self.daemon.pid() as i32;
         with_registry(|r| r.daemons.retain(|p| *p != pid));
-    }
-}
-
-/// One connection to the daemon, speaking raw JSON lines.
-pub struct Conn {
-    reader: BufReader<UnixStream>,
-    line: String,
-}
-
-impl Conn {
-    pub fn connect(socket: &Path) -> Conn {
-        let s = UnixStream::connect(socket).expect("connecting to the daemon");
-        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        Conn {
-            reader: BufReader::new(s),
-            line: String::new(),
-        }
-    }
-
-    /// Sends one request line, returns the reply line.
-    pub fn call(&mut self, request: &str) -> String {
-        self.send(request);
-        self.recv().to_string()
-    }
-
-    pub fn send(&mut self, request: &str) {
-        let s = self.reader.get_mut();
-        s.write_all(request.as_bytes()).expect("sending a request");
-        s.write_all(b"\n").expect("sending a request");
-    }
-
-    pub fn recv(&mut self) -> &str {
-        self.line.clear();
-        self.reader
-            .read_line(&mut self.line)
-            .expect("reading a reply");
-        &self.line
     }
 }
 

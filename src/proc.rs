@@ -98,12 +98,12 @@ pub fn user_name(uid: u32) -> String {
         .unwrap_or_else(|| uid.to_string())
 }
 
-/// Bytes `pid` has read so far with read(2) and its kind (`rchar` of
-/// /proc/PID/io: pipes and sockets too); None when it is gone.
-pub fn read_bytes(pid: u32) -> Option<u64> {
+/// A count of /proc/PID/io: `rchar` (bytes read with read(2) and its kind,
+/// pipes and sockets too) or `wchar` (written); None when it is gone.
+pub fn io_bytes(pid: u32, key: &str) -> Option<u64> {
     let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
     io.lines()
-        .find_map(|l| l.strip_prefix("rchar:"))
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
         .and_then(|v| v.trim().parse().ok())
 }
 

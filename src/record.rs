@@ -40,6 +40,8 @@ pub enum Tag {
     Woken,
     /// When input last woke it.
     LastInput,
+    /// The inode of the stdin its host gave it.
+    Stdin,
 }
 
 impl Tag {
@@ -66,6 +68,7 @@ impl Tag {
             Tag::Hibernate => "hibernate",
             Tag::Woken => "woken",
             Tag::LastInput => "last_input",
+            Tag::Stdin => "stdin",
         }
     }
 
@@ -118,6 +121,10 @@ pub struct Tags {
     pub woken_until_ms: Option<u64>,
     /// When input last woke it (hibernation waits hibernate_after past it).
     pub last_input_ms: Option<u64>,
+    /// The inode of the pipe, socket or tty its host gave it as stdin, so
+    /// the host's input is watched wherever the worker moved it (the MCP
+    /// SDK moves its protocol pipe off fd 0 and puts /dev/null there).
+    pub stdin_ino: Option<u64>,
 }
 
 fn opt<T: ToString>(v: &Option<T>) -> Option<String> {
@@ -155,6 +162,7 @@ impl Tags {
             (Tag::Hibernate, self.hibernate.clone()),
             (Tag::Woken, opt(&self.woken_until_ms)),
             (Tag::LastInput, opt(&self.last_input_ms)),
+            (Tag::Stdin, opt(&self.stdin_ino)),
         ])
     }
 
@@ -205,6 +213,7 @@ impl Tags {
             hibernate: get(Tag::Hibernate).cloned(),
             woken_until_ms: num(Tag::Woken),
             last_input_ms: num(Tag::LastInput),
+            stdin_ino: num(Tag::Stdin),
         })
     }
 }
@@ -551,6 +560,7 @@ mod tests {
             hibernate: Some("hibernated 42".into()),
             woken_until_ms: Some(1_700_000_001_000),
             last_input_ms: Some(1_700_000_000_950),
+            stdin_ino: Some(4_262_734),
         };
         let m: BTreeMap<String, String> = tags
             .to_map()

@@ -160,6 +160,7 @@ impl Asked {
             pinned: self.pinned,
             stop_on_main_exit: self.stop_on_main_exit,
             keeper: self.keeper,
+            stdin_ino: crate::wake::stdin_ino(pid),
             ..Tags::default()
         }
     }

@@ -84,10 +84,21 @@ pub fn borrow(pidfd: &OwnedFd, fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(got as RawFd) })
 }
 
+/// The inode of `pid`'s stdin where a host could write to it later (a
+/// pipe, a socket, a tty), recorded at spawn.
+pub fn stdin_ino(pid: u32) -> Option<u64> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::metadata(format!("/proc/{pid}/fd/0")).ok()?;
+    let t = meta.file_type();
+    (t.is_fifo() || t.is_socket() || t.is_char_device()).then_some(meta.ino())
+}
+
 /// The inputs of a gate whose processes are `pids` and whose main process
-/// is `main` (checked against its start time by the caller's pidfd, here
-/// the pid and whether it is a keeper).
-pub fn find(pids: &[u32], main: Option<(u32, bool)>) -> Found {
+/// is `main` (the pid, if it is still the one tagged, and whether it is a
+/// keeper). `stdin_ino` is the host's stdin as recorded at spawn: found on
+/// any fd of any member, it is watched there (a worker that moved it off
+/// fd 0).
+pub fn find(pids: &[u32], main: Option<(u32, bool)>, stdin_ino: Option<u64>) -> Found {
     let members: HashSet<u32> = pids.iter().copied().collect();
     let mut found = Found::default();
     let mut seen: HashSet<u64> = HashSet::new();
@@ -129,8 +140,8 @@ pub fn find(pids: &[u32], main: Option<(u32, bool)>) -> Found {
         let Ok(pidfd) = crate::proc::pidfd_open(pid) else {
             continue;
         };
-        for fd in socket_fds(pid) {
-            take(&mut found, pid, &pidfd, fd, false);
+        for (fd, stdin) in input_fds(pid, stdin_ino) {
+            take(&mut found, pid, &pidfd, fd, stdin);
         }
     }
     found
@@ -149,16 +160,27 @@ fn link(pid: u32, fd: RawFd) -> Option<(String, u64)> {
     Some((target.into_owned(), meta.ino()))
 }
 
-/// The fds of `pid` that are sockets.
-fn socket_fds(pid: u32) -> Vec<RawFd> {
+/// The fds of `pid` that are sockets (false), or the host's stdin wherever
+/// it is now (true).
+fn input_fds(pid: u32, stdin_ino: Option<u64>) -> Vec<(RawFd, bool)> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return Vec::new();
     };
+    let stdin = stdin_ino.map(|i| (format!("pipe:[{i}]"), format!("socket:[{i}]")));
     dir.flatten()
-        .filter(|e| {
-            std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().starts_with("socket:["))
+        .filter_map(|e| {
+            let fd: RawFd = e.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            let target = target.to_string_lossy();
+            if stdin
+                .as_ref()
+                .is_some_and(|(p, s)| target == *p || target == *s)
+            {
+                Some((fd, true))
+            } else {
+                target.starts_with("socket:[").then_some((fd, false))
+            }
         })
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect()
 }
 

@@ -44,10 +44,12 @@ fn wait_state(root: &TestRoot, gate: &str, want: &str) {
     while state(root, gate).as_deref() != Some(want) {
         if Instant::now() > deadline {
             let show = root.run(&["show", gate]);
+            let events = root.run(&["events"]);
             panic!(
-                "gate {gate} not {want} within 20 s:\n{}{}",
+                "gate {gate} not {want} within 20 s:\n{}{}\n{}",
                 kit::text(&show.stdout),
-                kit::text(&show.stderr)
+                kit::text(&show.stderr),
+                kit::text(&events.stdout)
             );
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -111,7 +113,12 @@ fn a_line_to_a_suspended_gate_is_answered_without_a_touch() {
         return;
     }
     let root = TestRoot::new();
-    let _d = root.daemon(FAST);
+    let config = root.policy_file(FAST);
+    let _d = Logged(Daemon::start_env(
+        &root,
+        &config,
+        &[("GOV_LOG", "gov=debug")],
+    ));
     let mut host = spawn_python(&root, "/srv/wake-line", ECHO);
     let id = root.gate_of(host.id());
     let lines = kit::lines_of(&mut host);

@@ -63,12 +63,12 @@ pub struct Armed {
 }
 
 /// Watches what was found. `ended` are the inputs that already woke the
-/// gate with nothing to read (an end of file, a hang-up): found so again,
-/// such an input would wake the gate at once, forever; it is dropped from
-/// the watch instead, and said. Bytes or
-/// connections that wait again are not taken for stuck (the gate may have
-/// taken the last ones and more came: a count cannot tell); the wake limit
-/// (WAKE_BURST a minute) bounds what a reader that never reads costs.
+/// gate at their end (readable with nothing to read: its host closed it):
+/// found so again, such an input would wake the gate at once, forever; it
+/// is not watched any more (the gate saw its end once, which it may need:
+/// a server exits when its stdin ends). Bytes or connections waiting are
+/// input: the gate wakes at once. The wake limit (WAKE_BURST a minute)
+/// bounds what a reader that never reads costs.
 pub fn arm(found: Found, ended: &[u64]) -> Armed {
     let mut note = found.missed;
     let mut entries = Vec::new();
@@ -94,13 +94,7 @@ pub fn arm(found: Found, ended: &[u64]) -> Armed {
         };
         if wake::ready_now(entry.fd.get_ref()) {
             let now = entry.woke();
-            let stuck = now.pending == Some(0) && ended.contains(&now.ino);
-            if stuck {
-                let why = format!(
-                    "{} stays readable with nothing to read after a wake (end of file): no longer watched",
-                    now.label
-                );
-                note = Some(why);
+            if now.pending == Some(0) && ended.contains(&now.ino) {
                 continue;
             }
             ready.get_or_insert(now);

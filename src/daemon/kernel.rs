@@ -42,9 +42,12 @@ pub trait Kernel: Send + Sync + 'static {
     /// The inputs its host reaches a sleeping gate by, borrowed
     /// (`wake::find`); `main` is its main process, if still the one tagged,
     /// and whether that is a keeper.
-    fn inputs(&self, dir: &GateDir, main: Option<(u32, bool)>) -> wake::Found;
+    fn inputs(&self, dir: &GateDir, main: Option<(u32, bool)>, stdin: Option<u64>) -> wake::Found;
     /// Bytes its processes have read so far, together (/proc/PID/io rchar).
     fn read_bytes(&self, dir: &GateDir) -> u64;
+    /// Bytes its processes have written so far with write(2), together
+    /// (/proc/PID/io wchar).
+    fn written_bytes(&self, dir: &GateDir) -> u64;
 }
 
 /// The real kernel.
@@ -145,15 +148,23 @@ impl Kernel for Cgroupfs {
         }
     }
 
-    fn inputs(&self, dir: &GateDir, main: Option<(u32, bool)>) -> wake::Found {
-        wake::find(&dir.pids().unwrap_or_default(), main)
+    fn inputs(&self, dir: &GateDir, main: Option<(u32, bool)>, stdin: Option<u64>) -> wake::Found {
+        wake::find(&dir.pids().unwrap_or_default(), main, stdin)
     }
 
     fn read_bytes(&self, dir: &GateDir) -> u64 {
         dir.pids()
             .unwrap_or_default()
             .into_iter()
-            .filter_map(proc::read_bytes)
+            .filter_map(|p| proc::io_bytes(p, "rchar"))
+            .fold(0, u64::wrapping_add)
+    }
+
+    fn written_bytes(&self, dir: &GateDir) -> u64 {
+        dir.pids()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| proc::io_bytes(p, "wchar"))
             .fold(0, u64::wrapping_add)
     }
 }
@@ -257,6 +268,8 @@ pub mod fake {
         /// (`read_during_freeze`).
         pub read: u64,
         pub read_during_freeze: u64,
+        /// What the gate has written (its answers).
+        pub written: u64,
     }
 
     #[derive(Default)]
@@ -399,7 +412,7 @@ pub mod fake {
             self.call("stop_signal");
         }
 
-        fn inputs(&self, _: &GateDir, _: Option<(u32, bool)>) -> wake::Found {
+        fn inputs(&self, _: &GateDir, _: Option<(u32, bool)>, _: Option<u64>) -> wake::Found {
             self.call("inputs");
             let state = self.lock();
             let inputs = state.inputs.iter().map(|fd| {
@@ -422,6 +435,10 @@ pub mod fake {
 
         fn read_bytes(&self, _: &GateDir) -> u64 {
             self.lock().read
+        }
+
+        fn written_bytes(&self, _: &GateDir) -> u64 {
+            self.lock().written
         }
     }
 }

@@ -47,6 +47,12 @@ use super::mailbox::{self, Receiver, Sender};
 /// How soon a failed kill or removal is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// How many quiet times a gate woken by a line waits for its answer (it
+/// writes something) before it is suspended anyway: a slow request (a
+/// server waiting on a timer, with little CPU) is answered, and a reader
+/// that never answers (a sink) sleeps again a minute later by default.
+const ANSWER_WAIT: u64 = 6;
+
 /// Wakes on input a gate may have in WAKE_WINDOW before it is kept awake
 /// until the window has passed (systemd's TriggerLimitBurst and
 /// TriggerLimitIntervalSec): an input that wakes it again and again (a
@@ -105,7 +111,11 @@ pub struct Gate {
     pub wake_note: Option<String>,
     /// Its wakes on input in the last WAKE_WINDOW_MS.
     wakes: Vec<u64>,
-    /// The inputs that woke it with nothing to read (an end of file).
+    /// What it had written when stdin woke it, and until when it is kept
+    /// awake for its answer: until it writes more (its answer), it is not
+    /// suspended again, for up to ANSWER_WAIT quiet times.
+    written_at_wake: Option<(u64, u64)>,
+    /// The inputs that woke it at their end (its host closed them).
     ended_inputs: Vec<u64>,
     /// A wake on input failed (a restore, a thaw): its inputs are not
     /// watched again before this time, so a failing wake is retried once a
@@ -141,6 +151,7 @@ impl Gate {
             wakes_on: Vec::new(),
             wake_note: None,
             wakes: Vec::new(),
+            written_at_wake: None,
             ended_inputs: Vec::new(),
             wake_paused_until: None,
         }
@@ -579,12 +590,13 @@ impl Owner {
         if self.watch.is_some() {
             return None;
         }
-        let (k, dir, main) = (
+        let (k, dir, main, stdin) = (
             self.cx.kernel.clone(),
             self.gate.dir.clone(),
             self.gate.main_process(),
+            self.gate.tags().stdin_ino,
         );
-        let found = blocking(move || k.inputs(&dir, main)).await;
+        let found = blocking(move || k.inputs(&dir, main, stdin)).await;
         let armed = inputs::arm(found, &self.gate.ended_inputs);
         if armed.note != self.gate.wake_note {
             if let Some(note) = &armed.note {
@@ -831,8 +843,22 @@ impl Action<'_> {
             return Flow::Go;
         }
         let now = now_ms();
+        tracing::debug!(gate = %self.g.dir.id, ?woke, "input");
         // Given back before the gate runs: a borrowed copy keeps files alive.
         *self.watch = None;
+        // A line to answer (not an end of file): it sleeps again once it
+        // answered, so what it wrote is counted now, while it cannot write.
+        // (Not across a restore: a restored worker's counts start anew.)
+        let to_answer = woke.kind == crate::wake::Kind::Stdin
+            && woke.pending.is_some_and(|n| n > 0)
+            && !matches!(self.g.phase(), Phase::Hibernated { .. });
+        let written = match to_answer {
+            true => {
+                let (k, dir) = (self.cx.kernel.clone(), self.g.dir.clone());
+                Some(blocking(move || k.written_bytes(&dir)).await)
+            }
+            false => None,
+        };
         let back = match self.g.phase() {
             Phase::Hibernated { .. } => self.wake().await,
             _ => match self.kernel(|k, cg| k.thaw(cg)).await {
@@ -859,6 +885,13 @@ impl Action<'_> {
         if woke.pending == Some(0) && !self.g.ended_inputs.contains(&woke.ino) {
             self.g.ended_inputs.push(woke.ino);
         }
+        let quiet = u64::try_from(self.g.settings.wake_quiet.as_millis()).unwrap_or(u64::MAX);
+        self.g.written_at_wake = written.map(|w| {
+            (
+                w,
+                now_ms().saturating_add(quiet.saturating_mul(ANSWER_WAIT)),
+            )
+        });
         self.g.failure = None;
         // What its CPU use over the quiet time is measured against.
         if let Ok(usage) = self.cx.kernel.cpu_usage_usec(&self.g.dir.cgroup) {
@@ -868,8 +901,10 @@ impl Action<'_> {
             self.mark_active(now);
             return self.review(now).await;
         }
+        // The quiet time counts from when it runs again (a restore takes a
+        // while).
         let quiet = u64::try_from(self.g.settings.wake_quiet.as_millis()).unwrap_or(u64::MAX);
-        let mut until_ms = now.saturating_add(quiet);
+        let mut until_ms = now_ms().saturating_add(quiet);
         if self.g.wakes.len() > WAKE_BURST {
             let window_end = self.g.wakes[0] + WAKE_WINDOW_MS;
             if window_end > until_ms {
@@ -892,6 +927,32 @@ impl Action<'_> {
         let criu = self.cx.criu.is_some();
         let view = self.g.view(false, criu);
         let mut decision = reaper::step(&view, &self.g.settings, now);
+        // Woken by a line on stdin and not yet answered (it wrote nothing
+        // since): its host waits for the answer, which a slow request with
+        // little CPU (a server waiting on a timer) has not given yet. It is
+        // not frozen mid-request: another quiet time.
+        if let (Decision::Suspend(_), Phase::Woken { .. }, Some((before, wait_until))) =
+            (decision, self.g.phase(), self.g.written_at_wake)
+        {
+            let wait_until = Some(wait_until).filter(|&t| now < t);
+            let (k, dir) = (self.cx.kernel.clone(), self.g.dir.clone());
+            let silent = blocking(move || k.written_bytes(&dir)).await == before;
+            if let (true, Some(_)) = (silent, wait_until) {
+                let quiet =
+                    u64::try_from(self.g.settings.wake_quiet.as_millis()).unwrap_or(u64::MAX);
+                let until_ms = now.saturating_add(quiet);
+                if let Err(e) = self.g.record.enter(Phase::Woken { until_ms }) {
+                    self.failed("wake on input", e);
+                }
+                decision = Decision::Keep {
+                    spared: None,
+                    next: Some(Next {
+                        action: NextAction::Suspend,
+                        at_ms: until_ms,
+                    }),
+                };
+            }
+        }
         // Only a gate about to be reaped pays for the debugger check.
         if decision.is_reap()
             && !view.phase.is_reaping()
@@ -902,6 +963,9 @@ impl Action<'_> {
                 ..view
             };
             decision = reaper::step(&traced, &self.g.settings, now);
+        }
+        if decision.is_reap() {
+            tracing::debug!(gate = %self.g.dir.id, phase = ?self.g.phase(), ?decision, "decided");
         }
         self.perform(decision).await
     }
@@ -1232,12 +1296,13 @@ impl Action<'_> {
             let sockets = match self.watch.as_ref() {
                 Some(w) => w.sockets(),
                 None => {
-                    let (k, d, main) = (
+                    let (k, d, main, stdin) = (
                         self.cx.kernel.clone(),
                         self.g.dir.clone(),
                         self.g.main_process(),
+                        self.g.tags().stdin_ino,
                     );
-                    let found = blocking(move || k.inputs(&d, main)).await;
+                    let found = blocking(move || k.inputs(&d, main, stdin)).await;
                     let labels: Vec<_> = found
                         .inputs
                         .iter()
@@ -1782,9 +1847,10 @@ mod tests {
         for round in 1..=2 {
             w.write_all(b"line\n").unwrap();
             until(&h, "woken", |g| matches!(g.phase(), Phase::Woken { .. })).await;
-            // The gate reads its input.
+            // The gate reads its input, and answers.
             let mut buf = [0u8; 5];
             r.read_exact(&mut buf).unwrap();
+            kit.fake.lock().written += 5;
             let g = until(&h, "asleep again", |g| {
                 matches!(g.phase(), Phase::Suspended { manual: false, .. })
                     && !g.wakes_on.is_empty()
@@ -1797,10 +1863,10 @@ mod tests {
     }
 
     /// A host that closed its end leaves stdin readable for good (end of
-    /// file): it wakes the gate once, so the gate sees it; found so again
-    /// with nothing taken, it is no longer watched, and said.
+    /// file): that wakes the gate once, so it sees it, and is not watched
+    /// again (it would wake the gate at once, forever).
     #[tokio::test]
-    async fn an_end_of_file_wakes_once_then_is_dropped_and_said() {
+    async fn an_end_of_file_wakes_once_then_is_not_watched() {
         let (kit, h) = start_gate(WAKE, |_| {});
         let (_r, w) = stdin_of(&kit);
         observe(&h, &kit.cx, now_ms() + 5_000);
@@ -1808,16 +1874,42 @@ mod tests {
         drop(w);
         until(&h, "woken", |g| matches!(g.phase(), Phase::Woken { .. })).await;
         let g = until(&h, "asleep, unwatched", |g| {
-            matches!(g.phase(), Phase::Suspended { .. }) && g.wake_note.is_some()
+            matches!(g.phase(), Phase::Suspended { .. }) && g.wakes_on.is_empty()
         })
         .await;
-        assert!(
-            g.wake_note.as_deref().unwrap().contains("end of file"),
-            "{:?}",
-            g.wake_note
-        );
-        assert!(g.wakes_on.is_empty());
+        assert!(kit.fake.frozen(&kit.cg));
+        assert_eq!(g.wake_note, None);
         assert_eq!(events(&kit.cx, EventKind::Woken).len(), 1);
+    }
+
+    /// Woken by a line, a gate that has not answered yet (written nothing
+    /// since) is not suspended at the end of the quiet time: its host waits
+    /// for that answer. Once it answered, it sleeps again.
+    #[tokio::test]
+    async fn a_woken_gate_is_not_suspended_before_it_answered() {
+        use std::io::Write;
+        let (kit, h) = start_gate(WAKE, |_| {});
+        let (_r, mut w) = stdin_of(&kit);
+        observe(&h, &kit.cx, now_ms() + 5_000);
+        until(&h, "suspended", |g| !g.wakes_on.is_empty()).await;
+        w.write_all(b"slow request\n").unwrap();
+        let first = until(&h, "woken", |g| matches!(g.phase(), Phase::Woken { .. })).await;
+        let Phase::Woken { until_ms } = *first.phase() else {
+            unreachable!()
+        };
+        // Past two quiet times, still awake: no answer yet.
+        until(
+            &h,
+            "woken again, later",
+            |g| matches!(g.phase(), Phase::Woken { until_ms: u } if *u > until_ms + 100),
+        )
+        .await;
+        assert!(!kit.fake.frozen(&kit.cg));
+        kit.fake.lock().written += 20;
+        until(&h, "asleep after its answer", |g| {
+            matches!(g.phase(), Phase::Suspended { .. })
+        })
+        .await;
     }
 
     /// A person's freeze is theirs to end: input does not end it.

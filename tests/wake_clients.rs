@@ -61,29 +61,6 @@ fn fixture(name: &str) -> PathBuf {
     manifest().join("tests/fixtures/wake").join(name)
 }
 
-/// The policy with hibernation: images under the test's directory, a dump
-/// `after` the gate was suspended (or its last wake).
-fn hibernating(root: &TestRoot, after: &str) -> String {
-    let images = root.dir.path().join("images");
-    let policy = POLICY.replace(
-        "[defaults]\n",
-        &format!("[defaults]\nhibernate_after = \"{after}\"\n"),
-    );
-    format!(
-        "hibernate_dir = {:?}\n{policy}",
-        images.display().to_string()
-    )
-}
-
-/// A daemon that hibernates with `criu`, named as a person names it.
-fn daemon_with_criu(root: &TestRoot, criu: &Path, policy: &str) -> Daemon {
-    Daemon::start_env(
-        root,
-        &root.policy_file(policy),
-        &[("GOV_CRIU", criu.to_str().unwrap())],
-    )
-}
-
 /// Waits until the gate is in `want` (failing at once if it is gone).
 fn wait_state(root: &TestRoot, gate: &str, want: &str, within: Duration) -> Value {
     let mut last = Value::Null;
@@ -100,23 +77,63 @@ fn wait_state(root: &TestRoot, gate: &str, want: &str, within: Duration) -> Valu
     last
 }
 
-/// Says, when the test fails, what the daemon saw: the events, and the
-/// gates as `gov show` gives them. (Declared after the daemon, it speaks
-/// before the daemon stops.)
-struct Diag<'a>(&'a TestRoot);
+/// A test's own daemon on its own root (socket, cgroup root), stopped and
+/// removed when the test ends; when it fails, it says first what the daemon
+/// saw: the events, and the gates as `gov show` gives them.
+struct Case {
+    daemon: Option<Daemon>,
+    root: TestRoot,
+}
 
-impl Drop for Diag<'_> {
+impl Case {
+    fn new(policy: &str) -> Case {
+        let root = TestRoot::new();
+        let daemon = Some(root.daemon(policy));
+        Case { daemon, root }
+    }
+
+    /// A daemon that hibernates with `criu`, named as a person names it
+    /// (GOV_CRIU), a dump `after` a gate was suspended (or last woken).
+    fn hibernating(criu: &Path, after: &str) -> Case {
+        let root = TestRoot::new();
+        let images = root.dir.path().join("images");
+        let policy = POLICY.replace(
+            "[defaults]\n",
+            &format!("[defaults]\nhibernate_after = \"{after}\"\n"),
+        );
+        let policy = format!(
+            "hibernate_dir = {:?}\n{policy}",
+            images.display().to_string()
+        );
+        let daemon = Some(Daemon::start_env(
+            &root,
+            &root.policy_file(&policy),
+            &[("GOV_CRIU", criu.to_str().unwrap())],
+        ));
+        Case { daemon, root }
+    }
+}
+
+impl std::ops::Deref for Case {
+    type Target = TestRoot;
+    fn deref(&self) -> &TestRoot {
+        &self.root
+    }
+}
+
+impl Drop for Case {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
+        if std::thread::panicking() {
+            let r = &self.root;
+            let mut text = String::from("---- what the daemon saw ----\n");
+            text += &common::text(&r.run(&["events", "-n", "200"]).stdout);
+            for g in r.ps() {
+                text += &common::text(&r.run(&["show", g["id"].as_str().unwrap_or("")]).stdout);
+            }
+            say(&text);
         }
-        let r = self.0;
-        let mut text = String::from("---- what the daemon saw ----\n");
-        text += &common::text(&r.run(&["events", "-n", "200"]).stdout);
-        for g in r.ps() {
-            text += &common::text(&r.run(&["show", g["id"].as_str().unwrap_or("")]).stdout);
-        }
-        say(&text);
+        // The daemon goes first, then (as the fields drop) the root.
+        self.daemon = None;
     }
 }
 
@@ -308,9 +325,7 @@ fn an_mcp_server_answers_the_sdk_while_suspended_without_a_touch() {
         return;
     }
     let Some(kit) = kit(test) else { return };
-    let root = TestRoot::new();
-    let _d = root.daemon(POLICY);
-    let _diag = Diag(&root);
+    let root = Case::new(POLICY);
     let project = project_dir(&root, "mcp");
     let mut client = mcp_client(&root, &kit.venv, &project, &[]);
     let gate = only_gate(&root, &project);
@@ -357,10 +372,8 @@ fn a_hibernatable_mcp_server_answers_the_sdk_after_suspension_and_after_hibernat
     let Some(criu) = criu_or_skip(test) else {
         return;
     };
-    let root = TestRoot::new();
     // Three seconds suspended before a dump: time to call it suspended.
-    let _d = daemon_with_criu(&root, &criu, &hibernating(&root, "3s"));
-    let _diag = Diag(&root);
+    let root = Case::hibernating(&criu, "3s");
     let project = project_dir(&root, "mcp");
     let mut client = mcp_client(&root, &kit.venv, &project, &["--hibernate"]);
     let gate = only_gate(&root, &project);
@@ -438,6 +451,26 @@ fn jupyter(root: &TestRoot, venv: &Path, gov_args: &[&str]) -> (Client, String) 
     (c, gate)
 }
 
+/// A kernel started by jupyter_client from a kernel spec that runs it
+/// through `gov spawn` (`--hibernate`, with a daemon that dumps at once,
+/// where `hibernate`): its daemon, its client, its gate. None after a skip.
+fn kernel_case(test: &str, hibernate: bool) -> Option<(Case, Client, String)> {
+    if host_only(test) {
+        return None;
+    }
+    let venv = jupyter_venv(test)?;
+    let (root, gov_args): (Case, &[&str]) = if hibernate {
+        (
+            Case::hibernating(&criu_or_skip(test)?, "0s"),
+            &["--hibernate"],
+        )
+    } else {
+        (Case::new(POLICY), &[])
+    };
+    let (client, gate) = jupyter(&root, &venv, gov_args);
+    Some((root, client, gate))
+}
+
 /// Runs one cell; returns what it printed.
 fn execute(c: &mut Client, code: &str) -> String {
     c.send(&Value::from(code).to_string());
@@ -452,17 +485,11 @@ fn execute(c: &mut Client, code: &str) -> String {
 /// variable back.
 #[test]
 fn a_jupyter_kernel_answers_execute_while_suspended() {
-    let test = "a_jupyter_kernel_answers_execute_while_suspended";
-    if host_only(test) {
-        return;
-    }
-    let Some(venv) = jupyter_venv(test) else {
+    let Some((root, mut client, gate)) =
+        kernel_case("a_jupyter_kernel_answers_execute_while_suspended", false)
+    else {
         return;
     };
-    let root = TestRoot::new();
-    let _d = root.daemon(POLICY);
-    let _diag = Diag(&root);
-    let (mut client, gate) = jupyter(&root, &venv, &[]);
 
     assert_eq!(execute(&mut client, "x = 41\nprint('set')"), "set\n");
     wait_state(&root, &gate, "suspended", ASLEEP);
@@ -492,19 +519,9 @@ fn a_jupyter_kernel_answers_execute_while_suspended() {
             (\"Parent appears to have exited\"), its parent looks like init"]
 fn a_hibernatable_jupyter_kernel_is_refused_a_dump_and_answers_while_suspended() {
     let test = "a_hibernatable_jupyter_kernel_is_refused_a_dump_and_answers_while_suspended";
-    if host_only(test) {
-        return;
-    }
-    let Some(venv) = jupyter_venv(test) else {
+    let Some((root, mut client, gate)) = kernel_case(test, true) else {
         return;
     };
-    let Some(criu) = criu_or_skip(test) else {
-        return;
-    };
-    let root = TestRoot::new();
-    let _d = daemon_with_criu(&root, &criu, &hibernating(&root, "0s"));
-    let _diag = Diag(&root);
-    let (mut client, gate) = jupyter(&root, &venv, &["--hibernate"]);
 
     assert_eq!(execute(&mut client, "x = 41\nprint('set')"), "set\n");
     let mut g = Value::Null;
@@ -557,9 +574,7 @@ fn a_language_server_answers_an_editors_request_after_suspension() {
         return;
     }
     let Some(kit) = kit(test) else { return };
-    let root = TestRoot::new();
-    let _d = root.daemon(POLICY);
-    let _diag = Diag(&root);
+    let root = Case::new(POLICY);
     let project = project_dir(&root, "pyproj");
     let file = project.join("hello.py");
     let text = "import os\nos.pa";
@@ -648,17 +663,11 @@ fn a_language_server_answers_an_editors_request_after_suspension() {
 #[ignore = "src bug: a stdin pipe with no writer left (jupyter_client closes the kernel's) \
             is watched and wakes the gate once, for nothing, after its first suspension"]
 fn a_jupyter_kernels_closed_stdin_does_not_wake_it() {
-    let test = "a_jupyter_kernels_closed_stdin_does_not_wake_it";
-    if host_only(test) {
-        return;
-    }
-    let Some(venv) = jupyter_venv(test) else {
+    let Some((root, mut client, gate)) =
+        kernel_case("a_jupyter_kernels_closed_stdin_does_not_wake_it", false)
+    else {
         return;
     };
-    let root = TestRoot::new();
-    let _d = root.daemon(POLICY);
-    let _diag = Diag(&root);
-    let (mut client, gate) = jupyter(&root, &venv, &[]);
     assert_eq!(execute(&mut client, "print('hi')"), "hi\n");
     wait_state(&root, &gate, "suspended", ASLEEP);
     watched(&root, &gate);
@@ -690,9 +699,7 @@ fn state_of(root: &TestRoot, gate: &str) -> String {
 #[ignore = "src bug: a woken gate is suspended again wake_quiet after the wake even while it \
             is still answering the input that woke it; the host waits forever"]
 fn a_slow_answer_after_a_wake_is_not_frozen_midway() {
-    let root = TestRoot::new();
-    let _d = root.daemon(POLICY);
-    let _diag = Diag(&root);
+    let root = Case::new(POLICY);
     let mut host = Kid::new(
         root.gov()
             .args(["spawn", "--project", "/srv/slow", "--", "sh", "-c"])

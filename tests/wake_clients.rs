@@ -142,19 +142,29 @@ impl Drop for Case {
     }
 }
 
-/// The gate once its inputs are watched (`wakes_on` listed): the watch is
-/// armed just after the freeze, so a gate is `suspended` a moment before.
-fn watched(root: &TestRoot, gate: &str) -> Value {
-    let mut g = Value::Null;
-    wait_until(
-        Duration::from_secs(10),
-        "the gate's inputs to be watched",
-        || {
+/// Waits until the gate is asleep for good: suspended, its inputs watched
+/// (`wakes_on` listed; the watch is armed just after the freeze), and
+/// still so three scans later with no wake in between, so that a request
+/// sent now is what wakes it (an input readable at the freeze, such as a
+/// closed stdin, wakes it at once: a_jupyter_kernels_closed_stdin_does_not_wake_it).
+fn asleep(root: &TestRoot, gate: &str) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let left = ASLEEP.saturating_sub(t0.elapsed());
+        wait_state(root, gate, "suspended", left);
+        let mut g = Value::Null;
+        wait_until(left, "the gate's inputs to be watched", || {
             g = root.gate(gate).unwrap_or(Value::Null);
             g["wakes_on"].as_array().is_some_and(|a| !a.is_empty())
-        },
-    );
-    g
+        });
+        let woken = wakes(root, gate).len();
+        root.wait_scans(3);
+        let now = root.gate(gate).unwrap_or(Value::Null);
+        if now["state"] == "suspended" && wakes(root, gate).len() == woken {
+            say(&format!("  {gate} asleep after {:.1?}", t0.elapsed()));
+            return now;
+        }
+    }
 }
 
 /// The `woken` events of a gate, their reasons.
@@ -337,8 +347,7 @@ fn an_mcp_server_answers_the_sdk_while_suspended_without_a_touch() {
 
     let (n, server) = incr(&mut client);
     assert_eq!(n, 1);
-    wait_state(&root, &gate, "suspended", ASLEEP);
-    let g = watched(&root, &gate);
+    let g = asleep(&root, &gate);
     let wakes_on = g["wakes_on"].to_string();
     assert!(wakes_on.contains("stdin"), "the stdin pipe is watched: {g}");
     let show = root.ok(&["show", &gate]);
@@ -358,7 +367,7 @@ fn an_mcp_server_answers_the_sdk_while_suspended_without_a_touch() {
     assert!(woken[0].contains("stdin"), "{woken:?}");
 
     // Nothing but the wake: asleep again after wake_quiet, and woken again.
-    wait_state(&root, &gate, "suspended", ASLEEP);
+    asleep(&root, &gate);
     assert_eq!(incr(&mut client), (3, server));
     wait_wakes(&root, &gate, 2);
     assert_only_woken(&root, &gate);
@@ -377,15 +386,15 @@ fn a_hibernatable_mcp_server_answers_the_sdk_after_suspension_and_after_hibernat
     let Some(criu) = criu_or_skip(test) else {
         return;
     };
-    // Three seconds suspended before a dump: time to call it suspended.
-    let root = Case::hibernating(&criu, "3s");
+    // Five seconds suspended before a dump: time to call it suspended.
+    let root = Case::hibernating(&criu, "5s");
     let project = project_dir(&root, "mcp");
     let mut client = mcp_client(&root, &kit.venv, &project, &["--hibernate"]);
     let gate = only_gate(&root, &project);
 
     let (n, server) = incr(&mut client);
     assert_eq!(n, 1);
-    wait_state(&root, &gate, "suspended", ASLEEP);
+    asleep(&root, &gate);
     assert_eq!(incr(&mut client), (2, server), "answered while suspended");
 
     let g = wait_state(&root, &gate, "hibernated", Duration::from_secs(60));
@@ -497,8 +506,7 @@ fn a_jupyter_kernel_answers_execute_while_suspended() {
     };
 
     assert_eq!(execute(&mut client, "x = 41\nprint('set')"), "set\n");
-    wait_state(&root, &gate, "suspended", ASLEEP);
-    let g = watched(&root, &gate);
+    let g = asleep(&root, &gate);
     assert!(
         g["wakes_on"].to_string().contains("tcp"),
         "the kernel's TCP sockets are watched: {g}"
@@ -558,7 +566,7 @@ fn a_hibernatable_jupyter_kernel_is_refused_a_dump_and_answers_while_suspended()
         !wakes(&root, &gate).is_empty()
     });
     // Asleep again, and woken again: still no dump of a socket-reached gate.
-    let g = wait_state(&root, &gate, "suspended", ASLEEP);
+    let g = asleep(&root, &gate);
     assert!(
         g["hibernate_refused"].is_string() || g["state"] != "hibernated",
         "{g}"
@@ -637,8 +645,7 @@ fn a_language_server_answers_an_editors_request_after_suspension() {
     };
     completion(&mut lsp);
 
-    wait_state(&root, &gate, "suspended", ASLEEP);
-    watched(&root, &gate);
+    asleep(&root, &gate);
     let t0 = Instant::now();
     completion(&mut lsp);
     say(&format!(
@@ -647,7 +654,7 @@ fn a_language_server_answers_an_editors_request_after_suspension() {
     ));
     wait_wakes(&root, &gate, 1);
 
-    wait_state(&root, &gate, "suspended", ASLEEP);
+    asleep(&root, &gate);
     let r = lsp.request("shutdown", Value::Null);
     assert!(r.is_null(), "{r}");
     lsp.notify("exit", Value::Null);
@@ -675,8 +682,7 @@ fn a_jupyter_kernels_closed_stdin_does_not_wake_it() {
         return;
     };
     assert_eq!(execute(&mut client, "print('hi')"), "hi\n");
-    wait_state(&root, &gate, "suspended", ASLEEP);
-    watched(&root, &gate);
+    asleep(&root, &gate);
     // Ten scans, and nobody wrote to the kernel.
     root.wait_scans(10);
     assert_eq!(state_of(&root, &gate), "suspended");
@@ -719,8 +725,7 @@ fn a_slow_answer_after_a_wake_is_not_frozen_midway() {
     let lines = common::lines_of(&mut host);
     assert_eq!(lines.recv_timeout(ANSWER).unwrap(), "ready");
     let gate = root.gate_of(host.id());
-    wait_state(&root, &gate, "suspended", ASLEEP);
-    watched(&root, &gate);
+    asleep(&root, &gate);
     writeln!(to_gate, "1").unwrap();
     let answer = lines.recv_timeout(Duration::from_secs(20));
     assert_eq!(answer.as_deref(), Ok("answer 1"), "the woken gate's answer");

@@ -1,0 +1,218 @@
+//! Lazy restore with real CRIU and real cgroups (docs/design.md,
+//! "Lazy restore"): the worker answers before its memory is all back, its
+//! whole heap is right once the lazy-pages daemon is done, and a restore
+//! whose lazy part fails, or whose image is damaged, leaves no worker
+//! running: the gate is hibernated again with its image.
+//!
+//! The worker is tests/fixtures/heap-worker.py: MB megabytes of random
+//! bytes, "ping" -> "pong", "sum" -> a CRC of the whole heap.
+
+mod common;
+mod hibernation;
+
+use std::io::Write;
+use std::time::Duration;
+
+use gov::criu::{self, Criu, ImageState};
+use gov::hibernate::{self, Options};
+use gov::reaper::Phase;
+use hibernation::*;
+
+/// A heap worker of `mb` MB under a keeper, suspended and hibernated.
+/// Returns the host and the CRC of the heap it printed when ready.
+fn hibernated_worker(criu: &Criu, gate: &Gate, mb: u64, extra: &[&str]) -> (Host, String) {
+    let script = fixture("heap-worker.py");
+    let size = mb.to_string();
+    let mut cmd = vec![python(), script.to_str().unwrap(), &size, "random"];
+    cmd.extend_from_slice(extra);
+    let host = Host::start(gate, &cmd);
+    let ready = host.line(Duration::from_secs(120));
+    let crc = ready
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("ready PID CRC, got {ready:?}"))
+        .to_string();
+    gate.gate.freeze(Duration::from_secs(5)).unwrap();
+    hibernate::hibernate(
+        criu,
+        &gate.gate,
+        &mut record(&gate.gate),
+        k(host.pid()),
+        &gate.images(),
+        &Options::default(),
+    )
+    .unwrap_or_else(|e| panic!("hibernate: {e}"));
+    assert!(matches!(phase(&gate.gate), Phase::Hibernated { .. }));
+    (host, crc)
+}
+
+/// Wakes the gate with `opts`, calling `running` once the worker runs.
+fn wake(
+    criu: &Criu,
+    gate: &Gate,
+    keeper: u32,
+    opts: &Options,
+    running: impl FnOnce(&criu::RestoreReport, Option<&gov::lazy::LazyPages>),
+) -> Result<criu::RestoreReport, hibernate::HibernateError> {
+    hibernate::wake_then(
+        criu,
+        &gate.gate,
+        &mut record(&gate.gate),
+        k(keeper),
+        &gate.images(),
+        opts,
+        running,
+    )
+}
+
+fn ask(host: &mut Host, req: &str) -> String {
+    let stdin = host.stdin.as_mut().unwrap();
+    writeln!(stdin, "{req}").unwrap();
+    stdin.flush().unwrap();
+    host.line(Duration::from_secs(60))
+}
+
+fn lazy_or_skip(test: &str) -> Option<Criu> {
+    let criu = criu_or_skip(test)?;
+    if !criu.lazy_pages_supported() {
+        assert!(
+            std::env::var("GOV_REQUIRE_CRIU").as_deref() != Ok("1"),
+            "{test}: lazy pages are required here (GOV_REQUIRE_CRIU=1)"
+        );
+        common::skip(
+            test,
+            "criu check --feature uffd-noncoop: no userfaultfd for CRIU here",
+        );
+        return None;
+    }
+    Some(criu)
+}
+
+#[test]
+fn a_lazy_restore_answers_first_and_then_completes() {
+    let Some(criu) = lazy_or_skip("a_lazy_restore_answers_first_and_then_completes") else {
+        return;
+    };
+    const MB: u64 = 512;
+    let gate = Gate::new();
+    let (mut host, crc) = hibernated_worker(&criu, &gate, MB, &[]);
+    let keeper = host.pid();
+    let mut at_pong = None;
+    let report = wake(&criu, &gate, keeper, &Options::default(), |_, lazy| {
+        let lazy = lazy.expect("a lazy restore where criu supports it");
+        // The worker answers while the lazy-pages daemon still works.
+        assert_eq!(ask(&mut host, "ping"), "pong");
+        at_pong = Some((
+            lazy.pid().is_some_and(gov::proc::is_alive),
+            rss_kb(&gate.w),
+            matches!(phase(&gate.gate), Phase::Restoring { .. }),
+        ));
+    })
+    .unwrap_or_else(|e| panic!("wake: {e}"));
+    let (daemon_alive, rss, restoring) = at_pong.expect("the worker ran");
+    eprintln!(
+        "lazy: restored in {:?}, memory back after {:?}; at the first reply the daemon was {}, RSS {rss} kB",
+        report.elapsed,
+        report.memory_back,
+        if daemon_alive { "still at work" } else { "done" },
+    );
+    // Answered before all memory was back: the daemon was still copying,
+    // or had not yet been reaped having copied the pages the worker touched.
+    assert!(
+        daemon_alive || rss < MB * 1024 * 9 / 10,
+        "the first reply came only after all {MB} MB were back (RSS {rss} kB)"
+    );
+    assert!(restoring, "the gate says restoring while memory arrives");
+    assert!(report.memory_back.is_some());
+    // Then complete: the whole heap is right, the image gone, running.
+    assert_eq!(ask(&mut host, "sum"), format!("sum {crc}"));
+    assert!(rss_kb(&gate.w) >= MB * 1024 * 9 / 10);
+    assert_eq!(criu::image_state(&gate.images()), ImageState::None);
+    assert_eq!(phase(&gate.gate), Phase::Running);
+    host.assert_running("after a lazy restore");
+}
+
+#[test]
+fn a_lazy_restore_whose_daemon_dies_leaves_the_gate_hibernated() {
+    let test = "a_lazy_restore_whose_daemon_dies_leaves_the_gate_hibernated";
+    let Some(criu) = lazy_or_skip(test) else {
+        return;
+    };
+    let gate = Gate::new();
+    let (mut host, crc) = hibernated_worker(&criu, &gate, 256, &[]);
+    let keeper = host.pid();
+    let err = wake(&criu, &gate, keeper, &Options::default(), |_, lazy| {
+        let pid = lazy.and_then(|l| l.pid()).expect("a lazy-pages daemon");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    })
+    .expect_err("a restore whose pages never came back must fail");
+    eprintln!("refused as expected: {err}");
+    // Not running, not half there: the worker is gone, the image whole.
+    assert!(!gate.w.read_cgroup_events().unwrap().populated);
+    assert_eq!(criu::image_state(&gate.images()), ImageState::Complete);
+    assert!(matches!(phase(&gate.gate), Phase::Hibernated { .. }));
+    host.assert_running("after a failed lazy restore");
+    // And the image still restores whole.
+    wake(&criu, &gate, keeper, &Options::default(), |_, _| {})
+        .unwrap_or_else(|e| panic!("second wake: {e}"));
+    assert_eq!(ask(&mut host, "sum"), format!("sum {crc}"));
+    assert_eq!(phase(&gate.gate), Phase::Running);
+}
+
+#[test]
+fn a_truncated_image_is_not_restored_lazily_or_eagerly() {
+    let test = "a_truncated_image_is_not_restored_lazily_or_eagerly";
+    let Some(criu) = lazy_or_skip(test) else {
+        return;
+    };
+    let gate = Gate::new();
+    let (mut host, _) = hibernated_worker(&criu, &gate, 256, &[]);
+    let keeper = host.pid();
+    let dir = gate.images();
+    let pages = criu::pages_files(&dir)
+        .unwrap()
+        .into_iter()
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .expect("a pages image");
+    let len = std::fs::metadata(&pages).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&pages)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    // gov's record of the sizes the dump wrote refuses it at once; without
+    // that record (an image promoted after a daemon died) criu's restore
+    // fails or hangs until its deadline, which kills what it restored.
+    let check = |lazy: bool, timeout: Duration, host: &mut Host| {
+        let opts = Options {
+            lazy,
+            restore_timeout: timeout,
+            ..Options::default()
+        };
+        let err = wake(&criu, &gate, keeper, &opts, |_, _| {})
+            .expect_err("half an image must not restore");
+        eprintln!("lazy {lazy}: refused as expected: {err}");
+        assert!(!gate.w.read_cgroup_events().unwrap().populated);
+        assert_eq!(criu::image_state(&dir), ImageState::Complete);
+        assert!(matches!(phase(&gate.gate), Phase::Hibernated { .. }));
+        host.assert_running("after a failed restore");
+        err
+    };
+    for lazy in [true, false] {
+        let err = check(lazy, Duration::from_secs(120), &mut host);
+        assert!(
+            matches!(
+                err,
+                hibernate::HibernateError::Criu(criu::CriuError::Damaged { .. })
+            ),
+            "{err}"
+        );
+    }
+    std::fs::remove_file(dir.join("gov-sizes")).unwrap();
+    check(true, Duration::from_secs(20), &mut host);
+}

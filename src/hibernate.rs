@@ -22,6 +22,11 @@ use crate::lazy::LazyPages;
 use crate::reaper::Phase;
 use crate::record::Record;
 
+/// The most processes a dumped worker may have by default: 100 restored
+/// to a first reply in 1.0-1.5 s here, 2,000 in 35-56 s
+/// (docs/BENCHMARKS.md, "Hibernation by size").
+pub const DEFAULT_MAX_PROCESSES: usize = 100;
+
 /// How long the worker cgroup may take to report frozen.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -39,6 +44,11 @@ pub enum HibernateError {
         "the image would take ~{estimate} bytes, over the {budget} bytes left for hibernation"
     )]
     OverBudget { estimate: u64, budget: u64 },
+    /// Restoring a tree takes ~10-25 ms per process here whatever its
+    /// memory (a lazy restore does not shorten it): a tree too large to be
+    /// back within ~2 s is not dumped.
+    #[error("the worker has {count} processes, over the {max} a restore brings back within ~2 s (~10-25 ms each here)")]
+    TooManyProcesses { count: usize, max: usize },
     #[error("signalling keeper {pid}: {error}")]
     Signal { pid: u32, error: std::io::Error },
     /// The tree holds (or a restore would have handed it) files its owner
@@ -131,6 +141,10 @@ pub struct Options {
     /// Disk left for this gate's image (the policy's budget minus the other
     /// images): a dump estimated beyond it is refused before it starts.
     pub max_image_bytes: Option<u64>,
+    /// A worker with more processes is not dumped (it stays suspended, the
+    /// reason shown): restoring it would take seconds before its first
+    /// reply. None: no limit.
+    pub max_processes: Option<usize>,
     /// Restore lazily where criu and the kernel can
     /// ([`Criu::lazy_pages_supported`]): the worker runs once its tasks
     /// and files are back, its memory follows (see [`wake`]). Eager
@@ -146,6 +160,7 @@ impl Default for Options {
             dump_timeout: Duration::from_secs(120),
             restore_timeout: Duration::from_secs(120),
             max_image_bytes: None,
+            max_processes: Some(DEFAULT_MAX_PROCESSES),
             lazy: true,
         }
     }
@@ -185,6 +200,14 @@ pub fn hibernate(
     };
     let w = worker_cgroup(gate);
     let init = worker_init(&w)?;
+    if let Some(max) = opts.max_processes {
+        let count = w.read_procs()?.len();
+        if count > max {
+            let e = HibernateError::TooManyProcesses { count, max };
+            refused(record, &e)?;
+            return Err(e);
+        }
+    }
     if let Some(budget) = opts.max_image_bytes {
         let estimate = estimate_image_bytes(&w)?;
         if estimate > budget {

@@ -216,3 +216,111 @@ fn a_truncated_image_is_not_restored_lazily_or_eagerly() {
     std::fs::remove_file(dir.join("gov-sizes")).unwrap();
     check(true, Duration::from_secs(20), &mut host);
 }
+
+/// Numbers for docs/BENCHMARKS.md, not a check (run by hand):
+///   GOV_HIBERNATE_PROCS=2000 cargo test --test hibernate_lazy -- --ignored --nocapture measure
+#[test]
+#[ignore]
+fn measure_a_gate_of_many_processes() {
+    let Some(criu) = lazy_or_skip("measure_a_gate_of_many_processes") else {
+        return;
+    };
+    let procs = std::env::var("GOV_HIBERNATE_PROCS").unwrap_or_else(|_| "2000".into());
+    let gate = Gate::new();
+    let t = std::time::Instant::now();
+    let (mut host, crc) = hibernated_worker(&criu, &gate, 64, &[&procs]);
+    eprintln!(
+        "{procs} processes: started and hibernated in {:?}",
+        t.elapsed()
+    );
+    let keeper = host.pid();
+    for lazy in [true, false, true, false] {
+        if !matches!(phase(&gate.gate), Phase::Hibernated { .. }) {
+            gate.gate.freeze(Duration::from_secs(5)).unwrap();
+            let t = std::time::Instant::now();
+            let r = hibernate::hibernate(
+                &criu,
+                &gate.gate,
+                &mut record(&gate.gate),
+                k(keeper),
+                &gate.images(),
+                &Options::default(),
+            )
+            .unwrap_or_else(|e| panic!("hibernate: {e}"));
+            eprintln!(
+                "dump: {:?} (criu {:?}), image {} bytes",
+                t.elapsed(),
+                r.elapsed,
+                r.image_bytes
+            );
+        }
+        let opts = Options {
+            lazy,
+            ..Options::default()
+        };
+        let t0 = std::time::Instant::now();
+        let mut first = None;
+        let r = wake(&criu, &gate, keeper, &opts, |_, _| {
+            first = Some((ask(&mut host, "ping"), t0.elapsed()));
+        })
+        .unwrap_or_else(|e| panic!("wake: {e}"));
+        eprintln!(
+            "lazy {lazy}: restored {:?}, first reply {:?}, all back {:?} (wake returned {:?})",
+            r.elapsed,
+            first.map(|f| f.1),
+            r.memory_back,
+            t0.elapsed()
+        );
+    }
+    assert_eq!(ask(&mut host, "sum"), format!("sum {crc}"));
+}
+
+/// A test runner that forked 2,000 workers would take 35-56 s to restore
+/// here (measure_a_gate_of_many_processes): its dump is refused, the
+/// reason shown, and it stays suspended as it was, every process intact.
+#[test]
+fn a_gate_of_2000_processes_is_refused_a_dump_and_stays_suspended() {
+    let test = "a_gate_of_2000_processes_is_refused_a_dump_and_stays_suspended";
+    let Some(criu) = criu_or_skip(test) else {
+        return;
+    };
+    let gate = Gate::new();
+    // sleep processes: ~2,000 x 0.1 MB, where Python children took 3.8 MB each.
+    let mut host = Host::start(
+        &gate,
+        &[
+            "/bin/sh",
+            "-c",
+            "i=0; while [ $i -lt 2000 ]; do sleep 1000 & i=$((i+1)); done; echo ready; wait",
+        ],
+    );
+    assert_eq!(host.line(Duration::from_secs(120)), "ready");
+    let pids = gate.w.read_procs().unwrap();
+    assert!(pids.len() > 2000, "{} processes", pids.len());
+    gate.gate.freeze(Duration::from_secs(5)).unwrap();
+    let err = hibernate::hibernate(
+        &criu,
+        &gate.gate,
+        &mut record(&gate.gate),
+        k(host.pid()),
+        &gate.images(),
+        &Options::default(),
+    )
+    .expect_err("2,000 processes cannot be back within 2 s");
+    let reason = err.reason();
+    assert!(
+        matches!(err, hibernate::HibernateError::TooManyProcesses { count, max }
+            if count == pids.len() && max == hibernate::DEFAULT_MAX_PROCESSES),
+        "{err}"
+    );
+    assert!(reason.contains("2002 processes"), "{reason}");
+    assert!(matches!(
+        phase(&gate.gate),
+        Phase::DumpRefused { reason: r, .. } if r == reason
+    ));
+    // Suspended as before: frozen, every process there, no image.
+    assert!(gate.gate.read_cgroup_events().unwrap().frozen);
+    assert_eq!(gate.w.read_procs().unwrap(), pids);
+    assert_eq!(criu::image_state(&gate.images()), ImageState::None);
+    host.assert_running("after a refused dump");
+}

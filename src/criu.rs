@@ -372,6 +372,30 @@ pub fn image_bytes(dir: &Path) -> Result<u64> {
     Ok(total)
 }
 
+/// The blocks on disk of the other images in `dir`'s parent (every gate's
+/// images live side by side in `hibernate_dir`), complete or being
+/// written: what the disk budget has already spent.
+pub fn images_beside_bytes(dir: &Path) -> Result<u64> {
+    let Some(parent) = dir.parent() else {
+        return Ok(0);
+    };
+    let mine = [dir.to_path_buf(), partial_dir(dir)];
+    let entries = match fs::read_dir(parent) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        r => r.map_err(io_err("list", parent))?,
+    };
+    let mut total = 0;
+    for entry in entries {
+        let entry = entry.map_err(io_err("list", parent))?;
+        let path = entry.path();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir && !mine.contains(&path) {
+            total += image_bytes(&path)?;
+        }
+    }
+    Ok(total)
+}
+
 /// The files of an image that hold memory pages (`pages-N.img`).
 pub fn pages_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
@@ -1156,6 +1180,19 @@ mod tests {
             "{err}"
         );
         fs::write(img.join("inventory.img"), "x").unwrap();
+        // The budget counts the images beside this one, not this one.
+        let other = dir.path().join("g2");
+        fs::create_dir(&other).unwrap();
+        fs::write(other.join("pages-1.img"), vec![1u8; 64 << 10]).unwrap();
+        assert_eq!(
+            images_beside_bytes(&img).unwrap(),
+            image_bytes(&other).unwrap()
+        );
+        assert!(images_beside_bytes(&img).unwrap() >= 64 << 10);
+        assert_eq!(
+            images_beside_bytes(&other).unwrap(),
+            image_bytes(&img).unwrap()
+        );
         remove_image(&img).unwrap();
         assert_eq!(image_state(&img), ImageState::None);
         remove_image(&img).unwrap();

@@ -138,8 +138,10 @@ pub struct Options {
     pub network_lock: criu::NetworkLock,
     pub dump_timeout: Duration,
     pub restore_timeout: Duration,
-    /// Disk left for this gate's image (the policy's budget minus the other
-    /// images): a dump estimated beyond it is refused before it starts.
+    /// Disk for all the images beside this gate's (`hibernate_max_bytes`):
+    /// the other images' blocks on disk are subtracted
+    /// ([`criu::images_beside_bytes`]), and a dump estimated beyond what is
+    /// left is refused before it starts.
     pub max_image_bytes: Option<u64>,
     /// A worker with more processes is not dumped (it stays suspended, the
     /// reason shown): restoring it would take seconds before its first
@@ -208,8 +210,9 @@ pub fn hibernate(
             return Err(e);
         }
     }
-    if let Some(budget) = opts.max_image_bytes {
+    if let Some(max) = opts.max_image_bytes {
         let estimate = estimate_image_bytes(&w)?;
+        let budget = max.saturating_sub(criu::images_beside_bytes(dir)?);
         if estimate > budget {
             let e = HibernateError::OverBudget { estimate, budget };
             refused(record, &e)?;

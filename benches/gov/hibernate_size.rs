@@ -1,4 +1,4 @@
-//! 7. Hibernation at the size gates really are (issue 21).
+//! 9. Hibernation at the size gates really are (issue 21).
 //!
 //! A keeper gate whose worker (tests/fixtures/heap-worker.py) fills MB
 //! megabytes with random bytes and answers a line on stdin, hibernated
@@ -38,7 +38,7 @@ pub fn run(root: &BenchRoot, _tmp: &Path) {
         "GOV_BENCH_HIBERNATE_OBJECTS_MB",
         if quick() { 0 } else { 1024 },
     );
-    println!("## 7. Hibernation by size: eager and lazy restore ({reps} of each per size)\n");
+    println!("## 9. Hibernation by size: eager and lazy restore ({reps} of each per size)\n");
     let Some(criu) = find_criu() else {
         println!("SKIP: no criu (GOV_CRIU, integration/build-criu or PATH)\n");
         return;

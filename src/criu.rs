@@ -852,6 +852,7 @@ impl Criu {
                 let _ = child.kill();
                 let _ = child.wait();
                 let _ = req.cgroup.kill_all(Duration::from_secs(10));
+                remove_cgroup_yard(req.dir);
                 return Err(CriuError::TimedOut {
                     op: "restore",
                     waited: start.elapsed(),
@@ -1039,6 +1040,36 @@ fn reap_in_background(mut child: Child) {
             Ok(s) => tracing::warn!(pid, %s, "a criu left running past its deadline ended"),
             Err(e) => tracing::warn!(pid, "waiting for criu: {e}"),
         });
+}
+
+/// The prefix of the directory where a restoring criu mounts the cgroup
+/// hierarchies (a tmpfs, then one mount per hierarchy) and unmounts them
+/// when it ends; a criu killed mid-restore leaves them mounted.
+const CGROUP_YARD_PREFIX: &str = ".criu.cgyard.";
+
+/// Detaches and removes a cgroup yard a killed criu left in `dir` (found
+/// here: 11 mounts per killed restore on a hybrid host, which also made
+/// the image directory impossible to delete).
+fn remove_cgroup_yard(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(CGROUP_YARD_PREFIX)
+        {
+            continue;
+        }
+        let path = entry.path();
+        // MNT_DETACH takes the mounts below it along; never follow a link.
+        if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
+            // SAFETY: umount2(2) on a NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
+        }
+        let _ = fs::remove_dir(&path);
+    }
 }
 
 /// Every file CRIU wrote, made 0600 (the umask already asks for it; this

@@ -215,6 +215,14 @@ fn a_truncated_image_is_not_restored_lazily_or_eagerly() {
     }
     std::fs::remove_file(dir.join("gov-sizes")).unwrap();
     check(true, Duration::from_secs(20), &mut host);
+    // A restore killed at its deadline leaves none of criu's cgroup mounts.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let here = dir.to_string_lossy().into_owned();
+    assert!(
+        !mounts.lines().any(|l| l.contains(&here)),
+        "mounts left in {here}"
+    );
+    criu::remove_image(&dir).unwrap();
 }
 
 /// Numbers for docs/BENCHMARKS.md, not a check (run by hand), the process

@@ -336,3 +336,47 @@ fn a_gate_of_2000_processes_is_refused_a_dump_and_stays_suspended() {
     assert_eq!(criu::image_state(&gate.images()), ImageState::None);
     host.assert_running("after a refused dump");
 }
+
+/// A daemon that died between starting `criu lazy-pages` and the restore
+/// leaves that daemon waiting for a connection forever: the recovery ends
+/// it (it serves nothing), and the gate is hibernated with its image.
+#[test]
+fn a_lazy_pages_daemon_left_without_its_restore_is_ended_by_the_recovery() {
+    let test = "a_lazy_pages_daemon_left_without_its_restore_is_ended_by_the_recovery";
+    let Some(criu) = lazy_or_skip(test) else {
+        return;
+    };
+    let gate = Gate::new();
+    let (mut host, crc) = hibernated_worker(&criu, &gate, 32, &[]);
+    let keeper = host.pid();
+    let dir = gate.images();
+    // What the dead daemon had done: tagged restoring, thawed, started
+    // criu lazy-pages on the image.
+    let mut rec = record(&gate.gate);
+    rec.enter(Phase::Restoring { since_ms: 1 }).unwrap();
+    gate.gate.thaw(Duration::from_secs(5)).unwrap();
+    let mut lazy = std::process::Command::new(criu.path())
+        .args(["lazy-pages", "-D"])
+        .arg(&dir)
+        .args(["-o", "lazy-pages.log"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !hibernate::criu_running_for(&dir, criu.path()) {
+        assert!(std::time::Instant::now() < deadline, "lazy-pages never ran");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let seen = hibernate::observe(&gate.gate, k(keeper), &dir, Some(&criu)).unwrap();
+    assert!(!seen.criu_running, "{seen:?}");
+    let status = lazy.wait().unwrap();
+    assert!(!status.success(), "ended by the recovery: {status:?}");
+    let r = hibernate::recover(&phase(&gate.gate), seen);
+    assert_eq!(r, hibernate::Recovery::Hibernated);
+    hibernate::apply(r, &gate.gate, &mut record(&gate.gate), k(keeper), &dir).unwrap();
+    assert!(matches!(phase(&gate.gate), Phase::Hibernated { .. }));
+    // And the image restores whole.
+    wake(&criu, &gate, keeper, &Options::default(), |_, _| {})
+        .unwrap_or_else(|e| panic!("wake: {e}"));
+    assert_eq!(ask(&mut host, "sum"), format!("sum {crc}"));
+}

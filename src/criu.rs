@@ -203,8 +203,10 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Cri
 pub struct Criu {
     path: PathBuf,
     version: Version,
-    /// `criu check --feature uffd-noncoop` said yes (asked once).
-    lazy_pages: std::sync::OnceLock<bool>,
+    /// `criu check --feature uffd-noncoop` said yes (asked by [`Criu::find`]:
+    /// it takes ~0.15 s, which a wake must not pay; a per-clone cache did,
+    /// as the daemon clones its Criu for every step).
+    lazy_pages: bool,
 }
 
 /// "criu 4.2.1 at /usr/sbin/criu", as the log and `gov status` say it.
@@ -635,10 +637,11 @@ impl Criu {
                 found: version,
             });
         }
+        let lazy_pages = check_lazy_pages(&path);
         Ok(Criu {
             path,
             version,
-            lazy_pages: Default::default(),
+            lazy_pages,
         })
     }
 
@@ -652,17 +655,9 @@ impl Criu {
 
     /// Can this criu restore lazily on this kernel: `criu check --feature
     /// uffd-noncoop` (userfaultfd with fork/remap events, which a tree
-    /// that runs while its pages arrive needs). Asked once.
+    /// that runs while its pages arrive needs), asked when it was found.
     pub fn lazy_pages_supported(&self) -> bool {
-        *self.lazy_pages.get_or_init(|| {
-            Command::new(&self.path)
-                .args(["check", "--feature", "uffd-noncoop"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
+        self.lazy_pages
     }
 
     /// Starts `criu lazy-pages -D DIR` (in our own cgroup and its own
@@ -935,6 +930,17 @@ impl ModePrivate for fs::OpenOptions {
         use std::os::unix::fs::OpenOptionsExt;
         self.mode(0o600)
     }
+}
+
+/// See [`Criu::lazy_pages_supported`].
+fn check_lazy_pages(criu: &Path) -> bool {
+    Command::new(criu)
+        .args(["check", "--feature", "uffd-noncoop"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn is_executable(p: &Path) -> bool {

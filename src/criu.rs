@@ -46,6 +46,11 @@ const LOG_TAIL_LINES: usize = 12;
 /// step failed (it cannot raise its own fd limit inside our limits).
 const NOISE: [&str; 1] = ["Can't setup RLIMIT_NOFILE"];
 
+/// The sizes of a finished dump's image files, written by gov beside them
+/// ("NAME BYTES" lines) and checked before a restore: a truncated image
+/// otherwise made criu restore hang until its deadline (120 s here).
+const SIZES_FILE: &str = "gov-sizes";
+
 /// The suffix of an image directory a dump is still writing.
 const PARTIAL_SUFFIX: &str = ".partial";
 
@@ -128,6 +133,9 @@ pub enum CriuError {
     ImageExists { dir: PathBuf },
     #[error("{dir}: no complete image there")]
     NoImage { dir: PathBuf },
+    /// The image is not what the dump wrote (a file shorter or missing).
+    #[error("{dir}: the image is damaged: {why}")]
+    Damaged { dir: PathBuf, why: String },
     /// The target of a restore is not ready (frozen, or still populated).
     #[error("{path}: cannot restore here: {why}")]
     NotReady { path: PathBuf, why: &'static str },
@@ -195,6 +203,10 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Cri
 pub struct Criu {
     path: PathBuf,
     version: Version,
+    /// `criu check --feature uffd-noncoop` said yes (asked by [`Criu::find`]:
+    /// it takes ~0.15 s, which a wake must not pay; a per-clone cache did,
+    /// as the daemon clones its Criu for every step).
+    lazy_pages: bool,
 }
 
 /// "criu 4.2.1 at /usr/sbin/criu", as the log and `gov status` say it.
@@ -258,14 +270,33 @@ pub struct RestoreRequest<'a> {
     /// the tree runs until the caller sends SIGCONT, so what it holds can
     /// be checked first ([`crate::held`]).
     pub leave_stopped: bool,
+    /// Restore private anonymous memory lazily (`--lazy-pages`, served by
+    /// a `criu lazy-pages` daemon, see [`crate::lazy`]): the tree runs once
+    /// its tasks and files are back, its pages arrive on first touch and in
+    /// the background. Only where [`Criu::lazy_pages_supported`].
+    pub lazy: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct RestoreReport {
+    /// Until the tree was restored (running, or stopped with
+    /// `leave_stopped`); with lazy pages, before its memory is all back.
     pub elapsed: Duration,
     /// The restored root's pid as the host sees it (a new one: only the
     /// pids inside the tree's namespace are restored).
     pub pid: u32,
+    /// With lazy pages: until the lazy-pages daemon had copied every page
+    /// (set by whoever waited for it, [`crate::lazy::LazyPages::finish`]).
+    pub memory_back: Option<Duration>,
+}
+
+/// A restore that worked: the report, and for a lazy one the daemon still
+/// filling the tree's memory, which must be waited for
+/// ([`crate::lazy::LazyPages::finish`]) before the image may go.
+#[derive(Debug)]
+pub struct Restored {
+    pub report: RestoreReport,
+    pub lazy: Option<crate::lazy::LazyPages>,
 }
 
 /// What is on disk for a gate's images directory, for crash recovery.
@@ -327,18 +358,119 @@ pub fn remove_image(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Bytes on disk under `dir` (regular files, not recursive: CRIU writes a
-/// flat directory).
+/// Bytes the images under `dir` take on disk: allocated blocks
+/// (st_blocks, as `du` counts them), not file sizes, so a sparse or
+/// compressed file counts what it costs (regular files, not recursive:
+/// CRIU writes a flat directory).
 pub fn image_bytes(dir: &Path) -> Result<u64> {
     let mut total = 0;
     for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
         let entry = entry.map_err(io_err("list", dir))?;
         let meta = entry.metadata().map_err(io_err("stat", &entry.path()))?;
         if meta.is_file() {
-            total += meta.len();
+            total += meta.blocks() * 512;
         }
     }
     Ok(total)
+}
+
+/// The blocks on disk of the other images in `dir`'s parent (every gate's
+/// images live side by side in `hibernate_dir`), complete or being
+/// written: what the disk budget has already spent.
+pub fn images_beside_bytes(dir: &Path) -> Result<u64> {
+    let Some(parent) = dir.parent() else {
+        return Ok(0);
+    };
+    let mine = [dir.to_path_buf(), partial_dir(dir)];
+    let entries = match fs::read_dir(parent) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        r => r.map_err(io_err("list", parent))?,
+    };
+    let mut total = 0;
+    for entry in entries {
+        let entry = entry.map_err(io_err("list", parent))?;
+        let path = entry.path();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir && !mine.contains(&path) {
+            total += image_bytes(&path)?;
+        }
+    }
+    Ok(total)
+}
+
+/// The files of an image that hold memory pages (`pages-N.img`).
+pub fn pages_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let entry = entry.map_err(io_err("list", dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("pages-") && name.ends_with(".img") {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}
+
+/// Writes [`SIZES_FILE`]: every `*.img` file's size, as the dump left it.
+fn write_sizes(dir: &Path) -> Result<()> {
+    let mut text = String::new();
+    for entry in fs::read_dir(dir).map_err(io_err("list", dir))? {
+        let entry = entry.map_err(io_err("list", dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".img") {
+            let meta = entry.metadata().map_err(io_err("stat", &entry.path()))?;
+            text.push_str(&format!("{name} {}\n", meta.len()));
+        }
+    }
+    let path = dir.join(SIZES_FILE);
+    fs::write(&path, text).map_err(io_err("write", &path))
+}
+
+/// Checks the image files against [`SIZES_FILE`] (an image without one, a
+/// dump promoted after a daemon died, passes: nothing to check against).
+pub fn check_sizes(dir: &Path) -> Result<()> {
+    let path = dir.join(SIZES_FILE);
+    let text = match fs::read_to_string(&path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        r => r.map_err(io_err("read", &path))?,
+    };
+    let damaged = |why: String| CriuError::Damaged {
+        dir: dir.to_path_buf(),
+        why,
+    };
+    for line in text.lines() {
+        let Some((name, want)) = line.rsplit_once(' ') else {
+            return Err(damaged(format!("{SIZES_FILE}: {line:?}")));
+        };
+        let want: u64 = want
+            .parse()
+            .map_err(|_| damaged(format!("{SIZES_FILE}: {line:?}")))?;
+        match fs::metadata(dir.join(name)) {
+            Ok(m) if m.len() == want => {}
+            Ok(m) => {
+                return Err(damaged(format!(
+                    "{name} is {} bytes, the dump wrote {want}",
+                    m.len()
+                )))
+            }
+            Err(e) => return Err(damaged(format!("{name}: {e}"))),
+        }
+    }
+    Ok(())
+}
+
+/// Sends SIGCONT to every member of `cg`: a tree restored with
+/// `--leave-stopped` goes on. Stopped tasks cannot fork, so the list is
+/// the whole tree.
+pub fn continue_stopped(cg: &Cgroup) -> Result<()> {
+    for pid in cg.read_procs()? {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGCONT,
+        );
+    }
+    Ok(())
 }
 
 /// The key under which CRIU's images name a pipe: "pipe:[INODE]", as
@@ -505,7 +637,12 @@ impl Criu {
                 found: version,
             });
         }
-        Ok(Criu { path, version })
+        let lazy_pages = check_lazy_pages(&path);
+        Ok(Criu {
+            path,
+            version,
+            lazy_pages,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -514,6 +651,43 @@ impl Criu {
 
     pub fn version(&self) -> Version {
         self.version
+    }
+
+    /// Can this criu restore lazily on this kernel: `criu check --feature
+    /// uffd-noncoop` (userfaultfd with fork/remap events, which a tree
+    /// that runs while its pages arrive needs), asked when it was found.
+    pub fn lazy_pages_supported(&self) -> bool {
+        self.lazy_pages
+    }
+
+    /// Starts `criu lazy-pages -D DIR` (in our own cgroup and its own
+    /// process group, so neither the tree's cgroup nor a signal to ours
+    /// reaches it) and returns once it listens on DIR/lazy-pages.socket.
+    fn start_lazy_pages(
+        &self,
+        dir: &Path,
+        tree: &Cgroup,
+        timeout: Duration,
+    ) -> Result<crate::lazy::LazyPages> {
+        let socket = dir.join("lazy-pages.socket");
+        match fs::remove_file(&socket) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(io_err("remove", &socket)(e))
+            }
+            _ => {}
+        }
+        let (ready, tell) = nix::unistd::pipe().map_err(|e| CriuError::Io {
+            op: "pipe",
+            path: dir.to_path_buf(),
+            error: e.into(),
+        })?;
+        let mut cmd = self.command("lazy-pages", dir);
+        cmd.arg("--status-fd")
+            .arg(tell.as_raw_fd().to_string())
+            .process_group(0);
+        let child = spawn(&mut cmd, &self.path, None, &[tell.as_raw_fd()])?;
+        drop(tell);
+        crate::lazy::LazyPages::started(child, tree, ready, crate::lazy::log_path(dir), timeout)
     }
 
     /// Dumps the tree rooted at `req.pid` into `req.dir`; the tree is gone
@@ -578,6 +752,7 @@ impl Criu {
                 log,
             });
         }
+        write_sizes(&work)?;
         private_files(&work)?;
         let image_bytes = image_bytes(&work)?;
         fs::rename(&work, req.dir).map_err(io_err("rename", &work))?;
@@ -601,12 +776,18 @@ impl Criu {
     /// the restore proved good). After an error: the image is untouched, the
     /// cgroup empty (criu kills what it restored when it fails; a timeout
     /// kills criu and the cgroup), so the restore can be tried again.
-    pub fn restore(&self, req: RestoreRequest) -> Result<RestoreReport> {
+    ///
+    /// With `req.lazy` the tree comes back stopped whatever
+    /// `leave_stopped` says: gov first takes its own copies of the tree's
+    /// userfaultfds ([`crate::lazy`]), then continues it unless the caller
+    /// asked to. The returned daemon must be finished before the image goes.
+    pub fn restore(&self, req: RestoreRequest) -> Result<Restored> {
         if image_state(req.dir) != ImageState::Complete {
             return Err(CriuError::NoImage {
                 dir: req.dir.to_path_buf(),
             });
         }
+        check_sizes(req.dir)?;
         let path = req.cgroup.path().to_path_buf();
         if req.cgroup.read_file("cgroup.freeze")?.trim() != "0" {
             return Err(CriuError::NotReady {
@@ -627,13 +808,22 @@ impl Criu {
             }
             _ => {}
         }
+        // Started first: the restore connects to it. Dropped on any error
+        // below, which kills it and whatever was restored.
+        let mut lazy = match req.lazy {
+            true => Some(self.start_lazy_pages(req.dir, req.cgroup, req.timeout)?),
+            false => None,
+        };
         let mut cmd = self.command("restore", req.dir);
         cmd.arg("--restore-detached")
             .arg("--pidfile")
             .arg(&pidfile)
             .arg("--ext-unix-sk");
-        if req.leave_stopped {
+        if req.leave_stopped || lazy.is_some() {
             cmd.arg("--leave-stopped");
+        }
+        if lazy.is_some() {
+            cmd.arg("--lazy-pages");
         }
         if req.tcp_established {
             cmd.arg("--tcp-established")
@@ -657,6 +847,7 @@ impl Criu {
                 let _ = child.kill();
                 let _ = child.wait();
                 let _ = req.cgroup.kill_all(Duration::from_secs(10));
+                remove_cgroup_yard(req.dir);
                 return Err(CriuError::TimedOut {
                     op: "restore",
                     waited: start.elapsed(),
@@ -682,7 +873,20 @@ impl Criu {
             path: pidfile.clone(),
             error: io::Error::new(io::ErrorKind::InvalidData, format!("{text:?}: {e}")),
         })?;
-        Ok(RestoreReport { elapsed, pid })
+        if let Some(lazy) = &mut lazy {
+            lazy.hold_uffds()?;
+            if !req.leave_stopped {
+                continue_stopped(req.cgroup)?;
+            }
+        }
+        Ok(Restored {
+            report: RestoreReport {
+                elapsed,
+                pid,
+                memory_back: None,
+            },
+            lazy,
+        })
     }
 
     /// `criu OP -D DIR -o OP.log`, output to OP.stderr in DIR (criu's own
@@ -726,6 +930,17 @@ impl ModePrivate for fs::OpenOptions {
         use std::os::unix::fs::OpenOptionsExt;
         self.mode(0o600)
     }
+}
+
+/// See [`Criu::lazy_pages_supported`].
+fn check_lazy_pages(criu: &Path) -> bool {
+    Command::new(criu)
+        .args(["check", "--feature", "uffd-noncoop"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -789,13 +1004,13 @@ fn spawn(
     cmd.spawn().map_err(io_err("run", path))
 }
 
-enum Waited {
+pub(crate) enum Waited {
     Exited(ExitStatus),
     Running(Child),
 }
 
 /// Waits for a child up to `timeout` on its pidfd (readable when it exits).
-fn wait_bounded(mut child: Child, timeout: Duration) -> Result<Waited> {
+pub(crate) fn wait_bounded(mut child: Child, timeout: Duration) -> Result<Waited> {
     let pidfd =
         crate::proc::pidfd_open(child.id()).map_err(io_err("pidfd_open", Path::new("criu")))?;
     let start = Instant::now();
@@ -831,6 +1046,36 @@ fn reap_in_background(mut child: Child) {
             Ok(s) => tracing::warn!(pid, %s, "a criu left running past its deadline ended"),
             Err(e) => tracing::warn!(pid, "waiting for criu: {e}"),
         });
+}
+
+/// The prefix of the directory where a restoring criu mounts the cgroup
+/// hierarchies (a tmpfs, then one mount per hierarchy) and unmounts them
+/// when it ends; a criu killed mid-restore leaves them mounted.
+const CGROUP_YARD_PREFIX: &str = ".criu.cgyard.";
+
+/// Detaches and removes a cgroup yard a killed criu left in `dir` (found
+/// here: 11 mounts per killed restore on a hybrid host, which also made
+/// the image directory impossible to delete).
+fn remove_cgroup_yard(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(CGROUP_YARD_PREFIX)
+        {
+            continue;
+        }
+        let path = entry.path();
+        // MNT_DETACH takes the mounts below it along; never follow a link.
+        if let Ok(c) = CString::new(path.as_os_str().as_bytes()) {
+            // SAFETY: umount2(2) on a NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
+        }
+        let _ = fs::remove_dir(&path);
+    }
 }
 
 /// Every file CRIU wrote, made 0600 (the umask already asks for it; this
@@ -954,7 +1199,37 @@ mod tests {
         assert_eq!(image_state(&img), ImageState::PartialFinished);
         promote_partial(&img).unwrap();
         assert_eq!(image_state(&img), ImageState::Complete);
-        assert_eq!(image_bytes(&img).unwrap(), 1 + 14);
+        // Blocks on disk, as du counts them: a 1-byte file takes a block.
+        assert!(image_bytes(&img).unwrap() >= 512);
+        assert_eq!(
+            image_bytes(&img).unwrap() % 512,
+            0,
+            "whole blocks, not file sizes"
+        );
+        check_sizes(&img).unwrap();
+        write_sizes(&img).unwrap();
+        check_sizes(&img).unwrap();
+        fs::write(img.join("inventory.img"), "").unwrap();
+        let err = check_sizes(&img).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("inventory.img is 0 bytes, the dump wrote 1"),
+            "{err}"
+        );
+        fs::write(img.join("inventory.img"), "x").unwrap();
+        // The budget counts the images beside this one, not this one.
+        let other = dir.path().join("g2");
+        fs::create_dir(&other).unwrap();
+        fs::write(other.join("pages-1.img"), vec![1u8; 64 << 10]).unwrap();
+        assert_eq!(
+            images_beside_bytes(&img).unwrap(),
+            image_bytes(&other).unwrap()
+        );
+        assert!(images_beside_bytes(&img).unwrap() >= 64 << 10);
+        assert_eq!(
+            images_beside_bytes(&other).unwrap(),
+            image_bytes(&img).unwrap()
+        );
         remove_image(&img).unwrap();
         assert_eq!(image_state(&img), ImageState::None);
         remove_image(&img).unwrap();

@@ -18,8 +18,14 @@ use std::time::Duration;
 use crate::cgroup::{Cgroup, CgroupError};
 use crate::criu::{self, Criu, CriuError, DumpRequest, ImageState, RestoreRequest};
 use crate::keeper::{self, Keeper, KeeperError, WORKER_CGROUP};
+use crate::lazy::LazyPages;
 use crate::reaper::Phase;
 use crate::record::Record;
+
+/// The most processes a dumped worker may have by default: 100 restored
+/// to a first reply in 1.0-1.5 s here, 2,000 in 35-56 s
+/// (docs/BENCHMARKS.md, "Hibernation by size").
+pub const DEFAULT_MAX_PROCESSES: usize = 100;
 
 /// How long the worker cgroup may take to report frozen.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,6 +44,11 @@ pub enum HibernateError {
         "the image would take ~{estimate} bytes, over the {budget} bytes left for hibernation"
     )]
     OverBudget { estimate: u64, budget: u64 },
+    /// Restoring a tree takes ~10-25 ms per process here whatever its
+    /// memory (a lazy restore does not shorten it): a tree too large to be
+    /// back within ~2 s is not dumped.
+    #[error("the worker has {count} processes, over the {max} a restore brings back within ~2 s (~10-25 ms each here)")]
+    TooManyProcesses { count: usize, max: usize },
     #[error("signalling keeper {pid}: {error}")]
     Signal { pid: u32, error: std::io::Error },
     /// The tree holds (or a restore would have handed it) files its owner
@@ -127,9 +138,20 @@ pub struct Options {
     pub network_lock: criu::NetworkLock,
     pub dump_timeout: Duration,
     pub restore_timeout: Duration,
-    /// Disk left for this gate's image (the policy's budget minus the other
-    /// images): a dump estimated beyond it is refused before it starts.
+    /// Disk for all the images beside this gate's (`hibernate_max_bytes`):
+    /// the other images' blocks on disk are subtracted
+    /// ([`criu::images_beside_bytes`]), and a dump estimated beyond what is
+    /// left is refused before it starts.
     pub max_image_bytes: Option<u64>,
+    /// A worker with more processes is not dumped (it stays suspended, the
+    /// reason shown): restoring it would take seconds before its first
+    /// reply. None: no limit.
+    pub max_processes: Option<usize>,
+    /// Restore lazily where criu and the kernel can
+    /// ([`Criu::lazy_pages_supported`]): the worker runs once its tasks
+    /// and files are back, its memory follows (see [`wake`]). Eager
+    /// otherwise.
+    pub lazy: bool,
 }
 
 impl Default for Options {
@@ -140,6 +162,8 @@ impl Default for Options {
             dump_timeout: Duration::from_secs(120),
             restore_timeout: Duration::from_secs(120),
             max_image_bytes: None,
+            max_processes: Some(DEFAULT_MAX_PROCESSES),
+            lazy: true,
         }
     }
 }
@@ -178,8 +202,17 @@ pub fn hibernate(
     };
     let w = worker_cgroup(gate);
     let init = worker_init(&w)?;
-    if let Some(budget) = opts.max_image_bytes {
+    if let Some(max) = opts.max_processes {
+        let count = w.read_procs()?.len();
+        if count > max {
+            let e = HibernateError::TooManyProcesses { count, max };
+            refused(record, &e)?;
+            return Err(e);
+        }
+    }
+    if let Some(max) = opts.max_image_bytes {
         let estimate = estimate_image_bytes(&w)?;
+        let budget = max.saturating_sub(criu::images_beside_bytes(dir)?);
         if estimate > budget {
             let e = HibernateError::OverBudget { estimate, budget };
             refused(record, &e)?;
@@ -248,6 +281,16 @@ fn dump_steps(
 /// pipes to the keeper), `Running`, image deleted. After an error:
 /// `Hibernated` again, the image kept, `w` empty, the keeper holding: try
 /// again (`gov thaw`).
+///
+/// A lazy restore ([`Options::lazy`]) lets the worker run before its
+/// memory is all back, and the gate stays `Restoring` until it is: the
+/// worker answers its host meanwhile (pages it touches come first), and
+/// this call returns once the lazy-pages daemon copied every page. Only
+/// then are the keeper released and the image deleted. If the daemon fails
+/// or dies first, the worker is killed (it must not run on pages that
+/// never came back) and the gate is hibernated again from its image, which
+/// is the only whole copy: what the worker did since the restore is lost
+/// (input it read, state it changed; what it wrote to the host was sent).
 pub fn wake(
     criu: &Criu,
     gate: &Cgroup,
@@ -256,13 +299,28 @@ pub fn wake(
     dir: &Path,
     opts: &Options,
 ) -> Result<criu::RestoreReport, HibernateError> {
+    wake_then(criu, gate, record, keeper, dir, opts, |_, _| {})
+}
+
+/// [`wake`], calling `running` once the worker runs (for a lazy restore,
+/// before its memory is all back, with the lazy-pages daemon): the moment
+/// a waiting touch could be answered.
+pub fn wake_then(
+    criu: &Criu,
+    gate: &Cgroup,
+    record: &mut Record,
+    keeper: Keeper,
+    dir: &Path,
+    opts: &Options,
+    running: impl FnOnce(&criu::RestoreReport, Option<&LazyPages>),
+) -> Result<criu::RestoreReport, HibernateError> {
     let w = worker_cgroup(gate);
     let hibernated = record.phase().clone();
     let since_ms = hibernated
         .asleep_since()
         .unwrap_or_else(crate::gate::now_ms);
     record.enter(Phase::Restoring { since_ms })?;
-    match restore_steps(criu, gate, &w, keeper, dir, opts) {
+    match restore_steps(criu, gate, &w, keeper, dir, opts, running) {
         Ok(report) => {
             let _ = keeper::release(keeper);
             criu::remove_image(dir)?;
@@ -290,6 +348,7 @@ fn restore_steps(
     keeper: Keeper,
     dir: &Path,
     opts: &Options,
+    running: impl FnOnce(&criu::RestoreReport, Option<&LazyPages>),
 ) -> Result<criu::RestoreReport, HibernateError> {
     keeper::hold(keeper).map_err(|error| HibernateError::Signal {
         pid: keeper.pid,
@@ -299,7 +358,7 @@ fn restore_steps(
     w.thaw(FREEZE_TIMEOUT)?;
     let inherit = keeper::inherit_fds(keeper)?;
     let creds = owner_creds(keeper)?;
-    let report = criu.restore(RestoreRequest {
+    let restored = criu.restore(RestoreRequest {
         dir,
         cgroup: w,
         inherit,
@@ -307,9 +366,17 @@ fn restore_steps(
         network_lock: opts.network_lock,
         timeout: opts.restore_timeout,
         leave_stopped: creds.is_some(),
+        lazy: opts.lazy && criu.lazy_pages_supported(),
     })?;
+    // On an error below, `restored.lazy` is dropped, which kills the
+    // daemon and the tree (the tree first).
     if let Some(creds) = creds {
         continue_if_safe(w, keeper.pid, &creds)?;
+    }
+    let mut report = restored.report;
+    running(&report, restored.lazy.as_ref());
+    if let Some(lazy) = restored.lazy {
+        report.memory_back = Some(lazy.finish(opts.restore_timeout)?.elapsed);
     }
     Ok(report)
 }
@@ -363,14 +430,7 @@ fn continue_if_safe(
         w.kill_all(Duration::from_secs(10))?;
         return Err(e);
     }
-    // Stopped tasks cannot fork: this list is the whole tree.
-    for pid in w.read_procs()? {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGCONT,
-        );
-    }
-    Ok(())
+    Ok(criu::continue_stopped(w)?)
 }
 
 /// What a restarted daemon sees of a gate with a hibernation tag.
@@ -463,6 +523,21 @@ pub fn apply(
             })?;
         }
         Recovery::RestoreDone => {
+            // A restore with --leave-stopped (a user's gate, or a lazy
+            // one) whose daemon died left the tree stopped: it goes on
+            // only as `wake` would have let it, the image kept until then.
+            let w = worker_cgroup(gate);
+            let go_on = match owner_creds(keeper)? {
+                Some(creds) => continue_if_safe(&w, keeper.pid, &creds),
+                None => criu::continue_stopped(&w).map_err(HibernateError::from),
+            };
+            if let Err(e) = go_on {
+                record.enter(Phase::Hibernated {
+                    since_ms,
+                    image_bytes: criu::image_bytes(dir)?,
+                })?;
+                return Err(e);
+            }
             let _ = keeper::release(keeper);
             criu::remove_image(dir)?;
             record.enter(Phase::Running)?;
@@ -480,17 +555,24 @@ pub fn apply(
 }
 
 /// What a restarted daemon sees of a gate now (for [`recover`]); `criu`
-/// is the daemon's (with none, no criu of ours can be at work).
+/// is the daemon's (with none, no criu of ours can be at work). A
+/// lazy-pages daemon left waiting for a restore that never started is
+/// ended here.
 pub fn observe(
     gate: &Cgroup,
     keeper: Keeper,
     dir: &Path,
     criu: Option<&Criu>,
 ) -> Result<Seen, HibernateError> {
+    let worker_populated = worker_cgroup(gate).read_cgroup_events()?.populated;
+    let mut at_work = criu.map_or(Vec::new(), |c| criu_at_work(dir, c.path()));
+    if end_orphaned_lazy_pages(dir, &at_work, worker_populated) {
+        at_work.clear();
+    }
     Ok(Seen {
         image: criu::image_state(dir),
-        worker_populated: worker_cgroup(gate).read_cgroup_events()?.populated,
-        criu_running: criu.is_some_and(|c| criu_running_for(dir, c.path())),
+        worker_populated,
+        criu_running: !at_work.is_empty(),
         keeper_alive: keeper
             .pidfd()
             .is_ok_and(|_| crate::proc::is_alive(keeper.pid)),
@@ -503,25 +585,48 @@ pub fn observe(
 /// user's process merely named criu, with the same arguments, would
 /// otherwise make the daemon wait on a dump that is not happening.
 pub fn criu_running_for(dir: &Path, criu: &Path) -> bool {
+    !criu_at_work(dir, criu).is_empty()
+}
+
+/// The criu processes of ours at work on `dir` (see [`criu_running_for`]):
+/// each one's pid and operation ("dump", "restore", "lazy-pages").
+pub fn criu_at_work(dir: &Path, criu: &Path) -> Vec<(u32, String)> {
     use std::os::unix::fs::MetadataExt;
     let Ok(exe) = std::fs::metadata(criu) else {
-        return false;
+        return Vec::new();
     };
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
+        return Vec::new();
     };
-    entries.flatten().any(|e| {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            return false;
-        };
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            return false;
-        };
-        works_on(&cmdline, dir)
-            && crate::proc::uids(pid).is_some_and(|u| u[0] == 0 && u[1] == 0)
-            && std::fs::metadata(e.path().join("exe"))
-                .is_ok_and(|m| (m.dev(), m.ino()) == (exe.dev(), exe.ino()))
-    })
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let ours = works_on(&cmdline, dir)
+                && crate::proc::uids(pid).is_some_and(|u| u[0] == 0 && u[1] == 0)
+                && std::fs::metadata(e.path().join("exe"))
+                    .is_ok_and(|m| (m.dev(), m.ino()) == (exe.dev(), exe.ino()));
+            let op = cmdline.split(|&b| b == 0).nth(1).unwrap_or_default();
+            ours.then(|| (pid, String::from_utf8_lossy(op).into_owned()))
+        })
+        .collect()
+}
+
+/// A lazy-pages daemon whose daemon died before the restore it was
+/// started for: no restore runs and nothing was restored, so it would
+/// wait for a connection forever. Killed (through a pidfd, while it is
+/// still that process), so the recovery can go on.
+fn end_orphaned_lazy_pages(dir: &Path, at_work: &[(u32, String)], worker_populated: bool) -> bool {
+    if worker_populated || at_work.iter().any(|(_, op)| op != "lazy-pages") {
+        return false;
+    }
+    for (pid, _) in at_work {
+        let _ = crate::proc::signal_checked(*pid, libc::SIGKILL, |p| {
+            std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| works_on(&c, dir))
+        });
+    }
+    !at_work.is_empty()
 }
 
 /// Does a command line (NUL-separated, as /proc/PID/cmdline) name `dir` or

@@ -13,6 +13,7 @@ pub mod gate;
 pub mod held;
 pub mod hibernate;
 pub mod keeper;
+pub mod lazy;
 pub mod limits;
 pub mod names;
 pub mod policy;

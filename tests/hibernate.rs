@@ -9,203 +9,19 @@
 use gov_testkit as kit;
 use kit::fixture;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use gov::cgroup::Cgroup;
 use gov::criu::{self, Criu, CriuError, ImageState};
-use gov::gate::Tags;
 use gov::hibernate;
 use gov::reaper::Phase;
-use gov::record::{self, Record};
-use kit::TestRoot;
 
-fn python() -> &'static str {
-    if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
+mod hibernation;
 
-/// A gate as the daemon would make it for `gov spawn --hibernate`:
-/// `<root>/g` for the keeper, `<root>/g/w` for the worker.
-struct Gate {
-    root: TestRoot,
-    gate: Cgroup,
-    w: Cgroup,
-}
-
-impl Gate {
-    fn new() -> Gate {
-        let root = TestRoot::new();
-        let base = Cgroup::new(&root.path);
-        base.create().unwrap();
-        let gate = base.child("g");
-        gate.create().unwrap();
-        let w = gate.child("w");
-        w.create().unwrap();
-        Gate { root, gate, w }
-    }
-
-    fn images(&self) -> PathBuf {
-        // Under the test's private dir, on disk (not tmpfs), so a dump
-        // really moves memory out.
-        let d = std::env::var_os("GOV_TEST_IMAGES")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/tmp"))
-            .join(format!(
-                "gov-hibernate-{}",
-                self.root.path.file_name().unwrap().to_string_lossy()
-            ));
-        d.join("g")
-    }
-}
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        if let Some(parent) = self.images().parent() {
-            let _ = std::fs::remove_dir_all(parent);
-        }
-    }
-}
-
-/// The host: starts `gov keeper -- CMD` in the gate's cgroup with piped
-/// stdin and stdout, reads stdout lines on a thread.
-struct Host {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stdin: Option<std::process::ChildStdin>,
-}
-
-impl Host {
-    fn start(gate: &Gate, cmd: &[&str]) -> Host {
-        Host::start_as(gate, None, cmd)
-    }
-
-    /// As `start`, the keeper running as `user` (uid = gid) and with
-    /// `--external`: it waits for the daemon to start its worker.
-    fn start_as(gate: &Gate, user: Option<u32>, cmd: &[&str]) -> Host {
-        let procs = gate.gate.path().join("cgroup.procs");
-        let mut c = Command::new(kit::gov_bin());
-        c.arg("keeper").arg("--worker-cgroup").arg(gate.w.path());
-        if user.is_some() {
-            c.arg("--external");
-        }
-        c.arg("--")
-            .args(cmd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        // Into the gate before exec, as `gov spawn` puts the caller there.
-        // Then the host's user, as a host's own process would be.
-        unsafe {
-            c.pre_exec(move || {
-                std::fs::write(&procs, "0")?;
-                if let Some(id) = user {
-                    if libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(id) != 0
-                        || libc::setuid(id) != 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        let mut child = c.spawn().expect("gov keeper starts");
-        let stdout = child.stdout.take().unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Host {
-            child,
-            lines: rx,
-            stdin: Some(stdin),
-        }
-    }
-
-    fn line(&self, within: Duration) -> String {
-        self.lines
-            .recv_timeout(within)
-            .unwrap_or_else(|e| panic!("no line from the worker within {within:?}: {e}"))
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The host saw no exit: wait(2) with WNOHANG says it still runs.
-    fn assert_running(&mut self, when: &str) {
-        assert_eq!(
-            self.child.try_wait().unwrap(),
-            None,
-            "{when}: the host saw its worker exit"
-        );
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn ask_counter(sock: &Path) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match UnixStream::connect(sock) {
-            Ok(mut s) => {
-                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                let mut text = String::new();
-                s.read_to_string(&mut text).unwrap();
-                return text.trim().parse().expect("a number");
-            }
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => panic!("cannot reach the counter at {}: {e}", sock.display()),
-        }
-    }
-}
-
-fn mem_available_kb() -> u64 {
-    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap()
-}
-
-/// The private resident memory (RssAnon + RssShmem) of a cgroup's members.
-fn rss_kb(cg: &Cgroup) -> u64 {
-    cg.read_procs()
-        .unwrap()
-        .iter()
-        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
-        .map(|s| {
-            s.lines()
-                .filter_map(|l| l.strip_prefix("RssAnon:").or(l.strip_prefix("RssShmem:")))
-                .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-                .sum::<u64>()
-        })
-        .sum::<u64>()
-}
+use hibernation::*;
 
 const MB: u64 = 200;
 
@@ -378,20 +194,6 @@ fn a_hibernated_worker_keeps_its_host_pid_pipe_and_state() {
     let status = wait_with_deadline(&mut host.child, Duration::from_secs(10));
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
-}
-
-fn wait_with_deadline(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the keeper did not exit within {within:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -883,11 +685,16 @@ fn step_child(step: &str, criu: &Criu, gate: &Gate, keeper: u32, dir: &Path) -> 
         .unwrap()
 }
 
-/// Kills `child` (the daemon) as soon as a criu works on `dir`, then waits
-/// for that criu to finish on its own, as it does when its daemon dies.
-fn kill_mid_step(mut child: Child, criu: &Criu, dir: &Path) {
+/// Kills `child` (the daemon) as soon as criu's `step` works on `dir`,
+/// then waits for criu to finish on its own, as it does when its daemon
+/// dies (a lazy restore's lazy-pages daemon too: it fills the tree's
+/// memory alone).
+fn kill_mid_step(mut child: Child, step: &str, criu: &Criu, dir: &Path) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !hibernate::criu_running_for(dir, criu.path()) {
+    while !hibernate::criu_at_work(dir, criu.path())
+        .iter()
+        .any(|(_, op)| op == step)
+    {
         assert!(
             child.try_wait().unwrap().is_none(),
             "the step ended before criu was seen"
@@ -938,7 +745,12 @@ fn a_daemon_killed_during_a_dump_and_a_restore_is_recovered() {
 
     // Killed during the dump: criu finishes alone, the rename never came.
     gate.gate.freeze(Duration::from_secs(5)).unwrap();
-    kill_mid_step(step_child("dump", &criu, &gate, keeper, &dir), &criu, &dir);
+    kill_mid_step(
+        step_child("dump", &criu, &gate, keeper, &dir),
+        "dump",
+        &criu,
+        &dir,
+    );
     let step = phase(&gate.gate);
     assert!(matches!(step, Phase::Dumping { .. }), "{step:?}");
     let seen = hibernate::observe(&gate.gate, k(keeper), &dir, Some(&criu)).unwrap();
@@ -952,6 +764,7 @@ fn a_daemon_killed_during_a_dump_and_a_restore_is_recovered() {
     // Killed during the restore: criu finishes alone, the worker runs.
     kill_mid_step(
         step_child("restore", &criu, &gate, keeper, &dir),
+        "restore",
         &criu,
         &dir,
     );
@@ -1030,31 +843,4 @@ fn a_dump_over_the_disk_budget_is_refused_before_it_starts() {
     assert_eq!(ask_counter(&sock), 1);
     assert_eq!(host.line(Duration::from_secs(10)), "count 1");
     host.assert_running("after a refused dump");
-}
-
-/// The keeper with pid `pid`, as the daemon names it (pid and start time).
-/// The gate's tags, with what a gate made by this test lacks of a real one.
-fn tags(cg: &Cgroup) -> Tags {
-    let mut m = cg.read_tags().unwrap();
-    m.entry("project".into())
-        .or_insert_with(|| "/hibernate-test".into());
-    m.entry("owner_uid".into()).or_insert_with(|| "0".into());
-    Tags::from_map(&m).unwrap()
-}
-
-/// The phase the gate's tags and frozen flag say, as a restarted daemon
-/// reads it.
-fn phase(cg: &Cgroup) -> Phase {
-    let frozen = cg.read_cgroup_events().unwrap().frozen;
-    record::phase_of(&tags(cg), frozen, gov::gate::now_ms())
-}
-
-/// The gate's record, as a daemon that finds it now has it.
-fn record(cg: &Cgroup) -> Record {
-    let frozen = cg.read_cgroup_events().unwrap().frozen;
-    Record::found(Arc::new(cg.clone()), tags(cg), frozen, gov::gate::now_ms())
-}
-
-fn k(pid: u32) -> gov::keeper::Keeper {
-    gov::keeper::Keeper::now(pid).expect("the keeper runs")
 }

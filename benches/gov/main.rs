@@ -4,13 +4,15 @@
 //!
 //!     CARGO_TARGET_DIR=/tmp/target-bench cargo bench --bench gov [-- SCENARIO...]
 //!
-//! Scenarios: spawn, reap, steady, touch, burst, metrics, wake (all by default). Needs root and a
+//! Scenarios: spawn, reap, steady, touch, burst, metrics, wake (all by
+//! default), hibernate_size (only when named: it needs CRIU and GiBs of RAM). Needs root and a
 //! cgroup2 mount. Everything it creates lives under `<cgroup2>/gov-bench-<pid>`
 //! and a temp dir, and is removed at the end, on panic and on SIGINT/SIGTERM.
 //! Sizes come from the environment (see docs/BENCHMARKS.md);
 //! GOV_BENCH_QUICK=1 runs a small version of everything in ~1 minute.
 
 mod burst;
+mod hibernate_size;
 mod metrics;
 mod reap;
 mod spawn;
@@ -21,9 +23,19 @@ mod wake;
 
 use std::time::Instant;
 
-const SCENARIOS: [&str; 7] = [
-    "spawn", "reap", "steady", "touch", "burst", "metrics", "wake",
+const SCENARIOS: [&str; 8] = [
+    "spawn",
+    "reap",
+    "steady",
+    "touch",
+    "burst",
+    "metrics",
+    "wake",
+    "hibernate_size",
 ];
+
+/// Run only when named: they need CRIU, take minutes and GiBs of RAM.
+const ON_REQUEST: [&str; 1] = ["hibernate_size"];
 
 fn main() {
     // A helper mode: one spawn request to the daemon (which moves *this*
@@ -65,7 +77,9 @@ fn main() {
             std::process::exit(2);
         }
     }
-    let run = |name: &str| wanted.is_empty() || wanted.iter().any(|w| w == name);
+    let run = |name: &str| {
+        (wanted.is_empty() && !ON_REQUEST.contains(&name)) || wanted.iter().any(|w| w == name)
+    };
     if !nix::unistd::geteuid().is_root() {
         eprintln!("gov-bench: needs root (it creates cgroups and runs a gov daemon)");
         std::process::exit(2);
@@ -106,6 +120,10 @@ fn main() {
         }
         if run("wake") {
             wake::run(&root, tmp.path());
+            util::conditions();
+        }
+        if run("hibernate_size") {
+            hibernate_size::run(&root, tmp.path());
             util::conditions();
         }
     });

@@ -1,4 +1,4 @@
-//! 7. Wake on input: from a host's line to the first byte of the reply.
+//! 10. Wake on input: from a host's line to the first byte of the reply.
 //!
 //! A real gate (`gov spawn`, this bench as its worker: it echoes each line
 //! of its stdin) and a host holding its pipes. Taken in alternation, in one
@@ -133,7 +133,7 @@ pub fn run(root: &BenchRoot, tmp: &Path) {
     let n = env_usize("GOV_BENCH_WAKE_N", if quick() { 10 } else { 50 });
     let hib_n = env_usize("GOV_BENCH_WAKE_HIB_N", if quick() { 3 } else { 10 });
     let hib_mb = env_usize("GOV_BENCH_WAKE_HIB_MB", 200);
-    println!("## 7. Wake on input ({n} rounds; hibernated: {hib_n} rounds at {hib_mb} MB)\n");
+    println!("## 10. Wake on input ({n} rounds; hibernated: {hib_n} rounds at {hib_mb} MB)\n");
     let droot = root.sub("wake");
     let socket = tmp.join("wake.sock");
     let config = tmp.join("wake.toml");

@@ -88,9 +88,24 @@ pub fn borrow(pidfd: &OwnedFd, fd: RawFd) -> io::Result<OwnedFd> {
 /// pipe, a socket, a tty), recorded at spawn.
 pub fn stdin_ino(pid: u32) -> Option<u64> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let meta = std::fs::metadata(format!("/proc/{pid}/fd/0")).ok()?;
+    let link = format!("/proc/{pid}/fd/0");
+    let meta = std::fs::metadata(&link).ok()?;
     let t = meta.file_type();
-    (t.is_fifo() || t.is_socket() || t.is_char_device()).then_some(meta.ino())
+    let tty = || {
+        std::fs::read_link(&link)
+            .is_ok_and(|p| p.starts_with("/dev/pts") || p.to_string_lossy().starts_with("/dev/tty"))
+    };
+    (t.is_fifo() || t.is_socket() || (t.is_char_device() && tty())).then_some(meta.ino())
+}
+
+/// Whether `pid` holds the file `ino` on one of its fds.
+pub fn holds(pid: u32, ino: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    dir.flatten()
+        .any(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.ino() == ino))
 }
 
 /// The inputs of a gate whose processes are `pids` and whose main process

@@ -43,8 +43,9 @@ pub trait Kernel: Send + Sync + 'static {
     /// (`wake::find`); `main` is its main process, if still the one tagged,
     /// and whether that is a keeper.
     fn inputs(&self, dir: &GateDir, main: Option<(u32, bool)>, stdin: Option<u64>) -> wake::Found;
-    /// Bytes its processes have read so far, together (/proc/PID/io rchar).
-    fn read_bytes(&self, dir: &GateDir) -> u64;
+    /// Bytes read so far, together, by those of its processes that hold
+    /// the file `stdin_ino` (/proc/PID/io rchar).
+    fn read_bytes(&self, dir: &GateDir, stdin_ino: u64) -> u64;
     /// Bytes its processes have written so far with write(2), together
     /// (/proc/PID/io wchar).
     fn written_bytes(&self, dir: &GateDir) -> u64;
@@ -152,10 +153,11 @@ impl Kernel for Cgroupfs {
         wake::find(&dir.pids().unwrap_or_default(), main, stdin)
     }
 
-    fn read_bytes(&self, dir: &GateDir) -> u64 {
+    fn read_bytes(&self, dir: &GateDir, stdin_ino: u64) -> u64 {
         dir.pids()
             .unwrap_or_default()
             .into_iter()
+            .filter(|&p| wake::holds(p, stdin_ino))
             .filter_map(|p| proc::io_bytes(p, "rchar"))
             .fold(0, u64::wrapping_add)
     }
@@ -433,7 +435,7 @@ pub mod fake {
             }
         }
 
-        fn read_bytes(&self, _: &GateDir) -> u64 {
+        fn read_bytes(&self, _: &GateDir, _: u64) -> u64 {
             self.lock().read
         }
 

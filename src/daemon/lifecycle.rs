@@ -1007,18 +1007,24 @@ impl Action<'_> {
         // Input that came while the freeze was in flight may have been read
         // by a process not yet frozen: no longer waiting in the pipe for the
         // watch to see, but in the frozen process, its host waiting for the
-        // answer. Whatever the gate read during the freeze, it is thawed at
-        // once: left running, never frozen with input taken.
-        let watched = !manual && self.g.settings.wake_on_input;
+        // answer. If the processes that hold its host's stdin read anything
+        // during the freeze, it is thawed at once: left running, never
+        // frozen with input taken. (Other reads, a loader's or a log's, are
+        // not input.)
+        let stdin = self
+            .g
+            .tags()
+            .stdin_ino
+            .filter(|_| !manual && self.g.settings.wake_on_input);
         let (k, dir) = (self.cx.kernel.clone(), self.g.dir.clone());
-        let before = match watched {
-            true => blocking(move || k.read_bytes(&dir)).await,
-            false => 0,
+        let before = match stdin {
+            Some(ino) => blocking(move || k.read_bytes(&dir, ino)).await,
+            None => 0,
         };
         self.kernel(|k, cg| k.freeze(cg)).await?;
-        if watched {
+        if let Some(ino) = stdin {
             let (k, dir) = (self.cx.kernel.clone(), self.g.dir.clone());
-            if blocking(move || k.read_bytes(&dir)).await != before {
+            if blocking(move || k.read_bytes(&dir, ino)).await != before {
                 self.kernel(|k, cg| k.thaw(cg)).await?;
                 tracing::debug!(gate = %self.g.dir.id, "it read during its freeze: left running");
                 return Ok(());
@@ -1950,7 +1956,7 @@ mod tests {
     /// could see it: the gate is thawed at once, never left frozen.
     #[tokio::test]
     async fn a_read_during_the_freeze_leaves_the_gate_running() {
-        let (kit, h) = start_gate(WAKE, |_| {});
+        let (kit, h) = start_gate(WAKE, |t| t.stdin_ino = Some(7));
         kit.fake.lock().read_during_freeze = 6;
         idle_freeze_held(&kit, &h).await;
         kit.fake.hold_freezes(false);

@@ -78,7 +78,7 @@ fn record(tree: &Tree, id: &str) -> Result<(GateDir, Record)> {
 pub fn freeze(tree: &Tree, id: &str) -> Result<()> {
     let (dir, mut record) = record(tree, id)?;
     let since_ms = match record.phase() {
-        Phase::Running => {
+        Phase::Running | Phase::Woken { .. } => {
             dir.cgroup.freeze(gate::FREEZE_TIMEOUT)?;
             gate::now_ms()
         }

@@ -1106,7 +1106,7 @@ impl Action<'_> {
     async fn freeze_by_person(&mut self) -> Result<(), Failure> {
         self.may_act()?;
         match self.g.phase().clone() {
-            Phase::Running => self.suspend(Reason::Manual, true).await,
+            Phase::Running | Phase::Woken { .. } => self.suspend(Reason::Manual, true).await,
             // Already frozen by the reaper: now it is the person's freeze.
             Phase::Suspended {
                 since_ms,
@@ -1965,5 +1965,23 @@ mod tests {
         assert_eq!(*h.view().phase(), Phase::Running);
         assert_eq!(kit.fake.calls("thaw"), 1);
         assert!(events(&kit.cx, EventKind::Suspended).is_empty());
+    }
+
+    /// A person's freeze of a gate that input woke is a freeze like any.
+    #[tokio::test]
+    async fn a_person_freezes_a_woken_gate() {
+        use std::io::Write;
+        let (kit, h) = start_gate(WAKE, |_| {});
+        let (_r, mut w) = stdin_of(&kit);
+        observe(&h, &kit.cx, now_ms() + 5_000);
+        until(&h, "suspended", |g| !g.wakes_on.is_empty()).await;
+        w.write_all(b"x\n").unwrap();
+        until(&h, "woken", |g| matches!(g.phase(), Phase::Woken { .. })).await;
+        h.ask("g1", Cmd::Freeze).await.unwrap();
+        assert!(matches!(
+            h.view().phase(),
+            Phase::Suspended { manual: true, .. }
+        ));
+        assert!(kit.fake.frozen(&kit.cg));
     }
 }

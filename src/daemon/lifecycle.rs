@@ -445,7 +445,8 @@ pub fn start(cx: &Arc<Ctx>, gate: Gate) -> Handle {
         Exit::watch(&id, t.orphaned_ms, t.owner_pid, t.owner_start),
         Exit::watch(&id, t.main_exited_ms, t.main_pid, t.main_start),
     ];
-    let (publish, view) = watch::channel(Arc::new(gate.clone()));
+    let gate = Arc::new(gate);
+    let (publish, view) = watch::channel(gate.clone());
     let observing = Arc::new(AtomicBool::new(false));
     let memory = MemoryCell::default();
     let handle = Handle {
@@ -480,7 +481,9 @@ enum Flow {
 struct Owner {
     cx: Arc<Ctx>,
     id: String,
-    gate: Gate,
+    /// Shared with what it published last, copied on its next change
+    /// (`Arc::make_mut`): a resting gate is held once, not twice.
+    gate: Arc<Gate>,
     publish: watch::Sender<Arc<Gate>>,
     memory: MemoryCell,
     rx: Receiver<Letter>,
@@ -531,7 +534,7 @@ impl Owner {
             let name = cmd.name();
             let action = Action {
                 cx: &self.cx,
-                g: &mut self.gate,
+                g: Arc::make_mut(&mut self.gate),
                 memory: &self.memory,
                 watch: &mut self.watch,
             };
@@ -539,8 +542,9 @@ impl Owner {
             let (flow, result) = done.unwrap_or_else(|e| {
                 let why = format!("{name}: {}", panic_text(e));
                 tracing::error!(gate = %self.id, "{why}; the gate stays managed");
-                self.gate.failure = Some(why.clone());
-                let tags = self.gate.tags();
+                let g = Arc::make_mut(&mut self.gate);
+                g.failure = Some(why.clone());
+                let tags = g.tags();
                 self.cx
                     .journal
                     .record(tags, &self.id, EventKind::Failed, Some(why), None);
@@ -554,7 +558,7 @@ impl Owner {
                 now_due = self.sync_watch().await;
             }
             // What the answer says is what readers see from then on.
-            self.publish.send_replace(Arc::new(self.gate.clone()));
+            self.publish.send_replace(self.gate.clone());
             if let Some(tx) = answer {
                 let _ = tx.send(result);
             }
@@ -584,7 +588,9 @@ impl Owner {
         let paused = self.gate.wake_paused_until.is_some_and(|t| t > now_ms());
         if !self.gate.wakes_on_input() || paused {
             self.watch = None;
-            self.gate.wakes_on.clear();
+            if !self.gate.wakes_on.is_empty() {
+                Arc::make_mut(&mut self.gate).wakes_on.clear();
+            }
             return None;
         }
         if self.watch.is_some() {
@@ -603,8 +609,9 @@ impl Owner {
                 tracing::warn!(gate = %self.id, "{note}");
             }
         }
-        self.gate.wake_note = armed.note;
-        self.gate.wakes_on = armed.wakes_on;
+        let g = Arc::make_mut(&mut self.gate);
+        g.wake_note = armed.note;
+        g.wakes_on = armed.wakes_on;
         self.watch = Some(armed.watch);
         armed.ready
     }

@@ -17,11 +17,12 @@
 
 use gov::protocol::{EventKind, GateInfo, GateState};
 use gov_testkit as kit;
+use kit::lsp::Lsp;
 use kit::{gov_dir, path_with};
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ChildStdin, Command, Stdio};
@@ -685,83 +686,6 @@ fn an_mcp_servers_session_comes_from_claude_code_session_id() {
 
 // ---------------------------------------------------------------------------
 // A language server, as an editor starts it
-
-/// A minimal LSP client: Content-Length framing over the server's stdio.
-struct Lsp {
-    stdin: ChildStdin,
-    messages: mpsc::Receiver<Value>,
-    next_id: u64,
-}
-
-impl Lsp {
-    fn new(child: &mut std::process::Child) -> Lsp {
-        let stdin = child.stdin.take().unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || loop {
-            let mut len = None;
-            loop {
-                let mut header = String::new();
-                if out.read_line(&mut header).unwrap_or(0) == 0 {
-                    return;
-                }
-                let header = header.trim_end();
-                if header.is_empty() {
-                    break;
-                }
-                if let Some(v) = header.strip_prefix("Content-Length:") {
-                    len = v.trim().parse::<usize>().ok();
-                }
-            }
-            let mut body = vec![0; len.expect("a Content-Length header")];
-            if out.read_exact(&mut body).is_err() {
-                return;
-            }
-            if tx.send(serde_json::from_slice(&body).unwrap()).is_err() {
-                return;
-            }
-        });
-        Lsp {
-            stdin,
-            messages: rx,
-            next_id: 1,
-        }
-    }
-
-    fn write(&mut self, msg: Value) {
-        let body = msg.to_string();
-        write!(self.stdin, "Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
-        self.stdin.flush().unwrap();
-    }
-
-    fn notify(&mut self, method: &str, params: Value) {
-        self.write(json!({"jsonrpc": "2.0", "method": method, "params": params}));
-    }
-
-    /// Sends a request and returns its result, answering the server's own
-    /// requests (null) and passing over its notifications meanwhile.
-    fn request(&mut self, method: &str, params: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.write(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let m = self
-                .messages
-                .recv_timeout(left)
-                .unwrap_or_else(|e| panic!("no reply to {method} ({e})"));
-            if m["id"] == id && m.get("method").is_none() {
-                assert!(m.get("error").is_none(), "{method} failed: {m}");
-                return m["result"].clone();
-            }
-            if m.get("method").is_some() && m.get("id").is_some() {
-                let reply = json!({"jsonrpc": "2.0", "id": m["id"], "result": null});
-                self.write(reply);
-            }
-        }
-    }
-}
 
 /// The editor's language-server command with `gov spawn` in front: the
 /// editor's pid and pipes are the server's; initialize, a completion,

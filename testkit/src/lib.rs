@@ -18,6 +18,7 @@ pub mod client;
 pub mod criu;
 pub mod daemon;
 pub mod jupyter;
+pub mod lsp;
 pub mod process;
 pub mod root;
 pub mod skip;

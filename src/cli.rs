@@ -1422,6 +1422,7 @@ mod tests {
             failure: None,
             wakes_on: Vec::new(),
             wake_note: None,
+            swap_bytes: None,
             cgroup: String::new(),
         }
     }

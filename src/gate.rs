@@ -286,6 +286,33 @@ pub fn memory_until(
     )
 }
 
+/// What of a gate's memory the kernel holds in swap: memory.swap.current,
+/// or where the memory controller is off, the processes' SwapPss (read
+/// only where the host has swap at all). None: nothing in swap.
+pub fn swap_of(cg: &Cgroup, pids: &[u32]) -> Option<u64> {
+    let bytes = if cg.has_file("memory.swap.current") {
+        cg.read_file("memory.swap.current")
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?
+    } else if host_has_swap() {
+        let deadline = std::time::Instant::now() + MEMORY_READ_BOUND;
+        pids.iter()
+            .take_while(|_| std::time::Instant::now() < deadline)
+            .filter_map(|&p| crate::proc::swap_pss_bytes(p))
+            .sum()
+    } else {
+        0
+    };
+    (bytes > 0).then_some(bytes)
+}
+
+/// Whether any swap device is on (/proc/swaps lists more than its header).
+pub fn host_has_swap() -> bool {
+    std::fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1)
+}
+
 /// The PSS of `total` processes when `read` of them came to `sum`: the
 /// rest count as the mean of those read.
 fn estimate(sum: u64, read: u64, total: u64) -> u64 {
@@ -327,6 +354,7 @@ pub fn info(dir: &GateDir, tags: &Tags, extra: &InfoExtra) -> Result<GateInfo, C
         _ => memory_of(&dir.cgroup, &pids),
     };
     let cpu_usec = dir.cgroup.read_cpu_usage_usec()?;
+    let swap_bytes = swap_of(&dir.cgroup, &pids);
     let now = now_ms();
     let last_active = extra
         .last_active_ms
@@ -370,6 +398,7 @@ pub fn info(dir: &GateDir, tags: &Tags, extra: &InfoExtra) -> Result<GateInfo, C
         failure: extra.failure.clone(),
         wakes_on: extra.wakes_on.clone(),
         wake_note: extra.wake_note.clone(),
+        swap_bytes,
         cgroup: dir.cgroup.path().display().to_string(),
     })
 }

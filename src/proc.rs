@@ -16,6 +16,16 @@ pub fn pss_bytes(pid: u32) -> Option<u64> {
         .and_then(|m| m.extension.map.get("Pss").copied())
 }
 
+/// Its share of what is in swap (SwapPss), in bytes.
+pub fn swap_pss_bytes(pid: u32) -> Option<u64> {
+    let rollup = Process::new(pid as i32).ok()?.smaps_rollup().ok()?;
+    rollup
+        .memory_map_rollup
+        .0
+        .first()
+        .and_then(|m| m.extension.map.get("SwapPss").copied())
+}
+
 /// The pid of a debugger attached to this process, if any.
 pub fn tracer_pid(pid: u32) -> Option<u32> {
     let status = Process::new(pid as i32).ok()?.status().ok()?;

@@ -180,6 +180,9 @@ pub enum Response {
         /// Why this daemon cannot hibernate gates (no CRIU >= 4.2).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         hibernation_off: Option<String>,
+        /// Its memory relief (absent from daemons before it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relief: Option<ReliefStatus>,
     },
     Error {
         code: ErrorCode,
@@ -404,6 +407,10 @@ pub enum EventKind {
     Restored,
     /// Input woke it (`reason` names the input: "stdin pipe", ...).
     Woken,
+    /// Memory relief took memory from it: `reason` names the rung and the
+    /// trigger ("hibernate: memory pressure 23%"), `freed_bytes` what it
+    /// gave back.
+    Relieved,
     Stopping,
     Killing,
     /// Torn down by gov; `reason` says why and how ("idle (stopped)").
@@ -432,6 +439,7 @@ impl EventKind {
             EventKind::Hibernated => "hibernated",
             EventKind::Restored => "restored",
             EventKind::Woken => "woken",
+            EventKind::Relieved => "relieved",
             EventKind::Stopping => "stopping",
             EventKind::Killing => "killing",
             EventKind::Removed => "removed",
@@ -511,7 +519,76 @@ pub struct GateInfo {
     /// Why some of its inputs are not watched, if any are not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake_note: Option<String>,
+    /// Of its memory, what the kernel holds in swap (memory.swap.current,
+    /// or the sum of its processes' VmSwap where the controller is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap_bytes: Option<u64>,
     pub cgroup: String,
+}
+
+/// A step of memory relief, lossless ones first (docs/design.md, "Relief
+/// under memory pressure").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rung {
+    /// Dump an idle hibernatable gate to disk.
+    Hibernate,
+    /// Push a suspended gate's memory to swap (memory.reclaim).
+    Reclaim,
+    /// Suspend an idle running gate, then reclaim it.
+    SuspendReclaim,
+    /// Stop an idle gate (only with `pressure_stop`, or for `memory_budget`).
+    Stop,
+}
+
+impl Rung {
+    pub const ALL: [Rung; 4] = [
+        Rung::Hibernate,
+        Rung::Reclaim,
+        Rung::SuspendReclaim,
+        Rung::Stop,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rung::Hibernate => "hibernate",
+            Rung::Reclaim => "reclaim",
+            Rung::SuspendReclaim => "suspend_reclaim",
+            Rung::Stop => "stop",
+        }
+    }
+}
+
+/// What the daemon's memory relief sees and has done, for `gov status`
+/// and `gov metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReliefStatus {
+    /// Relief is under way (a trigger fired and has not cleared).
+    pub active: bool,
+    /// What set it off last ("memory pressure 23%", "MemAvailable 4%",
+    /// "memory budget").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    /// The host's memory pressure: share of time some task stalled on
+    /// memory, over 10 s (/proc/pressure/memory `some avg10`), in percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pressure_some_avg10: Option<f64>,
+    /// The policy's `memory_pressure`, in percent (absent: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pressure_limit: Option<f64>,
+    #[serde(default)]
+    pub mem_available_bytes: u64,
+    #[serde(default)]
+    pub mem_total_bytes: u64,
+    /// The policy's `memory_available_min`, in bytes (absent: off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_min_bytes: Option<u64>,
+    /// Relief steps taken since the daemon started, by rung.
+    #[serde(default)]
+    pub steps: BTreeMap<Rung, u64>,
+    /// Bytes those steps freed, by rung.
+    #[serde(default)]
+    pub freed_bytes: BTreeMap<Rung, u64>,
 }
 
 /// One lifecycle event.
@@ -651,6 +728,7 @@ mod tests {
             scans: 0,
             criu: None,
             hibernation_off: Some("criu not found".into()),
+            relief: None,
         });
         let text = String::from_utf8(hello).unwrap();
         assert!(

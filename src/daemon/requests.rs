@@ -80,6 +80,7 @@ impl Daemon {
                 scans: self.scans(),
                 criu: self.criu.as_ref().map(ToString::to_string),
                 hibernation_off: self.hibernation_off.clone(),
+                relief: None,
             }),
             Request::Spawn { gate, hibernate } => self.spawn_gate(peer, gate, hibernate).await,
             Request::StartWorker { cmd } => self.start_worker(peer, cmd).await,

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod proc;
 pub mod protocol;
 pub mod reaper;
+pub mod relief;
 pub mod record;
 pub mod spawn;
 pub mod target;

@@ -1,7 +1,8 @@
-//! PSI triggers on the real kernel: quiet while memory is calm, awake when a
-//! cgroup of the test's own stalls on memory. The stall needs a cgroup2
-//! memory controller: the VM suite (integration/vm-test); the host says
-//! SKIP for that part.
+//! PSI triggers on the real kernel: quiet while memory is calm, gone with
+//! their cgroup, awake when a cgroup of the test's own stalls on memory.
+//! Every cgroup2 directory has memory.pressure; the stall needs the memory
+//! controller: the VM suite (integration/vm-test), and the host says SKIP
+//! for that test.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -12,38 +13,82 @@ use gov_testkit as kit;
 
 use kit::{has_cap_sys_resource, needs_controllers, skip, Kid, TestRoot};
 
-#[test]
-fn a_trigger_on_the_host_stays_quiet_while_calm() {
-    kit::require_root();
-    let test = "a_trigger_on_the_host_stays_quiet_while_calm";
-    if !has_cap_sys_resource() {
-        // Measured here (kernel 6.18, root without CAP_SYS_RESOURCE): a
-        // `some 1800000 2000000` trigger on /proc/pressure/memory fired 1 s
-        // and 3 s after arming with avg10 at 0.00. It arms; quiet it is not.
-        Trigger::arm(
-            HOST_PSI,
-            Duration::from_millis(1800),
-            Duration::from_secs(2),
-        )
-        .expect("a 2 s window arms without CAP_SYS_RESOURCE");
-        skip(
-            test,
-            "no CAP_SYS_RESOURCE: the kernel's unprivileged triggers report events on a calm host",
-        );
-        return;
+/// A window this process may arm: 1 s with CAP_SYS_RESOURCE, else the
+/// kernel's unprivileged minimum, 2 s.
+fn window() -> Duration {
+    match has_cap_sys_resource() {
+        true => Duration::from_secs(1),
+        false => Duration::from_secs(2),
     }
-    // 900 ms stalled in each second: a calm host never comes near.
-    let trigger = Trigger::arm(HOST_PSI, Duration::from_millis(900), Duration::from_secs(1))
-        .expect("a trigger arms on /proc/pressure/memory");
-    assert!(!trigger.wait(Duration::from_millis(500)).unwrap());
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let waited = runtime.block_on(async {
-        tokio::time::timeout(Duration::from_millis(500), trigger.fired()).await
-    });
-    assert!(waited.is_err(), "fired on a calm host: {waited:?}");
+    runtime.block_on(f)
+}
+
+/// A cgroup2 directory of the test's own holding one sleeping process,
+/// and a trigger on its memory.pressure (which exists with or without the
+/// memory controller): 50 ms stalled in a window.
+fn calm_cgroup_armed(root: &TestRoot) -> (Kid, Trigger) {
+    let cg = Cgroup::new(&root.path);
+    cg.create().unwrap();
+    let sleeper = Kid::new(Command::new("sleep").arg("300").spawn().unwrap());
+    cg.write_procs(sleeper.id()).unwrap();
+    let pressure = cg.path().join("memory.pressure");
+    let trigger = Trigger::arm(pressure, Duration::from_millis(50), window()).unwrap();
+    (sleeper, trigger)
+}
+
+#[test]
+fn a_trigger_arms_on_the_hosts_pressure_file() {
+    kit::require_root();
+    // 90% stalled: a calm host never comes near.
+    let trigger = Trigger::arm(HOST_PSI, window() * 9 / 10, window())
+        .expect("a trigger arms on /proc/pressure/memory");
+    if !has_cap_sys_resource() {
+        // Measured here (kernel 6.18, root without CAP_SYS_RESOURCE): a
+        // `some 1800000 2000000` trigger on /proc/pressure/memory fired 1 s
+        // and 3 s after arming with avg10 at 0.00. It arms; quiet it is not.
+        skip(
+            "a_trigger_arms_on_the_hosts_pressure_file (quiet part)",
+            "no CAP_SYS_RESOURCE: the kernel's unprivileged host-wide triggers report events on a calm host",
+        );
+        return;
+    }
+    assert!(!trigger.wait(Duration::from_millis(500)).unwrap());
+}
+
+/// No event while calm: a cgroup whose one task sleeps never stalls, so
+/// neither the blocking nor the async wait returns within a whole window.
+#[test]
+fn a_trigger_stays_quiet_while_its_cgroup_is_calm() {
+    let root = TestRoot::new();
+    let (_sleeper, trigger) = calm_cgroup_armed(&root);
+    assert!(!trigger.wait(window() + Duration::from_millis(200)).unwrap());
+    let waited =
+        block_on(async { tokio::time::timeout(Duration::from_millis(500), trigger.fired()).await });
+    assert!(waited.is_err(), "fired while calm: {waited:?}");
+}
+
+/// A removed cgroup takes its trigger with it (POLLERR): an error, not an
+/// event and not an endless wait.
+#[test]
+fn a_trigger_whose_cgroup_is_removed_is_gone() {
+    let root = TestRoot::new();
+    let (sleeper, trigger) = calm_cgroup_armed(&root);
+    drop(sleeper);
+    kit::remove_tree(&root.path);
+    let err = trigger.wait(Duration::from_secs(5)).unwrap_err();
+    assert!(err.to_string().contains("is gone"), "{err}");
+    let err =
+        block_on(async { tokio::time::timeout(Duration::from_secs(5), trigger.fired()).await })
+            .expect("fired returns at once when the trigger is gone")
+            .unwrap_err();
+    assert!(err.to_string().contains("is gone"), "{err}");
 }
 
 #[test]

@@ -215,10 +215,12 @@ impl Trigger {
         &self.path
     }
 
-    /// Waits until the trigger fires. Cancel-safe: registering with the
-    /// reactor on each call asks the kernel for a pending event at once, so
-    /// one that fired between calls is not lost. An error (POLLERR, hang-up)
-    /// means the trigger is gone: its cgroup was removed.
+    /// Waits until the trigger fires. Each call registers with the reactor,
+    /// which asks the kernel for a pending event at once, so one that fired
+    /// between calls is not lost; a call dropped (a `select!`'s other branch)
+    /// just as the event came can lose that one, and pressure that lasts
+    /// fires again the next window. An error (POLLERR, hang-up) means the
+    /// trigger is gone: its cgroup was removed.
     pub async fn fired(&self) -> io::Result<()> {
         use tokio::io::unix::AsyncFd;
         use tokio::io::Interest;

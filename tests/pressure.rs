@@ -49,6 +49,10 @@ fn a_trigger_arms_on_the_hosts_pressure_file() {
     // 90% stalled: a calm host never comes near.
     let trigger = Trigger::arm(HOST_PSI, window() * 9 / 10, window())
         .expect("a trigger arms on /proc/pressure/memory");
+    // The reactor takes the proc file (epoll): no error, event or not.
+    let waited =
+        block_on(async { tokio::time::timeout(Duration::from_millis(100), trigger.fired()).await });
+    assert!(!matches!(waited, Ok(Err(_))), "{waited:?}");
     if !has_cap_sys_resource() {
         // Measured here (kernel 6.18, root without CAP_SYS_RESOURCE): a
         // `some 1800000 2000000` trigger on /proc/pressure/memory fired 1 s

@@ -17,6 +17,7 @@ use crate::target::{Candidate, Resolved, Sessions};
 use crate::{direct, names, policy, spawn};
 
 pub mod complete;
+pub mod memory;
 pub mod top;
 
 /// The environment variables gov reads, for `gov --help` and the man page.
@@ -421,7 +422,9 @@ pub fn run(cli: Cli) -> Result<i32> {
                     (true, true) => serde_json::to_string_pretty(&by_session(&gates))? + "\n",
                     (true, false) => render_sessions(&by_session(&gates)),
                     (false, true) => serde_json::to_string_pretty(&gates)? + "\n",
-                    (false, false) => render_table(&gates),
+                    // Below the table, what gov holds and frees in total.
+                    (false, false) if gates.is_empty() => render_table(&gates),
+                    (false, false) => render_table(&gates) + &memory::ps_summary(&gates),
                 };
                 match watch {
                     // On a terminal, redraw in place; piped, one table after another.
@@ -826,14 +829,15 @@ fn status_cmd(pid_only: bool, wait: Option<f64>) -> Result<i32> {
             }
         }
     };
-    let (version, pid, criu, hibernation_off) = match client.call(Request::Hello)? {
+    let (version, pid, criu, hibernation_off, relief) = match client.call(Request::Hello)? {
         Response::Hello {
             version,
             pid,
             criu,
             hibernation_off,
+            relief,
             ..
-        } => (version, pid, criu, hibernation_off),
+        } => (version, pid, criu, hibernation_off, relief),
         other => return unexpected(other),
     };
     if let Some(peer) = client.peer_pid() {
@@ -857,6 +861,9 @@ fn status_cmd(pid_only: bool, wait: Option<f64>) -> Result<i32> {
             (Some(criu), _) => println!("hibernation: on, {criu}"),
             (None, Some(why)) => println!("hibernation: off: {why}"),
             (None, None) => {}
+        }
+        if let Some(relief) = relief {
+            print!("{}", memory::relief_lines(&relief));
         }
     }
     Ok(0)

@@ -17,6 +17,7 @@ pub mod lazy;
 pub mod limits;
 pub mod names;
 pub mod policy;
+pub mod pressure;
 pub mod proc;
 pub mod protocol;
 pub mod reaper;

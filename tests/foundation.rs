@@ -639,6 +639,12 @@ fn ps_and_show_say_what_people_need_and_bogus_ids_are_errors() {
     assert_eq!(row.len(), header.len(), "one cell per column: {row:?}");
     assert_eq!(&row[..5], [id.as_str(), "/srv/table", "tbl-1", "root", "1"]);
     assert_eq!(row[9], "running");
+    // Last, what gov holds: one running gate, its memory (a shell's, not 0).
+    let summary = table.lines().last().unwrap();
+    assert!(
+        summary.starts_with("1 gate: ") && summary.ends_with(" running"),
+        "{table}"
+    );
 
     let show = root.ok(&["show", &id]);
     let value = |label: &str| -> String {

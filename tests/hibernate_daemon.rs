@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use kit::{lines_of, wait_until, Kid, TestRoot};
+use kit::{has_cap_sys_resource, lines_of, wait_until, Kid, TestRoot};
 
 /// CRIU (kit::criu) and python3 for the worker, or a skip that says which
 /// is missing (a failure under GOV_REQUIRE_CRIU).
@@ -157,20 +157,6 @@ fn an_idle_gate_is_hibernated_and_a_touch_brings_it_back_with_its_state() {
     assert!(!images.join(&id).exists(), "an image nobody owns");
     // Killed with its gate: the host sees the exit now.
     assert_ne!(host.reap(Duration::from_secs(10)), Some(0));
-}
-
-/// CRIU reads a dumped task's rlimits with prlimit(2), which for another
-/// user's task takes CAP_SYS_RESOURCE; some sandboxes (our dev machines)
-/// withhold it from root, and there a user's tree cannot be dumped at all.
-fn has_cap_sys_resource() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    // CAP_SYS_RESOURCE is capability 24 (linux/capability.h).
-    eff & (1 << 24) != 0
 }
 
 /// An unprivileged host's `gov spawn --hibernate`: its keeper cannot make a

@@ -676,7 +676,18 @@ fn value_for(key: &str) -> BoxedStrategy<String> {
                 .prop_map(String::from)
                 .boxed(),
         ),
-        "pinned" | "reclaim_when_frozen" | "oom_group" => {
+        "memory_pressure" => prop_oneof![
+            (0.0f64..=120.0).prop_map(|p| format!("\"{p}%\"")),
+            Just("\"off\"".to_string()),
+        ]
+        .boxed(),
+        "memory_available_min" => prop_oneof![
+            (0.0f64..=120.0).prop_map(|p| format!("\"{p}%\"")),
+            size_text(),
+            Just("\"off\"".to_string()),
+        ]
+        .boxed(),
+        "pinned" | "reclaim_when_frozen" | "oom_group" | "pressure_stop" => {
             any::<bool>().prop_map(|b| b.to_string()).boxed()
         }
         "on_limit" => quoted(

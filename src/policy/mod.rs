@@ -154,6 +154,62 @@ keys! {
     hibernate_max_bytes: Option<u64> = |v, _| budget(v), optional;
     /// Program: the CRIU binary, a bare name looked up on PATH or an absolute path.
     criu_path: PathBuf = |v, _| program(v), optional;
+    /// Percent: memory relief starts when some task stalled on memory this
+    /// share of the last 10 s (PSI some avg10); above 0% and at most 100%, or "off".
+    memory_pressure: Option<Percent> = |v, _| pressure(v);
+    /// Percent or Size: memory relief starts when MemAvailable falls under
+    /// this, a share of MemTotal ("5%") or a size ("2G"), or "off".
+    memory_available_min: Option<MemoryFloor> = |v, _| floor(v);
+    /// Boolean: relief's last rung may stop idle gates; else it only
+    /// hibernates, suspends and reclaims, and nothing is lost.
+    pressure_stop: bool = |v, _| flag(v);
+}
+
+/// A percent as written in gov.toml ("10%", "12.5%"): above 0 and at most
+/// 100. Kept as written, so it spells back exactly; [`Percent::share`] is
+/// the fraction the daemon compares with.
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+pub struct Percent(f64);
+
+impl Percent {
+    /// None unless above 0 and at most 100.
+    pub fn new(percent: f64) -> Option<Percent> {
+        (percent > 0.0 && percent <= 100.0).then_some(Percent(percent))
+    }
+
+    pub fn percent(self) -> f64 {
+        self.0
+    }
+
+    /// The fraction, 0..=1.
+    pub fn share(self) -> f64 {
+        self.0 / 100.0
+    }
+}
+
+/// "10%", "12.5%": as gov.toml spells it.
+impl std::fmt::Display for Percent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
+/// `memory_available_min`: a floor under MemAvailable, as a share of
+/// MemTotal (the host's size is known only where the daemon runs) or bytes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MemoryFloor {
+    OfTotal(Percent),
+    Bytes(u64),
+}
+
+impl MemoryFloor {
+    /// The floor in bytes on a host with `mem_total` bytes (MemTotal).
+    pub fn bytes(self, mem_total: u64) -> u64 {
+        match self {
+            MemoryFloor::OfTotal(p) => (mem_total as f64 * p.share()) as u64,
+            MemoryFloor::Bytes(n) => n,
+        }
+    }
 }
 
 keys! {
@@ -249,6 +305,12 @@ impl Activity {
 pub const CRIU_ENV: &str = "GOV_CRIU";
 
 impl Global {
+    /// `memory_available_min` in bytes on a host with `mem_total` bytes
+    /// (MemTotal); None when off.
+    pub fn available_min_bytes(&self, mem_total: u64) -> Option<u64> {
+        self.memory_available_min.map(|f| f.bytes(mem_total))
+    }
+
     /// `criu_path` as GOV_CRIU in this environment sets it; whether it did.
     pub fn apply_criu_env(&mut self) -> bool {
         let criu = std::env::var_os(CRIU_ENV).filter(|v| !v.is_empty());

@@ -65,6 +65,9 @@ fn embedded_defaults_are_as_documented() {
             hibernate_dir: "/var/lib/gov/hibernate".into(),
             hibernate_max_bytes: None,
             criu_path: "criu".into(),
+            memory_pressure: Percent::new(10.0),
+            memory_available_min: Percent::new(5.0).map(MemoryFloor::OfTotal),
+            pressure_stop: false,
         }
     );
     assert_eq!(
@@ -128,7 +131,10 @@ fn an_incomplete_bottom_layer_names_every_missing_key() {
             "socket_mode",
             "cgroup_root",
             "scan_interval",
-            "event_history"
+            "event_history",
+            "memory_pressure",
+            "memory_available_min",
+            "pressure_stop"
         ]
     );
 }
@@ -847,6 +853,141 @@ fn global_values_are_validated() {
             .metrics_listen,
         Some("[::1]:9477".parse().unwrap())
     );
+}
+
+#[test]
+fn relief_keys_parse_to_shares_sizes_and_off() {
+    let p =
+        parse("memory_pressure = \"25%\"\nmemory_available_min = \"2G\"\npressure_stop = true\n");
+    assert_eq!(
+        (
+            p.global.memory_pressure,
+            p.global.memory_available_min,
+            p.global.pressure_stop
+        ),
+        (Percent::new(25.0), Some(MemoryFloor::Bytes(2 << 30)), true)
+    );
+    let p = parse("memory_pressure = \"off\"\nmemory_available_min = \"off\"\n");
+    assert_eq!(
+        (p.global.memory_pressure, p.global.memory_available_min),
+        (None, None)
+    );
+    let p = parse("memory_pressure = \"0.5%\"\nmemory_available_min = \"100%\"\n");
+    assert_eq!(p.global.memory_pressure.map(Percent::share), Some(0.005));
+    assert_eq!(
+        p.global.memory_available_min,
+        Percent::new(100.0).map(MemoryFloor::OfTotal)
+    );
+    assert_eq!(
+        parse("memory_available_min = 1048576\n")
+            .global
+            .memory_available_min,
+        Some(MemoryFloor::Bytes(1 << 20))
+    );
+}
+
+#[test]
+fn the_available_floor_resolves_against_memtotal() {
+    let gib = 1u64 << 30;
+    let embedded = Policy::embedded().global;
+    // The default 5% of a 24 GiB host.
+    assert_eq!(embedded.available_min_bytes(24 * gib), Some(24 * gib / 20));
+    assert_eq!(MemoryFloor::Bytes(2 * gib).bytes(24 * gib), 2 * gib);
+    let half = MemoryFloor::OfTotal(Percent::new(50.0).unwrap());
+    assert_eq!(half.bytes(3 * gib), 3 * gib / 2);
+    let off = parse("memory_available_min = \"off\"\n").global;
+    assert_eq!(off.available_min_bytes(24 * gib), None);
+}
+
+#[test]
+fn relief_keys_refuse_with_line_and_key() {
+    for (text, key, needle) in [
+        (
+            "memory_pressure = \"0%\"\n",
+            "memory_pressure",
+            "above 0% and at most 100%",
+        ),
+        (
+            "memory_pressure = \"101%\"\n",
+            "memory_pressure",
+            "above 0% and at most 100%",
+        ),
+        (
+            "memory_pressure = \"lots%\"\n",
+            "memory_pressure",
+            "expected a percent",
+        ),
+        (
+            "memory_pressure = \"10\"\n",
+            "memory_pressure",
+            "expected a percent",
+        ),
+        (
+            "memory_pressure = 10\n",
+            "memory_pressure",
+            "found integer 10",
+        ),
+        (
+            "memory_available_min = \"0%\"\n",
+            "memory_available_min",
+            "above 0%",
+        ),
+        (
+            "memory_available_min = \"150%\"\n",
+            "memory_available_min",
+            "at most 100%",
+        ),
+        (
+            "memory_available_min = \"0\"\n",
+            "memory_available_min",
+            "write \"off\"",
+        ),
+        (
+            "memory_available_min = \"max\"\n",
+            "memory_available_min",
+            "expected a percent",
+        ),
+        (
+            "memory_available_min = \"lots\"\n",
+            "memory_available_min",
+            "a size like \"2G\"",
+        ),
+        (
+            "pressure_stop = \"yes\"\n",
+            "pressure_stop",
+            "expected true or false",
+        ),
+    ] {
+        refused(
+            &format!("scan_interval = \"5s\"\n{text}"),
+            2,
+            Some(key),
+            needle,
+        );
+    }
+}
+
+#[test]
+fn relief_keys_spell_back_as_written() {
+    for (line, spelled) in [
+        ("memory_pressure = \"7%\"", serde_json::json!("7%")),
+        ("memory_pressure = \"off\"", serde_json::json!("off")),
+        (
+            "memory_available_min = \"12.5%\"",
+            serde_json::json!("12.5%"),
+        ),
+        (
+            "memory_available_min = \"1G\"",
+            serde_json::json!(1u64 << 30),
+        ),
+    ] {
+        let global = parse(&format!("{line}\n")).global;
+        let json = serde_json::to_value(&global).unwrap();
+        let key = line.split(' ').next().unwrap();
+        assert_eq!(json[key], spelled, "{line}");
+        let again = parse(&format!("{key} = {spelled}\n")).global;
+        assert_eq!(again, global, "{line} spelled {spelled}");
+    }
 }
 
 // --- value languages ---------------------------------------------------

@@ -10,7 +10,7 @@ use glob::Pattern;
 use nix::sys::signal::Signal;
 use toml::de::DeValue;
 
-use super::{Host, OnLimit, OnMainExit, RootSpec};
+use super::{Host, MemoryFloor, OnLimit, OnMainExit, Percent, RootSpec};
 use crate::cgroup::{CpuMax, Limit, CPU_FORM};
 use crate::units::{format_duration, parse_duration, parse_size};
 
@@ -223,6 +223,40 @@ pub(super) fn cap(v: &DeValue<'_>) -> Result<Option<u32>, String> {
     Ok((n > 0).then_some(n))
 }
 
+/// `"10%"`: above 0% and at most 100%.
+fn percent(s: &str) -> Result<Percent, String> {
+    let expected = || format!("expected a percent like \"10%\", found {s:?}");
+    let number = s.strip_suffix('%').ok_or_else(expected)?;
+    let p: f64 = number.trim().parse().map_err(|_| expected())?;
+    Percent::new(p).ok_or_else(|| format!("must be above 0% and at most 100%, found {s:?}"))
+}
+
+/// `memory_pressure`: a percent of time stalled, or "off" (None).
+pub(super) fn pressure(v: &DeValue<'_>) -> Result<Option<Percent>, String> {
+    match text(v, "a percent like \"10%\" or \"off\"")? {
+        "off" => Ok(None),
+        s => percent(s).map(Some),
+    }
+}
+
+/// `memory_available_min`: a percent of MemTotal, a size, or "off" (None).
+pub(super) fn floor(v: &DeValue<'_>) -> Result<Option<MemoryFloor>, String> {
+    let expected = "a percent like \"5%\", a size like \"2G\" or \"off\"";
+    let bytes = match v {
+        DeValue::String(s) if s.as_ref() == "off" => return Ok(None),
+        DeValue::String(s) if s.ends_with('%') => {
+            return percent(s).map(|p| Some(MemoryFloor::OfTotal(p)))
+        }
+        DeValue::String(s) => parse_size(s)
+            .map_err(|e| format!("expected {expected}, found {:?} ({e})", s.as_ref()))?,
+        _ => whole(v, expected)?,
+    };
+    match bytes {
+        0 => Err("must be above zero; write \"off\" to turn it off".into()),
+        n => Ok(Some(MemoryFloor::Bytes(n))),
+    }
+}
+
 pub(super) fn history(v: &DeValue<'_>) -> Result<usize, String> {
     match whole(v, "a whole number")? {
         n @ 1..=MAX_EVENT_HISTORY => Ok(n as usize),
@@ -430,4 +464,11 @@ spell! {
     OnLimit => |o| o.as_str().into();
     OnMainExit => |o| o.as_str().into();
     super::Activity => |a| a.names().into();
+    // Relief: off is "off"; a percent as written.
+    Option<Percent> => |p| p.map_or("off".into(), |p| p.to_string()).into();
+    Option<MemoryFloor> => |f| match f {
+        None => "off".into(),
+        Some(MemoryFloor::OfTotal(p)) => p.to_string().into(),
+        Some(MemoryFloor::Bytes(n)) => int(*n),
+    };
 }

@@ -30,7 +30,9 @@ pub use process::{
     reap, spawn_gate, wait_until, Kid, NOBODY, OTHER_USER,
 };
 pub use root::{cgroup_parent, remove_tree, root_rel, TestRoot};
-pub use skip::{controllers_available, host_only, needs_controllers, require_root, skip};
+pub use skip::{
+    controllers_available, has_cap_sys_resource, host_only, needs_controllers, require_root, skip,
+};
 
 use std::path::{Path, PathBuf};
 

@@ -83,3 +83,17 @@ pub fn needs_controllers(test: &str) -> bool {
     );
     false
 }
+
+/// Does this process hold CAP_SYS_RESOURCE? Some sandboxes (our dev
+/// machines) withhold it from root: CRIU then cannot read another user's
+/// rlimits, and the kernel takes PSI trigger windows of 2 s multiples only.
+pub fn has_cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    // CAP_SYS_RESOURCE is capability 24 (linux/capability.h).
+    eff & (1 << 24) != 0
+}

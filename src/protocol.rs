@@ -275,18 +275,21 @@ pub enum Reason {
     Deadline,
     Evicted,
     MemoryBudget,
+    /// The host ran short of memory (relief's last rung, `pressure_stop`).
+    MemoryPressure,
     Manual,
     /// The main process exited, with on_main_exit = "stop".
     MainExit,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Idle,
         Reason::Orphan,
         Reason::Deadline,
         Reason::Evicted,
         Reason::MemoryBudget,
+        Reason::MemoryPressure,
         Reason::Manual,
         Reason::MainExit,
     ];
@@ -298,6 +301,7 @@ impl Reason {
             Reason::Deadline => "deadline",
             Reason::Evicted => "evicted",
             Reason::MemoryBudget => "memory-budget",
+            Reason::MemoryPressure => "memory-pressure",
             Reason::Manual => "manual",
             Reason::MainExit => "main-exit",
         }
@@ -569,6 +573,10 @@ pub struct ReliefStatus {
     /// "memory budget").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trigger: Option<String>,
+    /// When that trigger fired (unix ms): the time to relief is from here
+    /// to the first `relieved` event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggered_ms: Option<u64>,
     /// The host's memory pressure: share of time some task stalled on
     /// memory, over 10 s (/proc/pressure/memory `some avg10`), in percent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

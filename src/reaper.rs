@@ -8,8 +8,6 @@
 //! because a freeze loses nothing; orphans past their grace, deadlines and
 //! evictions go straight to stopping, since they need the memory now.
 
-use std::collections::BTreeMap;
-
 use crate::policy::{GateSettings, OnLimit};
 pub use crate::protocol::{GateState, Next, NextAction, Reason, Spared};
 
@@ -483,33 +481,6 @@ pub fn fair_share(usage: &[u64], budget: u64) -> Option<u64> {
     }
     // Not reached: had every user fit under the level, the total would fit.
     Some(left)
-}
-
-/// The gate the memory budget stops next (one a pass), when all gates
-/// together use more than `budget`. Only a user over their fair share
-/// (`fair_share`) gives up a gate, the one holding the most memory first:
-/// their least recently active evictable gate. A user whose memory sits in
-/// gates that cannot be evicted (pinned, busy, traced) keeps it, and the
-/// next user over their share gives a gate up; a user within their share
-/// never loses one, so what one user pins never costs another user a gate.
-pub fn budget_victim(candidates: &[Candidate], budget: u64) -> Option<String> {
-    let mut by_user: BTreeMap<u32, u64> = BTreeMap::new();
-    for c in candidates {
-        let used = by_user.entry(c.uid).or_default();
-        *used = used.saturating_add(c.memory_bytes);
-    }
-    let usage: Vec<u64> = by_user.values().copied().collect();
-    let share = fair_share(&usage, budget)?;
-    let mut over: Vec<(u32, u64)> = by_user.into_iter().filter(|&(_, u)| u > share).collect();
-    over.sort_by_key(|&(uid, used)| (std::cmp::Reverse(used), uid));
-    over.into_iter().find_map(|(uid, _)| {
-        let theirs: Vec<Candidate> = candidates
-            .iter()
-            .filter(|c| c.uid == uid)
-            .cloned()
-            .collect();
-        pick_victims(&theirs, 0).into_iter().next()
-    })
 }
 
 #[cfg(test)]
@@ -1234,57 +1205,5 @@ mod tests {
         assert_eq!(fair_share(&[300, 50, 300], 350), Some(150));
         assert_eq!(fair_share(&[u64::MAX, u64::MAX], 10), Some(5));
         assert_eq!(fair_share(&[7], 5), Some(5));
-    }
-
-    #[test]
-    fn the_budget_takes_gates_only_from_users_over_their_share() {
-        // (id, uid, last active, bytes, evictable)
-        let c = |id: &str, uid: u32, t: u64, m: u64, e: bool| Candidate {
-            id: id.into(),
-            uid,
-            last_active_ms: t,
-            memory_bytes: m,
-            evictable: e,
-        };
-        let (a, b) = (1000, 1001);
-        // The issue's case: B's pinned gate is over the budget on its own; A's
-        // idle gate is within A's share and stays.
-        let issue = [
-            c("a-idle", a, 5, 100, true),
-            c("b-pinned", b, 0, 200, false),
-        ];
-        assert_eq!(budget_victim(&issue, 250), None);
-        // Under the budget: nothing.
-        assert_eq!(budget_victim(&issue[..1], 250), None);
-        // One user alone: their least recently active evictable gate.
-        let one = [
-            c("busy", a, 0, 400, false),
-            c("old", a, 1, 10, true),
-            c("new", a, 2, 10, true),
-        ];
-        assert_eq!(budget_victim(&one, 100).as_deref(), Some("old"));
-        // Both over their share (125): the heavier user gives a gate up
-        // first, though the lighter one's gate is older.
-        let both = [
-            c("a-old", a, 0, 150, true),
-            c("b-1", b, 5, 150, true),
-            c("b-2", b, 6, 150, true),
-        ];
-        assert_eq!(budget_victim(&both, 250).as_deref(), Some("b-1"));
-        // The heaviest user can give nothing up: the next one over their
-        // share does, never one within it.
-        let stuck = [
-            c("b-pinned", b, 0, 300, false),
-            c("a-1", a, 1, 100, true),
-            c("a-2", a, 2, 100, true),
-            c("small", 1002, 0, 10, true),
-        ];
-        assert_eq!(budget_victim(&stuck, 250).as_deref(), Some("a-1"));
-        let stuck = [
-            c("b-pinned", b, 0, 300, false),
-            c("a-1", a, 1, 100, true),
-            c("small", 1002, 0, 10, true),
-        ];
-        assert_eq!(budget_victim(&stuck, 250), None);
     }
 }

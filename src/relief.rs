@@ -12,7 +12,7 @@
 //! Within a rung the least recently active gate goes first. Busy, pinned
 //! and traced gates, and gates being torn down, are never chosen.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 pub use crate::protocol::Rung;
 
@@ -49,10 +49,28 @@ impl Trigger {
         }
     }
 
-    /// The budget's relief stops gates as the budget always did (last);
-    /// the host's only where `pressure_stop` allows it.
-    pub fn may_stop(&self, pressure_stop: bool) -> bool {
-        matches!(self, Trigger::Budget(_)) || pressure_stop
+    /// What relief may do for this trigger. The budget's relief stops
+    /// gates as the budget always did (last now, not first), and weighs
+    /// every gate that is not busy, whatever it holds, as it did: the
+    /// budget is a line an admin drew. The host's relief stops only where
+    /// `pressure_stop` allows it, and leaves a gate that ran in the last
+    /// MIN_IDLE_MS, or holds under MIN_BYTES, alone.
+    pub fn means(&self, reclaim: bool, pressure_stop: bool) -> Means {
+        let budget = matches!(self, Trigger::Budget(_));
+        Means {
+            reclaim,
+            stop: budget || pressure_stop,
+            min_idle_ms: if budget { 0 } else { MIN_IDLE_MS },
+            min_bytes: if budget { 1 } else { MIN_BYTES },
+        }
+    }
+
+    /// The reason a gate stopped on the last rung is reaped for.
+    pub fn reason(&self) -> crate::protocol::Reason {
+        match self {
+            Trigger::Budget(_) => crate::protocol::Reason::MemoryBudget,
+            _ => crate::protocol::Reason::MemoryPressure,
+        }
     }
 }
 
@@ -132,25 +150,38 @@ pub struct Candidate {
 pub struct Means {
     /// memory.reclaim exists and there is swap to push memory to.
     pub reclaim: bool,
-    /// The last rung is allowed (`Trigger::may_stop`).
+    /// The last rung is allowed.
     pub stop: bool,
+    /// A running gate is idle once this long without activity.
+    pub min_idle_ms: u64,
+    /// Less than this in RAM is not worth a step.
+    pub min_bytes: u64,
 }
 
 /// The next step: which gate, and on which rung. Lower rungs first; in a
 /// rung the least recently active gate first (ties by id, so the order is
-/// total). None: nothing left that relief may take.
-pub fn next(gates: &[Candidate], means: Means, now_ms: u64) -> Option<(String, Rung)> {
+/// total). `tried`: steps taken already in this episode, not taken again
+/// (one that changed nothing would be chosen forever). None: nothing left
+/// that relief may take.
+pub fn next(
+    gates: &[Candidate],
+    means: Means,
+    now_ms: u64,
+    tried: &HashSet<(String, Rung)>,
+) -> Option<(String, Rung)> {
     Rung::ALL.into_iter().find_map(|rung| {
         gates
             .iter()
-            .filter(|c| c.may_yield && c.resident_bytes >= MIN_BYTES && fits(c, rung, means, now_ms))
+            .filter(|c| c.may_yield && c.resident_bytes >= means.min_bytes)
+            .filter(|c| fits(c, rung, means, now_ms))
+            .filter(|c| !tried.contains(&(c.id.clone(), rung)))
             .min_by_key(|c| (c.last_active_ms, c.id.as_str()))
             .map(|c| (c.id.clone(), rung))
     })
 }
 
 fn fits(c: &Candidate, rung: Rung, means: Means, now_ms: u64) -> bool {
-    let idle = now_ms.saturating_sub(c.last_active_ms) >= MIN_IDLE_MS;
+    let idle = now_ms.saturating_sub(c.last_active_ms) >= means.min_idle_ms;
     match (rung, c.held) {
         (Rung::Hibernate, Held::Suspended { .. }) => c.hibernatable,
         (Rung::Hibernate, Held::Running) => c.hibernatable && c.idle_past_timeout,
@@ -191,6 +222,8 @@ mod tests {
     const ALL_MEANS: Means = Means {
         reclaim: true,
         stop: true,
+        min_idle_ms: MIN_IDLE_MS,
+        min_bytes: MIN_BYTES,
     };
 
     fn gate(id: &str, held: Held, idle_ms: u64) -> Candidate {
@@ -214,7 +247,7 @@ mod tests {
     /// gate as the kernel would), and gives the order of the steps.
     fn run_ladder(mut gates: Vec<Candidate>, means: Means) -> Vec<(String, Rung)> {
         let mut steps = Vec::new();
-        while let Some((id, rung)) = next(&gates, means, NOW) {
+        while let Some((id, rung)) = next(&gates, means, NOW, &HashSet::new()) {
             let c = gates.iter_mut().find(|c| c.id == id).unwrap();
             match rung {
                 Rung::Hibernate | Rung::Stop => c.held = Held::Elsewhere,
@@ -254,8 +287,8 @@ mod tests {
         ];
         let want: Vec<(String, Rung)> = order.iter().map(|(i, r)| (i.to_string(), *r)).collect();
         let means = Means {
-            reclaim: true,
             stop: false,
+            ..ALL_MEANS
         };
         assert_eq!(run_ladder(gates.clone(), means), want);
         // With stopping allowed, nothing changes: what was reclaimed holds
@@ -277,7 +310,7 @@ mod tests {
             held_back("pinned", SUSPENDED),
             held_back("traced", Held::Running),
         ];
-        assert_eq!(next(&gates, ALL_MEANS, NOW), None);
+        assert_eq!(next(&gates, ALL_MEANS, NOW, &HashSet::new()), None);
         let mut with_one = gates.clone();
         with_one.push(gate("idle", SUSPENDED, 60_000));
         assert_eq!(
@@ -295,23 +328,45 @@ mod tests {
         let none = Means {
             reclaim: false,
             stop: false,
+            ..ALL_MEANS
         };
-        assert_eq!(next(&gates, none, NOW), None, "nothing lossless here");
+        assert_eq!(
+            next(&gates, none, NOW, &HashSet::new()),
+            None,
+            "nothing lossless here"
+        );
         let stop_only = Means {
             reclaim: false,
-            stop: true,
+            ..ALL_MEANS
         };
         assert_eq!(
             run_ladder(gates, stop_only),
-            vec![("run".to_string(), Rung::Stop), ("susp".to_string(), Rung::Stop)]
+            vec![
+                ("run".to_string(), Rung::Stop),
+                ("susp".to_string(), Rung::Stop)
+            ]
         );
+    }
+
+    #[test]
+    fn a_step_that_changed_nothing_is_not_taken_again() {
+        // It read during its freeze, so it still runs: the next rung is
+        // tried, then nothing.
+        let gates = vec![gate("run", Held::Running, HOUR)];
+        let mut tried = HashSet::new();
+        let step = |tried: &HashSet<_>| next(&gates, ALL_MEANS, NOW, tried);
+        assert_eq!(step(&tried), Some(("run".into(), Rung::SuspendReclaim)));
+        tried.insert(("run".to_string(), Rung::SuspendReclaim));
+        assert_eq!(step(&tried), Some(("run".into(), Rung::Stop)));
+        tried.insert(("run".to_string(), Rung::Stop));
+        assert_eq!(step(&tried), None);
     }
 
     #[test]
     fn a_gate_with_little_in_ram_is_left_alone() {
         let mut small = gate("small", SUSPENDED, HOUR);
         small.resident_bytes = MIN_BYTES - 1;
-        assert_eq!(next(&[small], ALL_MEANS, NOW), None);
+        assert_eq!(next(&[small], ALL_MEANS, NOW, &HashSet::new()), None);
     }
 
     #[test]
@@ -356,24 +411,72 @@ mod tests {
             ..calm
         };
         assert_eq!(needed(&over, &budget), Some(Trigger::Budget(100 * MB)));
-        assert!(Trigger::Budget(1).may_stop(false));
-        assert!(!Trigger::Pressure(0.5).may_stop(false));
-        assert!(Trigger::Pressure(0.5).may_stop(true));
+        // The budget stops last, as it always stopped, and counts any gate
+        // that is not busy as idle; the host's pressure only where allowed.
+        let budget_means = Trigger::Budget(1).means(false, false);
+        assert!(budget_means.stop);
+        assert_eq!((budget_means.min_idle_ms, budget_means.min_bytes), (0, 1));
+        assert!(!Trigger::Pressure(0.5).means(false, false).stop);
+        assert!(Trigger::Available(1).means(false, true).stop);
+        assert_eq!(
+            Trigger::Pressure(0.5).means(true, true).min_idle_ms,
+            MIN_IDLE_MS
+        );
     }
 
     #[test]
     fn the_budget_takes_only_from_users_over_their_share() {
-        let of = |id, uid, mb| Candidate {
+        // (id, uid, last active, MiB, may yield); suspended, no swap here:
+        // the budget's ladder is its last rung.
+        let c = |id: &str, uid: u32, t: u64, mb: u64, may_yield: bool| Candidate {
             uid,
+            last_active_ms: t,
             resident_bytes: mb * MB,
-            ..gate(id, SUSPENDED, HOUR)
+            may_yield,
+            ..gate(id, SUSPENDED, 0)
         };
-        let gates = vec![of("a-1", 1, 50), of("b-1", 2, 300), of("b-2", 2, 200)];
-        // Budget 400: fair share 200 each; A (50) is within it, B (500) is
-        // over: only B's gates are candidates.
-        let pool = over_their_share(&gates, 400 * MB);
-        let ids: Vec<&str> = pool.iter().map(|c| c.id.as_str()).collect();
-        assert_eq!(ids, ["b-1", "b-2"]);
-        assert_eq!(over_their_share(&gates, 1000 * MB).len(), 3);
+        let budget = |gates: &[Candidate], mb: u64| {
+            let means = Trigger::Budget(1).means(false, false);
+            next(
+                &over_their_share(gates, mb * MB),
+                means,
+                NOW,
+                &HashSet::new(),
+            )
+            .map(|(id, _)| id)
+        };
+        let (a, b) = (1000, 1001);
+        // B's pinned gate is over the budget on its own; A's idle gate is
+        // within A's share and stays.
+        let pinned_b = [
+            c("a-idle", a, 5, 100, true),
+            c("b-pinned", b, 0, 200, false),
+        ];
+        assert_eq!(budget(&pinned_b, 250), None);
+        // One user alone: their least recently active gate that may yield.
+        let one = [
+            c("busy", a, 0, 400, false),
+            c("old", a, 1, 10, true),
+            c("new", a, 2, 10, true),
+        ];
+        assert_eq!(budget(&one, 100).as_deref(), Some("old"));
+        // The heaviest user can give nothing up: the next one over their
+        // share does, never one within it.
+        let stuck = [
+            c("b-pinned", b, 0, 300, false),
+            c("a-1", a, 1, 100, true),
+            c("a-2", a, 2, 100, true),
+            c("small", 1002, 0, 10, true),
+        ];
+        assert_eq!(budget(&stuck, 250).as_deref(), Some("a-1"));
+        let stuck = [
+            c("b-pinned", b, 0, 300, false),
+            c("a-1", a, 1, 100, true),
+            c("small", 1002, 0, 10, true),
+        ];
+        assert_eq!(budget(&stuck, 250), None);
+        // Within the budget, every gate is weighed as the host's relief
+        // weighs it.
+        assert_eq!(over_their_share(&one, 1000 * MB).len(), 3);
     }
 }

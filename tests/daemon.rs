@@ -588,13 +588,14 @@ fn malformed_and_abusive_clients_get_errors_and_the_daemon_keeps_serving() {
 #[test]
 fn bad_policies_are_refused_naming_line_and_key() {
     let root = TestRoot::new();
-    // write_policy puts `socket` on line 1 and `scan_interval` on line 2.
+    // write_policy puts `socket` on line 1, `scan_interval` on line 2 and
+    // relief's two keys on lines 3 and 4.
     let cases = [
-        ("[defaults]\nidle_timout = \"5m\"\n", 4, "idle_timout"),
-        ("[defaults]\nidle_timeout = \"-5m\"\n", 4, "idle_timeout"),
-        ("[defaults]\nmemory_max = \"4 gigs\"\n", 4, "memory_max"),
-        ("scan_intervall = \"1s\"\n", 3, "scan_intervall"),
-        ("[defaults]\nstop_grace = \"5m\"\n\n[[project]]\npath = \"/srv/*\"\norphan_grace = -3\n", 8, "orphan_grace"),
+        ("[defaults]\nidle_timout = \"5m\"\n", 6, "idle_timout"),
+        ("[defaults]\nidle_timeout = \"-5m\"\n", 6, "idle_timeout"),
+        ("[defaults]\nmemory_max = \"4 gigs\"\n", 6, "memory_max"),
+        ("scan_intervall = \"1s\"\n", 5, "scan_intervall"),
+        ("[defaults]\nstop_grace = \"5m\"\n\n[[project]]\npath = \"/srv/*\"\norphan_grace = -3\n", 10, "orphan_grace"),
     ];
     for (i, (extra, line, key)) in cases.iter().enumerate() {
         let file = root.dir.path().join(format!("bad-{i}.toml"));
@@ -703,9 +704,10 @@ fn sighup_keeps_the_old_policy_on_a_bad_file_and_applies_a_good_one() {
         line.contains("idle_timout"),
         "the log names the key: {line}"
     );
-    // Line 1 socket, 2 scan_interval, 3 max_gates_per_user, 4 [defaults].
+    // Line 1 socket, 2 scan_interval, 3-4 relief, 5 max_gates_per_user,
+    // 6 [defaults].
     assert!(
-        line.contains(&format!("{}:5", d.config.display())),
+        line.contains(&format!("{}:7", d.config.display())),
         "and the line: {line}"
     );
     let b = spawn_gate(root.gov(), "/srv/hup", None, "exec sleep 300");

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::gate::{now_ms, Tags};
-use crate::protocol::{Event, EventKind, GateState, Reason};
+use crate::protocol::{Event, EventKind, GateState, Reason, ReliefStatus, Rung};
 
 use super::lock;
 
@@ -20,6 +20,9 @@ struct Counters {
     limit_hits: BTreeMap<String, u64>,
     /// Wakes on input, by the kind of input (`wake::Kind`).
     wakes: BTreeMap<&'static str, u64>,
+    /// Memory relief's steps, and the bytes they freed, by rung.
+    relief_steps: BTreeMap<Rung, u64>,
+    relief_freed: BTreeMap<Rung, u64>,
 }
 
 impl Counters {
@@ -35,6 +38,12 @@ impl Counters {
         }
         for (k, n) in &other.wakes {
             *self.wakes.entry(k).or_default() += n;
+        }
+        for (r, n) in &other.relief_steps {
+            *self.relief_steps.entry(*r).or_default() += n;
+        }
+        for (r, n) in &other.relief_freed {
+            *self.relief_freed.entry(*r).or_default() += n;
         }
     }
 }
@@ -121,6 +130,8 @@ pub struct Gauges {
     pub memory_age_ms: Option<u64>,
     /// The daemon's memory reads so far (admins and the scrape only).
     pub memory_reads: Option<u64>,
+    /// What memory relief sees of the host.
+    pub relief: Option<ReliefStatus>,
 }
 
 pub struct Journal {
@@ -212,6 +223,27 @@ impl Journal {
         self.count(uid, |c| *c.wakes.entry(kind).or_default() += 1);
     }
 
+    /// Memory relief took `freed` bytes from a gate on this rung; `why`
+    /// is what set it off.
+    pub fn relieved(&self, tags: &Tags, gate: &str, rung: Rung, why: &str, freed: u64) {
+        self.count(tags.owner_uid, |c| {
+            *c.relief_steps.entry(rung).or_default() += 1;
+            *c.relief_freed.entry(rung).or_default() += freed;
+        });
+        let reason = format!("{}: {why}", rung.as_str());
+        self.record(tags, gate, EventKind::Relieved, Some(reason), Some(freed));
+    }
+
+    /// Relief's steps and the bytes they freed, by rung, of every user.
+    pub fn relief_totals(&self) -> (BTreeMap<Rung, u64>, BTreeMap<Rung, u64>) {
+        let all = lock(&self.counters);
+        let mut sum = Counters::default();
+        for c in all.values() {
+            sum.add(c);
+        }
+        (sum.relief_steps, sum.relief_freed)
+    }
+
     /// A spawn of user `uid` refused by a cap.
     pub fn count_refused(&self, uid: u32) {
         self.count(uid, |c| c.refused += 1);
@@ -283,6 +315,26 @@ impl Journal {
         for kind in ["stdin", "listener", "connection"] {
             let n = c.wakes.get(kind).unwrap_or(&0);
             out += &format!("gov_wakes_total{{kind=\"{kind}\"}} {n}\n");
+        }
+        out += "# HELP gov_relief_steps_total Memory relief's steps, by rung (hibernate, reclaim, suspend_reclaim, stop).\n# TYPE gov_relief_steps_total counter\n";
+        for rung in Rung::ALL {
+            let n = c.relief_steps.get(&rung).unwrap_or(&0);
+            out += &format!("gov_relief_steps_total{{rung=\"{}\"}} {n}\n", rung.as_str());
+        }
+        out += "# HELP gov_relief_freed_bytes_total Memory relief freed, by rung: RAM a gate held before it was hibernated or stopped, or what memory.reclaim pushed out.\n# TYPE gov_relief_freed_bytes_total counter\n";
+        for rung in Rung::ALL {
+            let n = c.relief_freed.get(&rung).unwrap_or(&0);
+            out += &format!(
+                "gov_relief_freed_bytes_total{{rung=\"{}\"}} {n}\n",
+                rung.as_str()
+            );
+        }
+        if let Some(r) = &gauges.relief {
+            out += &format!("# HELP gov_relief_active Memory relief is under way (a trigger fired and has not cleared).\n# TYPE gov_relief_active gauge\ngov_relief_active {}\n", u8::from(r.active));
+            if let Some(p) = r.pressure_some_avg10 {
+                out += &format!("# HELP gov_memory_pressure_percent The host's memory pressure: share of time some task stalled on memory over 10 s (PSI some avg10).\n# TYPE gov_memory_pressure_percent gauge\ngov_memory_pressure_percent {p}\n");
+            }
+            out += &format!("# HELP gov_memory_available_bytes The host's MemAvailable.\n# TYPE gov_memory_available_bytes gauge\ngov_memory_available_bytes {}\n", r.mem_available_bytes);
         }
         out += &format!("# HELP gov_spawns_total Gates spawned.\n# TYPE gov_spawns_total counter\ngov_spawns_total {}\n", c.spawns);
         out += &format!("# HELP gov_touches_total Touches received.\n# TYPE gov_touches_total counter\ngov_touches_total {}\n", c.touches);

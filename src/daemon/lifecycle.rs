@@ -33,9 +33,10 @@ use tokio::sync::{oneshot, watch};
 use crate::gate::{self, now_ms, GateDir, InfoExtra, Measured, Tags};
 use crate::policy::{GateSettings, OnMainExit, Policy};
 use crate::proc;
-use crate::protocol::{EventKind, Next, NextAction, Reason, Spared};
+use crate::protocol::{EventKind, Next, NextAction, Reason, Rung, Spared};
 use crate::reaper::{self, Decision, Phase, View};
 use crate::record::Record;
+use crate::relief;
 
 use super::failure::Failure;
 use super::inputs::{self, Watch, Woke};
@@ -121,6 +122,9 @@ pub struct Gate {
     /// watched again before this time, so a failing wake is retried once a
     /// minute, not in a loop.
     wake_paused_until: Option<u64>,
+    /// Its memory was pushed to swap during the sleep that began then
+    /// (memory.reclaim): not worth pushing again until it ran.
+    reclaimed_since: Option<u64>,
 }
 
 impl Gate {
@@ -154,6 +158,7 @@ impl Gate {
             written_at_wake: None,
             ended_inputs: Vec::new(),
             wake_paused_until: None,
+            reclaimed_since: None,
         }
     }
 
@@ -201,6 +206,35 @@ impl Gate {
             last_active_ms: self.last_active_ms,
             memory_bytes,
             evictable: self.may_yield(),
+        }
+    }
+
+    /// The gate as memory relief weighs it, holding `resident_bytes` in
+    /// RAM; `criu`: this daemon can hibernate.
+    pub fn relief_candidate(&self, resident_bytes: u64, now: u64, criu: bool) -> relief::Candidate {
+        let phase = self.phase();
+        let held = match phase {
+            Phase::Running | Phase::Woken { .. } => relief::Held::Running,
+            Phase::Suspended { since_ms, .. } | Phase::DumpRefused { since_ms, .. } => {
+                relief::Held::Suspended {
+                    reclaimed: self.reclaimed_since == Some(*since_ms),
+                }
+            }
+            _ => relief::Held::Elsewhere,
+        };
+        let idle_ms = now.saturating_sub(self.last_active_ms);
+        relief::Candidate {
+            id: self.id().to_string(),
+            uid: self.tags().owner_uid,
+            held,
+            last_active_ms: self.last_active_ms,
+            resident_bytes,
+            may_yield: self.may_yield(),
+            hibernatable: criu && self.tags().keeper && !matches!(phase, Phase::DumpRefused { .. }),
+            idle_past_timeout: self
+                .settings
+                .idle_timeout
+                .is_some_and(|t| u128::from(idle_ms) >= t.as_millis()),
         }
     }
 
@@ -308,6 +342,10 @@ pub enum Cmd {
     StartWorker(Vec<std::ffi::OsString>),
     /// Input came while it slept.
     Input(Woke),
+    /// Give memory back on this rung of relief, if it may still yield when
+    /// the owner gets to it: the reason a stop is for, and words for what
+    /// set relief off.
+    Relieve(Rung, Reason, String),
 }
 
 /// A command, and where its answer goes (a request waits for it).
@@ -328,6 +366,7 @@ impl Cmd {
             Cmd::Pin(_) => "pin",
             Cmd::Tag(_) => "tag",
             Cmd::StartWorker(_) => "start worker",
+            Cmd::Relieve(..) => "relieve",
             Cmd::Input(_) => "input",
         }
     }
@@ -343,6 +382,7 @@ impl Cmd {
                 | Cmd::MainExited
                 | Cmd::Evict(_)
                 | Cmd::Input(_)
+                | Cmd::Relieve(..)
         )
     }
 
@@ -744,7 +784,73 @@ impl Action<'_> {
             Cmd::Tag(session) => go(self.tag(&session)),
             Cmd::StartWorker(cmd) => go(self.start_worker(cmd).await),
             Cmd::Input(woke) => (self.input(woke).await, Ok(())),
+            Cmd::Relieve(rung, reason, why) => self.relieve(rung, reason, why).await,
         }
+    }
+
+    /// One rung of memory relief. Nothing is done to a gate that became
+    /// busy, pinned or traced since relief chose it, or that is no longer
+    /// in the state the rung needs; what was freed is counted and said
+    /// (`relieved`).
+    async fn relieve(
+        &mut self,
+        rung: Rung,
+        reason: Reason,
+        why: String,
+    ) -> (Flow, Result<(), Failure>) {
+        if !self.g.may_yield() {
+            return (Flow::Go, Ok(()));
+        }
+        let running = matches!(self.g.phase(), Phase::Running | Phase::Woken { .. });
+        let freed = match rung {
+            Rung::Stop => {
+                let before = self.measure_memory().await;
+                let flow = self.stop(reason).await;
+                self.cx
+                    .journal
+                    .relieved(self.g.tags(), &self.g.dir.id, rung, &why, before);
+                return (flow, Ok(()));
+            }
+            Rung::Hibernate => {
+                let before = self.measure_memory().await;
+                if running {
+                    if let Err(e) = self.suspend(reason, false).await {
+                        return (Flow::Go, Err(e));
+                    }
+                }
+                if !matches!(self.g.phase(), Phase::Suspended { manual: false, .. }) {
+                    return (Flow::Go, Ok(()));
+                }
+                self.hibernate().await;
+                match self.g.phase() {
+                    Phase::Hibernated { .. } => before,
+                    _ => return (Flow::Go, Ok(())),
+                }
+            }
+            Rung::Reclaim | Rung::SuspendReclaim => {
+                if rung == Rung::SuspendReclaim && running {
+                    if let Err(e) = self.suspend(reason, false).await {
+                        return (Flow::Go, Err(e));
+                    }
+                }
+                let Some(since) = self.g.phase().asleep_since().filter(|_| {
+                    matches!(
+                        self.g.phase(),
+                        Phase::Suspended { .. } | Phase::DumpRefused { .. }
+                    )
+                }) else {
+                    return (Flow::Go, Ok(()));
+                };
+                self.g.reclaimed_since = Some(since);
+                self.kernel(|k, cg| k.reclaim(cg)).await.unwrap_or(0)
+            }
+        };
+        self.cx
+            .journal
+            .relieved(self.g.tags(), &self.g.dir.id, rung, &why, freed);
+        // Relief weighs the gates by their last figures: this one's is new.
+        self.measure_memory().await;
+        (self.review(now_ms()).await, Ok(()))
     }
 
     fn cgroup(&self) -> crate::cgroup::Cgroup {
@@ -1043,7 +1149,10 @@ impl Action<'_> {
             manual,
         })?;
         self.g.failure = None;
+        // A new sleep: what ran since the last reclaim is in RAM again.
+        self.g.reclaimed_since = None;
         let reclaimed = if self.g.settings.reclaim_when_frozen {
+            self.g.reclaimed_since = Some(now);
             self.kernel(|k, cg| k.reclaim(cg)).await
         } else {
             None
@@ -1990,5 +2099,99 @@ mod tests {
             Phase::Suspended { manual: true, .. }
         ));
         assert!(kit.fake.frozen(&kit.cg));
+    }
+
+    /// Relief's rungs on an idle gate: a running one is suspended and
+    /// reclaimed, a reclaimed one is not reclaimed again, and each step
+    /// says what it freed.
+    #[tokio::test]
+    async fn relief_suspends_and_reclaims_an_idle_gate_and_says_so() {
+        let (kit, h) = start_gate(IDLE, |_| {});
+        let why = "memory pressure 30%".to_string();
+        h.ask(
+            "g1",
+            Cmd::Relieve(Rung::SuspendReclaim, Reason::MemoryPressure, why.clone()),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            h.view().phase(),
+            Phase::Suspended { manual: false, .. }
+        ));
+        assert!(kit.fake.frozen(&kit.cg));
+        assert_eq!(kit.fake.calls("reclaim"), 1);
+        let relieved = events(&kit.cx, EventKind::Relieved);
+        assert_eq!(relieved.len(), 1);
+        assert_eq!(relieved[0].freed_bytes, Some(1 << 20));
+        assert_eq!(
+            relieved[0].reason.as_deref(),
+            Some("suspend_reclaim: memory pressure 30%")
+        );
+        let c = h.view().relief_candidate(1 << 20, now_ms(), false);
+        assert_eq!(c.held, relief::Held::Suspended { reclaimed: true });
+        // Nothing has run since: the ladder does not choose it again.
+        assert_eq!(
+            relief::next(
+                &[c],
+                relief::Trigger::Pressure(0.5).means(true, false),
+                now_ms(),
+                &Default::default()
+            ),
+            None
+        );
+        // Once it ran, its memory is weighed again.
+        h.ask("g1", Cmd::Touch).await.unwrap();
+        h.ask("g1", Cmd::Freeze).await.unwrap();
+        let c = h.view().relief_candidate(1 << 20, now_ms(), false);
+        assert_eq!(c.held, relief::Held::Suspended { reclaimed: false });
+        let (steps, freed) = kit.cx.journal.relief_totals();
+        assert_eq!(
+            (steps[&Rung::SuspendReclaim], freed[&Rung::SuspendReclaim]),
+            (1, 1 << 20)
+        );
+    }
+
+    /// A gate pinned (or busy, or traced) after relief chose it is left as
+    /// it is when its owner gets to the step.
+    #[tokio::test]
+    async fn relief_leaves_a_gate_pinned_since_it_was_chosen() {
+        let (kit, h) = start_gate(IDLE, |_| {});
+        h.ask("g1", Cmd::Pin(true)).await.unwrap();
+        for rung in Rung::ALL {
+            h.ask(
+                "g1",
+                Cmd::Relieve(rung, Reason::MemoryPressure, "test".into()),
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(*h.view().phase(), Phase::Running);
+        assert!(!kit.fake.frozen(&kit.cg));
+        assert_eq!(kit.fake.calls("reclaim"), 0);
+        assert!(events(&kit.cx, EventKind::Relieved).is_empty());
+        assert!(lock(&kit.managed).contains("g1"));
+    }
+
+    /// The last rung stops the gate (as memory_budget did), its reason
+    /// memory pressure, what it held counted as freed.
+    #[tokio::test]
+    async fn relief_stop_stops_the_gate_and_counts_it() {
+        let (kit, h) = start_gate(IDLE, |_| {});
+        h.ask(
+            "g1",
+            Cmd::Relieve(Rung::Stop, Reason::MemoryPressure, "MemAvailable 3%".into()),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            h.view().phase(),
+            Phase::Stopping {
+                reason: Reason::MemoryPressure,
+                ..
+            }
+        ));
+        let relieved = events(&kit.cx, EventKind::Relieved);
+        assert_eq!(relieved[0].reason.as_deref(), Some("stop: MemAvailable 3%"));
+        assert_eq!(relieved[0].freed_bytes, Some(1 << 20));
     }
 }

@@ -13,6 +13,8 @@
 //!   fake in the owner's unit tests);
 //! - `failure`: a failed request, as its reply says it;
 //! - `scan`: the periodic pass that adopts gates and tells owners what it saw;
+//! - `relief`: gives memory back from idle gates when the host runs short
+//!   (PSI, MemAvailable) or the gates exceed memory_budget;
 //! - `journal`: events, counters and the metrics text.
 //!
 //! Stopping the daemon never touches a gate.
@@ -26,6 +28,7 @@ mod kernel;
 mod lifecycle;
 mod mailbox;
 mod registry;
+mod relief;
 mod requests;
 mod scan;
 
@@ -99,6 +102,7 @@ pub struct Daemon {
     measuring: AtomicBool,
     /// When a client last asked for metrics (unix ms; 0: never).
     metrics_asked_ms: AtomicU64,
+    relief: relief::Relief,
     may_enable_controllers: bool,
     /// CRIU, found and checked at start; None: hibernation is off.
     criu: Option<crate::criu::Criu>,
@@ -180,6 +184,7 @@ impl Daemon {
             full_scan_asked: AtomicBool::new(false),
             measuring: AtomicBool::new(false),
             metrics_asked_ms: AtomicU64::new(0),
+            relief: relief::Relief::default(),
             may_enable_controllers,
             leaf,
             _claim: claim,
@@ -216,6 +221,7 @@ impl Daemon {
         let mut changes = lock(&self.changes).take();
         // Adopt what a previous daemon (or root's direct spawns) left.
         self.scan().await;
+        tokio::spawn(self.clone().relief_task());
         let mut interval = self.policy().global.scan_interval;
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

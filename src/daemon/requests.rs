@@ -80,7 +80,7 @@ impl Daemon {
                 scans: self.scans(),
                 criu: self.criu.as_ref().map(ToString::to_string),
                 hibernation_off: self.hibernation_off.clone(),
-                relief: None,
+                relief: Some(self.relief_status()),
             }),
             Request::Spawn { gate, hibernate } => self.spawn_gate(peer, gate, hibernate).await,
             Request::StartWorker { cmd } => self.start_worker(peer, cmd).await,
@@ -468,6 +468,7 @@ impl Daemon {
         if uid.is_none() {
             gauges.memory_reads = Some(gate::memory_reads());
         }
+        gauges.relief = Some(self.relief_status());
         self.journal.metrics(uid, &gauges)
     }
 }

@@ -1,5 +1,6 @@
 //! The periodic pass: adopt gates made elsewhere, notice vanished ones, say
-//! to each gate's owner what the pass saw, and enforce the memory budget.
+//! to each gate's owner what the pass saw, and measure memory where relief
+//! (the memory budget) or metrics need it.
 //! The scan decides nothing about one gate: its owner does.
 //!
 //! With inotify, a pass asks no gate to read its files unless they changed
@@ -17,8 +18,7 @@ use std::time::{Duration, Instant};
 
 use crate::gate::{self, now_ms, GateDir, Tags};
 use crate::policy::Policy;
-use crate::protocol::{EventKind, Reason};
-use crate::reaper;
+use crate::protocol::EventKind;
 
 use super::host::DAEMON_LEAF;
 use super::lifecycle::{Cmd, Gate, Handle, Observation};
@@ -74,11 +74,14 @@ impl Daemon {
             }
         });
         self.measure_memory(policy, now);
+        // MemAvailable is one file: relief reads it at every pass (PSI
+        // wakes it by itself).
+        self.relief.poke();
     }
 
     /// Measures the gates' memory on the blocking pool, oldest figure first,
     /// for at most MEASURE_PASS_BOUND, and publishes each figure to its
-    /// gate; then enforces the memory budget on them. Only when someone
+    /// gate; then asks relief to weigh them against the budget. Only when someone
     /// reads the figures (a budget, a scrape endpoint, a metrics request in
     /// the last minute), so an idle host's scans stay free, and one
     /// measurement at a time: a pass that finds one still running leaves it.
@@ -98,24 +101,32 @@ impl Daemon {
         gates.sort_unstable_by_key(|g| g.2);
         let d = self.clone();
         tokio::spawn(async move {
-            let measured = tokio::task::spawn_blocking(move || {
-                let end = Instant::now() + MEASURE_PASS_BOUND;
-                for (handle, dir, _) in gates {
-                    let now = Instant::now();
-                    if now >= end {
-                        break;
-                    }
-                    let deadline = end.min(now + gate::MEMORY_READ_BOUND);
-                    handle.set_memory(gate::Measured::now(&dir, deadline));
-                }
-            })
-            .await;
+            d.measure_now(gates.into_iter().map(|(h, dir, _)| (h, dir)).collect())
+                .await;
             d.measuring.store(false, Ordering::Release);
-            if let Err(e) = measured {
-                tracing::error!("memory measurement failed: {e}");
-            }
-            d.enforce_memory_budget(&policy);
+            // Over the budget, relief frees memory from idle gates.
+            d.relief.poke();
         });
+    }
+
+    /// Measures these gates' memory now on the blocking pool, in this order,
+    /// for at most MEASURE_PASS_BOUND, and publishes each figure to its gate.
+    pub(super) async fn measure_now(&self, gates: Vec<(Handle, GateDir)>) {
+        let measured = tokio::task::spawn_blocking(move || {
+            let end = Instant::now() + MEASURE_PASS_BOUND;
+            for (handle, dir) in gates {
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                let deadline = end.min(now + gate::MEMORY_READ_BOUND);
+                handle.set_memory(gate::Measured::now(&dir, deadline));
+            }
+        })
+        .await;
+        if let Err(e) = measured {
+            tracing::error!("memory measurement failed: {e}");
+        }
     }
 
     /// Starts managing a gate: its owner, its event-file watch, its entry.
@@ -203,26 +214,5 @@ impl Daemon {
                 Some((key, crate::cgroup::cpu_percent(previous, usage, now)))
             })
             .collect()
-    }
-
-    /// While all gates together use more than memory_budget, evicts an idle
-    /// gate of a user over their fair share of it (`reaper::budget_victim`).
-    fn enforce_memory_budget(&self, policy: &Policy) {
-        let Some(budget) = policy.global.memory_budget else {
-            return;
-        };
-        let mut candidates: Vec<reaper::Candidate> = Vec::new();
-        self.gates.each(|h, g| {
-            if !g.phase().is_reaping() {
-                // As the scan last measured it: no procfs read here.
-                candidates.push(g.candidate(h.memory().map_or(0, |m| m.bytes)));
-            }
-        });
-        // One victim a pass: a gate being stopped no longer counts, so the
-        // next pass sees whether the budget still needs more, and victims go
-        // strictly in order.
-        if let Some(id) = reaper::budget_victim(&candidates, budget) {
-            self.gates.send(&id, Cmd::Evict(Reason::MemoryBudget));
-        }
     }
 }

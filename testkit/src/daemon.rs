@@ -131,22 +131,29 @@ impl Drop for Daemon {
     }
 }
 
-/// A policy file for `socket`: a fast scan (unless `extra` sets its own
-/// scan_interval), then `extra`. Top-level keys come before any table:
+/// A policy file for `socket`: a fast scan and memory relief off (unless
+/// `extra` sets its own), then `extra`. Top-level keys come before any table:
 /// callers put their tables in `extra`.
 pub fn write_policy(path: &Path, socket: &Path, extra: &str) {
-    let own_scan = extra.lines().any(|l| {
-        l.split('=')
-            .next()
-            .is_some_and(|k| k.trim() == "scan_interval")
-    });
-    let scan = if own_scan {
+    let sets = |key: &str| {
+        extra
+            .lines()
+            .any(|l| l.split('=').next().is_some_and(|k| k.trim() == key))
+    };
+    let scan = if sets("scan_interval") {
         ""
     } else {
         "scan_interval = \"200ms\"\n"
     };
+    // Memory relief acts on a host short of memory, which a test beside
+    // this one may make the VM: off, unless the test is about it.
+    let relief: String = ["memory_pressure", "memory_available_min"]
+        .into_iter()
+        .filter(|k| !sets(k))
+        .map(|k| format!("{k} = \"off\"\n"))
+        .collect();
     let text = format!(
-        "socket = {:?}\n{scan}{extra}\n",
+        "socket = {:?}\n{scan}{relief}{extra}\n",
         socket.display().to_string()
     );
     fs::write(path, text).expect("writing the policy file");

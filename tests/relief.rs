@@ -344,13 +344,35 @@ fn cg_key(dir: &Path, file: &str, key: &str) -> Option<u64> {
 }
 
 /// A cgroup's single-number file in MiB (memory.current, ...).
-fn cg_mb(dir: &Path, file: &str) -> Option<u64> {
+fn cg_mib(dir: &Path, file: &str) -> f64 {
     fs::read_to_string(dir.join(file))
-        .ok()?
-        .trim()
-        .parse::<u64>()
         .ok()
-        .map(|b| b >> 20)
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(0) as f64
+        / (1 << 20) as f64
+}
+
+/// Samples `dir`'s memory.current every 10 ms until the returned flag is
+/// set; then the thread gives (seconds since the start, MiB) of each.
+fn sample_memory(
+    dir: &Path,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    std::thread::JoinHandle<Vec<(f64, f64)>>,
+) {
+    use std::sync::atomic::Ordering;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (flag, dir) = (stop.clone(), dir.to_path_buf());
+    let t0 = Instant::now();
+    let handle = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        while !flag.load(Ordering::Relaxed) {
+            out.push((t0.elapsed().as_secs_f64(), cg_mib(&dir, "memory.current")));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        out
+    });
+    (stop, handle)
 }
 
 /// What happened to the machine and the gates while the allocator ran.
@@ -464,6 +486,12 @@ fn shortage(test: &str, relief: &str) -> Option<Outcome> {
         let ooms = dir
             .as_deref()
             .and_then(|d| cg_key(d, "memory.events", "oom_kill"));
+        let (held, swap) = dir.as_deref().map_or((0.0, 0.0), |d| {
+            (
+                cg_mib(d, "memory.current"),
+                cg_mib(d, "memory.swap.current"),
+            )
+        });
         let state = ps
             .iter()
             .find(|i| i.id == g.id)
@@ -474,7 +502,7 @@ fn shortage(test: &str, relief: &str) -> Option<Outcome> {
         let answered = g.sum_now();
         let ok = answered.as_deref() == Some(g.sum.as_str());
         report(&format!(
-            "gate {}: {state} before the touch, oom_kill {ooms:?}, checksum after a touch {}",
+            "gate {}: {state}, {held:.0} MiB in RAM and {swap:.0} MiB in swap before the touch, oom_kill {ooms:?}, checksum after a touch {}",
             g.id,
             match &answered {
                 None => "none (no answer)".to_string(),
@@ -598,20 +626,32 @@ fn measure_suspend_with_reclaim_beside_hibernation() {
     for (mode, project, hibernate, kind) in modes {
         let mut g = HeapGate::spawn(&root, project, hibernate, mb);
         let dir = root.gate_cgroup(&g.id).path().to_path_buf();
+        // The floor: the same questions to the gate running.
+        let t = Instant::now();
+        assert!(g.ask("ping", "pong", Duration::from_secs(60)).is_some());
+        let ping = t.elapsed();
+        let t = Instant::now();
+        assert_eq!(g.sum_now().as_deref(), Some(g.sum.as_str()));
+        report(&format!(
+            "{mode} running: ping {:.1} ms, checksum of the whole heap {:.0} ms",
+            ping.as_secs_f64() * 1e3,
+            t.elapsed().as_secs_f64() * 1e3
+        ));
         for round in 1..=rounds {
-            let held = cg_mb(&dir, "memory.current").unwrap_or(0);
+            let held = cg_mib(&dir, "memory.current");
             let avail_held = meminfo_mb("MemAvailable");
             let zram0 = zram_mb();
-            let event = {
+            let (stop, sampler) = sample_memory(&dir);
+            let events = {
                 let deadline = Instant::now() + Duration::from_secs(120);
                 loop {
                     let evs: Vec<_> = root
                         .events()
                         .into_iter()
-                        .filter(|e| e.gate == g.id && e.kind == kind)
+                        .filter(|e| e.gate == g.id)
                         .collect();
-                    if evs.len() >= round {
-                        break evs[round - 1].clone();
+                    if evs.iter().filter(|e| e.kind == kind).count() >= round {
+                        break evs;
                     }
                     assert!(
                         Instant::now() < deadline,
@@ -621,10 +661,37 @@ fn measure_suspend_with_reclaim_beside_hibernation() {
                     std::thread::sleep(Duration::from_millis(50));
                 }
             };
-            let after = cg_mb(&dir, "memory.current").unwrap_or(0);
-            let swap = cg_mb(&dir, "memory.swap.current").unwrap_or(0);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let samples = sampler.join().unwrap();
+            let after = cg_mib(&dir, "memory.current");
+            let swap = cg_mib(&dir, "memory.swap.current");
             let avail_after = meminfo_mb("MemAvailable");
             let zram1 = zram_mb();
+            // How long the memory took to leave: from the last sample
+            // still holding it to the first at what was left.
+            let leaving = samples.iter().rev().find(|(_, m)| *m > held - 2.0);
+            let left = samples.iter().find(|(_, m)| *m < after + 2.0);
+            let freeing_ms = match (leaving, left) {
+                (Some((a, _)), Some((b, _))) if b >= a => format!("{:.0}", (b - a) * 1e3),
+                _ => "?".to_string(),
+            };
+            let nth = |k: EventKind| {
+                events
+                    .iter()
+                    .filter(|e| e.kind == k)
+                    .nth(round - 1)
+                    .cloned()
+            };
+            let event = nth(kind).unwrap();
+            // Hibernated: the dump took from the suspension to the event
+            // (plus up to one 200 ms scan before it started).
+            let dump = match (hibernate, nth(EventKind::Suspended)) {
+                (true, Some(s)) => format!(
+                    ", suspended to hibernated {} ms",
+                    event.time_ms.saturating_sub(s.time_ms)
+                ),
+                _ => String::new(),
+            };
             let image: u64 = fs::read_dir(images.join(&g.id))
                 .into_iter()
                 .flatten()
@@ -651,14 +718,17 @@ fn measure_suspend_with_reclaim_beside_hibernation() {
                 "{mode}: the heap changed"
             );
             report(&format!(
-                "{mode} round {round}: gate held {held} MiB, after the {kind:?} event {after} MiB (swap {swap} MiB, event freed {} MiB, image {image} MiB); zram stored +{} MiB in +{} MiB; MemAvailable {avail_held} -> {avail_after} MiB; {} to first reply {:.0} ms{}, then checksum of the whole heap {:.0} ms",
+                "{mode} round {round}: gate held {held:.1} MiB, after the {kind:?} event {after:.1} MiB (swap {swap:.1} MiB, event freed {} MiB, image {image} MiB), the memory left in {freeing_ms} ms{dump}; zram stored +{} MiB in +{} MiB; MemAvailable {avail_held} -> {avail_after} MiB; {} to first reply {:.0} ms{}, then checksum of the whole heap {:.0} ms",
                 event.freed_bytes.unwrap_or(0) >> 20,
                 zram1.0 as i64 - zram0.0 as i64,
                 zram1.1 as i64 - zram0.1 as i64,
                 if by_touch { "gov touch" } else { "line in" },
                 first.as_secs_f64() * 1e3,
                 if by_touch {
-                    format!(" (the touch returned after {:.0} ms)", touched.as_secs_f64() * 1e3)
+                    format!(
+                        " (the touch returned after {:.0} ms)",
+                        touched.as_secs_f64() * 1e3
+                    )
                 } else {
                     String::new()
                 },

@@ -399,7 +399,8 @@ struct Outcome {
 
 /// The scenario of issue 18 under the relief policy `relief`: three idle
 /// gates of GATE_MB (the third `--hibernate`), then MemAvailable +
-/// ALLOC_OVER_AVAILABLE_MB taken by a process outside gov, in steps. Reports what happened, and returns it.
+/// ALLOC_OVER_AVAILABLE_MB taken by a process outside gov, in steps.
+/// Reports what happened, and returns it.
 fn shortage(test: &str, relief: &str) -> Option<Outcome> {
     let needs = needs(test)?;
     let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
@@ -435,6 +436,10 @@ fn shortage(test: &str, relief: &str) -> Option<Outcome> {
     ));
 
     let since = uptime_s();
+    let since_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
     let (_, some0, _, full0) = psi();
     let started = Instant::now();
     let mut alloc = Kid::new(
@@ -489,6 +494,19 @@ fn shortage(test: &str, relief: &str) -> Option<Outcome> {
         .collect();
     out.daemon_alive = matches!(d.child.try_wait(), Ok(None));
     let ps = if out.daemon_alive { root.ps() } else { vec![] };
+    if out.daemon_alive {
+        // What the daemon did meanwhile (relief's rungs, once it has them).
+        let events: Vec<String> = root
+            .events()
+            .iter()
+            .filter(|e| e.time_ms >= since_ms)
+            .map(|e| {
+                let freed = e.freed_bytes.map(|b| format!(" freed {} MiB", b >> 20));
+                format!("{} {:?}{}", e.gate, e.kind, freed.unwrap_or_default())
+            })
+            .collect();
+        report(&format!("the daemon's events meanwhile: {events:?}"));
+    }
     for g in &mut gates {
         let dir = ps
             .iter()

@@ -39,7 +39,7 @@ const GATE_MB: usize = 120;
 /// What the allocator takes beyond MemAvailable (once the gates are
 /// ready), MiB: MemAvailable varies (379-473 MiB measured, less after
 /// other binaries), what swap and relief can add does not. With relief off
-/// the kernel gave the allocator MemAvailable + 211-226 MiB by swapping the
+/// the kernel gave the allocator MemAvailable + 210-231 MiB by swapping the
 /// gates (zram holds their heap at 3.4:1), then killed it; relief should
 /// add ~290 (the `--hibernate` gate's 120 to disk, the others' 240 into
 /// 70 of zram). GOV_RELIEF_ALLOC_MB sets a fixed size instead.

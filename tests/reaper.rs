@@ -703,6 +703,11 @@ fn a_deadline_reaps_a_busy_gate_and_show_says_where_memory_comes_from() {
         .spawn()
         .unwrap();
     let id = root.gate_of(child.id());
+    // The client is in its cgroup a moment before the daemon registered
+    // the gate (requests.rs moves it, then manages the gate).
+    wait_until(Duration::from_secs(5), "the daemon knows the gate", || {
+        root.gate(&id).is_some()
+    });
     let show = root.ok(&["show", &id]);
     let expected = if kit::controllers_available() {
         "memory.current"

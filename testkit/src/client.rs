@@ -62,6 +62,16 @@ impl TestRoot {
     }
 }
 
+/// What the daemon on `socket` says of its memory relief.
+pub fn relief(socket: &Path) -> gov::protocol::ReliefStatus {
+    match gov::client::request(socket, Request::Hello) {
+        Ok(Some(Response::Hello {
+            relief: Some(r), ..
+        })) => r,
+        other => panic!("hello: {other:?}"),
+    }
+}
+
 /// Scans made by the daemon on `socket`.
 pub fn scans(socket: &Path) -> u64 {
     match gov::client::request(socket, Request::Hello) {

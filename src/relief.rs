@@ -4,7 +4,8 @@
 //! them, one step at a time, and samples again after each.
 //!
 //! The ladder (docs/design.md, "Relief under memory pressure"):
-//! 1. hibernate an idle gate that can be (its memory goes to disk, whole);
+//! 1. hibernate an idle gate that can be (its memory goes to disk, whole:
+//!    better than swap, which is small and still RAM where it is zram);
 //! 2. push a suspended gate's memory to swap (`memory.reclaim`);
 //! 3. suspend an idle running gate and push its memory to swap;
 //! 4. stop an idle gate, only where the policy allows it.
@@ -184,7 +185,9 @@ fn fits(c: &Candidate, rung: Rung, means: Means, now_ms: u64) -> bool {
     let idle = now_ms.saturating_sub(c.last_active_ms) >= means.min_idle_ms;
     match (rung, c.held) {
         (Rung::Hibernate, Held::Suspended { .. }) => c.hibernatable,
-        (Rung::Hibernate, Held::Running) => c.hibernatable && c.idle_past_timeout,
+        // Idle enough to be suspended (rung 3) is idle enough to be dumped:
+        // better on disk whole than in swap, and then dumped from there.
+        (Rung::Hibernate, Held::Running) => c.hibernatable && (c.idle_past_timeout || idle),
         (Rung::Reclaim, Held::Suspended { reclaimed }) => means.reclaim && !reclaimed,
         (Rung::SuspendReclaim, Held::Running) => means.reclaim && idle,
         (Rung::Stop, Held::Suspended { .. }) => means.stop,
@@ -276,11 +279,15 @@ mod tests {
             gate("susp-old", SUSPENDED, 5 * HOUR),
             hib("hib-susp", SUSPENDED, 3 * HOUR),
             hib("hib-run", Held::Running, 2 * HOUR),
+            // Idle past relief's floor, not past its idle_timeout.
+            hib("hib-lately", Held::Running, 2 * MIN_IDLE_MS),
+            hib("hib-fresh", Held::Running, MIN_IDLE_MS / 2),
             gate("on-disk", Held::Elsewhere, 9 * HOUR),
         ];
         let order: Vec<(&str, Rung)> = vec![
             ("hib-susp", Rung::Hibernate),
             ("hib-run", Rung::Hibernate),
+            ("hib-lately", Rung::Hibernate),
             ("susp-old", Rung::Reclaim),
             ("susp-new", Rung::Reclaim),
             ("run-idle", Rung::SuspendReclaim),

@@ -402,6 +402,10 @@ pub enum EventKind {
     Hibernated,
     /// Restored from its image.
     Restored,
+    /// A dump taken back before the worker was killed: input or a touch
+    /// came during it (`reason` says which). The gate is suspended as
+    /// before, and that input or touch wakes it.
+    DumpUndone,
     /// Input woke it (`reason` names the input: "stdin pipe", ...).
     Woken,
     Stopping,
@@ -431,6 +435,7 @@ impl EventKind {
             EventKind::MainExited => "main_exited",
             EventKind::Hibernated => "hibernated",
             EventKind::Restored => "restored",
+            EventKind::DumpUndone => "dump_undone",
             EventKind::Woken => "woken",
             EventKind::Stopping => "stopping",
             EventKind::Killing => "killing",

@@ -227,6 +227,18 @@ mod faults {
             if p == point && what == "sigstop" {
                 // SAFETY: kill(2) with a pid and a signal number.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+                // Stopped once it takes the signal, which a busy process
+                // does a little later: the test must find it stopped.
+                let stopped = || {
+                    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                        s.rsplit_once(')')
+                            .is_some_and(|(_, r)| r.trim_start().starts_with('T'))
+                    })
+                };
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                while !stopped() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
             }
         }
     }

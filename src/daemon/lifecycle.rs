@@ -534,6 +534,8 @@ struct Owner {
 struct Fill {
     task: tokio::task::JoinHandle<FillResult>,
     filling: crate::hibernate::Filling,
+    /// Input woke it (not a touch): `woken`, not running, once filled.
+    woken: bool,
 }
 
 /// The end of a fill; never while there is none.
@@ -989,6 +991,19 @@ impl Action<'_> {
             self.mark_active(now);
             return self.review(now).await;
         }
+        if let Some(fill) = self.fill.as_mut() {
+            // Its memory still streams in: `woken` once it is all back,
+            // its quiet time counted from then (`finish_fill`).
+            fill.woken = true;
+            return self.review(now).await;
+        }
+        self.enter_woken();
+        self.review(now).await
+    }
+
+    /// Woken by input: suspended again a quiet time from now unless it is
+    /// active meanwhile.
+    fn enter_woken(&mut self) {
         // The quiet time counts from when it runs again (a restore takes a
         // while).
         let quiet = u64::try_from(self.g.settings.wake_quiet.as_millis()).unwrap_or(u64::MAX);
@@ -1007,7 +1022,6 @@ impl Action<'_> {
         if let Err(e) = self.g.record.enter(Phase::Woken { until_ms }) {
             self.failed("wake on input", e);
         }
-        self.review(now).await
     }
 
     /// Asks the reaper's rule book and performs its decision.
@@ -1530,7 +1544,12 @@ impl Action<'_> {
             .hibernation_step(move |cg, record| {
                 let started = crate::hibernate::wake_start(&criu, cg, record, keeper, &dir, &opts)?;
                 match started.lazy {
-                    Some(lazy) => Ok(Back::Filling(lazy, started.filling)),
+                    Some(lazy) => {
+                        if let Some(pid) = lazy.pid() {
+                            super::kernel::fault_at_process("lazy_fill", pid);
+                        }
+                        Ok(Back::Filling(lazy, started.filling))
+                    }
                     None => crate::hibernate::wake_finish(
                         record,
                         keeper,
@@ -1549,15 +1568,16 @@ impl Action<'_> {
                 Ok(())
             }
             Ok(Back::Filling(lazy, filling)) => {
-                if let Some(pid) = lazy.pid() {
-                    super::kernel::fault_at_process("lazy_fill", pid);
-                }
                 let why = format!(
                     "restored in {} ms, its memory following",
                     filling.report.elapsed.as_millis()
                 );
                 let task = tokio::task::spawn_blocking(move || lazy.finish(timeout));
-                *self.fill = Some(Fill { task, filling });
+                *self.fill = Some(Fill {
+                    task,
+                    filling,
+                    woken: false,
+                });
                 self.event(EventKind::Restored, Some(why), None);
                 Ok(())
             }
@@ -1574,6 +1594,7 @@ impl Action<'_> {
             return;
         };
         let (keeper, dir, filling) = (self.g.keeper(), self.image_dir(), fill.filling);
+        let woken = fill.woken;
         let r = self
             .hibernation_step(move |_, record| {
                 crate::hibernate::wake_finish(record, keeper, &dir, filling, filled.map(Some))
@@ -1582,6 +1603,9 @@ impl Action<'_> {
         match r {
             Ok(report) => {
                 tracing::info!(gate = %self.g.dir.id, memory_back = ?report.memory_back, "restore filled");
+                if woken {
+                    self.enter_woken();
+                }
             }
             Err(e) => {
                 self.g.wake_paused_until = Some(now_ms() + WAKE_WINDOW_MS);

@@ -311,9 +311,10 @@ fn a_refused_hibernation_leaves_the_gate_suspended_and_says_why() {
 }
 
 /// A daemon SIGKILLed while CRIU dumps a gate, and again while it
-/// restores one: the next daemon finds the gate and finishes the step (the
-/// dump into a hibernated gate, the restore into a running one); the host
-/// sees no exit and the worker's state is intact.
+/// restores one: the next daemon finds the gate and ends the step (the
+/// dump, which criu finished leaving the worker whole and frozen, is taken
+/// back, and the gate is dumped again; the restore is finished into a
+/// running gate); the host sees no exit and the worker's state is intact.
 #[test]
 fn a_daemon_killed_during_a_dump_and_a_restore_recovers_the_gate() {
     let test = "a_daemon_killed_during_a_dump_and_a_restore_recovers_the_gate";
@@ -382,6 +383,15 @@ fn a_daemon_killed_during_a_dump_and_a_restore_recovers_the_gate() {
     }
     assert!(cg.child("w").read_procs().unwrap().is_empty());
     assert!(matches!(host.try_wait(), Ok(None)), "the host saw an exit");
+    let undone = root.events().iter().any(|e| {
+        e.gate == id.as_str()
+            && e.kind == EventKind::Adopted
+            && e.reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("BackToSuspended")
+    });
+    assert!(undone, "the dump was taken back: {:?}", root.events());
 
     // A touch begins the restore: the daemon dies again.
     let mut touch = root

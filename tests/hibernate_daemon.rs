@@ -853,7 +853,8 @@ fn ask_line(
 /// fill ends, the record says running, the image goes, and the heap's CRC
 /// is right. Then the failure rule: the lazy-pages daemon killed after the
 /// touch was answered leaves the gate hibernated with its image (the
-/// worker killed), and the next touch restores it whole.
+/// worker killed), and the next touch restores it whole, the daemon
+/// SIGKILLed during its fill and the next daemon finishing the restore.
 #[test]
 fn a_touch_is_answered_while_memory_streams_in_and_a_failed_fill_hibernates_again() {
     let test = "a_touch_is_answered_while_memory_streams_in_and_a_failed_fill_hibernates_again";
@@ -951,19 +952,44 @@ fn a_touch_is_answered_while_memory_streams_in_and_a_failed_fill_hibernates_agai
     assert!(show.contains("lazy-pages"), "{show}");
     assert!(matches!(host.try_wait(), Ok(None)), "the host saw an exit");
 
-    // The next touch restores it whole.
+    // The next touch restores it whole, though the daemon is SIGKILLed
+    // while the fill runs: the next daemon waits for the lazy-pages
+    // daemon (criu at work) and then finishes the restore.
     let started = Instant::now();
     root.ok(&["touch", &id]);
     let answered = started.elapsed();
     let lazy = lazy_pages_of(&image, &criu).expect("a lazy-pages daemon");
     root.ok(&["pin", &id]);
+    // Continued first: a stopped lazy-pages whose parent dies is in an
+    // orphaned process group, which the kernel sends SIGHUP (it dies, and
+    // the pages it had not copied would read as zeros: found so here).
     signal(lazy, nix::sys::signal::Signal::SIGCONT);
-    wait_until(Duration::from_secs(120), "the fill to end", || {
-        hibernate_tag(&cg).is_empty() && !image.exists()
-    });
+    d.sigkill();
+    // Still filling after the daemon died (768 MB takes longer than the
+    // kill): the next daemon must wait for it and finish the restore.
+    let mid_fill = proc_state(lazy) != 'Z' && lazy_pages_of(&image, &criu) == Some(lazy);
+    let d = daemon_with(&root, &criu, &hibernating(&images, "2s"));
+    wait_until(
+        Duration::from_secs(120),
+        "the restore to be finished",
+        || {
+            hibernate_tag(&cg).is_empty()
+                && !image.exists()
+                && state(&root, &id).as_deref() == Some("running")
+        },
+    );
     eprintln!("touch after a failed fill answered in {answered:?}");
     assert_eq!(ask_line(&mut stdin, &lines, "sum"), format!("sum {crc}"));
     assert!(matches!(host.try_wait(), Ok(None)));
+    let recovered = root.events().iter().any(|e| {
+        e.gate == id.as_str()
+            && e.kind == EventKind::Adopted
+            && e.reason.as_deref().unwrap_or("").contains("RestoreDone")
+    });
+    eprintln!("daemon killed mid-fill: {mid_fill}; recovered by the next: {recovered}");
+    if mid_fill {
+        assert!(recovered, "{}", d.log_text());
+    }
     root.ok(&["kill", &id]);
     assert!(!image.exists());
 }

@@ -849,7 +849,8 @@ fn ask_line(
 /// here by GOV_TEST_FAULT `lazy_fill=sigstop` (the daemon stops the
 /// lazy-pages process as the worker runs), so what the test sees when the
 /// touch returned is certain: the fill's daemon alive, the record still
-/// `restoring`, `ps` showing `running`, the image kept. Continued, the
+/// `restoring`, `ps` showing `running`, the image kept; a `gov freeze`
+/// meanwhile waits for the fill. Continued, the
 /// fill ends, the record says running, the image goes, and the heap's CRC
 /// is right. Then the failure rule: the lazy-pages daemon killed after the
 /// touch was answered leaves the gate hibernated with its image (the
@@ -916,14 +917,31 @@ fn a_touch_is_answered_while_memory_streams_in_and_a_failed_fill_hibernates_agai
         lazy
     };
 
-    // Touched: answered while the fill is held; then the fill completes.
+    // Touched: answered while the fill is held. A second touch is
+    // answered at once too; a person's freeze needs the gate at rest: it
+    // is answered only once the fill ended (scans go on meanwhile).
     let lazy = touch_while_filling(1);
+    root.ok(&["touch", &id]);
+    let mut freeze = Kid::new(
+        root.gov()
+            .args(["freeze", &id])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    root.wait_scans(3);
+    assert!(
+        matches!(freeze.try_wait(), Ok(None)),
+        "the freeze was answered while the fill ran"
+    );
+    assert_eq!(hibernate_tag(&cg), "restoring");
+    signal(lazy, nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(freeze.reap(Duration::from_secs(120)), Some(0));
+    assert_eq!(state(&root, &id).as_deref(), Some("frozen"));
+    assert!(hibernate_tag(&cg).is_empty() && !image.exists(), "filled");
     // Kept running while the test reads its heap.
     root.ok(&["pin", &id]);
-    signal(lazy, nix::sys::signal::Signal::SIGCONT);
-    wait_until(Duration::from_secs(120), "the fill to end", || {
-        hibernate_tag(&cg).is_empty() && !image.exists()
-    });
+    root.ok(&["thaw", &id]);
     assert_eq!(state(&root, &id).as_deref(), Some("running"));
     assert_eq!(ask_line(&mut stdin, &lines, "sum"), format!("sum {crc}"));
     root.ok(&["unpin", &id]);
@@ -1070,6 +1088,59 @@ fn input_during_a_dump_takes_the_dump_back_and_is_answered_once() {
     assert!(w.read_procs().unwrap().is_empty(), "its memory is freed");
     assert_eq!(count(&root, &id, EventKind::DumpUndone), 1);
     // A line restores it, its heap whole.
+    assert_eq!(ask_line(&mut stdin, &lines, "sum"), format!("sum {crc}"));
+    assert!(matches!(host.try_wait(), Ok(None)));
+    root.ok(&["kill", &id]);
+}
+
+/// A touch that comes while a gate is dumped takes the dump back: it
+/// waits in the owner's mailbox behind the dump (GOV_TEST_FAULT
+/// `dumped=sleep:3000` holds the owner between the dump and its look), the
+/// dump is undone (`dump_undone`, "touched"), and the touch thaws the same
+/// worker: nothing was restored.
+#[test]
+fn a_touch_during_a_dump_takes_the_dump_back() {
+    let test = "a_touch_during_a_dump_takes_the_dump_back";
+    let Some(criu) = criu_or_skip(test) else {
+        return;
+    };
+    let root = TestRoot::new();
+    let images = root.dir.path().join("images");
+    let config = root.policy_file(&hibernating(&images, "1s"));
+    let _d = kit::Daemon::start_env(
+        &root,
+        &config,
+        &[
+            ("GOV_CRIU", criu.to_str().unwrap()),
+            ("GOV_TEST_FAULT", "dumped=sleep:3000"),
+        ],
+    );
+    let (mut host, id, mut stdin, lines, crc) = heap_gate(&root, "/srv/dump-touch", 200);
+    let cg = root.gate_cgroup(&id);
+    let w = cg.child("w");
+    let image = images.join(&id);
+    let pids = w.read_procs().unwrap();
+    wait_until(Duration::from_secs(60), "the dump to be written", || {
+        image.exists() && hibernate_tag(&cg) == "dumping"
+    });
+    root.ok(&["touch", &id]);
+    assert_eq!(state(&root, &id).as_deref(), Some("running"));
+    let undone: Vec<_> = root
+        .events()
+        .into_iter()
+        .filter(|e| e.gate == id.as_str() && e.kind == EventKind::DumpUndone)
+        .collect();
+    assert_eq!(undone.len(), 1, "{:?}", root.events());
+    assert!(undone[0]
+        .reason
+        .as_deref()
+        .unwrap_or("")
+        .contains("touched"));
+    assert_eq!(count(&root, &id, EventKind::Hibernated), 0);
+    assert_eq!(count(&root, &id, EventKind::Restored), 0);
+    assert!(!image.exists());
+    assert_eq!(w.read_procs().unwrap(), pids, "the same processes");
+    root.ok(&["pin", &id]);
     assert_eq!(ask_line(&mut stdin, &lines, "sum"), format!("sum {crc}"));
     assert!(matches!(host.try_wait(), Ok(None)));
     root.ok(&["kill", &id]);

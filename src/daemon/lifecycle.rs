@@ -1459,7 +1459,7 @@ impl Action<'_> {
             true => self.woken_during_dump().await,
             false => None,
         };
-        if let Some(why) = why {
+        if let Some((why, touched)) = why {
             let r = self
                 .hibernation_step(move |cg, record| {
                     crate::hibernate::undo_dump(cg, record, keeper, &images, dumped)
@@ -1467,7 +1467,21 @@ impl Action<'_> {
                 .await;
             match r {
                 Ok(()) => self.event(EventKind::DumpUndone, Some(why), None),
-                Err(e) => self.failed("undoing a dump", e.reason()),
+                Err(e) => return self.failed("undoing a dump", e.reason()),
+            }
+            // Input wakes it next (the watch armed after this action finds
+            // it ready, ahead of any letter). A touch waits behind letters
+            // that came first (a scan's, which could dump it again): the
+            // gate runs now, and the touch finds it running.
+            if touched {
+                match self.kernel(|k, cg| k.thaw(cg)).await {
+                    Ok(()) => {
+                        if let Err(e) = self.g.record.enter(Phase::Running) {
+                            self.failed("thaw after an undone dump", e);
+                        }
+                    }
+                    Err(e) => self.failed("thaw after an undone dump", e),
+                }
             }
             return;
         }
@@ -1491,12 +1505,13 @@ impl Action<'_> {
     /// the keeper kept serving; a connection waits on a socket). Input that
     /// comes after this look stays where it is and restores the gate as it
     /// would any hibernated gate.
-    async fn woken_during_dump(&mut self) -> Option<String> {
+    /// Returns why, and whether it was a touch.
+    async fn woken_during_dump(&mut self) -> Option<(String, bool)> {
         let touched = self
             .mail
             .any(|(cmd, _)| matches!(cmd, Cmd::Touch | Cmd::Thaw));
         if touched {
-            return Some("touched during the dump".into());
+            return Some(("touched during the dump".into(), true));
         }
         if !self.g.settings.wake_on_input {
             return None;
@@ -1511,7 +1526,10 @@ impl Action<'_> {
         // The same look as a watch armed on a sleeping gate; its borrowed
         // copies close as it drops, before the worker is killed.
         let woke = inputs::arm(found, &self.g.ended_inputs).ready?;
-        Some(format!("input came during the dump ({})", woke.label))
+        Some((
+            format!("input came during the dump ({})", woke.label),
+            false,
+        ))
     }
 
     /// Leaves the suspended gate as it is, with the reason a dump was

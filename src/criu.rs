@@ -180,6 +180,14 @@ impl CriuError {
     /// the whole message for errors of our own.
     pub fn reason(&self) -> String {
         match self {
+            // Killed before it logged anything (a lazy-pages daemon
+            // SIGKILLed): what it died of is the reason.
+            CriuError::Failed {
+                op,
+                status,
+                log_tail,
+                ..
+            } if log_tail.trim().is_empty() => format!("criu {op} failed ({status})"),
             CriuError::Failed { log_tail, .. }
             | CriuError::StillRunning { log_tail, .. }
             | CriuError::TimedOut { log_tail, .. } => log_tail.clone(),
@@ -236,6 +244,13 @@ pub struct DumpRequest<'a> {
     pub network_lock: NetworkLock,
     /// How long to wait for criu (a GiB takes ~2.5 s here).
     pub timeout: Duration,
+    /// Leave the tree alive (`--leave-running`) instead of killing it once
+    /// the image is written: the caller then kills it or takes the dump
+    /// back. The cgroup was frozen before criu, so criu freezes it again
+    /// before it lets go of the tasks (criu/seize.c: a `--freeze-cgroup`
+    /// found frozen is restored to frozen, `freezer_restore_state`, before
+    /// `freezer_detach`): the tree never runs in between.
+    pub leave_running: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -692,7 +707,7 @@ impl Criu {
 
     /// Dumps the tree rooted at `req.pid` into `req.dir`; the tree is gone
     /// afterwards (criu kills it once the image is written) and its cgroup
-    /// empty.
+    /// empty, or, with `req.leave_running`, whole and frozen still.
     ///
     /// Before: the cgroup holds exactly the tree and is frozen (the gate is
     /// suspended); `req.dir` does not exist. After Ok: `req.dir` holds a
@@ -726,6 +741,9 @@ impl Criu {
                 .arg("--network-lock")
                 .arg(req.network_lock.as_str());
         }
+        if req.leave_running {
+            cmd.arg("--leave-running");
+        }
         let start = Instant::now();
         let log = work.join("dump.log");
         let child = spawn(&mut cmd, &self.path, None, &[])?;
@@ -756,10 +774,12 @@ impl Criu {
         private_files(&work)?;
         let image_bytes = image_bytes(&work)?;
         fs::rename(&work, req.dir).map_err(io_err("rename", &work))?;
-        // criu has killed the tree; the kernel empties the cgroup as the
-        // last task exits, which can trail criu's own exit a little.
-        req.cgroup
-            .wait_events("populated 0", Duration::from_secs(5), |e| !e.populated)?;
+        if !req.leave_running {
+            // criu has killed the tree; the kernel empties the cgroup as the
+            // last task exits, which can trail criu's own exit a little.
+            req.cgroup
+                .wait_events("populated 0", Duration::from_secs(5), |e| !e.populated)?;
+        }
         Ok(DumpReport {
             elapsed,
             image_bytes,

@@ -30,6 +30,9 @@ pub const DEFAULT_MAX_PROCESSES: usize = 100;
 /// How long the worker cgroup may take to report frozen.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a dumped worker may take to empty once killed.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum HibernateError {
     #[error(transparent)]
@@ -168,20 +171,9 @@ impl Default for Options {
     }
 }
 
-/// Dumps a gate's worker into `dir` and frees its memory.
-///
-/// Before: the gate is suspended (frozen), its keeper is `keeper`,
-/// `<gate>/w` holds the worker, `dir` has no image. The steps: enter
-/// `Dumping`; freeze `w` by its own cgroup.freeze; tell the keeper to hold;
-/// thaw the gate (only the keeper runs: it keeps the host's pipes served);
-/// dump `w`.
-///
-/// After Ok: `Hibernated`, `w` empty, the keeper alive and holding, the
-/// image complete in `dir`. After an error: the worker is intact, the gate
-/// frozen again (suspended as before: nothing lost), the keeper released,
-/// `DumpRefused` with the reason, no image left. A dump still running at its
-/// deadline ([`CriuError::StillRunning`]) is the exception: it is left to
-/// finish, the gate stays `Dumping`, and [`recover`] decides later.
+/// Dumps a gate's worker into `dir` and frees its memory: [`dump`], then
+/// [`finish_dump`] at once (no second look for input: the daemon's owner
+/// makes that look between the two).
 pub fn hibernate(
     criu: &Criu,
     gate: &Cgroup,
@@ -190,6 +182,57 @@ pub fn hibernate(
     dir: &Path,
     opts: &Options,
 ) -> Result<criu::DumpReport, HibernateError> {
+    let dumped = dump(criu, gate, record, keeper, dir, opts)?;
+    finish_dump(gate, record, dumped)
+}
+
+/// A dump written whole while its tree is still there, frozen: either
+/// [`finish_dump`] (the tree is killed: hibernated) or [`undo_dump`] (the
+/// image goes: suspended as before). The gate is `Dumping` meanwhile, so a
+/// daemon that dies between the two finds it and [`recover`] undoes it.
+#[derive(Debug)]
+#[must_use = "a dump is finished or undone"]
+pub struct Dumped {
+    pub report: criu::DumpReport,
+    since_ms: u64,
+    /// The worker is still there (frozen): the dump can be undone. Not
+    /// for a tree with a TCP socket ([`holds_tcp`]), which criu killed.
+    whole: bool,
+}
+
+impl Dumped {
+    /// Whether [`undo_dump`] can take it back (its worker is still there).
+    pub fn undoable(&self) -> bool {
+        self.whole
+    }
+}
+
+/// The first half of a dump: the image is written, the worker is left
+/// whole and frozen (`criu dump --leave-running` of a frozen cgroup),
+/// unless it holds a TCP socket: criu then kills it as before, inside its
+/// network lock (see [`holds_tcp`]), and the dump cannot be undone.
+///
+/// Before: the gate is suspended (frozen), its keeper is `keeper`,
+/// `<gate>/w` holds the worker, `dir` has no image. The steps: enter
+/// `Dumping`; freeze `w` by its own cgroup.freeze; tell the keeper to hold;
+/// thaw the gate (only the keeper runs: it keeps the host's pipes served);
+/// dump `w`, leaving it frozen.
+///
+/// After Ok: still `Dumping`, the image complete in `dir`, `w` frozen with
+/// every process, the keeper holding. After an error: the worker is
+/// intact, the gate frozen again (suspended as before: nothing lost), the
+/// keeper released, `DumpRefused` with the reason, no image left. A dump
+/// still running at its deadline ([`CriuError::StillRunning`]) is the
+/// exception: it is left to finish, the gate stays `Dumping`, and
+/// [`recover`] decides later.
+pub fn dump(
+    criu: &Criu,
+    gate: &Cgroup,
+    record: &mut Record,
+    keeper: Keeper,
+    dir: &Path,
+    opts: &Options,
+) -> Result<Dumped, HibernateError> {
     let since_ms = record
         .phase()
         .asleep_since()
@@ -220,22 +263,72 @@ pub fn hibernate(
         }
     }
     record.enter(Phase::Dumping { since_ms })?;
-    let result = dump_steps(criu, gate, &w, init, keeper, dir, opts);
-    match &result {
-        Ok(report) => record.enter(Phase::Hibernated {
-            since_ms: crate::gate::now_ms(),
-            image_bytes: report.image_bytes,
-        })?,
-        Err(HibernateError::Criu(CriuError::StillRunning { .. })) => {}
+    match dump_steps(criu, gate, &w, init, keeper, dir, opts) {
+        Ok((report, whole)) => Ok(Dumped {
+            report,
+            since_ms,
+            whole,
+        }),
+        Err(e @ HibernateError::Criu(CriuError::StillRunning { .. })) => Err(e),
         Err(e) => {
             // Suspended as before, and say why.
-            let _ = gate.freeze(FREEZE_TIMEOUT);
-            let _ = keeper::release(keeper);
-            let _ = criu::remove_image(dir);
-            refused(record, e)?;
+            back_to_suspended(gate, keeper, dir);
+            refused(record, &e)?;
+            Err(e)
         }
     }
-    result
+}
+
+/// The second half of a dump: the worker is killed (cgroup.kill of `w`,
+/// until it is empty) and the gate is `Hibernated` with its image. An
+/// error (the kill timed out) leaves it `Dumping`: [`recover`] then sees
+/// what is left.
+pub fn finish_dump(
+    gate: &Cgroup,
+    record: &mut Record,
+    dumped: Dumped,
+) -> Result<criu::DumpReport, HibernateError> {
+    if dumped.whole {
+        worker_cgroup(gate).kill_all(KILL_TIMEOUT)?;
+    }
+    record.enter(Phase::Hibernated {
+        since_ms: dumped.since_ms,
+        image_bytes: dumped.report.image_bytes,
+    })?;
+    Ok(dumped.report)
+}
+
+/// Takes a dump back: the image is deleted, the gate frozen again with
+/// its worker, the keeper released: `Suspended` as before the dump
+/// (nothing of the worker ever ran meanwhile). The input or touch that
+/// made the caller undo it then wakes it as it would any suspended gate.
+pub fn undo_dump(
+    gate: &Cgroup,
+    record: &mut Record,
+    keeper: Keeper,
+    dir: &Path,
+    dumped: Dumped,
+) -> Result<(), HibernateError> {
+    assert!(dumped.whole, "undo_dump of a dump whose tree criu killed");
+    gate.freeze(FREEZE_TIMEOUT)?;
+    back_to_suspended(gate, keeper, dir);
+    criu::remove_image(dir)?;
+    record.enter(Phase::Suspended {
+        since_ms: dumped.since_ms,
+        manual: false,
+    })?;
+    Ok(())
+}
+
+/// A worker whose dump did not happen or was taken back: frozen with its
+/// gate (the gate first: `w` stays frozen while its parent is), `w`'s own
+/// freeze let go so that a thaw of the gate thaws it, the keeper released,
+/// no image.
+fn back_to_suspended(gate: &Cgroup, keeper: Keeper, dir: &Path) {
+    let _ = gate.freeze(FREEZE_TIMEOUT);
+    let _ = worker_cgroup(gate).write_freeze(false);
+    let _ = keeper::release(keeper);
+    let _ = criu::remove_image(dir);
 }
 
 fn dump_steps(
@@ -246,7 +339,7 @@ fn dump_steps(
     keeper: Keeper,
     dir: &Path,
     opts: &Options,
-) -> Result<criu::DumpReport, HibernateError> {
+) -> Result<(criu::DumpReport, bool), HibernateError> {
     w.freeze(FREEZE_TIMEOUT)?;
     // A tree that already holds a file its owner could not open by path
     // would be killed for it at restore: it is not dumped (it stays
@@ -258,39 +351,71 @@ fn dump_steps(
         pid: keeper.pid,
         error,
     })?;
+    let leave_running = !holds_tcp(w)?;
     gate.write_freeze(false)?;
-    Ok(criu.dump(&DumpRequest {
+    let report = criu.dump(&DumpRequest {
         pid: init,
         cgroup: w,
         dir,
         tcp_established: opts.tcp_established,
         network_lock: opts.network_lock,
         timeout: opts.dump_timeout,
-    })?)
+        leave_running,
+    })?;
+    if leave_running {
+        // criu froze `w` again before it let go of the tasks; they reach
+        // the frozen state as they leave ptrace.
+        w.freeze(FREEZE_TIMEOUT)?;
+    }
+    Ok((report, leave_running))
 }
 
-/// Restores a hibernated gate's worker from `dir`, running.
-///
-/// Before: `Hibernated`, the keeper alive, `w` empty, a complete image.
-/// The steps: enter `Restoring`; tell the keeper to hold (a failed restore
-/// empties `w` again); thaw `w` and the gate (a frozen target hangs
-/// criu); take the keeper's pipe ends; restore into `w`; release the
-/// keeper; delete the image.
+/// Whether a process of `w` holds a TCP socket (or one this cannot look
+/// at). Such a tree is killed by criu itself at the end of its dump, as
+/// before, not left alive: a tree left alive has its TCP sockets out of
+/// repair mode and the network lock lifted, so killing it afterwards sends
+/// the peer a FIN or RST and leaves the port held (tried: the restore then
+/// failed, "Can't bind inet socket: Address already in use"), while criu's
+/// own kill closes them in repair mode, silently, inside the lock.
+fn holds_tcp(w: &Cgroup) -> Result<bool, HibernateError> {
+    for pid in w.read_procs()? {
+        let Ok(pidfd) = crate::proc::pidfd_open(pid) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for entry in fds.flatten() {
+            let socket = std::fs::read_link(entry.path())
+                .is_ok_and(|l| l.to_string_lossy().starts_with("socket:["));
+            let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            if !socket {
+                continue;
+            }
+            let Ok(sock) = crate::wake::borrow(&pidfd, fd) else {
+                return Ok(true);
+            };
+            let domain = crate::wake::sockopt(&sock, libc::SOL_SOCKET, libc::SO_DOMAIN);
+            let proto = crate::wake::sockopt(&sock, libc::SOL_SOCKET, libc::SO_PROTOCOL);
+            if matches!(domain, Some(libc::AF_INET | libc::AF_INET6) | None)
+                && matches!(proto, Some(libc::IPPROTO_TCP) | None)
+            {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// Restores a hibernated gate's worker from `dir`, running, with all its
+/// memory back: [`wake_start`], then the fill, then [`wake_finish`].
 ///
 /// After Ok: the worker runs in `w` (same pids inside its namespace, same
 /// pipes to the keeper), `Running`, image deleted. After an error:
 /// `Hibernated` again, the image kept, `w` empty, the keeper holding: try
 /// again (`gov thaw`).
-///
-/// A lazy restore ([`Options::lazy`]) lets the worker run before its
-/// memory is all back, and the gate stays `Restoring` until it is: the
-/// worker answers its host meanwhile (pages it touches come first), and
-/// this call returns once the lazy-pages daemon copied every page. Only
-/// then are the keeper released and the image deleted. If the daemon fails
-/// or dies first, the worker is killed (it must not run on pages that
-/// never came back) and the gate is hibernated again from its image, which
-/// is the only whole copy: what the worker did since the restore is lost
-/// (input it read, state it changed; what it wrote to the host was sent).
 pub fn wake(
     criu: &Criu,
     gate: &Cgroup,
@@ -304,7 +429,7 @@ pub fn wake(
 
 /// [`wake`], calling `running` once the worker runs (for a lazy restore,
 /// before its memory is all back, with the lazy-pages daemon): the moment
-/// a waiting touch could be answered.
+/// a waiting touch can be answered.
 pub fn wake_then(
     criu: &Criu,
     gate: &Cgroup,
@@ -314,29 +439,109 @@ pub fn wake_then(
     opts: &Options,
     running: impl FnOnce(&criu::RestoreReport, Option<&LazyPages>),
 ) -> Result<criu::RestoreReport, HibernateError> {
+    let started = wake_start(criu, gate, record, keeper, dir, opts)?;
+    running(&started.filling.report, started.lazy.as_ref());
+    let filled = started
+        .lazy
+        .map(|lazy| lazy.finish(opts.restore_timeout))
+        .transpose();
+    wake_finish(record, keeper, dir, started.filling, filled)
+}
+
+/// A restore whose worker runs: its memory may still be coming
+/// (`lazy`). Hand `filling` and what became of `lazy` to [`wake_finish`].
+#[derive(Debug)]
+#[must_use = "a restore is finished with wake_finish"]
+pub struct Started {
+    /// The lazy-pages daemon still filling the worker's memory; None: all
+    /// of it is back (an eager restore). [`LazyPages::finish`] waits for it.
+    pub lazy: Option<LazyPages>,
+    pub filling: Filling,
+}
+
+/// What [`wake_finish`] needs of a started restore.
+#[derive(Debug)]
+pub struct Filling {
+    pub report: criu::RestoreReport,
+    /// The phase a failed fill goes back to.
+    back: Phase,
+}
+
+/// The first half of a restore: the worker runs.
+///
+/// Before: `Hibernated`, the keeper alive, `w` empty, a complete image.
+/// The steps: enter `Restoring`; tell the keeper to hold (a failed restore
+/// empties `w` again); thaw `w` and the gate (a frozen target hangs
+/// criu); take the keeper's pipe ends; restore into `w`; continue it
+/// (after the held check for a user's gate).
+///
+/// After Ok: the worker runs, the gate is still `Restoring`, the keeper
+/// holding, the image there. A lazy restore ([`Options::lazy`]) lets the
+/// worker run before its memory is all back: it answers its host
+/// meanwhile (pages it touches come first) while the lazy-pages daemon
+/// copies the rest. After an error: `Hibernated` again, the image kept,
+/// `w` empty, the keeper holding.
+pub fn wake_start(
+    criu: &Criu,
+    gate: &Cgroup,
+    record: &mut Record,
+    keeper: Keeper,
+    dir: &Path,
+    opts: &Options,
+) -> Result<Started, HibernateError> {
     let w = worker_cgroup(gate);
     let hibernated = record.phase().clone();
     let since_ms = hibernated
         .asleep_since()
         .unwrap_or_else(crate::gate::now_ms);
+    let back = match hibernated {
+        Phase::Hibernated { .. } => hibernated,
+        _ => Phase::Hibernated {
+            since_ms,
+            image_bytes: criu::image_bytes(dir).unwrap_or(0),
+        },
+    };
     record.enter(Phase::Restoring { since_ms })?;
-    match restore_steps(criu, gate, &w, keeper, dir, opts, running) {
-        Ok(report) => {
+    match restore_steps(criu, gate, &w, keeper, dir, opts) {
+        Ok((report, lazy)) => Ok(Started {
+            lazy,
+            filling: Filling { report, back },
+        }),
+        Err(e) => {
+            record.enter(back)?;
+            Err(e)
+        }
+    }
+}
+
+/// The second half of a restore, once the fill ended (`filled`: what
+/// [`LazyPages::finish`] said, or None for an eager restore).
+///
+/// Every page back: the keeper is released, the image deleted, `Running`.
+/// The fill failed (the lazy-pages daemon failed, was killed or ran past
+/// the deadline; `finish` has killed the worker, which must not run on
+/// pages that never came back): `Hibernated` again from its image, which
+/// is the only whole copy. What the worker did since the restore is lost
+/// (input it read, state it changed; what it wrote to the host was sent).
+pub fn wake_finish(
+    record: &mut Record,
+    keeper: Keeper,
+    dir: &Path,
+    filling: Filling,
+    filled: Result<Option<crate::lazy::LazyDone>, CriuError>,
+) -> Result<criu::RestoreReport, HibernateError> {
+    match filled {
+        Ok(done) => {
             let _ = keeper::release(keeper);
             criu::remove_image(dir)?;
             record.enter(Phase::Running)?;
+            let mut report = filling.report;
+            report.memory_back = done.map(|d| d.elapsed);
             Ok(report)
         }
         Err(e) => {
-            let image_bytes = criu::image_bytes(dir).unwrap_or(0);
-            record.enter(match hibernated {
-                Phase::Hibernated { .. } => hibernated,
-                _ => Phase::Hibernated {
-                    since_ms,
-                    image_bytes,
-                },
-            })?;
-            Err(e)
+            record.enter(filling.back)?;
+            Err(e.into())
         }
     }
 }
@@ -348,8 +553,7 @@ fn restore_steps(
     keeper: Keeper,
     dir: &Path,
     opts: &Options,
-    running: impl FnOnce(&criu::RestoreReport, Option<&LazyPages>),
-) -> Result<criu::RestoreReport, HibernateError> {
+) -> Result<(criu::RestoreReport, Option<LazyPages>), HibernateError> {
     keeper::hold(keeper).map_err(|error| HibernateError::Signal {
         pid: keeper.pid,
         error,
@@ -373,12 +577,7 @@ fn restore_steps(
     if let Some(creds) = creds {
         continue_if_safe(w, keeper.pid, &creds)?;
     }
-    let mut report = restored.report;
-    running(&report, restored.lazy.as_ref());
-    if let Some(lazy) = restored.lazy {
-        report.memory_back = Some(lazy.finish(opts.restore_timeout)?.elapsed);
-    }
-    Ok(report)
+    Ok((restored.report, restored.lazy))
 }
 
 /// The credentials a user's worker runs with (its keeper's), or None for
@@ -517,6 +716,9 @@ pub fn apply(
             criu::remove_image(dir)?;
             let _ = keeper::release(keeper);
             gate.freeze(FREEZE_TIMEOUT)?;
+            // A dump left `w` frozen by its own cgroup.freeze: the gate's
+            // freeze holds it now, and a thaw of the gate thaws it.
+            worker_cgroup(gate).write_freeze(false)?;
             record.enter(Phase::Suspended {
                 since_ms,
                 manual: false,

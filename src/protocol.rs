@@ -409,6 +409,10 @@ pub enum EventKind {
     Hibernated,
     /// Restored from its image.
     Restored,
+    /// A dump taken back before the worker was killed: input or a touch
+    /// came during it (`reason` says which). The gate is suspended as
+    /// before, and that input or touch wakes it.
+    DumpUndone,
     /// Input woke it (`reason` names the input: "stdin pipe", ...).
     Woken,
     /// Memory relief took memory from it: `reason` names the rung and the
@@ -442,6 +446,7 @@ impl EventKind {
             EventKind::MainExited => "main_exited",
             EventKind::Hibernated => "hibernated",
             EventKind::Restored => "restored",
+            EventKind::DumpUndone => "dump_undone",
             EventKind::Woken => "woken",
             EventKind::Relieved => "relieved",
             EventKind::Stopping => "stopping",

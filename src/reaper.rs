@@ -89,7 +89,8 @@ impl Phase {
     }
 
     /// What `ps`, `show`, `events` and `metrics` call this phase: the one
-    /// place it is derived.
+    /// place it is derived. `Restoring` is `running`: its worker runs (a
+    /// lazy restore's memory still streams in), and a touch is answered.
     pub fn state(&self, populated: bool) -> GateState {
         match self {
             Phase::Stopping { .. } => GateState::Stopping,
@@ -99,8 +100,8 @@ impl Phase {
             Phase::Suspended { manual: false, .. }
             | Phase::DumpRefused { .. }
             | Phase::Dumping { .. } => GateState::Suspended,
-            Phase::Hibernated { .. } | Phase::Restoring { .. } => GateState::Hibernated,
-            Phase::Running | Phase::Woken { .. } => GateState::Running,
+            Phase::Hibernated { .. } => GateState::Hibernated,
+            Phase::Running | Phase::Woken { .. } | Phase::Restoring { .. } => GateState::Running,
         }
     }
 
@@ -136,10 +137,12 @@ impl Phase {
 }
 
 /// Whether a gate may be made to give way (evicted for a project's cap,
-/// stopped for the memory budget): not torn down already, not busy, not
-/// pinned, and spared by no rule (a debugger, ...). The one rule of it.
+/// stopped for the memory budget): not torn down already, not in a
+/// hibernation step (a restore whose memory still streams in was just
+/// woken for use), not busy, not pinned, and spared by no rule (a
+/// debugger, ...). The one rule of it.
 pub fn may_yield(phase: &Phase, busy: bool, pinned: bool, spared: Option<Spared>) -> bool {
-    !phase.is_reaping() && !busy && !pinned && spared.is_none()
+    !phase.is_reaping() && !phase.in_hibernation_step() && !busy && !pinned && spared.is_none()
 }
 
 /// What the reaper needs to know about one gate.
@@ -1099,6 +1102,18 @@ mod tests {
             reason: Reason::Manual,
         };
         assert_eq!(killing.state(true), GateState::Killing);
+        // A restore whose worker runs while its memory streams in: running,
+        // and never made to give way before its memory is back.
+        let restoring = Phase::Restoring { since_ms: 0 };
+        assert_eq!(restoring.state(true), GateState::Running);
+        assert!(!may_yield(&restoring, false, false, None));
+        assert!(!may_yield(
+            &Phase::Dumping { since_ms: 0 },
+            false,
+            false,
+            None
+        ));
+        assert!(may_yield(&Phase::Running, false, false, None));
     }
 
     #[test]

@@ -222,7 +222,7 @@ fn stdin_input(_what: &str, ino: u64, fd: OwnedFd) -> Option<Input> {
     })
 }
 
-fn sockopt(fd: &OwnedFd, level: i32, name: i32) -> Option<i32> {
+pub(crate) fn sockopt(fd: &OwnedFd, level: i32, name: i32) -> Option<i32> {
     let mut v: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `v`.

@@ -743,8 +743,12 @@ fn a_daemon_killed_during_a_dump_and_a_restore_is_recovered() {
     assert_eq!(host.line(Duration::from_secs(10)), "count 1");
     let dir = gate.images();
 
-    // Killed during the dump: criu finishes alone, the rename never came.
+    // Killed during the dump: criu finishes alone and leaves the worker
+    // whole and frozen (a dump is killed only by the daemon that saw no
+    // input meanwhile), the rename never came. The recovery takes the
+    // dump back: suspended as before, the image gone.
     gate.gate.freeze(Duration::from_secs(5)).unwrap();
+    let pids = gate.w.read_procs().unwrap();
     kill_mid_step(
         step_child("dump", &criu, &gate, keeper, &dir),
         "dump",
@@ -754,12 +758,26 @@ fn a_daemon_killed_during_a_dump_and_a_restore_is_recovered() {
     let step = phase(&gate.gate);
     assert!(matches!(step, Phase::Dumping { .. }), "{step:?}");
     let seen = hibernate::observe(&gate.gate, k(keeper), &dir, Some(&criu)).unwrap();
+    assert_eq!(seen.image, ImageState::PartialFinished, "{seen:?}");
     let r = hibernate::recover(&step, seen);
-    assert_eq!(r, hibernate::Recovery::PromoteImage, "{seen:?}");
+    assert_eq!(r, hibernate::Recovery::BackToSuspended, "{seen:?}");
     hibernate::apply(r, &gate.gate, &mut record(&gate.gate), k(keeper), &dir).unwrap();
-    assert_eq!(criu::image_state(&dir), ImageState::Complete);
-    assert!(matches!(phase(&gate.gate), Phase::Hibernated { .. }));
+    assert_eq!(criu::image_state(&dir), ImageState::None);
+    assert!(matches!(phase(&gate.gate), Phase::Suspended { .. }));
+    assert_eq!(gate.w.read_procs().unwrap(), pids, "the worker is whole");
+    assert!(gate.gate.read_cgroup_events().unwrap().frozen);
     host.assert_running("daemon killed during the dump");
+    // Dumped again, to the end this time.
+    hibernate::hibernate(
+        &criu,
+        &gate.gate,
+        &mut record(&gate.gate),
+        k(keeper),
+        &dir,
+        &Default::default(),
+    )
+    .unwrap();
+    assert!(matches!(phase(&gate.gate), Phase::Hibernated { .. }));
 
     // Killed during the restore: criu finishes alone, the worker runs.
     kill_mid_step(

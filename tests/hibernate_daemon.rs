@@ -152,10 +152,11 @@ fn an_idle_gate_is_hibernated_and_a_touch_brings_it_back_with_its_state() {
     assert_eq!(line(Duration::from_secs(10)), "count 2", "the same pipe");
     assert_eq!(host.id(), pid);
     assert!(matches!(host.try_wait(), Ok(None)));
-    assert!(
-        !images.join(&id).exists(),
-        "the image is deleted once the gate runs"
-    );
+    // Deleted once all its memory is back (a lazy restore fills it after
+    // the touch was answered).
+    wait_until(Duration::from_secs(30), "the image to be deleted", || {
+        !images.join(&id).exists()
+    });
     // Idle again, hibernated again; a kill then deletes the image with it.
     wait_until(
         Duration::from_secs(60),
@@ -305,9 +306,10 @@ fn a_refused_hibernation_leaves_the_gate_suspended_and_says_why() {
 }
 
 /// A daemon SIGKILLed while CRIU dumps a gate, and again while it
-/// restores one: the next daemon finds the gate and finishes the step (the
-/// dump into a hibernated gate, the restore into a running one); the host
-/// sees no exit and the worker's state is intact.
+/// restores one: the next daemon finds the gate and ends the step (the
+/// dump, which criu finished leaving the worker whole and frozen, is taken
+/// back, and the gate is dumped again; the restore is finished into a
+/// running gate); the host sees no exit and the worker's state is intact.
 #[test]
 fn a_daemon_killed_during_a_dump_and_a_restore_recovers_the_gate() {
     let test = "a_daemon_killed_during_a_dump_and_a_restore_recovers_the_gate";
@@ -376,6 +378,15 @@ fn a_daemon_killed_during_a_dump_and_a_restore_recovers_the_gate() {
     }
     assert!(cg.child("w").read_procs().unwrap().is_empty());
     assert!(matches!(host.try_wait(), Ok(None)), "the host saw an exit");
+    let undone = root.events().iter().any(|e| {
+        e.gate == id.as_str()
+            && e.kind == EventKind::Adopted
+            && e.reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("BackToSuspended")
+    });
+    assert!(undone, "the dump was taken back: {:?}", root.events());
 
     // A touch begins the restore: the daemon dies again.
     let mut touch = root
@@ -405,10 +416,9 @@ fn a_daemon_killed_during_a_dump_and_a_restore_recovers_the_gate() {
     }
     assert_eq!(ask_counter(&sock), 2, "the counter went on");
     assert!(matches!(host.try_wait(), Ok(None)));
-    assert!(
-        !images.join(&id).exists(),
-        "the image is deleted once it runs"
-    );
+    wait_until(Duration::from_secs(30), "the image to be deleted", || {
+        !images.join(&id).exists()
+    });
     root.ok(&["kill", &id]);
     let _ = host.reap(Duration::from_secs(10));
 }
@@ -736,6 +746,397 @@ fn a_users_tree_holding_a_file_they_cannot_open_is_not_dumped() {
         .status()
         .unwrap();
     assert_eq!(state(&root, &id).as_deref(), Some("running"));
+    assert!(matches!(host.try_wait(), Ok(None)));
+    root.ok(&["kill", &id]);
+}
+
+// ---------------------------------------------------------------------------
+// Issue 21: a touch answered once the worker runs, and a dump taken back
+
+/// The criu lazy-pages process at work on `images`, if there is one.
+fn lazy_pages_of(images: &Path, criu: &Path) -> Option<u32> {
+    gov::hibernate::criu_at_work(images, criu)
+        .into_iter()
+        .find(|(_, op)| op == "lazy-pages")
+        .map(|(pid, _)| pid)
+}
+
+/// A process's state letter in /proc/PID/stat ('T': stopped).
+fn proc_state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .unwrap_or('?')
+}
+
+fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).unwrap();
+}
+
+fn hibernate_tag(cg: &gov::cgroup::Cgroup) -> String {
+    cg.read_tag("hibernate").ok().flatten().unwrap_or_default()
+}
+
+fn count(root: &TestRoot, id: &str, kind: EventKind) -> usize {
+    root.events()
+        .iter()
+        .filter(|e| e.gate == id && e.kind == kind)
+        .count()
+}
+
+/// A heap worker's host: `gov spawn --hibernate -- python3 heap-worker.py
+/// MB random`, its stdin and stdout piped, pinned until it is ready (its
+/// heap of random bytes takes seconds, longer than these tests' idle
+/// timeouts). Returns the host, its gate, its stdin, its lines and the CRC
+/// of the heap it printed when ready.
+fn heap_gate(
+    root: &TestRoot,
+    project: &str,
+    mb: u64,
+) -> (
+    Kid,
+    String,
+    std::process::ChildStdin,
+    mpsc::Receiver<String>,
+    String,
+) {
+    let mut host = Kid::new(
+        root.gov()
+            .args(["spawn", "--hibernate", "--pin", "--project", project, "--"])
+            .arg("python3")
+            .arg(kit::fixture("heap-worker.py"))
+            .args([&mb.to_string(), "random"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let id = root.gate_of(host.id());
+    let stdin = host.stdin.take().unwrap();
+    let lines = lines_of(&mut host);
+    let ready = lines
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the worker is ready");
+    let crc = ready
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("ready PID CRC, got {ready:?}"))
+        .to_string();
+    root.ok(&["unpin", &id]);
+    (host, id, stdin, lines, crc)
+}
+
+fn ask_line(
+    stdin: &mut std::process::ChildStdin,
+    lines: &mpsc::Receiver<String>,
+    req: &str,
+) -> String {
+    use std::io::Write;
+    writeln!(stdin, "{req}").unwrap();
+    stdin.flush().unwrap();
+    lines
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| panic!("no answer to {req} within 60 s"))
+}
+
+/// `gov touch` of a hibernated 768 MB gate is answered once its worker
+/// runs, while the lazy-pages daemon still fills its memory: held open
+/// here by GOV_TEST_FAULT `lazy_fill=sigstop` (the daemon stops the
+/// lazy-pages process as the worker runs), so what the test sees when the
+/// touch returned is certain: the fill's daemon alive, the record still
+/// `restoring`, `ps` showing `running`, the image kept; a `gov freeze`
+/// meanwhile waits for the fill. Continued, the
+/// fill ends, the record says running, the image goes, and the heap's CRC
+/// is right. Then the failure rule: the lazy-pages daemon killed after the
+/// touch was answered leaves the gate hibernated with its image (the
+/// worker killed), and the next touch restores it whole, the daemon
+/// SIGKILLed during its fill and the next daemon finishing the restore.
+#[test]
+fn a_touch_is_answered_while_memory_streams_in_and_a_failed_fill_hibernates_again() {
+    let test = "a_touch_is_answered_while_memory_streams_in_and_a_failed_fill_hibernates_again";
+    let Some(criu) = criu_or_skip(test) else {
+        return;
+    };
+    let lazy = gov::criu::Criu::find(Some(&criu)).is_ok_and(|c| c.lazy_pages_supported());
+    if !lazy {
+        assert!(
+            std::env::var("GOV_REQUIRE_CRIU").as_deref() != Ok("1"),
+            "{test}: lazy pages are required here (GOV_REQUIRE_CRIU=1)"
+        );
+        kit::skip(
+            test,
+            "criu check --feature uffd-noncoop: no userfaultfd here",
+        );
+        return;
+    }
+    const MB: u64 = 768;
+    let root = TestRoot::new();
+    let images = root.dir.path().join("images");
+    let config = root.policy_file(&hibernating(&images, "2s"));
+    let d = kit::Daemon::start_env(
+        &root,
+        &config,
+        &[
+            ("GOV_CRIU", criu.to_str().unwrap()),
+            ("GOV_TEST_FAULT", "lazy_fill=sigstop"),
+        ],
+    );
+    let (mut host, id, mut stdin, lines, crc) = heap_gate(&root, "/srv/lazy-touch", MB);
+    let cg = root.gate_cgroup(&id);
+    let image = images.join(&id);
+    let touch_while_filling = |round: usize| -> u32 {
+        wait_until(Duration::from_secs(120), "the gate to hibernate", || {
+            count(&root, &id, EventKind::Hibernated) >= round
+                && state(&root, &id).as_deref() == Some("hibernated")
+        });
+        assert!(cg.child("w").read_procs().unwrap().is_empty());
+        let started = Instant::now();
+        root.ok(&["touch", &id]);
+        let answered = started.elapsed();
+        // What holds at the moment the touch returned.
+        let lazy = lazy_pages_of(&image, &criu).unwrap_or_else(|| {
+            panic!(
+                "round {round}: no lazy-pages daemon when the touch returned\n{}",
+                d.log_text()
+            )
+        });
+        assert_eq!(proc_state(lazy), 'T', "round {round}: stopped by the fault");
+        assert_eq!(hibernate_tag(&cg), "restoring", "round {round}");
+        assert_eq!(state(&root, &id).as_deref(), Some("running"));
+        assert!(
+            image.exists(),
+            "round {round}: the image is kept until filled"
+        );
+        assert!(!cg.child("w").read_procs().unwrap().is_empty());
+        eprintln!("round {round}: touch of a hibernated {MB} MB gate answered in {answered:?}, its memory still coming");
+        lazy
+    };
+
+    // Touched: answered while the fill is held. A second touch is
+    // answered at once too; a person's freeze needs the gate at rest: it
+    // is answered only once the fill ended (scans go on meanwhile).
+    let lazy = touch_while_filling(1);
+    root.ok(&["touch", &id]);
+    let mut freeze = Kid::new(
+        root.gov()
+            .args(["freeze", &id])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    root.wait_scans(3);
+    assert!(
+        matches!(freeze.try_wait(), Ok(None)),
+        "the freeze was answered while the fill ran"
+    );
+    assert_eq!(hibernate_tag(&cg), "restoring");
+    signal(lazy, nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(freeze.reap(Duration::from_secs(120)), Some(0));
+    assert_eq!(state(&root, &id).as_deref(), Some("frozen"));
+    assert!(hibernate_tag(&cg).is_empty() && !image.exists(), "filled");
+    // Kept running while the test reads its heap.
+    root.ok(&["pin", &id]);
+    root.ok(&["thaw", &id]);
+    assert_eq!(state(&root, &id).as_deref(), Some("running"));
+    assert_eq!(ask_line(&mut stdin, &lines, "sum"), format!("sum {crc}"));
+    root.ok(&["unpin", &id]);
+
+    // Hibernated again; touched, and the lazy-pages daemon is killed after
+    // the touch was answered: the worker is killed, the gate hibernated
+    // again with its image.
+    let lazy = touch_while_filling(2);
+    let failed_before = count(&root, &id, EventKind::Failed);
+    signal(lazy, nix::sys::signal::Signal::SIGKILL);
+    wait_until(
+        Duration::from_secs(60),
+        "the gate to be hibernated again",
+        || {
+            hibernate_tag(&cg).starts_with("hibernated")
+                && state(&root, &id).as_deref() == Some("hibernated")
+        },
+    );
+    assert!(image.exists(), "the image is kept: the only whole copy");
+    assert!(
+        cg.child("w").read_procs().unwrap().is_empty(),
+        "no worker on missing pages"
+    );
+    assert!(count(&root, &id, EventKind::Failed) > failed_before);
+    let show = root.ok(&["show", &id]);
+    assert!(show.contains("lazy-pages"), "{show}");
+    assert!(matches!(host.try_wait(), Ok(None)), "the host saw an exit");
+
+    // The next touch restores it whole, though the daemon is SIGKILLed
+    // while the fill runs: the next daemon waits for the lazy-pages
+    // daemon (criu at work) and then finishes the restore.
+    let started = Instant::now();
+    root.ok(&["touch", &id]);
+    let answered = started.elapsed();
+    let lazy = lazy_pages_of(&image, &criu).expect("a lazy-pages daemon");
+    root.ok(&["pin", &id]);
+    // Continued first: a stopped lazy-pages whose parent dies is in an
+    // orphaned process group, which the kernel sends SIGHUP (it dies, and
+    // the pages it had not copied would read as zeros: found so here).
+    signal(lazy, nix::sys::signal::Signal::SIGCONT);
+    d.sigkill();
+    // Still filling after the daemon died (768 MB takes longer than the
+    // kill): the next daemon must wait for it and finish the restore.
+    let mid_fill = proc_state(lazy) != 'Z' && lazy_pages_of(&image, &criu) == Some(lazy);
+    let d = daemon_with(&root, &criu, &hibernating(&images, "2s"));
+    wait_until(
+        Duration::from_secs(120),
+        "the restore to be finished",
+        || {
+            hibernate_tag(&cg).is_empty()
+                && !image.exists()
+                && state(&root, &id).as_deref() == Some("running")
+        },
+    );
+    eprintln!("touch after a failed fill answered in {answered:?}");
+    assert_eq!(ask_line(&mut stdin, &lines, "sum"), format!("sum {crc}"));
+    assert!(matches!(host.try_wait(), Ok(None)));
+    let recovered = root.events().iter().any(|e| {
+        e.gate == id.as_str()
+            && e.kind == EventKind::Adopted
+            && e.reason.as_deref().unwrap_or("").contains("RestoreDone")
+    });
+    eprintln!("daemon killed mid-fill: {mid_fill}; recovered by the next: {recovered}");
+    if mid_fill {
+        assert!(recovered, "{}", d.log_text());
+    }
+    root.ok(&["kill", &id]);
+    assert!(!image.exists());
+}
+
+/// A line written to a gate's stdin while its dump runs takes the dump
+/// back: GOV_TEST_FAULT `dumped=sleep:3000` holds the owner between the
+/// dump (image complete, worker frozen and whole) and its look for input,
+/// and the test writes then. The gate ends running with no image, a
+/// `dump_undone` event says why, and the line is answered exactly once.
+/// The plain case then: with nothing written, the next dump is finished:
+/// hibernated, the worker's processes gone, and a line restores it with
+/// its heap whole.
+#[test]
+fn input_during_a_dump_takes_the_dump_back_and_is_answered_once() {
+    let test = "input_during_a_dump_takes_the_dump_back_and_is_answered_once";
+    let Some(criu) = criu_or_skip(test) else {
+        return;
+    };
+    let root = TestRoot::new();
+    let images = root.dir.path().join("images");
+    // Wakes on input (stdin only: nothing else to refuse a dump for).
+    let policy = format!(
+        "hibernate_dir = {:?}\nscan_interval = \"200ms\"\n[defaults]\nidle_timeout = \"1s\"\nfrozen_hold = \"1h\"\nhibernate_after = \"0s\"\norphan_grace = \"never\"\nbusy_cpu_percent = 100.0\nwake_quiet = \"300ms\"\n",
+        images.display().to_string()
+    );
+    let config = root.policy_file(&policy);
+    let d = kit::Daemon::start_env(
+        &root,
+        &config,
+        &[
+            ("GOV_CRIU", criu.to_str().unwrap()),
+            ("GOV_TEST_FAULT", "dumped=sleep:3000"),
+        ],
+    );
+    let (mut host, id, mut stdin, lines, crc) = heap_gate(&root, "/srv/dump-undo", 300);
+    let cg = root.gate_cgroup(&id);
+    let w = cg.child("w");
+    let image = images.join(&id);
+    let pids = w.read_procs().unwrap();
+
+    // The dump is written, the worker still there: a line comes.
+    wait_until(Duration::from_secs(60), "the dump to be written", || {
+        image.exists() && hibernate_tag(&cg) == "dumping"
+    });
+    assert_eq!(w.read_procs().unwrap(), pids, "whole during the pause");
+    {
+        use std::io::Write;
+        writeln!(stdin, "ping").unwrap();
+        stdin.flush().unwrap();
+    }
+    let pong = lines
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("no answer\n{}", d.log_text()));
+    assert_eq!(pong, "pong");
+    let undone: Vec<_> = root
+        .events()
+        .into_iter()
+        .filter(|e| e.gate == id.as_str() && e.kind == EventKind::DumpUndone)
+        .collect();
+    assert_eq!(undone.len(), 1, "{:?}", root.events());
+    let why = undone[0].reason.clone().unwrap_or_default();
+    assert!(why.contains("input came during the dump"), "{why}");
+    assert_eq!(count(&root, &id, EventKind::Hibernated), 0);
+    assert_eq!(count(&root, &id, EventKind::Restored), 0, "never restored");
+    assert!(!image.exists(), "the image of an undone dump is deleted");
+    assert_eq!(w.read_procs().unwrap(), pids, "the same processes");
+    assert!(
+        lines.recv_timeout(Duration::from_millis(500)).is_err(),
+        "the line was answered twice"
+    );
+
+    // Nothing written this time: the dump is finished.
+    wait_until(Duration::from_secs(60), "the gate to hibernate", || {
+        count(&root, &id, EventKind::Hibernated) == 1
+            && state(&root, &id).as_deref() == Some("hibernated")
+    });
+    assert!(image.exists());
+    assert!(w.read_procs().unwrap().is_empty(), "its memory is freed");
+    assert_eq!(count(&root, &id, EventKind::DumpUndone), 1);
+    // A line restores it, its heap whole.
+    assert_eq!(ask_line(&mut stdin, &lines, "sum"), format!("sum {crc}"));
+    assert!(matches!(host.try_wait(), Ok(None)));
+    root.ok(&["kill", &id]);
+}
+
+/// A touch that comes while a gate is dumped takes the dump back: it
+/// waits in the owner's mailbox behind the dump (GOV_TEST_FAULT
+/// `dumped=sleep:3000` holds the owner between the dump and its look), the
+/// dump is undone (`dump_undone`, "touched"), and the touch thaws the same
+/// worker: nothing was restored.
+#[test]
+fn a_touch_during_a_dump_takes_the_dump_back() {
+    let test = "a_touch_during_a_dump_takes_the_dump_back";
+    let Some(criu) = criu_or_skip(test) else {
+        return;
+    };
+    let root = TestRoot::new();
+    let images = root.dir.path().join("images");
+    let config = root.policy_file(&hibernating(&images, "1s"));
+    let _d = kit::Daemon::start_env(
+        &root,
+        &config,
+        &[
+            ("GOV_CRIU", criu.to_str().unwrap()),
+            ("GOV_TEST_FAULT", "dumped=sleep:3000"),
+        ],
+    );
+    let (mut host, id, mut stdin, lines, crc) = heap_gate(&root, "/srv/dump-touch", 200);
+    let cg = root.gate_cgroup(&id);
+    let w = cg.child("w");
+    let image = images.join(&id);
+    let pids = w.read_procs().unwrap();
+    wait_until(Duration::from_secs(60), "the dump to be written", || {
+        image.exists() && hibernate_tag(&cg) == "dumping"
+    });
+    root.ok(&["touch", &id]);
+    assert_eq!(state(&root, &id).as_deref(), Some("running"));
+    let undone: Vec<_> = root
+        .events()
+        .into_iter()
+        .filter(|e| e.gate == id.as_str() && e.kind == EventKind::DumpUndone)
+        .collect();
+    assert_eq!(undone.len(), 1, "{:?}", root.events());
+    assert!(undone[0]
+        .reason
+        .as_deref()
+        .unwrap_or("")
+        .contains("touched"));
+    assert_eq!(count(&root, &id, EventKind::Hibernated), 0);
+    assert_eq!(count(&root, &id, EventKind::Restored), 0);
+    assert!(!image.exists());
+    assert_eq!(w.read_procs().unwrap(), pids, "the same processes");
+    root.ok(&["pin", &id]);
+    assert_eq!(ask_line(&mut stdin, &lines, "sum"), format!("sum {crc}"));
     assert!(matches!(host.try_wait(), Ok(None)));
     root.ok(&["kill", &id]);
 }

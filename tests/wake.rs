@@ -431,7 +431,7 @@ fn lines_to_a_hibernated_gate_restore_it_and_arrive_once_in_order() {
     let mut stdin = host.stdin.take().unwrap();
     for round in 1..=2 {
         // Dumped (again): the state alone could still be the last round's
-        // (a lazy restore shows `hibernated` while its worker runs).
+        // (a dump taken back leaves it `suspended` on its way to the next).
         wait_events(&root, &id, EventKind::Hibernated, round);
         wait_state(&root, &id, "hibernated");
         let show = root.ok(&["show", &id]);

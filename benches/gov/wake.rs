@@ -6,7 +6,10 @@
 //! gate suspended by the reaper and woken by the line (no touch). Then a
 //! `--hibernate` gate holding HIB_MB MB of non-zero memory, dumped to disk,
 //! restored by the line. The goals: suspended p50 within 1 ms of unfrozen,
-//! hibernated (200 MB) p50 under 0.4 s.
+//! hibernated (200 MB) p50 under 0.4 s. Then, per size in
+//! GOV_BENCH_WAKE_TOUCH_MB, a hibernated gate's `gov touch`: the time to
+//! the daemon's answer, which comes once the worker runs (issue 21), not
+//! once its memory is all back.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -218,6 +221,32 @@ pub fn run(root: &BenchRoot, tmp: &Path) {
     if let Some(s) = &hib {
         t.row(vec![
             format!("hibernated ({hib_mb} MB), restored by the line"),
+            s.n().to_string(),
+            ms(s.p(50.0)),
+            ms(s.p(90.0)),
+            ms(s.max()),
+        ]);
+    }
+    let touch_sizes = env_list(
+        "GOV_BENCH_WAKE_TOUCH_MB",
+        if quick() { &[200] } else { &[200, 1024, 2048] },
+    );
+    for &mb in touch_sizes.iter().filter(|_| criu.is_some()) {
+        let mut host = Host::start(&socket, &droot, true, mb);
+        let req = format!("{{\"v\":1,\"type\":\"touch\",\"gate\":\"{}\"}}", host.gate);
+        let mut times = Vec::new();
+        for i in 0..hib_n {
+            wait_dumps(&socket, &host.gate, i + 1, Duration::from_secs(300));
+            let t = Instant::now();
+            let reply = try_call(&socket, &req, Duration::from_secs(120)).unwrap_or_default();
+            times.push(us(t.elapsed()));
+            assert!(reply.contains("done"), "touch: {reply}");
+            // It runs: it answers (once the pages it needs are back).
+            host.round_trip(i);
+        }
+        let s = Stats::new(times);
+        t.row(vec![
+            format!("hibernated ({mb} MB), `gov touch` answered"),
             s.n().to_string(),
             ms(s.p(50.0)),
             ms(s.p(90.0)),

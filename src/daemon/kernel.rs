@@ -171,6 +171,19 @@ impl Kernel for Cgroupfs {
     }
 }
 
+/// A fault point given a process, for the root tests (GOV_TEST_FAULT
+/// "lazy_fill=sigstop" stops a lazy restore's lazy-pages daemon as the
+/// worker runs); nothing in builds without `test-faults`.
+pub fn fault_at_process(point: &str, pid: u32) {
+    faults::at_process(point, pid)
+}
+
+/// A fault point of an action off the runtime thread ("dumped=sleep:3000"
+/// pauses between a dump and the look for input that came meanwhile).
+pub fn fault_at(point: &str) {
+    faults::at(point)
+}
+
 /// Faults for the root tests in tests/, set through GOV_TEST_FAULT
 /// ("pin=panic,freeze=sleep:300"): a panic in an action, or a pause inside
 /// one to hold a race window open. Only in builds with the `test-faults`
@@ -181,17 +194,20 @@ mod faults {
     use super::*;
     use crate::gate::Tag;
 
-    pub fn at(point: &str) {
+    fn faults() -> &'static [(String, String)] {
         static FAULTS: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
-        let faults = FAULTS.get_or_init(|| {
+        FAULTS.get_or_init(|| {
             std::env::var("GOV_TEST_FAULT")
                 .unwrap_or_default()
                 .split(',')
                 .filter_map(|f| f.split_once('='))
                 .map(|(p, a)| (p.to_string(), a.to_string()))
                 .collect()
-        });
-        for (p, what) in faults {
+        })
+    }
+
+    pub fn at(point: &str) {
+        for (p, what) in faults() {
             if p != point {
                 continue;
             }
@@ -200,6 +216,29 @@ mod faults {
             }
             if let Some(ms) = what.strip_prefix("sleep:").and_then(|m| m.parse().ok()) {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
+            }
+        }
+    }
+
+    /// A fault point that hands over a process: "sigstop" stops it (a
+    /// test then finds it stopped, and continues or kills it).
+    pub fn at_process(point: &str, pid: u32) {
+        for (p, what) in faults() {
+            if p == point && what == "sigstop" {
+                // SAFETY: kill(2) with a pid and a signal number.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+                // Stopped once it takes the signal, which a busy process
+                // does a little later: the test must find it stopped.
+                let stopped = || {
+                    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                        s.rsplit_once(')')
+                            .is_some_and(|(_, r)| r.trim_start().starts_with('T'))
+                    })
+                };
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                while !stopped() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
             }
         }
     }
@@ -226,6 +265,8 @@ mod faults {
     use super::*;
 
     pub fn at(_point: &str) {}
+
+    pub fn at_process(_point: &str, _pid: u32) {}
 
     pub fn store(cg: Cgroup) -> Arc<dyn TagStore> {
         Arc::new(cg)

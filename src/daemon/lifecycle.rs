@@ -346,7 +346,13 @@ pub enum Cmd {
     /// the owner gets to it: the reason a stop is for, and words for what
     /// set relief off.
     Relieve(Rung, Reason, String),
+    /// A lazy restore's fill ended (the owner's own letter): every page
+    /// back, or the worker killed for want of them.
+    Filled(FillResult),
 }
+
+/// How a lazy restore's fill ended ([`crate::lazy::LazyPages::finish`]).
+pub type FillResult = Result<crate::lazy::LazyDone, crate::criu::CriuError>;
 
 /// A command, and where its answer goes (a request waits for it).
 type Letter = (Cmd, Option<Answer>);
@@ -368,7 +374,32 @@ impl Cmd {
             Cmd::StartWorker(_) => "start worker",
             Cmd::Relieve(..) => "relieve",
             Cmd::Input(_) => "input",
+            Cmd::Filled(_) => "filled",
         }
+    }
+
+    /// Needs the gate at rest, so a lazy restore's fill ends first (bounded
+    /// by the restore's deadline). What may run beside it: the worker runs,
+    /// so a touch, a thaw or input is answered at once; the rule book keeps
+    /// a restoring gate as it is (`reaper::step`, `may_yield`, which an
+    /// eviction and relief ask first); pin and tag write tags only. Anything else (freeze, kill, a worker start, a
+    /// command added later) waits.
+    fn waits_for_fill(&self) -> bool {
+        !matches!(
+            self,
+            Cmd::Observe(_)
+                | Cmd::Changed
+                | Cmd::Orphaned
+                | Cmd::MainExited
+                | Cmd::Touch
+                | Cmd::Thaw
+                | Cmd::Input(_)
+                | Cmd::Evict(_)
+                | Cmd::Relieve(..)
+                | Cmd::Pin(_)
+                | Cmd::Tag(_)
+                | Cmd::Filled(_)
+        )
     }
 
     /// What the rule book acts on, not a person: it waits while CRIU still
@@ -505,6 +536,7 @@ pub fn start(cx: &Arc<Ctx>, gate: Gate) -> Handle {
         observing,
         exits,
         watch: None,
+        fill: None,
     };
     tokio::spawn(owner.run());
     handle
@@ -533,6 +565,38 @@ struct Owner {
     exits: [Option<Exit>; 2],
     /// Its inputs, while it sleeps.
     watch: Option<Watch>,
+    /// A lazy restore's fill, while its worker runs and its memory streams
+    /// in: the owner's select takes its end as a `Cmd::Filled`.
+    fill: Option<Fill>,
+}
+
+/// The background part of a lazy restore: a blocking task that holds only
+/// the lazy-pages daemon and waits for it, and what finishing needs.
+struct Fill {
+    task: tokio::task::JoinHandle<FillResult>,
+    filling: crate::hibernate::Filling,
+    /// Input woke it (not a touch): `woken`, not running, once filled.
+    woken: bool,
+}
+
+/// The end of a fill; never while there is none.
+async fn fill_ended(fill: &mut Option<Fill>) -> FillResult {
+    match fill {
+        Some(f) => joined(&mut f.task).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A fill's result; a panic in its task is a failed fill (the panic
+/// dropped the daemon's handle, which killed the worker first).
+async fn joined(task: &mut tokio::task::JoinHandle<FillResult>) -> FillResult {
+    task.await.unwrap_or_else(|e| {
+        Err(crate::criu::CriuError::Io {
+            op: "wait for lazy-pages",
+            path: std::path::PathBuf::from("lazy-pages"),
+            error: std::io::Error::other(e.to_string()),
+        })
+    })
 }
 
 impl Owner {
@@ -543,7 +607,11 @@ impl Owner {
             // A deadline of the gate's own (the end of a stop grace, a kill
             // to try again, a stop due at a known time) wakes the owner
             // without a command.
-            let wake = wake_at(&self.gate);
+            // A fill's end wakes it (its select branch): no retry meanwhile.
+            let wake = match self.fill {
+                Some(_) => None,
+                None => wake_at(&self.gate),
+            };
             let woken = matches!(self.gate.phase(), Phase::Woken { .. });
             let (cmd, answer) = if let Some(woke) = now_due.take() {
                 (Cmd::Input(woke), None)
@@ -566,6 +634,7 @@ impl Owner {
                     (if i == 0 { Cmd::Orphaned } else { Cmd::MainExited }, None)
                 }
                 woke = inputs::first(&self.watch) => (Cmd::Input(woke), None),
+                filled = fill_ended(&mut self.fill) => (Cmd::Filled(filled), None),
                 }
             };
             if matches!(cmd, Cmd::Observe(_)) {
@@ -577,6 +646,8 @@ impl Owner {
                 g: Arc::make_mut(&mut self.gate),
                 memory: &self.memory,
                 watch: &mut self.watch,
+                fill: &mut self.fill,
+                mail: &self.rx,
             };
             let done = CatchUnwind(Box::pin(action.act(cmd))).await;
             let (flow, result) = done.unwrap_or_else(|e| {
@@ -736,6 +807,9 @@ struct Action<'a> {
     g: &'a mut Gate,
     memory: &'a MemoryCell,
     watch: &'a mut Option<Watch>,
+    fill: &'a mut Option<Fill>,
+    /// The commands waiting behind this one (a dump looks for a touch).
+    mail: &'a Receiver<Letter>,
 }
 
 impl Action<'_> {
@@ -743,9 +817,15 @@ impl Action<'_> {
     /// for whoever asked.
     async fn act(mut self, cmd: Cmd) -> (Flow, Result<(), Failure>) {
         let go = |r| (Flow::Go, r);
+        if cmd.waits_for_fill() {
+            if let Some(f) = self.fill.as_mut() {
+                let filled = joined(&mut f.task).await;
+                self.finish_fill(filled).await;
+            }
+        }
         // A dump or restore a previous daemon left: finished or undone before
         // anything else is done to the gate.
-        if self.g.phase().in_hibernation_step() {
+        if self.fill.is_none() && self.g.phase().in_hibernation_step() {
             self.recover().await;
             // CRIU still at work: the rule book waits with it.
             if self.g.phase().in_hibernation_step() && cmd.is_rule_book() {
@@ -785,6 +865,10 @@ impl Action<'_> {
             Cmd::StartWorker(cmd) => go(self.start_worker(cmd).await),
             Cmd::Input(woke) => (self.input(woke).await, Ok(())),
             Cmd::Relieve(rung, reason, why) => self.relieve(rung, reason, why).await,
+            Cmd::Filled(filled) => {
+                self.finish_fill(filled).await;
+                (self.review(now_ms()).await, Ok(()))
+            }
         }
     }
 
@@ -1014,6 +1098,19 @@ impl Action<'_> {
             self.mark_active(now);
             return self.review(now).await;
         }
+        if let Some(fill) = self.fill.as_mut() {
+            // Its memory still streams in: `woken` once it is all back,
+            // its quiet time counted from then (`finish_fill`).
+            fill.woken = true;
+            return self.review(now).await;
+        }
+        self.enter_woken();
+        self.review(now).await
+    }
+
+    /// Woken by input: suspended again a quiet time from now unless it is
+    /// active meanwhile.
+    fn enter_woken(&mut self) {
         // The quiet time counts from when it runs again (a restore takes a
         // while).
         let quiet = u64::try_from(self.g.settings.wake_quiet.as_millis()).unwrap_or(u64::MAX);
@@ -1032,7 +1129,6 @@ impl Action<'_> {
         if let Err(e) = self.g.record.enter(Phase::Woken { until_ms }) {
             self.failed("wake on input", e);
         }
-        self.review(now).await
     }
 
     /// Asks the reaper's rule book and performs its decision.
@@ -1172,8 +1268,9 @@ impl Action<'_> {
         let (phase, id) = (self.g.phase(), &self.g.dir.id);
         // CRIU still works on a step a previous daemon began: answered
         // `busy` (nothing was done), which the client tries again, rather
-        // than a success before the gate runs.
-        if phase.in_hibernation_step() {
+        // than a success before the gate runs. (A fill of this owner's own
+        // restore is no such step: its worker runs.)
+        if phase.in_hibernation_step() && self.fill.is_none() {
             return Err(Failure::new(
                 crate::protocol::ErrorCode::Busy,
                 format!("gate {id} is finishing a hibernation step; try again"),
@@ -1200,6 +1297,10 @@ impl Action<'_> {
     /// runs when this returns Ok.
     async fn resume(&mut self, why: &str) -> Result<(), Failure> {
         self.may_act()?;
+        if self.fill.is_some() {
+            // Its worker runs already; its memory streams in.
+            return Ok(());
+        }
         *self.watch = None;
         self.g.wake_paused_until = None;
         let was = self.g.phase().clone();
@@ -1444,24 +1545,101 @@ impl Action<'_> {
         }
         // Given back before the dump: a borrowed copy keeps files alive.
         *self.watch = None;
+        let images = dir.clone();
         let r = self
             .hibernation_step(move |cg, record| {
-                crate::hibernate::hibernate(&criu, cg, record, keeper, &dir, &opts)
+                let dumped = crate::hibernate::dump(&criu, cg, record, keeper, &dir, &opts);
+                super::kernel::fault_at("dumped");
+                dumped
             })
             .await;
-        match r {
-            Ok(report) => {
-                let why = format!("dumped in {} ms", report.elapsed.as_millis());
-                self.event(EventKind::Hibernated, Some(why), Some(report.image_bytes));
-            }
+        let dumped = match r {
+            Ok(dumped) => dumped,
             // criu goes on by itself (the gate stays Dumping); the next look
             // finishes the step.
             Err(crate::hibernate::HibernateError::Criu(crate::criu::CriuError::StillRunning {
                 ..
-            })) => {}
+            })) => return,
             // Suspended as before (DumpRefused), the reason shown.
-            Err(e) => self.failed("hibernate refused", e.reason()),
+            Err(e) => return self.failed("hibernate refused", e.reason()),
+        };
+        // The worker is still there, frozen: input or a touch that came
+        // during the dump takes it back instead of restoring it right after.
+        let why = match dumped.undoable() {
+            true => self.woken_during_dump().await,
+            false => None,
+        };
+        if let Some((why, touched)) = why {
+            let r = self
+                .hibernation_step(move |cg, record| {
+                    crate::hibernate::undo_dump(cg, record, keeper, &images, dumped)
+                })
+                .await;
+            match r {
+                Ok(()) => self.event(EventKind::DumpUndone, Some(why), None),
+                Err(e) => return self.failed("undoing a dump", e.reason()),
+            }
+            // Input wakes it next (the watch armed after this action finds
+            // it ready, ahead of any letter). A touch waits behind letters
+            // that came first (a scan's, which could dump it again): the
+            // gate runs now, and the touch finds it running.
+            if touched {
+                match self.kernel(|k, cg| k.thaw(cg)).await {
+                    Ok(()) => {
+                        if let Err(e) = self.g.record.enter(Phase::Running) {
+                            self.failed("thaw after an undone dump", e);
+                        }
+                    }
+                    Err(e) => self.failed("thaw after an undone dump", e),
+                }
+            }
+            return;
         }
+        let elapsed = dumped.report.elapsed;
+        let r = self
+            .hibernation_step(move |cg, record| crate::hibernate::finish_dump(cg, record, dumped))
+            .await;
+        match r {
+            Ok(report) => {
+                let why = format!("dumped in {} ms", elapsed.as_millis());
+                self.event(EventKind::Hibernated, Some(why), Some(report.image_bytes));
+            }
+            // Still Dumping: the next look (`recover`) sees what is left.
+            Err(e) => self.failed("hibernate", e.reason()),
+        }
+    }
+
+    /// Why a dump just written is taken back rather than finished: a touch
+    /// or thaw waits behind it, or input came for the gate while it was
+    /// dumped (what its host wrote waits in the worker's stdin pipe, which
+    /// the keeper kept serving; a connection waits on a socket). Input that
+    /// comes after this look stays where it is and restores the gate as it
+    /// would any hibernated gate.
+    /// Returns why, and whether it was a touch.
+    async fn woken_during_dump(&mut self) -> Option<(String, bool)> {
+        let touched = self
+            .mail
+            .any(|(cmd, _)| matches!(cmd, Cmd::Touch | Cmd::Thaw));
+        if touched {
+            return Some(("touched during the dump".into(), true));
+        }
+        if !self.g.settings.wake_on_input {
+            return None;
+        }
+        let (k, dir, main, stdin) = (
+            self.cx.kernel.clone(),
+            self.g.dir.clone(),
+            self.g.main_process(),
+            self.g.tags().stdin_ino,
+        );
+        let found = blocking(move || k.inputs(&dir, main, stdin)).await;
+        // The same look as a watch armed on a sleeping gate; its borrowed
+        // copies close as it drops, before the worker is killed.
+        let woke = inputs::arm(found, &self.g.ended_inputs).ready?;
+        Some((
+            format!("input came during the dump ({})", woke.label),
+            false,
+        ))
     }
 
     /// Leaves the suspended gate as it is, with the reason a dump was
@@ -1477,8 +1655,11 @@ impl Action<'_> {
         }
     }
 
-    /// Restores a hibernated gate; on failure the image is kept and the
-    /// gate stays hibernated, so `gov thaw` can try again.
+    /// Restores a hibernated gate: Ok once its worker runs. An eager
+    /// restore has all its memory back by then; a lazy one goes on filling
+    /// in the background (`Fill`), the gate `Restoring` (shown running)
+    /// until `finish_fill`. On failure the image is kept and the gate stays
+    /// hibernated, so `gov thaw` can try again.
     async fn wake(&mut self) -> Result<(), Failure> {
         let Some(criu) = self.cx.criu.clone() else {
             return Err(Failure::internal(
@@ -1486,29 +1667,92 @@ impl Action<'_> {
             ));
         };
         let (keeper, dir, opts) = (self.g.keeper(), self.image_dir(), self.hibernate_options());
+        let timeout = opts.restore_timeout;
         let r = self
             .hibernation_step(move |cg, record| {
-                crate::hibernate::wake(&criu, cg, record, keeper, &dir, &opts)
+                let started = crate::hibernate::wake_start(&criu, cg, record, keeper, &dir, &opts)?;
+                match started.lazy {
+                    Some(lazy) => {
+                        if let Some(pid) = lazy.pid() {
+                            super::kernel::fault_at_process("lazy_fill", pid);
+                        }
+                        Ok(Back::Filling(lazy, started.filling))
+                    }
+                    None => crate::hibernate::wake_finish(
+                        record,
+                        keeper,
+                        &dir,
+                        started.filling,
+                        Ok(None),
+                    )
+                    .map(Back::Whole),
+                }
             })
             .await;
         match r {
-            Ok(report) => {
+            Ok(Back::Whole(report)) => {
                 let why = format!("restored in {} ms", report.elapsed.as_millis());
                 self.event(EventKind::Restored, Some(why), None);
                 Ok(())
             }
-            Err(e) => {
-                let why = format!("restore: {}", e.reason());
-                self.g.failure = Some(why.clone());
-                self.event(EventKind::Failed, Some(why), None);
-                let mut f = Failure::from(e);
-                f.message = format!(
-                    "restore failed, the image is kept (`gov thaw` tries again): {}",
-                    f.message
+            Ok(Back::Filling(lazy, filling)) => {
+                let why = format!(
+                    "restored in {} ms, its memory following",
+                    filling.report.elapsed.as_millis()
                 );
-                Err(f)
+                let task = tokio::task::spawn_blocking(move || lazy.finish(timeout));
+                *self.fill = Some(Fill {
+                    task,
+                    filling,
+                    woken: false,
+                });
+                self.event(EventKind::Restored, Some(why), None);
+                Ok(())
+            }
+            Err(e) => Err(self.restore_failed(e)),
+        }
+    }
+
+    /// A lazy restore's fill ended: every page back (`Running`, the image
+    /// deleted), or the worker killed for want of them and the gate
+    /// hibernated again from its image, its wakes on input paused as after
+    /// any failed wake.
+    async fn finish_fill(&mut self, filled: FillResult) {
+        let Some(fill) = self.fill.take() else {
+            return;
+        };
+        let (keeper, dir, filling) = (self.g.keeper(), self.image_dir(), fill.filling);
+        let woken = fill.woken;
+        let r = self
+            .hibernation_step(move |_, record| {
+                crate::hibernate::wake_finish(record, keeper, &dir, filling, filled.map(Some))
+            })
+            .await;
+        match r {
+            Ok(report) => {
+                tracing::info!(gate = %self.g.dir.id, memory_back = ?report.memory_back, "restore filled");
+                if woken {
+                    self.enter_woken();
+                }
+            }
+            Err(e) => {
+                self.g.wake_paused_until = Some(now_ms() + WAKE_WINDOW_MS);
+                self.restore_failed(e);
             }
         }
+    }
+
+    /// Says why a restore failed; the answer for whoever waits on it.
+    fn restore_failed(&mut self, e: crate::hibernate::HibernateError) -> Failure {
+        let why = format!("restore: {}", e.reason());
+        self.g.failure = Some(why.clone());
+        self.event(EventKind::Failed, Some(why), None);
+        let mut f = Failure::from(e);
+        f.message = format!(
+            "restore failed, the image is kept (`gov thaw` tries again): {}",
+            f.message
+        );
+        f
     }
 
     /// A daemon died during this gate's dump or restore: finish or undo it.
@@ -1583,6 +1827,14 @@ impl Action<'_> {
         self.event(EventKind::Tagged, Some(format!("session {session}")), None);
         Ok(())
     }
+}
+
+/// A restore's first half, as the owner's wake takes it.
+enum Back {
+    /// Every page is back (an eager restore): finished.
+    Whole(crate::criu::RestoreReport),
+    /// The worker runs; the lazy-pages daemon fills the rest.
+    Filling(crate::lazy::LazyPages, crate::hibernate::Filling),
 }
 
 /// A watched process (the gate's owner, or its main process): a pidfd,

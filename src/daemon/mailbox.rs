@@ -93,6 +93,12 @@ impl<T> Receiver<T> {
         self.0.close();
     }
 
+    /// Whether a queued item is one `f` looks for, without taking it (an
+    /// owner asks whether a touch waits behind the step it is in).
+    pub fn any(&self, f: impl Fn(&T) -> bool) -> bool {
+        self.0.lock().queue.iter().any(f)
+    }
+
     /// The next queued item, without waiting.
     pub fn try_recv(&mut self) -> Option<T> {
         self.0.lock().queue.pop_front()

@@ -459,12 +459,18 @@ fn shortage(test: &str, relief: &str) -> Option<Outcome> {
     whose.push((alloc.id(), "the allocator".into()));
     let (mut some_max, mut full_max) = (0.0f64, 0.0f64);
     let (mut avail_min, mut swap_min) = (u64::MAX, u64::MAX);
+    // When relief's first episode began (the daemon says it while it runs).
+    let mut first_trigger: Option<(u64, String)> = None;
     let mut sample = || {
         let (s, _, f, _) = psi();
         some_max = some_max.max(s);
         full_max = full_max.max(f);
         avail_min = avail_min.min(meminfo_mb("MemAvailable"));
         swap_min = swap_min.min(meminfo_mb("SwapFree"));
+        if first_trigger.is_none() {
+            let r = kit::client::relief(&root.socket);
+            first_trigger = r.triggered_ms.zip(r.trigger);
+        }
     };
     let deadline = started + Duration::from_secs(150);
     let status = loop {
@@ -519,17 +525,29 @@ fn shortage(test: &str, relief: &str) -> Option<Outcome> {
             .into_iter()
             .filter(|e| e.time_ms >= since_ms && e.kind == EventKind::Relieved)
             .collect();
-        // The last episode: from its trigger to its first step.
-        if let Some(t) = relief.triggered_ms {
+        // From the first trigger to its first step done (a dump included).
+        if let Some((t, _)) = &first_trigger {
             out.trigger_to_relief_s = relieved
                 .iter()
-                .find(|e| e.time_ms >= t)
+                .find(|e| e.time_ms >= *t)
                 .map(|e| (e.time_ms - t) as f64 / 1000.0);
         }
+        let steps: Vec<String> = relieved
+            .iter()
+            .map(|e| {
+                let at = first_trigger.as_ref().map_or(0, |(t, _)| *t);
+                format!(
+                    "+{:.1} s {} ({} MiB)",
+                    e.time_ms.saturating_sub(at) as f64 / 1000.0,
+                    e.reason.as_deref().unwrap_or(""),
+                    e.freed_bytes.unwrap_or(0) >> 20
+                )
+            })
+            .collect();
         report(&format!(
-            "relief: {} steps; last trigger ({:?}) to its first step {:?} s; steps by rung {:?}; freed MiB {:?}",
+            "relief: {} steps {steps:?}; first trigger {:?}, to its first step done {:?} s; steps by rung {:?}; freed MiB {:?}",
             relieved.len(),
-            relief.trigger,
+            first_trigger.as_ref().map(|t| &t.1),
             out.trigger_to_relief_s,
             relief.steps,
             relief

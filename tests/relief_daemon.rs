@@ -187,3 +187,57 @@ fn relief_stops_an_idle_gate_only_where_the_policy_allows_it() {
     );
     kit::reap(gate, Duration::from_secs(5));
 }
+
+/// Relief stops as soon as its trigger clears: a budget that one idle
+/// gate's step brings the gates under takes that gate, the least recently
+/// active, and never the other, however many scans follow.
+#[test]
+fn relief_stops_once_the_budget_is_met_again() {
+    let root = TestRoot::new();
+    let base = "[defaults]\nidle_timeout = \"1h\"\nstop_grace = \"1s\"\norphan_grace = \"never\"\nbusy_cpu_percent = 100.0\n";
+    let d = root.daemon(base);
+    // 16 MiB of shell heap each, then a file that says it is built (its
+    // figure moves while the string doubles).
+    let heap = |name: &str| {
+        let ready = root.dir.path().join(name);
+        let script = format!(
+            "x=x; while [ ${{#x}} -lt 16777216 ]; do x=\"$x$x\"; done; : > {}; sleep 600 & wait",
+            ready.display()
+        );
+        (root.spawn_sh(&format!("/src/{name}"), &script), ready)
+    };
+    let (old, old_ready) = heap("old");
+    let old_id = root.gate_of(old.id());
+    let (new, new_ready) = heap("new");
+    let new_id = root.gate_of(new.id());
+    let held = |id: &str| root.gate(id).map_or(0, |g| g.memory_bytes);
+    wait_until(Duration::from_secs(60), "both heaps", || {
+        old_ready.exists() && new_ready.exists()
+    });
+    root.ok(&["touch", &new_id]);
+    // Over it with both, under it with either alone.
+    let (a, b) = (held(&old_id), held(&new_id));
+    let budget = a + b - a.min(b) / 2;
+    kit::write_policy(
+        &d.config,
+        &root.socket,
+        &format!("memory_budget = {budget}\n{base}"),
+    );
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_until(Duration::from_secs(20), "the older gate relieved", || {
+        !relieved(&root, &old_id).is_empty()
+    });
+    root.wait_scans(15);
+    assert!(
+        relieved(&root, &new_id).is_empty(),
+        "relief went on past its trigger: {:?}",
+        relieved(&root, &new_id)
+    );
+    assert!(root.gate(&new_id).is_some());
+    for id in [&old_id, &new_id] {
+        let _ = root.run(&["kill", id]);
+    }
+    for kid in [old, new] {
+        kit::reap(kid, Duration::from_secs(5));
+    }
+}

@@ -35,15 +35,6 @@ fn state(root: &TestRoot, id: &str) -> Option<String> {
     root.gate(id).map(|g| g.state.as_str().to_string())
 }
 
-/// CRIU alone, for the tests whose gates are shell scripts: the VM suite
-/// runs them too (its CRIU is GOV_VM_CRIU; it has no python).
-fn criu_for_sh(test: &str) -> Option<PathBuf> {
-    let in_vm = std::env::var_os("GOV_VM_CRIU")
-        .map(PathBuf::from)
-        .filter(|p| gov::criu::Criu::find(Some(p)).is_ok());
-    in_vm.or_else(|| Some(kit::criu::criu_or_skip(test)?.path().to_path_buf()))
-}
-
 /// The policy of these tests: hibernation on, one second idle and one
 /// second suspended before a dump, never busy, never orphaned. Their
 /// workers answer on a Unix socket, which the test asks while the gate
@@ -658,7 +649,7 @@ fn a_users_file_swapped_for_a_link_to_roots_file_is_not_restored() {
 fn a_hibernate_dir_that_is_a_symlink_is_refused_and_never_chmoded() {
     use std::os::unix::fs::PermissionsExt;
     let test = "a_hibernate_dir_that_is_a_symlink_is_refused_and_never_chmoded";
-    let Some(criu) = criu_for_sh(test) else {
+    let Some(criu) = kit::criu::for_shell_workers(test) else {
         return;
     };
     let root = TestRoot::new();
@@ -699,7 +690,7 @@ fn a_hibernate_dir_that_is_a_symlink_is_refused_and_never_chmoded() {
 fn a_users_tree_holding_a_file_they_cannot_open_is_not_dumped() {
     use std::os::unix::fs::PermissionsExt;
     let test = "a_users_tree_holding_a_file_they_cannot_open_is_not_dumped";
-    let Some(criu) = criu_for_sh(test) else {
+    let Some(criu) = kit::criu::for_shell_workers(test) else {
         return;
     };
     let root = TestRoot::new();

@@ -27,13 +27,16 @@ fn relieved(root: &TestRoot, id: &str) -> Vec<gov::protocol::Event> {
 /// ps, metrics and status say what relief did.
 #[test]
 fn a_short_host_hibernates_the_idle_gate_and_spares_busy_and_pinned_ones() {
-    let Some(criu) = kit::criu::criu_or_skip(
+    let Some(criu) = kit::criu::for_shell_workers(
         "a_short_host_hibernates_the_idle_gate_and_spares_busy_and_pinned_ones",
     ) else {
         return;
     };
     let root = TestRoot::new();
-    let images = root.dir.path().join("images");
+    // On the VM's disk where there is one: its /tmp is RAM.
+    let images = std::env::var_os("GOV_VM_SCRATCH")
+        .map_or_else(|| root.dir.path().to_path_buf(), std::path::PathBuf::from)
+        .join(format!("relief-images-{}", std::process::id()));
     let policy = format!(
         "{SHORT}hibernate_dir = {:?}\n[defaults]\nidle_timeout = \"1s\"\nfrozen_hold = \"1h\"\nhibernate_after = \"1h\"\norphan_grace = \"never\"\nbusy_cpu_percent = 1.0\nwake_on_input = false\n",
         images.display().to_string()
@@ -41,7 +44,7 @@ fn a_short_host_hibernates_the_idle_gate_and_spares_busy_and_pinned_ones() {
     let _d = kit::Daemon::start_env(
         &root,
         &root.policy_file(&policy),
-        &[("GOV_CRIU", criu.path().to_str().unwrap())],
+        &[("GOV_CRIU", criu.to_str().unwrap())],
     );
     let mut sleeper = Kid::new(
         root.gov()

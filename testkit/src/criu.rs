@@ -33,6 +33,16 @@ pub fn criu_or_skip(test: &str) -> Option<Criu> {
     }
 }
 
+/// CRIU alone, for tests whose gates are shell scripts: the VM suite runs
+/// them too (its CRIU is GOV_VM_CRIU; it has no python), else as
+/// [`criu_or_skip`].
+pub fn for_shell_workers(test: &str) -> Option<PathBuf> {
+    let in_vm = std::env::var_os("GOV_VM_CRIU")
+        .map(PathBuf::from)
+        .filter(|p| Criu::find(Some(p)).is_ok());
+    in_vm.or_else(|| Some(criu_or_skip(test)?.path().to_path_buf()))
+}
+
 /// python3, for the workers that hibernate tests dump (the VM has none).
 /// Missing, a skip that says so, or a failure under GOV_REQUIRE_CRIU: a
 /// CRIU test that ran nothing must not pass silently.

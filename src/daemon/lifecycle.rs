@@ -2261,13 +2261,20 @@ mod tests {
     /// for that answer. Once it answered, it sleeps again.
     #[tokio::test]
     async fn a_woken_gate_is_not_suspended_before_it_answered() {
+        use std::io::Read;
         use std::io::Write;
         let (kit, h) = start_gate(WAKE, |_| {});
-        let (_r, mut w) = stdin_of(&kit);
+        let (mut r, mut w) = stdin_of(&kit);
         observe(&h, &kit.cx, now_ms() + 5_000);
         until(&h, "suspended", |g| !g.wakes_on.is_empty()).await;
         w.write_all(b"slow request\n").unwrap();
         let first = until(&h, "woken", |g| matches!(g.phase(), Phase::Woken { .. })).await;
+        // The worker reads the request (left in the pipe, it would wake
+        // the gate again as soon as it slept: a test of luck, which CI's
+        // run as nobody once lost).
+        let mut request = [0u8; 64];
+        let n = r.read(&mut request).unwrap();
+        kit.fake.lock().read += n as u64;
         let Phase::Woken { until_ms } = *first.phase() else {
             unreachable!()
         };

@@ -57,7 +57,10 @@ impl Relief {
 impl Daemon {
     /// The relief task: runs as long as the daemon.
     pub(super) async fn relief_task(self: Arc<Self>) {
-        let mut armed: Option<(Duration, pressure::Trigger)> = None;
+        // The stall the trigger was armed for, and the trigger (None where
+        // it could not be armed: not tried again, and not said again, until
+        // the policy asks for another stall).
+        let mut armed: Option<(Duration, Option<pressure::Trigger>)> = None;
         let mut paused_until: Option<Instant> = None;
         // The host's stall counter when relief last looked: the pressure of
         // the next look is measured from here.
@@ -70,12 +73,14 @@ impl Daemon {
                 .memory_pressure
                 .map(|p| WINDOW.mul_f64(p.share()));
             if armed.as_ref().map(|a| a.0) != stall {
-                armed = stall.and_then(|stall| arm(stall).map(|t| (stall, t)));
+                armed = stall.map(|stall| (stall, arm(stall)));
             }
             tokio::select! {
-                r = fired(armed.as_ref().map(|a| &a.1)) => if let Err(e) = r {
+                r = fired(armed.as_ref().and_then(|a| a.1.as_ref())) => if let Err(e) = r {
                     tracing::warn!("PSI trigger lost ({e}): memory pressure is sampled at scans");
-                    armed = None;
+                    if let Some(a) = armed.as_mut() {
+                        a.1 = None;
+                    }
                 },
                 _ = self.relief.poke.notified() => {}
                 // A new policy may allow what was not (pressure_stop).

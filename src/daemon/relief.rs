@@ -45,6 +45,10 @@ struct State {
     active: bool,
     trigger: Option<String>,
     triggered_ms: Option<u64>,
+    /// What relief's last look read of the host (at every scan): status
+    /// and metrics requests show it and read no file.
+    mem: MemInfo,
+    pressure_avg10: Option<f64>,
 }
 
 impl Relief {
@@ -112,11 +116,15 @@ impl Daemon {
             }
             let policy = self.policy();
             let mem = pressure::read_meminfo().unwrap_or_default();
+            let psi = pressure::read_psi(pressure::HOST_PSI).ok();
+            self.observed(mem, psi.map(|p| p.some_avg10));
             let limits = limits_of(&policy, &mem);
-            let pressure = window.as_ref().and_then(|(before, at)| {
-                let now = pressure::read_psi(pressure::HOST_PSI).ok()?;
-                Some(pressure::stall_share(before, &now, at.elapsed()))
-            });
+            let pressure = match (&window, &psi) {
+                (Some((before, at)), Some(now)) => {
+                    Some(pressure::stall_share(before, now, at.elapsed()))
+                }
+                _ => None,
+            };
             let sample = Sample {
                 pressure,
                 available_bytes: mem.available,
@@ -198,27 +206,34 @@ impl Daemon {
             (false, true) => Some(now_ms()),
             _ => state.triggered_ms,
         };
-        *state = State {
-            active,
-            trigger: trigger.or(state.trigger.take()),
-            triggered_ms,
-        };
+        state.trigger = trigger.or(state.trigger.take());
+        state.active = active;
+        state.triggered_ms = triggered_ms;
     }
 
-    /// What relief sees and did, for `gov status` and metrics.
+    fn observed(&self, mem: MemInfo, pressure_avg10: Option<f64>) {
+        let mut state = lock(&self.relief.state);
+        state.mem = mem;
+        state.pressure_avg10 = pressure_avg10;
+    }
+
+    /// What relief sees (as of its last look) and did, for `gov status`
+    /// and metrics.
     pub(super) fn relief_status(&self) -> ReliefStatus {
         let policy = self.policy();
-        let mem = pressure::read_meminfo().unwrap_or_default();
-        let limits = limits_of(&policy, &mem);
         let state = lock(&self.relief.state).clone();
+        // Before relief's first look (a request at the daemon's start).
+        let mem = match state.mem.total {
+            0 => pressure::read_meminfo().unwrap_or_default(),
+            _ => state.mem,
+        };
+        let limits = limits_of(&policy, &mem);
         let (steps, freed_bytes) = self.journal.relief_totals();
         ReliefStatus {
             active: state.active,
             trigger: state.trigger,
             triggered_ms: state.triggered_ms,
-            pressure_some_avg10: pressure::read_psi(pressure::HOST_PSI)
-                .ok()
-                .map(|p| p.some_avg10),
+            pressure_some_avg10: state.pressure_avg10,
             pressure_limit: policy.global.memory_pressure.map(|p| p.percent()),
             mem_available_bytes: mem.available,
             mem_total_bytes: mem.total,
